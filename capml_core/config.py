@@ -1,0 +1,463 @@
+"""Run configuration: one pydantic model for a whole run, loaded from TOML.
+
+Units: lattice parameters and distances in Å, temperatures in K, time in fs or ps (as the field name says),
+frequencies in THz, energies in eV.
+
+Paths to *inputs* (parent structure file, datasets to import, model files) are resolved relative to the
+directory of the configuration file. The *output* location ``run.project_dir`` is resolved relative to the
+current working directory (like ASE and phonopy, which write where they run); it defaults to
+``runs/<run.name>``.
+
+Every section rejects unknown keys. :func:`load_config` turns any problem into one
+:class:`~capml_core.errors.ConfigError` whose message names the file, the field, the value given and what is
+allowed; it never writes anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+from ase.data import chemical_symbols
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from capml_core.errors import ConfigError
+from capml_core.types import LabelName, ParentBuilder
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+LEVEL_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
+LevelName = Annotated[str, Field(pattern=LEVEL_PATTERN, max_length=64)]
+Temperature = Annotated[float, Field(ge=0.0, le=5000.0)]
+
+
+def _element(symbol: str) -> str:
+    if symbol not in chemical_symbols[1:]:
+        raise ValueError(f"{symbol!r} is not a chemical element symbol (e.g. 'Ag', 'Br', 'I')")
+    return symbol
+
+
+Element = Annotated[str, AfterValidator(_element)]
+
+
+class Section(BaseModel):
+    """Base of every configuration section: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _input_path(value: Path | None, info: ValidationInfo) -> Path | None:
+    """Resolve an input path against the config file's directory and check that it exists."""
+    if value is None:
+        return None
+    base_dir = (info.context or {}).get("base_dir")
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    path = path.resolve()
+    if not path.is_file():
+        raise ValueError(f"file not found: {path}")
+    return path
+
+
+# --------------------------------------------------------------------------------------------- system
+class RunSection(Section):
+    """Identity of the run and where its results go."""
+
+    name: Name = Field(description="Run name; also the default project directory runs/<name>.")
+    project_dir: Path | None = Field(
+        default=None, description="Directory holding the DuckDB store and artifacts (relative to the CWD)."
+    )
+    seed: int = Field(default=0, ge=0, description="Seed of every random draw of the run.")
+
+
+class ParentSection(Section):
+    """The parent (undisordered) unit cell: a built-in builder, or a CIF/POSCAR file."""
+
+    builder: ParentBuilder | None = Field(
+        default=None,
+        description="Built-in cubic Pm-3m builder: 'antiperovskite' (A3BX, e.g. Ag3SBr: A on face centres, "
+        "B body centre, X corner) or 'perovskite' (ABX3, e.g. CsPbBr3: A corner, B body centre, X faces).",
+    )
+    file: Path | None = Field(default=None, description="CIF or POSCAR file of the parent cell.")
+    species: dict[Literal["A", "B", "X"], Element] | None = Field(
+        default=None, description="Builder only: element of each site role, e.g. {A='Ag', B='S', X='Br'}."
+    )
+    lattice_a: PositiveFloat | None = Field(default=None, description="Builder only: cubic lattice parameter (Å).")
+
+    _check_file = field_validator("file")(_input_path)
+
+    @model_validator(mode="after")
+    def _builder_or_file(self) -> ParentSection:
+        if (self.builder is None) == (self.file is None):
+            raise ValueError("give exactly one of 'builder' (one of: antiperovskite, perovskite) or 'file'")
+        if self.builder is not None:
+            if self.species is None or set(self.species) != {"A", "B", "X"}:
+                raise ValueError("a builder needs species = {A = '...', B = '...', X = '...'}")
+            if self.lattice_a is None:
+                raise ValueError("a builder needs lattice_a (Å)")
+        elif self.species is not None or self.lattice_a is not None:
+            raise ValueError("'species' and 'lattice_a' belong to a builder; a parent file defines both itself")
+        return self
+
+
+class SublatticeSection(Section):
+    """The substituted sublattice: the sites of ``site_species`` in the parent, shared by ``species``."""
+
+    site_species: Element = Field(description="Element whose sites in the parent are substituted, e.g. 'Br'.")
+    species: tuple[Element, Element] = Field(
+        description="The two species sharing the sublattice; the composition x is the fraction of the first."
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SublatticeSection:
+        if self.species[0] == self.species[1]:
+            raise ValueError(f"the two species must differ, got {list(self.species)}")
+        return self
+
+
+class SystemSection(Section):
+    """The solid solution: parent, substituted sublattice, supercell, Vegard end points, compositions."""
+
+    name: str = Field(description="Human-readable name, e.g. 'Ag3SBr_xI_(1-x)'.")
+    parent: ParentSection
+    sublattice: SublatticeSection
+    supercell: tuple[PositiveInt, PositiveInt, PositiveInt] = (2, 2, 2)
+    vegard_lattice_a: dict[Element, PositiveFloat] = Field(
+        description="Lattice parameter (Å) of the parent cell for each end member, keyed by sublattice species; "
+        "a(x) is interpolated linearly (Vegard) and the parent cell scaled isotropically to it."
+    )
+    compositions: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        description="Compositions x (fraction of sublattice.species[0]) studied by the run."
+    )
+
+    @model_validator(mode="after")
+    def _vegard_keys(self) -> SystemSection:
+        if set(self.vegard_lattice_a) != set(self.sublattice.species):
+            raise ValueError(
+                f"vegard_lattice_a must have one entry per sublattice species {list(self.sublattice.species)}, "
+                f"got keys {sorted(self.vegard_lattice_a)}"
+            )
+        if not self.compositions:
+            raise ValueError("compositions must list at least one x in [0, 1]")
+        return self
+
+
+# ------------------------------------------------------------------------------------- stage sections
+class LabelKeys(Section):
+    """Where each label sits in an extended-XYZ frame (``info`` or ``arrays`` key); None = not in the file."""
+
+    energy: str | None = Field(default="energy", description="info key of the total energy (eV).")
+    forces: str | None = Field(default="forces", description="arrays key of the forces (eV/Å), shape (n, 3).")
+    stress: str | None = Field(
+        default="stress", description="info key of the stress (eV/Å³), Voigt xx yy zz yz xz xy or 3x3."
+    )
+    gap: str | None = Field(default="gap", description="info key of the band gap (eV).")
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        labels: tuple[LabelName, ...] = get_args(LabelName),
+        prefix: str | None = None,
+        overrides: dict[LabelName, str] | None = None,
+    ) -> LabelKeys:
+        """Keys for ``labels``: ``overrides[label]``, else ``<prefix>_<label>`` (``<label>`` without prefix)."""
+        overrides = overrides or {}
+        return cls(
+            **{
+                name: (overrides.get(name) or (f"{prefix}_{name}" if prefix else name)) if name in labels else None
+                for name in get_args(LabelName)
+            }
+        )
+
+    def present(self) -> dict[str, str]:
+        """Label name -> key for the labels this file provides."""
+        return {name: key for name in get_args(LabelName) if (key := getattr(self, name)) is not None}
+
+
+class ImportSpec(Section):
+    """One labelled extended-XYZ file to import at a reference level.
+
+    The key of each label in the file is ``keys[label]`` if given, else ``<key_prefix>_<label>`` (or just
+    ``<label>`` without a prefix); only the labels listed in ``labels`` are expected.
+    """
+
+    path: Path
+    level: LevelName = Field(description="Reference level the labels belong to, e.g. 'gpaw-pbesol'.")
+    labels: list[LabelName] = Field(
+        default_factory=lambda: list(get_args(LabelName)), min_length=1, description="Labels the file carries."
+    )
+    key_prefix: str | None = Field(default=None, description="Prefix of the label keys, e.g. 'pbesol'.")
+    keys: dict[LabelName, str] = Field(default_factory=dict, description="Explicit key per label (overrides).")
+    temperature_key: str | None = Field(default=None, description="info key of a temperature (K), if any.")
+    amplitude_key: str | None = Field(
+        default=None, description="info key of a displacement amplitude (Å), e.g. 'sigma_A', if any."
+    )
+
+    _check_path = field_validator("path")(_input_path)
+
+    @model_validator(mode="after")
+    def _keys_for_listed_labels(self) -> ImportSpec:
+        extra = sorted(set(self.keys) - set(self.labels))
+        if extra:
+            raise ValueError(f"keys given for {extra}, which are not in labels {self.labels}")
+        return self
+
+    def label_keys(self) -> LabelKeys:
+        """Where each label sits in the file."""
+        return LabelKeys.build(labels=tuple(self.labels), prefix=self.key_prefix, overrides=self.keys)
+
+
+class DatasetSection(Section):
+    """Stage 1: training structures (paper: 150-600 K thermal, 0.2-0.8 Å uniform, a few equilibrium)."""
+
+    temperatures_k: list[Temperature] = [150.0, 300.0, 450.0, 600.0]
+    structures_per_temperature: Annotated[int, Field(ge=0)] = 100
+    uniform_amplitudes_a: list[Annotated[float, Field(gt=0.0, le=2.0)]] = [0.2, 0.4, 0.6, 0.8]
+    structures_per_amplitude: Annotated[int, Field(ge=0)] = 50
+    equilibrium_per_composition: Annotated[int, Field(ge=0)] = 2
+    imports: list[ImportSpec] = Field(default_factory=list, description="Labelled datasets to import.")
+
+
+class ReferenceSection(Section):
+    """Stage 2: reference levels (cheap: energies, forces, stresses, gaps; high: gaps)."""
+
+    cheap_level: LevelName = "gpaw-pbesol"
+    high_level: LevelName = "gpaw-gllbsc"
+    workers: PositiveInt = 1
+
+
+class GNNSection(Section):
+    """Stage 3: GNN band-gap model (paper's best: 2 GraphConv layers of 64, max pool, dropout 0.4)."""
+
+    cutoff_a: PositiveFloat = 5.5
+    hidden_channels: PositiveInt = 64
+    conv_layers: Annotated[int, Field(ge=1, le=8)] = 2
+    pooling: Literal["max", "mean", "add"] = "max"
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.4
+    epochs: PositiveInt = 500
+    fine_tune_epochs: PositiveInt = 300
+    batch_size: PositiveInt = 32
+    learning_rate: PositiveFloat = 1e-3
+    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+
+
+class MLIPSection(Section):
+    """Stage 4: MACE (paper: fine-tune mace-mpa-0-medium; 256 channels, 8 Å, weights E 1 / F 150 / S 10)."""
+
+    foundation_model: Path | None = Field(
+        default=None, description="Local MACE foundation .model file; None trains from scratch."
+    )
+    channels: PositiveInt = 256
+    r_max_a: PositiveFloat = 8.0
+    energy_weight: Annotated[float, Field(ge=0.0)] = 1.0
+    forces_weight: Annotated[float, Field(ge=0.0)] = 150.0
+    stress_weight: Annotated[float, Field(ge=0.0)] = 10.0
+    valid_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    max_epochs: PositiveInt = 200
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+
+    _check_model = field_validator("foundation_model")(_input_path)
+
+
+class DisorderSection(Section):
+    """Stage 5: inequivalent Br/I arrangements (all if <= max_enumerated, else a random sample), relaxed."""
+
+    max_enumerated: PositiveInt = 100
+    sample_size: PositiveInt = 100
+    fmax_ev_per_a: PositiveFloat = 0.05
+    relax_cell: bool = True
+
+
+class PhononsSection(Section):
+    """Stage 6: harmonic (phonopy) and anharmonic (DynaPhoPy) phonons."""
+
+    displacement_a: PositiveFloat = 0.01
+    temperatures_k: list[Temperature] = [0.0, 100.0, 200.0, 300.0, 400.0, 500.0, 600.0]
+
+
+class MDSection(Section):
+    """Stage 7: Langevin MD with MACE (paper: 1 fs, friction 5e-3 fs⁻¹, 40 ps, frame every 100 steps)."""
+
+    temperatures_k: list[Temperature] = [100.0, 200.0, 300.0, 400.0, 500.0, 600.0]
+    timestep_fs: PositiveFloat = 1.0
+    friction_per_fs: PositiveFloat = 5e-3
+    duration_ps: PositiveFloat = 40.0
+    save_every_steps: PositiveInt = 100
+    equilibration_frames: Annotated[int, Field(ge=0)] = 250
+    snapshots: PositiveInt = 10
+
+
+class GapsSection(Section):
+    """Stages 7-8: thermal averages of GNN gaps and frozen Γ-mode ΔEg/Eg."""
+
+    mode_temperatures_k: list[Temperature] = [300.0, 600.0]
+
+
+class RunConfig(Section):
+    """A whole capml run."""
+
+    run: RunSection
+    system: SystemSection
+    dataset: DatasetSection = DatasetSection()
+    reference: ReferenceSection = ReferenceSection()
+    gnn: GNNSection = GNNSection()
+    mlip: MLIPSection = MLIPSection()
+    disorder: DisorderSection = DisorderSection()
+    phonons: PhononsSection = PhononsSection()
+    md: MDSection = MDSection()
+    gaps: GapsSection = GapsSection()
+
+
+# ------------------------------------------------------------------------------------------- loading
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated configuration with where it came from.
+
+    Attributes
+    ----------
+    config
+        The validated model.
+    path
+        Absolute path of the TOML file.
+    config_hash
+        SHA-256 (hex) of the file's parsed content (canonical JSON), independent of where it lives.
+    project_dir
+        Absolute output directory of the run (store and artifacts).
+    """
+
+    config: RunConfig
+    path: Path
+    config_hash: str
+    project_dir: Path
+
+
+def load_config(path: str | Path, *, project_dir: str | Path | None = None) -> LoadedConfig:
+    """Load and validate a run configuration from a TOML file.
+
+    Parameters
+    ----------
+    path
+        The TOML file.
+    project_dir
+        Overrides ``run.project_dir`` (relative to the current working directory).
+
+    Raises
+    ------
+    ConfigError
+        One message naming the file, each bad field, its value and what is allowed. Nothing is written.
+    """
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"{path}: configuration file not found")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file: {err}") from err
+    try:
+        config = RunConfig.model_validate(raw, context={"base_dir": path.parent})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(path, err, raw)) from err
+    _check_system_consistency(path, config)
+    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
+    out = Path(project_dir) if project_dir is not None else config.run.project_dir or Path("runs") / config.run.name
+    return LoadedConfig(
+        config=config,
+        path=path,
+        config_hash=hashlib.sha256(canonical.encode()).hexdigest(),
+        project_dir=out.expanduser().resolve(),
+    )
+
+
+def _check_system_consistency(path: Path, config: RunConfig) -> None:
+    """Checks that need the parent structure: sublattice present, compositions realisable."""
+    from capml_core.structures import build_parent, sublattice_site_count  # structures imports config types
+
+    system = config.system
+    try:
+        parent = build_parent(system.parent)
+    except Exception as err:  # ASE raises many types on unreadable CIF/POSCAR
+        raise ConfigError(f"{path}: field 'system.parent.file' = {system.parent.file}: not readable: {err}") from err
+    symbols = sorted(set(parent.get_chemical_symbols()))
+    if system.sublattice.site_species not in symbols:
+        raise ConfigError(
+            f"{path}: field 'system.sublattice.site_species' = {system.sublattice.site_species!r}: "
+            f"not in the parent structure; allowed: {', '.join(symbols)}"
+        )
+    n_sites = sublattice_site_count(parent, system.sublattice.site_species, system.supercell)
+    bad = [x for x in system.compositions if not math.isclose(x * n_sites, round(x * n_sites), abs_tol=1e-6)]
+    if bad:
+        allowed = ", ".join(f"{k}/{n_sites}" for k in range(n_sites + 1))
+        raise ConfigError(
+            f"{path}: field 'system.compositions' = {bad}: not realisable on the {n_sites} sublattice sites "
+            f"of the {'x'.join(map(str, system.supercell))} supercell; allowed: multiples of 1/{n_sites} "
+            f"({allowed})"
+        )
+
+
+def format_validation_error(path: Path, err: ValidationError, raw: dict[str, Any]) -> str:
+    """One readable message from a pydantic error: file, dotted field, value given, what is allowed."""
+    lines = [f"{path}: {err.error_count()} invalid field(s)"]
+    for item in err.errors(include_url=False):
+        loc = item["loc"]
+        field = _dotted(loc)
+        if item["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc[:-1])
+            lines.append(f"  field '{field}': unknown key; allowed keys here: {', '.join(allowed)}")
+            continue
+        if item["type"] == "missing":
+            lines.append(f"  field '{field}': required but missing")
+            continue
+        value = item.get("input")
+        shown = value if not isinstance(value, dict) else "{...}"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"  field '{field}' = {shown!r}: {message}")
+    return "\n".join(lines)
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<top level>"
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Field names allowed at a location of the RunConfig tree (best effort)."""
+    model: Any = RunConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *get_args(annotation)]
+        for arg in list(candidates):
+            candidates.extend(get_args(arg))
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return sorted(model.model_fields)

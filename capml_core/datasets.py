@@ -1,0 +1,371 @@
+"""Import of labelled datasets (extended XYZ) into the store, with validation.
+
+A file is read and checked completely before anything is written; a bad file raises
+:class:`~capml_core.errors.DatasetError` listing every problem found (file, frame, key, what is wrong), and
+the store is left unchanged. A good file is written in one transaction: structures (keyed by content hash)
+and labels (keyed by structure hash + level). Importing the same file again adds nothing.
+
+Units expected in the file: energy eV, forces eV/Å (``arrays``), stress eV/Å³ (``info``; 6 Voigt components
+xx yy zz yz xz xy, or a 3x3 matrix; positive = tensile, as ASE), band gap eV.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from capml_core.config import LabelKeys
+from capml_core.errors import DatasetError
+from capml_core.store import LabelRecord, Store, StructureRecord
+from capml_core.structures import structure_hash, substituted_fraction
+
+logger = logging.getLogger(__name__)
+
+#: Problems listed in a DatasetError before the rest are counted only.
+MAX_PROBLEMS_SHOWN = 20
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class LabelledStructure:
+    """One validated frame: structure, its hash, labels (None when not in the file) and scalar extras."""
+
+    atoms: Atoms
+    structure_hash: str
+    energy_ev: float | None
+    forces_ev_per_a: np.ndarray | None
+    stress_ev_per_a3: np.ndarray | None
+    gap_ev: float | None
+    temperature_k: float | None
+    amplitude_a: float | None
+    extras: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What an import did.
+
+    Attributes
+    ----------
+    path, level
+        The file and the level its labels were stored under.
+    n_frames
+        Frames in the file.
+    n_duplicate_frames
+        Frames whose structure repeats an earlier frame of the same file (the first is kept).
+    new_structures, new_labels
+        Rows added to the store.
+    existing_labels
+        Labels that were already stored (re-import) and kept.
+    sha256
+        Checksum of the file.
+    """
+
+    path: Path
+    level: str
+    n_frames: int
+    n_duplicate_frames: int
+    new_structures: int
+    new_labels: int
+    existing_labels: int
+    sha256: str
+
+
+def _finite_scalar(value: Any) -> float | None:
+    try:
+        number = float(np.asarray(value, dtype=np.float64).reshape(()))
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _stress_voigt(value: Any) -> np.ndarray | None:
+    """Stress as 6 Voigt components (eV/Å³) from 6 values or a 3x3 matrix; None if malformed."""
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if array.size == 9:
+        m = array.reshape(3, 3)
+        array = np.array([m[0, 0], m[1, 1], m[2, 2], m[1, 2], m[0, 2], m[0, 1]])
+    if array.shape != (6,):
+        return None
+    return array
+
+
+def _lookup(atoms: Atoms, key: str) -> Any:
+    """A label from ``info``, ``arrays`` or (as ASE's extxyz reader puts standard keys) the calculator."""
+    if key in atoms.info:
+        return atoms.info[key]
+    if key in atoms.arrays:
+        return atoms.arrays[key]
+    calc = atoms.calc
+    if calc is not None and key in getattr(calc, "results", {}):
+        return calc.results[key]
+    return None
+
+
+def validate_frame(
+    atoms: Atoms,
+    *,
+    keys: LabelKeys,
+    allowed_species: set[str] | None,
+    temperature_key: str | None = None,
+    amplitude_key: str | None = None,
+) -> tuple[LabelledStructure | None, list[str]]:
+    """Check one frame; returns the validated record (or None) and the list of problems found."""
+    problems: list[str] = []
+    symbols = set(atoms.get_chemical_symbols())
+    if allowed_species is not None and not symbols <= allowed_species:
+        problems.append(
+            f"unknown species {sorted(symbols - allowed_species)}; allowed: {', '.join(sorted(allowed_species))}"
+        )
+    if not np.all(np.isfinite(atoms.positions)) or not np.all(np.isfinite(atoms.cell[:])):
+        problems.append("positions or cell contain NaN/inf")
+    if atoms.cell.rank != 3 or abs(atoms.cell.volume) < 1e-6:
+        problems.append("the cell is missing or singular (need a 3D periodic cell: Lattice=...)")
+    n_atoms = len(atoms)
+    labels: dict[str, Any] = {}
+    for name, key in keys.present().items():
+        value = _lookup(atoms, key)
+        if value is None:
+            available = sorted(set(atoms.info) | set(atoms.arrays) - {"numbers", "positions"})
+            problems.append(f"missing {name} label '{key}' (keys in this frame: {', '.join(available)})")
+            continue
+        if name in ("energy", "gap"):
+            number = _finite_scalar(value)
+            if number is None:
+                problems.append(f"{name} '{key}' = {value!r}: not a finite number")
+            elif name == "gap" and number < 0.0:
+                problems.append(f"gap '{key}' = {number}: a band gap cannot be negative")
+            labels[name] = number
+        elif name == "forces":
+            forces = np.asarray(value, dtype=np.float64)
+            if forces.shape != (n_atoms, 3):
+                problems.append(f"forces '{key}' have shape {forces.shape}, expected ({n_atoms}, 3)")
+            elif not np.all(np.isfinite(forces)):
+                problems.append(f"forces '{key}' contain NaN/inf")
+            labels[name] = forces
+        else:
+            stress = _stress_voigt(value)
+            if stress is None:
+                shape = np.shape(value)
+                problems.append(f"stress '{key}' has shape {shape}, expected 6 Voigt components or 3x3")
+            elif not np.all(np.isfinite(stress)):
+                problems.append(f"stress '{key}' contains NaN/inf")
+            labels[name] = stress
+    conditions: dict[str, float | None] = {"temperature": None, "amplitude": None}
+    for name, key in (("temperature", temperature_key), ("amplitude", amplitude_key)):
+        if key is None:
+            continue
+        number = _finite_scalar(atoms.info.get(key))
+        if number is None or number < 0.0:
+            problems.append(f"{name} '{key}' = {atoms.info.get(key)!r}: need a finite number >= 0")
+        conditions[name] = number
+    if problems:
+        return None, problems
+    label_keys = set(keys.present().values())
+    extras = {
+        k: (v.item() if isinstance(v, np.generic) else v)
+        for k, v in atoms.info.items()
+        if k not in label_keys and isinstance(v, (int, float, str, bool, np.generic))
+    }
+    clean = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    return (
+        LabelledStructure(
+            atoms=clean,
+            structure_hash=structure_hash(clean),
+            energy_ev=labels.get("energy"),
+            forces_ev_per_a=labels.get("forces"),
+            stress_ev_per_a3=labels.get("stress"),
+            gap_ev=labels.get("gap"),
+            temperature_k=conditions["temperature"],
+            amplitude_a=conditions["amplitude"],
+            extras=extras,
+        ),
+        [],
+    )
+
+
+def load_labelled_extxyz(
+    path: str | Path,
+    *,
+    keys: LabelKeys,
+    allowed_species: set[str] | None = None,
+    temperature_key: str | None = None,
+    amplitude_key: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> list[LabelledStructure]:
+    """Read and validate every frame of an extended-XYZ file.
+
+    Parameters
+    ----------
+    path
+        The file.
+    keys
+        Where each label sits; labels whose key is None are not expected.
+    allowed_species
+        Elements a frame may contain (None: any).
+    temperature_key, amplitude_key
+        ``info`` keys of the temperature (K) / displacement amplitude (Å) of each frame, if any.
+    progress
+        Called as ``progress(done, total)`` while frames are checked.
+
+    Raises
+    ------
+    DatasetError
+        The file is unreadable, empty, or has frames with problems (all are listed).
+    """
+    from ase.io import read
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    try:
+        frames = read(path, index=":", format="extxyz")
+    except Exception as err:  # ASE's extxyz parser raises several types on malformed input
+        raise DatasetError(f"{path}: not a readable extended-XYZ file: {err}") from err
+    if not frames:
+        raise DatasetError(f"{path}: no structures in the file")
+    records: list[LabelledStructure] = []
+    problems: list[str] = []
+    for index, atoms in enumerate(frames):
+        record, frame_problems = validate_frame(
+            atoms,
+            keys=keys,
+            allowed_species=allowed_species,
+            temperature_key=temperature_key,
+            amplitude_key=amplitude_key,
+        )
+        problems.extend(f"frame {index}: {p}" for p in frame_problems)
+        if record is not None:
+            records.append(record)
+        if progress is not None:
+            progress(index + 1, len(frames))
+    if problems:
+        shown = "\n  ".join(problems[:MAX_PROBLEMS_SHOWN])
+        more = f"\n  ... and {len(problems) - MAX_PROBLEMS_SHOWN} more" if len(problems) > MAX_PROBLEMS_SHOWN else ""
+        raise DatasetError(
+            f"{path}: rejected, {len(problems)} problem(s) in {len(frames)} frames; nothing was imported:\n  "
+            f"{shown}{more}"
+        )
+    return records
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def import_labelled_dataset(
+    store: Store,
+    path: str | Path,
+    *,
+    level: str,
+    keys: LabelKeys,
+    sublattice_species: Sequence[str] | None = None,
+    allowed_species: set[str] | None = None,
+    temperature_key: str | None = None,
+    amplitude_key: str | None = None,
+    run_id: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> ImportReport:
+    """Validate a labelled extended-XYZ file and store its structures and labels at ``level``.
+
+    Parameters
+    ----------
+    store
+        The target store.
+    path
+        The extended-XYZ file.
+    level
+        Reference level of the labels (e.g. 'gpaw-pbesol').
+    keys
+        Where each label sits in a frame.
+    sublattice_species
+        The two species of the substituted sublattice; the composition x stored is the fraction of the first.
+    allowed_species
+        Elements a structure may contain (None: any).
+    temperature_key, amplitude_key
+        ``info`` keys of each frame's temperature (K) / displacement amplitude (Å), if any.
+    run_id
+        Run to credit the rows to.
+    progress
+        ``progress(done, total)`` while validating.
+
+    Raises
+    ------
+    DatasetError
+        The file was rejected (see :func:`load_labelled_extxyz`); the store is unchanged.
+    """
+    path = Path(path).resolve()
+    records = load_labelled_extxyz(
+        path,
+        keys=keys,
+        allowed_species=allowed_species,
+        temperature_key=temperature_key,
+        amplitude_key=amplitude_key,
+        progress=progress,
+    )
+    sha = file_sha256(path)
+    unique = {r.structure_hash: r for r in reversed(records)}  # first occurrence wins
+    source = path.name
+    structures = [
+        StructureRecord(
+            atoms=r.atoms,
+            structure_hash=h,
+            kind="imported",
+            composition_x=substituted_fraction(r.atoms, sublattice_species) if sublattice_species else None,
+            temperature_k=r.temperature_k,
+            amplitude_a=r.amplitude_a,
+            seed=int(r.extras["seed"]) if isinstance(r.extras.get("seed"), int) else None,
+            source=source,
+        )
+        for h, r in unique.items()
+    ]
+    labels = [
+        LabelRecord(
+            structure_hash=h,
+            level=level,
+            energy_ev=r.energy_ev,
+            forces_ev_per_a=r.forces_ev_per_a,
+            stress_ev_per_a3=r.stress_ev_per_a3,
+            gap_ev=r.gap_ev,
+            extras=r.extras,
+            source=source,
+        )
+        for h, r in unique.items()
+    ]
+    with store.write() as writer:
+        writer.register_level(
+            level, backend="import", settings={"file": source, "sha256": sha, "keys": keys.present()}
+        )
+        structure_counts = writer.add_structures(structures, run_id=run_id)
+        label_counts = writer.add_labels(labels, run_id=run_id)
+    report = ImportReport(
+        path=path,
+        level=level,
+        n_frames=len(records),
+        n_duplicate_frames=len(records) - len(unique),
+        new_structures=structure_counts.new,
+        new_labels=label_counts.new,
+        existing_labels=label_counts.existing,
+        sha256=sha,
+    )
+    logger.info(
+        "imported %s at level %s: %d frames, %d duplicates, %d new structures, %d new labels",
+        path.name, level, report.n_frames, report.n_duplicate_frames, report.new_structures, report.new_labels,
+    )
+    return report

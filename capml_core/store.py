@@ -1,0 +1,530 @@
+"""The results store: one DuckDB file per project directory, with a versioned schema.
+
+Tables (tidy; units in column names):
+
+- ``schema_meta``: key/value, ``schema_version``.
+- ``runs``: one row per pipeline run (config hash and JSON, code and package versions, status).
+- ``stages``: status of each stage of each run.
+- ``structures``: keyed by a content hash (:func:`capml_core.structures.structure_hash`); composition,
+  kind, temperature/amplitude, and the geometry itself (small arrays: numbers, positions, cell).
+- ``levels``: reference levels and their settings.
+- ``labels``: keyed by (structure hash, level): energy, forces, stress, gap, status and error.
+- ``artifacts``: large arrays (trajectories, force constants) live in files under ``artifacts/``; this table
+  points to them (path relative to the project directory, SHA-256, size).
+- view ``labelled_structures``: structures joined with labels, without the arrays, for SQL users.
+
+Concurrency. DuckDB lets one process open a file for writing *or* several for reading, never both at once.
+So nothing holds the file open: every write is one short transaction on a connection opened and closed
+around it, every read a short read-only connection; both wait (with back-off, up to ``lock_timeout_s``)
+while another process holds the file. A flow writing for hours and a dashboard reading every few seconds
+thus interleave; a reader sees only committed transactions.
+
+All writes are idempotent: rows whose key exists are left as they are (``ON CONFLICT DO NOTHING``), except
+a failed label, which a later successful one replaces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+from ase import Atoms
+
+from capml_core.errors import NotComputedError, StoreError, StoreLockedError
+from capml_core.types import LabelStatus, StageStatus, StructureKind
+
+logger = logging.getLogger(__name__)
+
+STORE_FILENAME = "capml.duckdb"
+ARTIFACTS_DIRNAME = "artifacts"
+#: Version of the schema this code writes. Bump it and append a migration to change the schema.
+SCHEMA_VERSION = 1
+
+_SCHEMA_V1 = [
+    "CREATE TABLE schema_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
+    """CREATE TABLE runs (
+        run_id VARCHAR PRIMARY KEY, name VARCHAR NOT NULL, config_path VARCHAR, config_hash VARCHAR NOT NULL,
+        config_json VARCHAR, code_version VARCHAR NOT NULL, packages_json VARCHAR, status VARCHAR NOT NULL,
+        started_at TIMESTAMP NOT NULL, finished_at TIMESTAMP, message VARCHAR)""",
+    """CREATE TABLE stages (
+        run_id VARCHAR NOT NULL, stage VARCHAR NOT NULL, status VARCHAR NOT NULL, started_at TIMESTAMP,
+        finished_at TIMESTAMP, message VARCHAR, PRIMARY KEY (run_id, stage))""",
+    """CREATE TABLE structures (
+        structure_hash VARCHAR PRIMARY KEY, formula VARCHAR NOT NULL, n_atoms INTEGER NOT NULL,
+        composition_x DOUBLE, kind VARCHAR NOT NULL, temperature_k DOUBLE, amplitude_a DOUBLE, seed BIGINT,
+        source VARCHAR, run_id VARCHAR, numbers INTEGER[] NOT NULL, positions_a DOUBLE[] NOT NULL,
+        cell_a DOUBLE[] NOT NULL, pbc BOOLEAN[] NOT NULL, created_at TIMESTAMP NOT NULL)""",
+    """CREATE TABLE levels (
+        level VARCHAR PRIMARY KEY, backend VARCHAR NOT NULL, settings_json VARCHAR, created_at TIMESTAMP NOT NULL)""",
+    """CREATE TABLE labels (
+        structure_hash VARCHAR NOT NULL, level VARCHAR NOT NULL, status VARCHAR NOT NULL, energy_ev DOUBLE,
+        forces_ev_per_a DOUBLE[], stress_ev_per_a3 DOUBLE[], gap_ev DOUBLE, extras_json VARCHAR, error VARCHAR,
+        wall_time_s DOUBLE, source VARCHAR, run_id VARCHAR, created_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (structure_hash, level))""",
+    """CREATE TABLE artifacts (
+        artifact_id VARCHAR PRIMARY KEY, run_id VARCHAR, kind VARCHAR NOT NULL, relpath VARCHAR NOT NULL,
+        sha256 VARCHAR NOT NULL, n_bytes BIGINT NOT NULL, meta_json VARCHAR, created_at TIMESTAMP NOT NULL)""",
+    """CREATE VIEW labelled_structures AS
+        SELECT s.structure_hash, s.formula, s.n_atoms, s.composition_x, s.kind, s.temperature_k, s.amplitude_a,
+               l.level, l.status, l.energy_ev, l.energy_ev / s.n_atoms AS energy_ev_per_atom, l.gap_ev, l.source
+        FROM structures s JOIN labels l USING (structure_hash)""",
+]
+
+#: MIGRATIONS[v] turns a store of version v - 1 into version v (v = 1: create from nothing).
+MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class StructureRecord:
+    """A structure to store, with what it is.
+
+    Attributes
+    ----------
+    atoms
+        The structure (positions and cell in Å).
+    structure_hash
+        Its content hash.
+    kind
+        thermal, uniform, equilibrium or imported.
+    composition_x
+        Fraction of the first sublattice species (None when the structure has neither).
+    temperature_k, amplitude_a
+        Temperature (K) of a thermal structure; displacement amplitude (Å) of a displaced one.
+    seed
+        Seed that reproduces the structure, if any.
+    source
+        Where it came from (file path, generator name).
+    """
+
+    atoms: Atoms
+    structure_hash: str
+    kind: StructureKind
+    composition_x: float | None = None
+    temperature_k: float | None = None
+    amplitude_a: float | None = None
+    seed: int | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class LabelRecord:
+    """Reference labels of one structure at one level (absent labels are None).
+
+    Attributes
+    ----------
+    energy_ev
+        Total energy (eV).
+    forces_ev_per_a
+        Forces (eV/Å), shape (n_atoms, 3).
+    stress_ev_per_a3
+        Stress (eV/Å³), Voigt order xx yy zz yz xz xy (ASE), positive = tensile.
+    gap_ev
+        Band gap (eV).
+    """
+
+    structure_hash: str
+    level: str
+    status: LabelStatus = "ok"
+    energy_ev: float | None = None
+    forces_ev_per_a: np.ndarray | None = None
+    stress_ev_per_a3: np.ndarray | None = None
+    gap_ev: float | None = None
+    extras: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    wall_time_s: float | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class WriteCounts:
+    """Rows a write added (``new``) and rows that were already there (``existing``)."""
+
+    new: int
+    existing: int
+
+
+class StoreWriter:
+    """Write operations inside one open transaction (get one from :meth:`Store.write`)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, store: Store) -> None:
+        self.con = con
+        self.store = store
+
+    def start_run(
+        self,
+        *,
+        run_id: str,
+        name: str,
+        config_hash: str,
+        config_json: str | None,
+        config_path: str | None,
+        code_version: str,
+        packages: Mapping[str, str],
+    ) -> None:
+        """Record a new run (status 'running'); a run_id already present is left as it is."""
+        self.con.execute(
+            "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, NULL, NULL) ON CONFLICT DO NOTHING",
+            [run_id, name, config_path, config_hash, config_json, code_version, json.dumps(dict(packages)), _now()],
+        )
+
+    def finish_run(self, run_id: str, *, status: StageStatus, message: str | None = None) -> None:
+        """Set a run's final status."""
+        self.con.execute(
+            "UPDATE runs SET status = ?, finished_at = ?, message = ? WHERE run_id = ?",
+            [status, _now(), message, run_id],
+        )
+
+    def set_stage(self, run_id: str, stage: str, status: StageStatus, message: str | None = None) -> None:
+        """Create or update the status of one stage of a run."""
+        now = _now()
+        finished = now if status != "running" else None
+        self.con.execute(
+            """INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?)
+               ON CONFLICT (run_id, stage) DO UPDATE SET status = excluded.status,
+                 finished_at = excluded.finished_at, message = excluded.message,
+                 started_at = CASE WHEN excluded.status = 'running' THEN excluded.started_at
+                                   ELSE stages.started_at END""",
+            [run_id, stage, status, now, finished, message],
+        )
+
+    def register_level(self, level: str, *, backend: str, settings: Mapping[str, Any]) -> None:
+        """Record a reference level and its settings (first registration wins)."""
+        self.con.execute(
+            "INSERT INTO levels VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [level, backend, json.dumps(dict(settings), sort_keys=True, default=str), _now()],
+        )
+
+    def add_structures(self, records: Sequence[StructureRecord], *, run_id: str | None) -> WriteCounts:
+        """Insert structures; those whose hash is already stored are skipped."""
+        unique = {r.structure_hash: r for r in reversed(records)}  # first occurrence wins
+        if not unique:
+            return WriteCounts(0, 0)
+        existing = self._existing("structures", "structure_hash", list(unique))
+        now = _now()
+        rows = [
+            {
+                "structure_hash": r.structure_hash,
+                "formula": r.atoms.get_chemical_formula(mode="metal"),
+                "n_atoms": len(r.atoms),
+                "composition_x": r.composition_x,
+                "kind": r.kind,
+                "temperature_k": r.temperature_k,
+                "amplitude_a": r.amplitude_a,
+                "seed": r.seed,
+                "source": r.source,
+                "run_id": run_id,
+                "numbers": [int(z) for z in r.atoms.numbers],
+                "positions_a": [float(v) for v in np.ravel(r.atoms.positions)],
+                "cell_a": [float(v) for v in np.ravel(r.atoms.cell[:])],
+                "pbc": [bool(p) for p in r.atoms.pbc],
+                "created_at": now,
+            }
+            for h, r in unique.items()
+            if h not in existing
+        ]
+        self._insert_rows("structures", rows)
+        return WriteCounts(len(rows), len(existing))
+
+    def add_labels(self, records: Sequence[LabelRecord], *, run_id: str | None) -> WriteCounts:
+        """Insert labels; an (structure, level) already labelled 'ok' is kept, a 'failed' one is replaced."""
+        unique = {(r.structure_hash, r.level): r for r in reversed(records)}
+        if not unique:
+            return WriteCounts(0, 0)
+        keep = {
+            (h, lv)
+            for h, lv in self.con.execute(
+                "SELECT structure_hash, level FROM labels WHERE status = 'ok' AND structure_hash IN "
+                "(SELECT unnest(?))",
+                [sorted({h for h, _ in unique})],
+            ).fetchall()
+        }
+        todo = [r for key, r in unique.items() if key not in keep]
+        for r in todo:
+            self.con.execute("DELETE FROM labels WHERE structure_hash = ? AND level = ?", [r.structure_hash, r.level])
+        now = _now()
+        rows = [
+            {
+                "structure_hash": r.structure_hash,
+                "level": r.level,
+                "status": r.status,
+                "energy_ev": r.energy_ev,
+                "forces_ev_per_a": None if r.forces_ev_per_a is None else np.ravel(r.forces_ev_per_a).tolist(),
+                "stress_ev_per_a3": None if r.stress_ev_per_a3 is None else np.ravel(r.stress_ev_per_a3).tolist(),
+                "gap_ev": r.gap_ev,
+                "extras_json": json.dumps(dict(r.extras), sort_keys=True, default=str) if r.extras else None,
+                "error": r.error,
+                "wall_time_s": r.wall_time_s,
+                "source": r.source,
+                "run_id": run_id,
+                "created_at": now,
+            }
+            for r in todo
+        ]
+        self._insert_rows("labels", rows)
+        return WriteCounts(len(rows), len(unique) - len(rows))
+
+    def save_arrays(
+        self, kind: str, arrays: Mapping[str, np.ndarray], *, run_id: str | None, meta: Mapping[str, Any] | None = None
+    ) -> str:
+        """Write arrays to ``artifacts/<kind>/<sha>.npz`` (content-addressed) and record it; returns its id.
+
+        The file is written before the row (in this transaction), so a row never points to a missing file;
+        a crash in between leaves at most an unreferenced file that the next identical save reuses.
+        """
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+        payload = buffer.getvalue()
+        sha = hashlib.sha256(payload).hexdigest()
+        artifact_id = f"{kind}-{sha[:16]}"
+        relpath = Path(ARTIFACTS_DIRNAME) / kind / f"{sha[:16]}.npz"
+        target = self.store.project_dir / relpath
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(".partial")
+            partial.write_bytes(payload)
+            partial.replace(target)
+        self.con.execute(
+            "INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [artifact_id, run_id, kind, relpath.as_posix(), sha, len(payload), json.dumps(dict(meta or {})), _now()],
+        )
+        return artifact_id
+
+    # -- helpers
+    def _existing(self, table: str, key: str, values: list[str]) -> set[str]:
+        rows = self.con.execute(f"SELECT {key} FROM {table} WHERE {key} IN (SELECT unnest(?))", [values]).fetchall()
+        return {r[0] for r in rows}
+
+    def _insert_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        frame = pd.DataFrame(rows)
+        self.con.register("_capml_rows", frame)
+        try:
+            columns = ", ".join(frame.columns)
+            self.con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM _capml_rows ON CONFLICT DO NOTHING")
+        finally:
+            self.con.unregister("_capml_rows")
+
+
+class Store:
+    """The DuckDB results store of one project directory.
+
+    Parameters
+    ----------
+    project_dir
+        Directory of the project; the store is ``<project_dir>/capml.duckdb``, artifacts go under
+        ``<project_dir>/artifacts/``.
+    lock_timeout_s
+        How long (s) to wait for another process that holds the file before raising
+        :class:`~capml_core.errors.StoreLockedError`.
+    """
+
+    def __init__(self, project_dir: str | Path, *, lock_timeout_s: float = 60.0) -> None:
+        self.project_dir = Path(project_dir).expanduser().resolve()
+        self.path = self.project_dir / STORE_FILENAME
+        self.lock_timeout_s = lock_timeout_s
+        self._schema_checked = False
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.project_dir)!r})"
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, lock_timeout_s: float = 60.0) -> Store:
+        """The store whose DuckDB file is ``path`` (its directory is the project directory)."""
+        path = Path(path).expanduser().resolve()
+        if path.name != STORE_FILENAME:
+            raise StoreError(f"{path}: a capml store file is named {STORE_FILENAME}")
+        return cls(path.parent, lock_timeout_s=lock_timeout_s)
+
+    # ------------------------------------------------------------------------------- connections
+    def _connect(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.01
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only)
+            except duckdb.IOException as err:
+                text = str(err).lower()
+                if "lock" not in text and "conflicting" not in text:
+                    raise StoreError(f"{self.path}: cannot open the store: {err}") from err
+                if time.monotonic() > deadline:
+                    raise StoreLockedError(
+                        f"{self.path}: another process held the store for more than {self.lock_timeout_s:.0f} s "
+                        f"({err}). Close other writers (a DuckDB shell opened read-write, a stuck flow) and retry."
+                    ) from err
+                time.sleep(delay)
+                delay = min(delay * 2.0, 0.25)
+
+    def initialise(self) -> None:
+        """Create the store (or migrate it to :data:`SCHEMA_VERSION`); safe to call again."""
+        self.project_dir.mkdir(parents=True, exist_ok=True)
+        con = self._connect(read_only=False)
+        try:
+            version = self._schema_version(con)
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: schema version {version} is newer than this capml's ({SCHEMA_VERSION}); "
+                    "upgrade capml to open it"
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                con.begin()
+                try:
+                    for statement in MIGRATIONS[target]:
+                        con.execute(statement)
+                    con.execute(
+                        "INSERT INTO schema_meta VALUES ('schema_version', ?) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        [str(target)],
+                    )
+                    con.commit()
+                except Exception:
+                    con.rollback()
+                    raise
+                logger.info("store %s: schema at version %d", self.path, target)
+        finally:
+            con.close()
+
+    @staticmethod
+    def _schema_version(con: duckdb.DuckDBPyConnection) -> int:
+        has_meta = con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_meta'"
+        ).fetchone()[0]
+        if not has_meta:
+            return 0
+        row = con.execute("SELECT value FROM schema_meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def exists(self) -> bool:
+        """Whether the store file has been created."""
+        return self.path.is_file()
+
+    @contextmanager
+    def write(self) -> Iterator[StoreWriter]:
+        """One write transaction: committed when the block ends, rolled back (nothing written) on error."""
+        if not self._schema_checked:
+            self.initialise()
+            self._schema_checked = True
+        con = self._connect(read_only=False)
+        try:
+            con.begin()
+            try:
+                yield StoreWriter(con, self)
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
+        finally:
+            con.close()
+
+    @contextmanager
+    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short read-only connection (waits while a writer holds the file)."""
+        if not self.exists():
+            raise NotComputedError(f"{self.path}: no store yet; run the pipeline first (capml run CONFIG)")
+        con = self._connect(read_only=True)
+        try:
+            version = self._schema_version(con)
+            if version != SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: schema version {version}, this capml reads version {SCHEMA_VERSION}; "
+                    + ("upgrade capml" if version > SCHEMA_VERSION else "run any capml write (capml run) to migrate")
+                )
+            yield con
+        finally:
+            con.close()
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
+        """Run a read-only SQL query and return a DataFrame."""
+        with self.read() as con:
+            return con.execute(sql, params or []).df()
+
+    # ---------------------------------------------------------------------------------- reads
+    def runs(self) -> pd.DataFrame:
+        """All runs, newest first."""
+        return self.query(
+            "SELECT run_id, name, status, started_at, finished_at, config_hash, code_version, message "
+            "FROM runs ORDER BY started_at DESC"
+        )
+
+    def stages(self, run_id: str | None = None) -> pd.DataFrame:
+        """Stage status of one run (default: the latest run)."""
+        if run_id is None:
+            return self.query(
+                "SELECT stage, status, started_at, finished_at, message, run_id FROM stages WHERE run_id = "
+                "(SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1) ORDER BY started_at"
+            )
+        return self.query(
+            "SELECT stage, status, started_at, finished_at, message, run_id FROM stages WHERE run_id = ? "
+            "ORDER BY started_at",
+            [run_id],
+        )
+
+    def label_counts(self) -> pd.DataFrame:
+        """Labelled structures per level and status, with which labels they carry."""
+        return self.query(
+            """SELECT level, status, count(*) AS n_structures, count(energy_ev) AS n_energy,
+                      count(forces_ev_per_a) AS n_forces, count(stress_ev_per_a3) AS n_stress,
+                      count(gap_ev) AS n_gap
+               FROM labels GROUP BY level, status ORDER BY level, status"""
+        )
+
+    def coverage(self) -> pd.DataFrame:
+        """Structures per composition x, kind, condition (temperature K or amplitude Å) and level."""
+        return self.query(
+            """SELECT s.composition_x, s.kind, s.temperature_k, s.amplitude_a,
+                      coalesce(l.level, '(unlabelled)') AS level, count(*) AS n_structures
+               FROM structures s LEFT JOIN labels l ON l.structure_hash = s.structure_hash AND l.status = 'ok'
+               GROUP BY ALL ORDER BY ALL"""
+        )
+
+    def gaps(self, level: str | None = None) -> pd.DataFrame:
+        """Band gaps (eV) with composition, per level (all levels by default)."""
+        sql = (
+            "SELECT l.level, s.structure_hash, s.composition_x, s.kind, s.temperature_k, s.amplitude_a, l.gap_ev "
+            "FROM labels l JOIN structures s USING (structure_hash) WHERE l.status = 'ok' AND l.gap_ev IS NOT NULL"
+        )
+        if level is None:
+            return self.query(sql + " ORDER BY l.level, s.composition_x")
+        return self.query(sql + " AND l.level = ? ORDER BY s.composition_x", [level])
+
+    def load_atoms(self, structure_hash: str) -> Atoms:
+        """The stored structure with this hash."""
+        with self.read() as con:
+            row = con.execute(
+                "SELECT numbers, positions_a, cell_a, pbc FROM structures WHERE structure_hash = ?", [structure_hash]
+            ).fetchone()
+        if row is None:
+            raise NotComputedError(f"{self.path}: no structure with hash {structure_hash}")
+        numbers, positions, cell, pbc = row
+        return Atoms(
+            numbers=numbers, positions=np.reshape(positions, (-1, 3)), cell=np.reshape(cell, (3, 3)), pbc=pbc
+        )
+
+    def load_arrays(self, artifact_id: str) -> dict[str, np.ndarray]:
+        """The arrays of a stored artifact (checked against its SHA-256)."""
+        with self.read() as con:
+            row = con.execute("SELECT relpath, sha256 FROM artifacts WHERE artifact_id = ?", [artifact_id]).fetchone()
+        if row is None:
+            raise NotComputedError(f"{self.path}: no artifact {artifact_id}")
+        path = self.project_dir / row[0]
+        payload = path.read_bytes()
+        if hashlib.sha256(payload).hexdigest() != row[1]:
+            raise StoreError(f"{path}: content does not match the SHA-256 recorded for artifact {artifact_id}")
+        with np.load(io.BytesIO(payload)) as data:
+            return {k: data[k] for k in data.files}

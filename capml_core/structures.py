@@ -1,0 +1,140 @@
+"""Structures: parent cells, supercells, Vegard lattice, sublattice composition and content hashes.
+
+Lengths in Å. Structures are ASE ``Atoms``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from ase import Atoms
+
+from capml_core.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from capml_core.config import ParentSection, SystemSection
+
+#: Decimals kept when hashing positions and cell (Å): 1e-6 Å is far below any physical difference.
+HASH_DECIMALS = 6
+
+# Fractional coordinates of the cubic Pm-3m perovskite family (5 atoms).
+_FACE_CENTRES = [(0.5, 0.5, 0.0), (0.5, 0.0, 0.5), (0.0, 0.5, 0.5)]
+_BODY_CENTRE = (0.5, 0.5, 0.5)
+_CORNER = (0.0, 0.0, 0.0)
+
+
+def build_cubic_antiperovskite(a_site: str, b_site: str, x_site: str, lattice_a: float) -> Atoms:
+    """Cubic Pm-3m anti-perovskite A3BX, e.g. Ag3SBr.
+
+    A (x3) on the face centres, B on the body centre, X on the corner; atom order A, A, A, B, X (the order
+    of the bundled reference data).
+
+    Parameters
+    ----------
+    a_site, b_site, x_site
+        Elements of the three site roles.
+    lattice_a
+        Cubic lattice parameter (Å).
+    """
+    return Atoms(
+        symbols=[a_site] * 3 + [b_site, x_site],
+        scaled_positions=[*_FACE_CENTRES, _BODY_CENTRE, _CORNER],
+        cell=np.eye(3) * lattice_a,
+        pbc=True,
+    )
+
+
+def build_cubic_perovskite(a_site: str, b_site: str, x_site: str, lattice_a: float) -> Atoms:
+    """Cubic Pm-3m perovskite ABX3, e.g. CsPbBr3: A corner, B body centre, X (x3) face centres.
+
+    Parameters
+    ----------
+    a_site, b_site, x_site
+        Elements of the three site roles.
+    lattice_a
+        Cubic lattice parameter (Å).
+    """
+    return Atoms(
+        symbols=[a_site, b_site] + [x_site] * 3,
+        scaled_positions=[_CORNER, _BODY_CENTRE, *_FACE_CENTRES],
+        cell=np.eye(3) * lattice_a,
+        pbc=True,
+    )
+
+
+def build_parent(parent: ParentSection) -> Atoms:
+    """The parent unit cell described by a configuration section (builder or CIF/POSCAR file)."""
+    if parent.builder is not None:
+        assert parent.species is not None and parent.lattice_a is not None  # guaranteed by the model
+        builder = build_cubic_antiperovskite if parent.builder == "antiperovskite" else build_cubic_perovskite
+        return builder(parent.species["A"], parent.species["B"], parent.species["X"], parent.lattice_a)
+    from ase.io import read
+
+    atoms = read(parent.file)
+    if isinstance(atoms, list):  # pragma: no cover - read() of one file returns one frame by default
+        atoms = atoms[0]
+    atoms.pbc = True
+    return atoms
+
+
+def sublattice_site_count(parent: Atoms, site_species: str, supercell: Sequence[int]) -> int:
+    """Number of substituted sites in the supercell: parent sites of ``site_species`` times the repeat."""
+    per_cell = sum(1 for s in parent.get_chemical_symbols() if s == site_species)
+    return per_cell * int(np.prod(supercell))
+
+
+def vegard_lattice_a(x: float, species: Sequence[str], end_points: dict[str, float]) -> float:
+    """Vegard lattice parameter (Å) at composition x (fraction of ``species[0]``).
+
+    ``a(x) = x a[species[0]] + (1 - x) a[species[1]]``.
+    """
+    if not 0.0 <= x <= 1.0:
+        raise InvalidInputError(f"composition x = {x}: must lie in [0, 1]")
+    return x * end_points[species[0]] + (1.0 - x) * end_points[species[1]]
+
+
+def build_supercell(system: SystemSection, x: float) -> Atoms:
+    """The undistorted supercell at the Vegard lattice parameter of composition x (all sites ``site_species``).
+
+    The parent cell is scaled isotropically so that its first lattice vector has length a(x), then repeated
+    with ASE's ``repeat`` (atom order: parent order within each cell, cells in C order).
+    """
+    parent = build_parent(system.parent)
+    a_x = vegard_lattice_a(x, system.sublattice.species, system.vegard_lattice_a)
+    scale = a_x / np.linalg.norm(parent.cell[0])
+    parent.set_cell(parent.cell * scale, scale_atoms=True)
+    return parent.repeat(tuple(system.supercell))
+
+
+def substituted_fraction(atoms: Atoms, species: Sequence[str]) -> float | None:
+    """Fraction of ``species[0]`` among the atoms of the two sublattice species; None if neither is present."""
+    symbols = atoms.get_chemical_symbols()
+    n_first = symbols.count(species[0])
+    n_total = n_first + symbols.count(species[1])
+    return n_first / n_total if n_total else None
+
+
+def structure_hash(atoms: Atoms) -> str:
+    """Stable content hash (hex, 20 characters) of a structure.
+
+    Built from atomic numbers, positions and cell rounded to 1e-6 Å, and periodic boundary conditions, in atom
+    order. Identical structures give identical hashes on every machine; labels and calculator state do not
+    enter.
+    """
+    positions = np.round(np.asarray(atoms.positions, dtype=np.float64), HASH_DECIMALS) + 0.0  # -0.0 -> 0.0
+    cell = np.round(np.asarray(atoms.cell[:], dtype=np.float64), HASH_DECIMALS) + 0.0
+    digest = hashlib.sha256()
+    digest.update(np.asarray(atoms.numbers, dtype="<i8").tobytes())
+    digest.update(positions.astype("<f8").tobytes())
+    digest.update(cell.astype("<f8").tobytes())
+    digest.update(np.asarray(atoms.pbc, dtype=np.uint8).tobytes())
+    return digest.hexdigest()[:20]
+
+
+def allowed_species(system: SystemSection) -> set[str]:
+    """Elements a structure of this system may contain: parent elements + sublattice species."""
+    parent = build_parent(system.parent)
+    return (set(parent.get_chemical_symbols()) - {system.sublattice.site_species}) | set(system.sublattice.species)

@@ -1,0 +1,21 @@
+"""Shared type aliases (``Literal`` options are checked with ``typing.get_args``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+
+#: Kinds of structures in the store.
+StructureKind = Literal["thermal", "uniform", "equilibrium", "imported"]
+#: Labels a reference level can provide.
+LabelName = Literal["energy", "forces", "stress", "gap"]
+#: Status of a pipeline stage or a labelling calculation.
+StageStatus = Literal["running", "done", "failed", "skipped"]
+LabelStatus = Literal["ok", "failed"]
+#: Parent structure builders built into capml.
+ParentBuilder = Literal["antiperovskite", "perovskite"]
