@@ -195,7 +195,7 @@ class LabelKeys(Section):
 class ImportSpec(Section):
     """One labelled extended-XYZ file to import at a reference level.
 
-    The key of each label in the file is ``keys[label]`` if given, else ``<key_prefix>_<label>`` (or just
+    The key of each label in the file is ``key_names[label]`` if given, else ``<key_prefix>_<label>`` (or just
     ``<label>`` without a prefix); only the labels listed in ``labels`` are expected.
     """
 
@@ -205,7 +205,9 @@ class ImportSpec(Section):
         default_factory=lambda: list(get_args(LabelName)), min_length=1, description="Labels the file carries."
     )
     key_prefix: str | None = Field(default=None, description="Prefix of the label keys, e.g. 'pbesol'.")
-    keys: dict[LabelName, str] = Field(default_factory=dict, description="Explicit key per label (overrides).")
+    key_names: dict[LabelName, str] = Field(
+        default_factory=dict, description="Explicit key per label, overriding the prefix rule."
+    )
     temperature_key: str | None = Field(default=None, description="info key of a temperature (K), if any.")
     amplitude_key: str | None = Field(
         default=None, description="info key of a displacement amplitude (Å), e.g. 'sigma_A', if any."
@@ -215,14 +217,14 @@ class ImportSpec(Section):
 
     @model_validator(mode="after")
     def _keys_for_listed_labels(self) -> ImportSpec:
-        extra = sorted(set(self.keys) - set(self.labels))
+        extra = sorted(set(self.key_names) - set(self.labels))
         if extra:
-            raise ValueError(f"keys given for {extra}, which are not in labels {self.labels}")
+            raise ValueError(f"key_names given for {extra}, which are not in labels {self.labels}")
         return self
 
     def label_keys(self) -> LabelKeys:
         """Where each label sits in the file."""
-        return LabelKeys.build(labels=tuple(self.labels), prefix=self.key_prefix, overrides=self.keys)
+        return LabelKeys.build(labels=tuple(self.labels), prefix=self.key_prefix, overrides=self.key_names)
 
 
 class DatasetSection(Section):

@@ -369,3 +369,59 @@ def import_labelled_dataset(
         path.name, level, report.n_frames, report.n_duplicate_frames, report.new_structures, report.new_labels,
     )
     return report
+
+
+@dataclass(frozen=True)
+class LevelSummary:
+    """Labels of one level: counts and band-gap statistics (eV)."""
+
+    level: str
+    n_ok: int
+    n_failed: int
+    n_energy: int
+    n_forces: int
+    n_stress: int
+    n_gap: int
+    gap_min_ev: float | None
+    gap_mean_ev: float | None
+    gap_max_ev: float | None
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """The stored dataset at a glance."""
+
+    n_structures: int
+    compositions: tuple[float, ...]
+    levels: tuple[LevelSummary, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "n_structures": self.n_structures,
+            "compositions": list(self.compositions),
+            "levels": [vars(level) for level in self.levels],
+        }
+
+
+def summarise_dataset(store: Store) -> DatasetSummary:
+    """Counts of structures and labels per level, compositions covered, gap range per level."""
+    with store.read() as con:
+        n_structures = con.execute("SELECT count(*) FROM structures").fetchone()[0]
+        compositions = [
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT composition_x FROM structures WHERE composition_x IS NOT NULL ORDER BY 1"
+            ).fetchall()
+        ]
+        rows = con.execute(
+            """SELECT level, count(*) FILTER (status = 'ok'), count(*) FILTER (status = 'failed'),
+                      count(energy_ev), count(forces_ev_per_a), count(stress_ev_per_a3), count(gap_ev),
+                      min(gap_ev), avg(gap_ev), max(gap_ev)
+               FROM labels GROUP BY level ORDER BY level"""
+        ).fetchall()
+    return DatasetSummary(
+        n_structures=int(n_structures),
+        compositions=tuple(float(x) for x in compositions),
+        levels=tuple(LevelSummary(*row) for row in rows),
+    )

@@ -1,0 +1,1 @@
+"""Prefect flows and the ``capml`` command line: thin wrappers around capml_core."""

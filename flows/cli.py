@@ -1,0 +1,288 @@
+"""The ``capml`` command line (Typer): builds arguments, calls capml_core or a flow, prints results."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, get_args
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from capml_core.errors import CapmlError
+from capml_core.types import LabelName
+from flows.settings import configure_environment
+
+app = typer.Typer(
+    name="capml",
+    help="capml: band gaps of disordered, anharmonic semiconductors vs composition and temperature.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Labelled datasets: import, summary.", no_args_is_help=True)
+config_app = typer.Typer(help="Run configurations: check.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="Run configuration (TOML); gives the project directory.")
+]
+ProjectOption = Annotated[
+    Path | None, typer.Option("--project", "-p", help="Project directory (holds capml.duckdb); overrides the config's.")
+]
+
+
+def _fail(err: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def _project_dir(config: Path | None, project: Path | None) -> Path:
+    if project is not None:
+        return project.expanduser().resolve()
+    if config is not None:
+        from capml_core.config import load_config
+
+        return load_config(config).project_dir
+    raise CapmlError("give --config CONFIG.toml or --project DIR to say which store to use")
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Run configuration (TOML).")],
+    project: ProjectOption = None,
+) -> None:
+    """Run the pipeline flow (Prefect, local ephemeral mode) on a configuration."""
+    from capml_core.config import load_config
+
+    try:
+        loaded = load_config(config, project_dir=project)  # fail fast, before Prefect starts
+    except CapmlError as err:
+        _fail(err)
+    from flows.pipeline import pipeline
+
+    try:
+        result = pipeline(config_path=str(loaded.path), project_dir=str(loaded.project_dir))
+    except CapmlError as err:
+        _fail(err)
+    _print_summary(result["dataset"])
+    console.print(f"\nrun [bold]{result['run_id']}[/] done; results in [bold]{result['store']}[/]")
+    console.print(f"open the dashboard:  capml dashboard --project {loaded.project_dir}")
+    console.print(f"query with SQL:      capml sql --project {loaded.project_dir} \"SELECT * FROM labelled_structures\"")
+
+
+@config_app.command("check")
+def config_check(config: Annotated[Path, typer.Argument(help="Run configuration (TOML).")]) -> None:
+    """Validate a configuration and show what it describes; writes nothing."""
+    from capml_core.config import load_config
+    from capml_core.structures import build_supercell, sublattice_site_count, build_parent
+
+    try:
+        loaded = load_config(config)
+    except CapmlError as err:
+        _fail(err)
+    system = loaded.config.system
+    parent = build_parent(system.parent)
+    n_sites = sublattice_site_count(parent, system.sublattice.site_species, system.supercell)
+    cell = build_supercell(system, system.compositions[0])
+    console.print(f"[green]valid[/] {loaded.path}  (hash {loaded.config_hash[:12]})")
+    console.print(f"system      {system.name}: parent {parent.get_chemical_formula()}, supercell "
+                  f"{'x'.join(map(str, system.supercell))} = {len(cell)} atoms, {n_sites} sites of "
+                  f"{system.sublattice.site_species} shared by {'/'.join(system.sublattice.species)}")
+    console.print(f"x           {', '.join(f'{x:g}' for x in system.compositions)}")
+    console.print(f"imports     {', '.join(f'{s.path.name} ({s.level})' for s in loaded.config.dataset.imports) or '-'}")
+    console.print(f"project dir {loaded.project_dir}")
+
+
+@data_app.command("import")
+def data_import(
+    file: Annotated[Path, typer.Argument(help="Extended-XYZ file with labelled structures.")],
+    level: Annotated[str, typer.Option("--level", "-l", help="Reference level of the labels, e.g. gpaw-pbesol.")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration: the system (species).")],
+    project: ProjectOption = None,
+    labels: Annotated[
+        str, typer.Option(help=f"Comma-separated labels the file carries, of: {', '.join(get_args(LabelName))}.")
+    ] = "energy,forces,stress,gap",
+    prefix: Annotated[str | None, typer.Option(help="Key prefix: labels are read from <prefix>_<label>.")] = None,
+    key: Annotated[
+        list[str] | None, typer.Option(help="Explicit key of a label, as label=key (repeatable).")
+    ] = None,
+    temperature_key: Annotated[str | None, typer.Option(help="info key of the temperature (K).")] = None,
+    amplitude_key: Annotated[str | None, typer.Option(help="info key of the displacement amplitude (Å).")] = None,
+) -> None:
+    """Validate a labelled extended-XYZ file and load it into the store (all or nothing)."""
+    from capml_core.config import ImportSpec, load_config
+    from capml_core.datasets import import_labelled_dataset
+    from capml_core.store import Store
+    from capml_core.structures import allowed_species
+
+    try:
+        loaded = load_config(config, project_dir=project)
+        overrides = {}
+        for item in key or []:
+            name, sep, value = item.partition("=")
+            if not sep or not value:
+                raise CapmlError(f"--key {item!r}: expected label=key, e.g. gap=my_gap")
+            overrides[name.strip()] = value.strip()
+        spec = ImportSpec.model_validate(
+            {
+                "path": file,
+                "level": level,
+                "labels": [s.strip() for s in labels.split(",") if s.strip()],
+                "key_prefix": prefix,
+                "key_names": overrides,
+                "temperature_key": temperature_key,
+                "amplitude_key": amplitude_key,
+            },
+            context={"base_dir": Path.cwd()},
+        )
+    except CapmlError as err:
+        _fail(err)
+    except ValueError as err:  # pydantic's ValidationError
+        from capml_core.config import format_validation_error
+
+        _fail(CapmlError(format_validation_error(Path("command line"), err, {})))
+    system = loaded.config.system
+    with Progress(
+        TextColumn("validating {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=err_console, transient=True,
+    ) as bar:
+        task_id = bar.add_task(spec.path.name, total=None)
+        try:
+            report = import_labelled_dataset(
+                Store(loaded.project_dir),
+                spec.path,
+                level=spec.level,
+                keys=spec.label_keys(),
+                sublattice_species=system.sublattice.species,
+                allowed_species=allowed_species(system),
+                temperature_key=spec.temperature_key,
+                amplitude_key=spec.amplitude_key,
+                progress=lambda done, total: bar.update(task_id, completed=done, total=total),
+            )
+        except CapmlError as err:
+            bar.stop()
+            _fail(err)
+    console.print(
+        f"{report.path.name} -> level [bold]{report.level}[/]: {report.n_frames} frames "
+        f"({report.n_duplicate_frames} repeated in the file), {report.new_structures} new structures, "
+        f"{report.new_labels} new labels, {report.existing_labels} already stored; store {loaded.project_dir}"
+    )
+
+
+@data_app.command("summary")
+def data_summary(config: ConfigOption = None, project: ProjectOption = None) -> None:
+    """Structures, labels per level and gap ranges in the store."""
+    from capml_core.datasets import summarise_dataset
+    from capml_core.store import Store
+
+    try:
+        summary = summarise_dataset(Store(_project_dir(config, project)))
+    except CapmlError as err:
+        _fail(err)
+    _print_summary(summary.as_dict())
+
+
+def _print_summary(summary: dict) -> None:
+    table = Table(title=f"{summary['n_structures']} structures, x = "
+                  + ", ".join(f"{x:g}" for x in summary["compositions"]))
+    for column in ("level", "ok", "failed", "energy", "forces", "stress", "gap", "gap min/mean/max (eV)"):
+        table.add_column(column)
+    for lv in summary["levels"]:
+        gaps = "-" if lv["gap_mean_ev"] is None else (
+            f"{lv['gap_min_ev']:.3f} / {lv['gap_mean_ev']:.3f} / {lv['gap_max_ev']:.3f}"
+        )
+        table.add_row(lv["level"], *(str(lv[k]) for k in ("n_ok", "n_failed", "n_energy", "n_forces", "n_stress",
+                                                          "n_gap")), gaps)
+    console.print(table)
+
+
+@app.command()
+def runs(config: ConfigOption = None, project: ProjectOption = None) -> None:
+    """Runs recorded in the store and the stages of the latest one."""
+    from capml_core.store import Store
+
+    try:
+        store = Store(_project_dir(config, project))
+        frame, stages = store.runs(), store.stages()
+    except CapmlError as err:
+        _fail(err)
+    console.print(frame.to_string(index=False) if len(frame) else "no runs yet")
+    if len(stages):
+        console.print("\nstages of the latest run:")
+        console.print(stages.to_string(index=False))
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="A read-only SQL query, e.g. 'SELECT * FROM labelled_structures'.")],
+    config: ConfigOption = None,
+    project: ProjectOption = None,
+    output: Annotated[str, typer.Option(help="Output format: table, csv or json.")] = "table",
+) -> None:
+    """Query the store with SQL (read-only; tables: runs, stages, structures, levels, labels, artifacts)."""
+    from capml_core.store import Store
+
+    if output not in ("table", "csv", "json"):
+        _fail(CapmlError(f"--output {output!r}: allowed: table, csv, json"))
+    try:
+        frame = Store(_project_dir(config, project)).query(query)
+    except CapmlError as err:
+        _fail(err)
+    except Exception as err:  # DuckDB's parser/binder errors: show them, they are the user's SQL
+        _fail(CapmlError(f"SQL error: {err}"))
+    if output == "csv":
+        sys.stdout.write(frame.to_csv(index=False))
+    elif output == "json":
+        sys.stdout.write(frame.to_json(orient="records", date_format="iso") + "\n")
+    else:
+        console.print(frame.to_string(index=False))
+
+
+@app.command()
+def dashboard(
+    config: ConfigOption = None,
+    project: ProjectOption = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8501,
+) -> None:
+    """Start the Streamlit dashboard on 127.0.0.1, reading the store read-only."""
+    try:
+        project_dir = _project_dir(config, project)
+    except CapmlError as err:
+        _fail(err)
+    app_file = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    env = {**os.environ, "CAPML_PROJECT_DIR": str(project_dir)}
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(app_file),
+        "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+    ]
+    console.print(f"dashboard of {project_dir} at http://127.0.0.1:{port}  (Ctrl-C stops it)")
+    raise typer.Exit(subprocess.call(command, env=env))
+
+
+@app.command()
+def version() -> None:
+    """capml's version and the versions of the packages it computes with."""
+    from capml_core.provenance import code_version, package_versions
+
+    console.print(json.dumps({"capml": code_version(), **package_versions()}, indent=2))
+
+
+def main() -> None:
+    """Entry point of the ``capml`` command."""
+    configure_environment()
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""The capml pipeline as a Prefect flow.
+
+Stages so far: ``dataset-import`` (validate and load the labelled datasets named in the config) and
+``dataset-summary`` (counts per level, gap statistics, published as a Prefect artifact). Later stages
+(labelling, GNN, MACE, disorder, phonons, MD, gaps) are added here as tasks/subflows of :func:`pipeline`.
+
+Runs in Prefect's local ephemeral mode by default (no server needed); with ``PREFECT_API_URL`` set it
+reports to that server. Each task calls one capml_core function; the store records run and stage status.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from capml_core.config import ImportSpec, LoadedConfig, load_config
+from capml_core.datasets import DatasetSummary, ImportReport, import_labelled_dataset, summarise_dataset
+from capml_core.provenance import code_version, package_versions
+from capml_core.store import Store
+from capml_core.structures import allowed_species
+
+
+def new_run_id(name: str) -> str:
+    """Readable unique run id: ``<name>-<UTC time>-<6 hex>``."""
+    return f"{name}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+@contextmanager
+def stage(store: Store, run_id: str, name: str) -> Iterator[None]:
+    """Record a stage as running, then done or failed (with the error) in the store."""
+    with store.write() as writer:
+        writer.set_stage(run_id, name, "running")
+    try:
+        yield
+    except BaseException as err:
+        with store.write() as writer:
+            writer.set_stage(run_id, name, "failed", f"{type(err).__name__}: {err}")
+        raise
+    with store.write() as writer:
+        writer.set_stage(run_id, name, "done")
+
+
+@task(name="start-run", cache_policy=NO_CACHE)
+def start_run(loaded: LoadedConfig, store: Store) -> str:
+    """Create the store if needed and record a new run with its provenance."""
+    run_id = new_run_id(loaded.config.run.name)
+    with store.write() as writer:
+        writer.start_run(
+            run_id=run_id,
+            name=loaded.config.run.name,
+            config_hash=loaded.config_hash,
+            config_json=loaded.config.model_dump_json(),
+            config_path=str(loaded.path),
+            code_version=code_version(),
+            packages=package_versions(),
+        )
+    get_run_logger().info("run %s -> store %s", run_id, store.path)
+    return run_id
+
+
+@task(name="import-dataset", task_run_name="import {spec.level}: {spec.path.name}", cache_policy=NO_CACHE)
+def import_dataset(loaded: LoadedConfig, spec: ImportSpec, store: Store, run_id: str) -> ImportReport:
+    """Validate one labelled file and load it into the store (nothing written if it is rejected)."""
+    system = loaded.config.system
+    report = import_labelled_dataset(
+        store,
+        spec.path,
+        level=spec.level,
+        keys=spec.label_keys(),
+        sublattice_species=system.sublattice.species,
+        allowed_species=allowed_species(system),
+        temperature_key=spec.temperature_key,
+        amplitude_key=spec.amplitude_key,
+        run_id=run_id,
+    )
+    get_run_logger().info(
+        "%s (%s): %d frames, %d new structures, %d new labels, %d already stored",
+        spec.path.name, spec.level, report.n_frames, report.new_structures, report.new_labels, report.existing_labels,
+    )
+    return report
+
+
+@task(name="summarise-dataset", cache_policy=NO_CACHE)
+def summarise(store: Store) -> DatasetSummary:
+    """Summarise the stored dataset and publish it as a Prefect markdown artifact."""
+    summary = summarise_dataset(store)
+    lines = [
+        f"**{summary.n_structures} structures**, compositions x = "
+        + ", ".join(f"{x:.3f}" for x in summary.compositions),
+        "",
+        "| level | ok | failed | energy | forces | stress | gap | gap min / mean / max (eV) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for lv in summary.levels:
+        gaps = (
+            f"{lv.gap_min_ev:.3f} / {lv.gap_mean_ev:.3f} / {lv.gap_max_ev:.3f}" if lv.gap_mean_ev is not None else "-"
+        )
+        lines.append(
+            f"| {lv.level} | {lv.n_ok} | {lv.n_failed} | {lv.n_energy} | {lv.n_forces} | {lv.n_stress} "
+            f"| {lv.n_gap} | {gaps} |"
+        )
+    create_markdown_artifact(markdown="\n".join(lines), key="capml-dataset-summary", description="capml dataset")
+    get_run_logger().info("dataset: %d structures, levels %s", summary.n_structures, [lv.level for lv in summary.levels])
+    return summary
+
+
+@flow(name="capml-pipeline")
+def pipeline(config_path: str, project_dir: str | None = None) -> dict[str, Any]:
+    """Run every stage that exists on one configuration; returns a JSON-ready summary.
+
+    Parameters
+    ----------
+    config_path
+        Run configuration (TOML).
+    project_dir
+        Overrides ``run.project_dir`` of the config (where the DuckDB store and artifacts go).
+    """
+    loaded = load_config(config_path, project_dir=project_dir)
+    store = Store(loaded.project_dir)
+    run_id = start_run(loaded, store)
+    try:
+        with stage(store, run_id, "dataset-import"):
+            reports = [import_dataset(loaded, spec, store, run_id) for spec in loaded.config.dataset.imports]
+        with stage(store, run_id, "dataset-summary"):
+            summary = summarise(store)
+    except BaseException as err:
+        with store.write() as writer:
+            writer.finish_run(run_id, status="failed", message=f"{type(err).__name__}: {err}")
+        raise
+    with store.write() as writer:
+        writer.finish_run(run_id, status="done")
+    return {
+        "run_id": run_id,
+        "store": str(store.path),
+        "imports": [
+            {"file": r.path.name, "level": r.level, "frames": r.n_frames, "new_labels": r.new_labels}
+            for r in reports
+        ],
+        "dataset": summary.as_dict(),
+    }
