@@ -264,7 +264,7 @@ def dashboard(
     command = [
         sys.executable, "-m", "streamlit", "run", str(app_file),
         "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
-        "--browser.gatherUsageStats", "false",
+        "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
     ]
     console.print(f"dashboard of {project_dir} at http://127.0.0.1:{port}  (Ctrl-C stops it)")
     raise typer.Exit(subprocess.call(command, env=env))

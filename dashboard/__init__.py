@@ -1,0 +1,1 @@
+"""Streamlit dashboard: reads the capml store (read-only) and draws it; computes no science."""

@@ -1,0 +1,13 @@
+"""capml dashboard: ``capml dashboard --project DIR`` (or ``streamlit run dashboard/app.py`` with
+``CAPML_PROJECT_DIR`` set). Later stages add their pages to ``PAGES``."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard.pages.overview import render_overview
+
+st.set_page_config(page_title="capml", layout="wide")
+
+PAGES = [st.Page(render_overview, title="Overview", url_path="overview", default=True)]
+st.navigation(PAGES).run()

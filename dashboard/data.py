@@ -1,0 +1,60 @@
+"""Read access for the dashboard: the store of ``CAPML_PROJECT_DIR``, cached for a few seconds.
+
+Every read opens a short read-only DuckDB connection (see capml_core.store), so the dashboard keeps working
+while a flow writes: a read waits for the writer's current transaction, then sees what it committed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from capml_core.datasets import DatasetSummary, summarise_dataset
+from capml_core.store import Store
+
+#: Seconds a query result is reused before the store is read again.
+CACHE_TTL_S = 5
+
+
+def project_dir() -> Path:
+    """The project directory the dashboard shows (``CAPML_PROJECT_DIR``, else the working directory)."""
+    return Path(os.environ.get("CAPML_PROJECT_DIR", ".")).resolve()
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def runs(path: str) -> pd.DataFrame:
+    """All runs (``path`` keys the cache)."""
+    return Store(path).runs()
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def stages(path: str) -> pd.DataFrame:
+    """Stages of the latest run."""
+    return Store(path).stages()
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def coverage(path: str) -> pd.DataFrame:
+    """Structures per composition, condition and level."""
+    return Store(path).coverage()
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def label_counts(path: str) -> pd.DataFrame:
+    """Labels per level and status."""
+    return Store(path).label_counts()
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def gaps(path: str) -> pd.DataFrame:
+    """Band gaps per level."""
+    return Store(path).gaps()
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def summary(path: str) -> DatasetSummary:
+    """Structure and label counts."""
+    return summarise_dataset(Store(path))

@@ -1,0 +1,1 @@
+"""Dashboard pages: one module each, one ``render_*`` function each."""
