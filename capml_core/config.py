@@ -106,14 +106,14 @@ class ParentSection(Section):
     @model_validator(mode="after")
     def _builder_or_file(self) -> ParentSection:
         if (self.builder is None) == (self.file is None):
-            raise ValueError("give exactly one of 'builder' (one of: antiperovskite, perovskite) or 'file'")
+            raise ValueError("builder: give exactly one of 'builder' (allowed: antiperovskite, perovskite) or 'file'")
         if self.builder is not None:
             if self.species is None or set(self.species) != {"A", "B", "X"}:
-                raise ValueError("a builder needs species = {A = '...', B = '...', X = '...'}")
+                raise ValueError("species: a builder needs species = {A = '...', B = '...', X = '...'}")
             if self.lattice_a is None:
-                raise ValueError("a builder needs lattice_a (Å)")
+                raise ValueError("lattice_a: a builder needs lattice_a (Å)")
         elif self.species is not None or self.lattice_a is not None:
-            raise ValueError("'species' and 'lattice_a' belong to a builder; a parent file defines both itself")
+            raise ValueError("file: 'species' and 'lattice_a' belong to a builder; a parent file defines both itself")
         return self
 
 
@@ -128,7 +128,7 @@ class SublatticeSection(Section):
     @model_validator(mode="after")
     def _distinct(self) -> SublatticeSection:
         if self.species[0] == self.species[1]:
-            raise ValueError(f"the two species must differ, got {list(self.species)}")
+            raise ValueError(f"species: the two species must differ, got {list(self.species)}")
         return self
 
 
@@ -151,11 +151,11 @@ class SystemSection(Section):
     def _vegard_keys(self) -> SystemSection:
         if set(self.vegard_lattice_a) != set(self.sublattice.species):
             raise ValueError(
-                f"vegard_lattice_a must have one entry per sublattice species {list(self.sublattice.species)}, "
+                f"vegard_lattice_a: must have one entry per sublattice species {list(self.sublattice.species)}, "
                 f"got keys {sorted(self.vegard_lattice_a)}"
             )
         if not self.compositions:
-            raise ValueError("compositions must list at least one x in [0, 1]")
+            raise ValueError("compositions: list at least one x in [0, 1]")
         return self
 
 
@@ -219,7 +219,7 @@ class ImportSpec(Section):
     def _keys_for_listed_labels(self) -> ImportSpec:
         extra = sorted(set(self.key_names) - set(self.labels))
         if extra:
-            raise ValueError(f"key_names given for {extra}, which are not in labels {self.labels}")
+            raise ValueError(f"key_names: given for {extra}, which are not in labels {self.labels}")
         return self
 
     def label_keys(self) -> LabelKeys:
@@ -430,10 +430,24 @@ def format_validation_error(path: Path, err: ValidationError, raw: dict[str, Any
             lines.append(f"  field '{field}': required but missing")
             continue
         value = item.get("input")
-        shown = value if not isinstance(value, dict) else "{...}"
         message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"  field '{field}' = {shown!r}: {message}")
+        # model-level checks start their message with the field they concern: "<field>: ..."
+        head, sep, rest = message.partition(": ")
+        if sep and head in _allowed_keys(loc):
+            loc, message = (*loc, head), rest
+            field, value = _dotted(loc), _value_at(raw, loc)
+        shown = "{...}" if isinstance(value, dict) and len(str(value)) > 80 else repr(value)
+        lines.append(f"  field '{field}' = {shown}: {message}")
     return "\n".join(lines)
+
+
+def _value_at(raw: Any, loc: tuple[Any, ...]) -> Any:
+    for part in loc:
+        try:
+            raw = raw[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return raw
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:

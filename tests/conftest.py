@@ -1,0 +1,58 @@
+"""Shared fixtures: bundled data paths, a fresh project dir per test, an imported demo store."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "data" / "configs"
+DATASETS = REPO / "data" / "datasets"
+DEMO_CONFIG = CONFIGS / "ag3sbri-demo.toml"
+PAPER_CONFIG = CONFIGS / "ag3sbri.toml"
+PBESOL_FILE = DATASETS / "gpaw-pbesol.extxyz"
+GLLBSC_FILE = DATASETS / "gpaw-gllbsc.extxyz"
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own directory with seeded RNGs: relative outputs land in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    random.seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def demo_store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project directory whose store holds both bundled datasets (imported once per session)."""
+    from capml_core.config import load_config
+    from capml_core.datasets import import_labelled_dataset
+    from capml_core.store import Store
+    from capml_core.structures import allowed_species
+
+    project = tmp_path_factory.mktemp("demo-project")
+    loaded = load_config(DEMO_CONFIG, project_dir=project)
+    store = Store(project)
+    system = loaded.config.system
+    for spec in loaded.config.dataset.imports:
+        import_labelled_dataset(
+            store, spec.path, level=spec.level, keys=spec.label_keys(),
+            sublattice_species=system.sublattice.species, allowed_species=allowed_species(system),
+            amplitude_key=spec.amplitude_key,
+        )
+    return project
+
+
+@pytest.fixture()
+def demo_store_copy(demo_store_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the demo project a test may write to."""
+    target = tmp_path / "project"
+    shutil.copytree(demo_store_dir, target)
+    return target

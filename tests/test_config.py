@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from capml_core.config import LabelKeys, load_config
+from capml_core.errors import ConfigError
+from tests.conftest import DEMO_CONFIG, PAPER_CONFIG, PBESOL_FILE
+
+
+def test_paper_config_reproduces_the_papers_settings() -> None:
+    cfg = load_config(PAPER_CONFIG).config
+    assert cfg.system.parent.builder == "antiperovskite"
+    assert cfg.system.parent.species == {"A": "Ag", "B": "S", "X": "Br"}
+    assert cfg.system.vegard_lattice_a == {"Br": 4.793, "I": 4.869}
+    assert cfg.system.supercell == (2, 2, 2)
+    assert cfg.system.compositions == [k / 8 for k in range(9)]
+    assert (cfg.gnn.cutoff_a, cfg.gnn.hidden_channels, cfg.gnn.conv_layers) == (5.5, 64, 2)
+    assert (cfg.gnn.pooling, cfg.gnn.dropout) == ("max", 0.4)
+    assert (cfg.mlip.channels, cfg.mlip.r_max_a, cfg.mlip.valid_fraction) == (256, 8.0, 0.05)
+    assert (cfg.mlip.energy_weight, cfg.mlip.forces_weight, cfg.mlip.stress_weight) == (1.0, 150.0, 10.0)
+    assert (cfg.md.timestep_fs, cfg.md.friction_per_fs, cfg.md.duration_ps) == (1.0, 5e-3, 40.0)
+    assert cfg.md.temperatures_k == [100.0, 200.0, 300.0, 400.0, 500.0, 600.0]
+    assert cfg.disorder.fmax_ev_per_a == 0.05
+    # 2,200 PBEsol configurations: 4 T x 400 + 4 amplitudes x 140 + 9 x 2 + ... = about 2,200
+    n = (len(cfg.dataset.temperatures_k) * cfg.dataset.structures_per_temperature
+         + len(cfg.dataset.uniform_amplitudes_a) * cfg.dataset.structures_per_amplitude
+         + len(cfg.system.compositions) * cfg.dataset.equilibrium_per_composition)
+    assert 2100 <= n <= 2300
+
+
+def test_demo_config_is_small_and_imports_the_bundled_data(tmp_path: Path) -> None:
+    loaded = load_config(DEMO_CONFIG)
+    cfg = loaded.config
+    assert cfg.mlip.channels < 256 and cfg.md.duration_ps < 40
+    assert [spec.level for spec in cfg.dataset.imports] == ["gpaw-pbesol", "gpaw-gllbsc"]
+    assert cfg.dataset.imports[0].path == PBESOL_FILE.resolve()
+    assert cfg.dataset.imports[1].label_keys() == LabelKeys(energy=None, forces=None, stress=None, gap="gllbsc_gap")
+    # outputs default to runs/<name> under the working directory (tmp_path here)
+    assert loaded.project_dir == (tmp_path / "runs" / "ag3sbri-demo").resolve()
+
+
+def test_config_hash_ignores_location_but_not_content(tmp_path: Path) -> None:
+    text = DEMO_CONFIG.read_text().replace('"../datasets/', f'"{DEMO_CONFIG.parent.parent}/datasets/')
+    moved = tmp_path / "moved.toml"
+    moved.write_text(text)
+    a, b = load_config(DEMO_CONFIG), load_config(moved)
+    assert a.config == b.config  # same resolved paths, same settings
+    changed = tmp_path / "changed.toml"
+    changed.write_text(text.replace("seed = 2026", "seed = 7"))
+    assert load_config(changed).config_hash != b.config_hash
+
+
+def _write(tmp_path: Path, replace: tuple[str, str] | None = None, append: str = "") -> Path:
+    text = DEMO_CONFIG.read_text().replace('"../datasets/', f'"{DEMO_CONFIG.parent.parent}/datasets/')
+    if replace is not None:
+        assert replace[0] in text, replace[0]
+        text = text.replace(*replace)
+    path = tmp_path / "bad.toml"
+    path.write_text(text + append)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("replace", "append", "expected"),
+    [
+        (('builder = "antiperovskite"', 'builder = "spinel"'), "",
+         ["system.parent.builder", "'spinel'", "'antiperovskite' or 'perovskite'"]),
+        (("compositions = [0.0, 0.25, 0.5, 0.75, 1.0]", "compositions = [0.0, 0.3]"), "",
+         ["system.compositions", "0.3", "8 sublattice sites", "multiples of 1/8"]),
+        (("temperatures_k = [150.0, 300.0, 600.0]", "temperatures_k = [-10.0, 300.0]"), "",
+         ["dataset.temperatures_k[0]", "-10.0", "greater than or equal to 0"]),
+        (("seed = 2026", "seed = 2026\ncolour = 'red'"), "",
+         ["run.colour", "unknown key", "allowed keys here: name, project_dir, seed"]),
+        (('species = ["Br", "I"]', 'species = ["Br", "Xq"]'), "",
+         ["system.sublattice.species[1]", "'Xq'", "not a chemical element"]),
+        (("I = 4.869", "Cl = 4.869"), "", ["system.vegard_lattice_a", "one entry per sublattice species"]),
+        (('site_species = "Br"', 'site_species = "Cl"'), "", ["system.sublattice.site_species", "'Cl'",
+                                                              "allowed: Ag, Br, S"]),
+        (('path = "', 'path = "nope-'), "", ["dataset.imports[0].path", "file not found"]),
+        (('labels = ["gap"]', 'labels = ["bandgap"]'), "",
+         ["dataset.imports[1].labels[0]", "'bandgap'", "'energy', 'forces', 'stress' or 'gap'"]),
+        (("[md]", "[md]\ntimestep_fs = 0"), "", ["md.timestep_fs", "greater than 0"]),
+        (None, "\n[phonons2]\nx = 1\n", ["phonons2", "unknown key", "allowed keys here:", "phonons"]),
+    ],
+)
+def test_bad_values_name_file_field_value_and_what_is_allowed(
+    tmp_path: Path, replace: tuple[str, str] | None, append: str, expected: list[str]
+) -> None:
+    path = _write(tmp_path, replace, append)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    for fragment in expected:
+        assert fragment in message, (fragment, message)
+    assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[run\nname = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(broken)
+
+
+def test_parent_from_a_cif_file_works_like_the_builder(tmp_path: Path) -> None:
+    from ase.io import write
+
+    from capml_core.structures import build_cubic_perovskite
+
+    write(tmp_path / "CsPbBr3.cif", build_cubic_perovskite("Cs", "Pb", "Br", 5.87))
+    text = f"""
+[run]
+name = "cspbbri"
+[system]
+name = "CsPb(Br_xI_1-x)3"
+compositions = [0.0, 0.5, 1.0]
+[system.parent]
+file = "CsPbBr3.cif"
+[system.sublattice]
+site_species = "Br"
+species = ["Br", "I"]
+[system.vegard_lattice_a]
+Br = 5.87
+I = 6.29
+"""
+    (tmp_path / "cs.toml").write_text(text)
+    cfg = load_config(tmp_path / "cs.toml").config
+    assert cfg.system.parent.file == (tmp_path / "CsPbBr3.cif").resolve()
+    # 3 halide sites x 8 cells = 24 sites: x = 1/3 is not realisable... but 1/24 multiples are
+    (tmp_path / "cs2.toml").write_text(text.replace("[0.0, 0.5, 1.0]", "[0.3]"))
+    with pytest.raises(ConfigError, match="24 sublattice sites"):
+        load_config(tmp_path / "cs2.toml")

@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from capml_core.errors import NotComputedError, StoreError, StoreLockedError
+from capml_core.store import SCHEMA_VERSION, LabelRecord, Store, StructureRecord
+from capml_core.structures import structure_hash
+
+
+def _records(n: int, offset: float = 0.0) -> list[StructureRecord]:
+    out = []
+    for i in range(n):
+        atoms = bulk("NaCl", "rocksalt", a=5.64 + offset + 0.001 * i, cubic=True)
+        out.append(StructureRecord(atoms=atoms, structure_hash=structure_hash(atoms), kind="equilibrium",
+                                   composition_x=0.0, seed=i))
+    return out
+
+
+def test_schema_is_created_versioned_and_views_work(tmp_path: Path) -> None:
+    store = Store(tmp_path / "p")
+    with pytest.raises(NotComputedError, match="no store yet"):
+        store.runs()
+    store.initialise()
+    store.initialise()  # again: no error, nothing changes
+    with store.read() as con:
+        assert con.execute("SELECT value FROM schema_meta WHERE key = 'schema_version'").fetchone()[0] == str(
+            SCHEMA_VERSION
+        )
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    assert {"runs", "stages", "structures", "levels", "labels", "artifacts", "labelled_structures"} <= tables
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.initialise()
+    con = duckdb.connect(str(store.path))
+    con.execute("UPDATE schema_meta SET value = '99' WHERE key = 'schema_version'")
+    con.close()
+    with pytest.raises(StoreError, match="schema version 99 is newer"):
+        Store(tmp_path).initialise()
+    with pytest.raises(StoreError, match="upgrade capml"):
+        Store(tmp_path).runs()
+
+
+def test_writes_are_idempotent_and_roundtrip(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    records = _records(5)
+    with store.write() as w:
+        assert w.add_structures(records + records[:2], run_id="r1").new == 5  # duplicates in one call too
+    with store.write() as w:
+        counts = w.add_structures(records, run_id="r2")
+    assert (counts.new, counts.existing) == (0, 5)
+    assert store.query("SELECT count(*) AS n FROM structures")["n"][0] == 5
+    back = store.load_atoms(records[3].structure_hash)
+    assert np.allclose(back.positions, records[3].atoms.positions)
+    assert np.allclose(back.cell[:], records[3].atoms.cell[:])
+    assert back.get_chemical_symbols() == records[3].atoms.get_chemical_symbols()
+    assert structure_hash(back) == records[3].structure_hash
+
+
+def test_a_failed_label_is_replaced_by_a_success_but_a_success_is_kept(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    rec = _records(1)[0]
+    h = rec.structure_hash
+    forces = np.arange(24, dtype=float).reshape(8, 3)
+    with store.write() as w:
+        w.add_structures([rec], run_id=None)
+        w.add_labels([LabelRecord(h, "lvl", status="failed", error="SCF not converged")], run_id=None)
+    with store.write() as w:
+        counts = w.add_labels([LabelRecord(h, "lvl", energy_ev=-1.5, forces_ev_per_a=forces, gap_ev=2.0)], run_id=None)
+    assert counts.new == 1
+    with store.write() as w:
+        counts = w.add_labels([LabelRecord(h, "lvl", energy_ev=99.0)], run_id=None)
+    assert (counts.new, counts.existing) == (0, 1)
+    row = store.query("SELECT status, energy_ev, forces_ev_per_a, error FROM labels")
+    assert len(row) == 1 and row["status"][0] == "ok" and row["energy_ev"][0] == -1.5 and row["error"][0] is None
+    assert np.allclose(np.reshape(row["forces_ev_per_a"][0], (8, 3)), forces)
+
+
+def test_a_failed_transaction_writes_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.initialise()
+    with pytest.raises(RuntimeError), store.write() as w:
+        w.add_structures(_records(3), run_id=None)
+        raise RuntimeError("boom")
+    assert store.query("SELECT count(*) AS n FROM structures")["n"][0] == 0
+
+
+def test_large_arrays_live_in_files_the_store_points_to(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    trajectory = np.random.default_rng(1).normal(size=(200, 40, 3))
+    with store.write() as w:
+        artifact = w.save_arrays("trajectory", {"positions_a": trajectory}, run_id="r", meta={"temperature_k": 300})
+    with store.write() as w:
+        assert w.save_arrays("trajectory", {"positions_a": trajectory}, run_id="r") == artifact  # content-addressed
+    row = store.query("SELECT relpath, n_bytes FROM artifacts")
+    assert len(row) == 1
+    path = tmp_path / row["relpath"][0]
+    assert path.is_file() and path.stat().st_size == row["n_bytes"][0]
+    assert np.array_equal(store.load_arrays(artifact)["positions_a"], trajectory)
+    path.write_bytes(b"corrupted")
+    with pytest.raises(StoreError, match="does not match"):
+        store.load_arrays(artifact)
+
+
+def _writer_process(project: str, n_batches: int, batch: int) -> None:
+    store = Store(project)
+    for i in range(n_batches):
+        with store.write() as w:
+            w.add_structures(_records(batch, offset=i), run_id="writer")
+            time.sleep(0.01)  # hold the lock a little, as a real stage does
+
+
+def test_dashboard_reads_while_a_flow_writes(tmp_path: Path) -> None:
+    """DuckDB allows one writer process: short transactions + waiting readers make both progress."""
+    store = Store(tmp_path, lock_timeout_s=30)
+    store.initialise()
+    n_batches, batch = 40, 5
+    writer = mp.get_context("spawn").Process(target=_writer_process, args=(str(tmp_path), n_batches, batch))
+    writer.start()
+    seen = []
+    deadline = time.monotonic() + 120
+    while writer.is_alive() and time.monotonic() < deadline:
+        seen.append(int(store.query("SELECT count(*) AS n FROM structures")["n"][0]))
+    writer.join(timeout=60)
+    assert writer.exitcode == 0
+    seen.append(int(store.query("SELECT count(*) AS n FROM structures")["n"][0]))
+    assert seen[-1] == n_batches * batch
+    assert all(n % batch == 0 for n in seen)  # a reader only ever sees whole transactions
+    assert seen == sorted(seen)
+    assert len(seen) > 5 and len(set(seen)) > 2  # reads really interleaved with the writes
+
+
+def test_a_writer_held_too_long_gives_a_clear_error(tmp_path: Path) -> None:
+    store = Store(tmp_path, lock_timeout_s=0.5)
+    store.initialise()
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(str(store.path), ready))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        with pytest.raises(StoreLockedError, match="another process held the store"):
+            store.runs()
+    finally:
+        holder.terminate()
+        holder.join()
+
+
+def _hold_lock(path: str, ready) -> None:  # noqa: ANN001 - multiprocessing Event
+    con = duckdb.connect(path)
+    ready.set()
+    time.sleep(60)
+    con.close()
