@@ -79,6 +79,11 @@ class ImportReport:
     sha256: str
 
 
+def _show(value: Any) -> str:
+    """A value as a user wrote it (numpy scalars shown as plain numbers)."""
+    return str(value.item()) if isinstance(value, np.generic) else repr(value)
+
+
 def _finite_scalar(value: Any) -> float | None:
     try:
         number = float(np.asarray(value, dtype=np.float64).reshape(()))
@@ -143,7 +148,7 @@ def validate_frame(
         if name in ("energy", "gap"):
             number = _finite_scalar(value)
             if number is None:
-                problems.append(f"{name} '{key}' = {value!r}: not a finite number")
+                problems.append(f"{name} '{key}' = {_show(value)}: not a finite number")
             elif name == "gap" and number < 0.0:
                 problems.append(f"gap '{key}' = {number}: a band gap cannot be negative")
             labels[name] = number
@@ -168,7 +173,7 @@ def validate_frame(
             continue
         number = _finite_scalar(atoms.info.get(key))
         if number is None or number < 0.0:
-            problems.append(f"{name} '{key}' = {atoms.info.get(key)!r}: need a finite number >= 0")
+            problems.append(f"{name} '{key}' = {_show(atoms.info.get(key))}: need a finite number >= 0")
         conditions[name] = number
     if problems:
         return None, problems

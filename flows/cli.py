@@ -30,7 +30,7 @@ config_app = typer.Typer(help="Run configurations: check.", no_args_is_help=True
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 
-console = Console()
+console = Console(soft_wrap=True)
 err_console = Console(stderr=True)
 
 ConfigOption = Annotated[

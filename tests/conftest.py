@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,9 @@ PAPER_CONFIG = CONFIGS / "ag3sbri.toml"
 PBESOL_FILE = DATASETS / "gpaw-pbesol.extxyz"
 GLLBSC_FILE = DATASETS / "gpaw-gllbsc.extxyz"
 
+# Prefect: no telemetry, and a private home (its SQLite database) for the test session
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="capml-test-prefect-")
 
 
 @pytest.fixture(autouse=True)

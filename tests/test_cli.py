@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from typer.testing import CliRunner
+
+from capml_core.store import Store
+from flows.cli import app
+from tests.conftest import DEMO_CONFIG, PBESOL_FILE
+
+runner = CliRunner()
+
+
+def test_help_lists_only_the_working_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    commands = set(typer.main.get_command(app).commands)
+    # every listed command is exercised by a test (dashboard: test_dashboard.py, run: test_flow.py)
+    assert commands == {"run", "runs", "sql", "dashboard", "version", "data", "config"}
+    assert all(name in result.output for name in commands)
+    data_help = runner.invoke(app, ["data", "--help"]).output
+    assert "import" in data_help and "summary" in data_help
+
+
+def test_data_import_then_summary_then_sql(tmp_path: Path) -> None:
+    project = tmp_path / "proj"
+    args = ["data", "import", str(PBESOL_FILE), "--level", "gpaw-pbesol", "--config", str(DEMO_CONFIG),
+            "--project", str(project), "--prefix", "pbesol", "--amplitude-key", "sigma_A"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "103 frames" in result.output and "103 new labels" in result.output
+    again = runner.invoke(app, args)
+    assert "0 new labels, 103 already stored" in again.output
+    summary = runner.invoke(app, ["data", "summary", "--project", str(project)])
+    assert summary.exit_code == 0 and "103 structures" in summary.output
+    sql = runner.invoke(app, ["sql", "--project", str(project), "--output", "csv",
+                              "SELECT count(*) AS n, round(max(amplitude_a), 2) AS s FROM labelled_structures"])
+    assert sql.exit_code == 0 and sql.output.strip().splitlines()[-1] == "103,0.13"
+    assert Store(project).query("SELECT count(*) AS n FROM labels")["n"][0] == 103
+
+
+def test_cli_errors_are_one_clear_message_and_write_nothing(tmp_path: Path) -> None:
+    project = tmp_path / "proj"
+    result = runner.invoke(app, ["data", "import", str(PBESOL_FILE), "--level", "gpaw-pbesol", "--config",
+                                 str(DEMO_CONFIG), "--project", str(project)])  # default keys: energy, ...
+    assert result.exit_code == 2
+    assert "missing energy label 'energy'" in result.output and "pbesol_energy" in result.output
+    assert not (project / "capml.duckdb").exists()
+    bad_label = runner.invoke(app, ["data", "import", str(PBESOL_FILE), "--level", "gpaw-pbesol", "--config",
+                                    str(DEMO_CONFIG), "--project", str(project), "--labels", "gap,colour"])
+    assert bad_label.exit_code == 2 and "labels[1]" in bad_label.output and "'colour'" in bad_label.output
+    bad_level = runner.invoke(app, ["data", "import", str(PBESOL_FILE), "--level", "GPAW PBEsol", "--config",
+                                    str(DEMO_CONFIG), "--project", str(project), "--prefix", "pbesol"])
+    assert bad_level.exit_code == 2 and "field 'level'" in bad_level.output
+    sql = runner.invoke(app, ["sql", "--project", str(project), "SELECT 1"])
+    assert sql.exit_code == 2 and "no store yet" in sql.output
+    assert not project.exists()
+
+
+def test_config_check(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["config", "check", str(DEMO_CONFIG)])
+    assert result.exit_code == 0
+    assert "40 atoms" in result.output and "8 sites of Br" in result.output
+    broken = tmp_path / "c.toml"
+    broken.write_text(DEMO_CONFIG.read_text().replace("supercell = [2, 2, 2]", "supercell = [2, 0, 2]"))
+    result = runner.invoke(app, ["config", "check", str(broken)])
+    assert result.exit_code == 2 and "system.supercell[1]" in result.output and "= 0" in result.output
+
+
+def test_version_reports_the_pinned_stack() -> None:
+    import json
+
+    result = runner.invoke(app, ["version"])
+    versions = json.loads(result.output)
+    assert versions["torch"] == "2.13.0+cpu" and versions["ase"] == "3.29.0" and versions["duckdb"] == "2.0.0"
+    assert versions["capml"].startswith("0.1.0")
