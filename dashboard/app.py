@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard.pages.overview import render_overview
+from dashboard.views.overview import render_overview
 
 st.set_page_config(page_title="capml", layout="wide")
 

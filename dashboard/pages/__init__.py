@@ -1,1 +1,0 @@
-"""Dashboard pages: one module each, one ``render_*`` function each."""

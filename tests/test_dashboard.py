@@ -1,0 +1,136 @@
+"""The dashboard: Streamlit's AppTest, and a real headless browser (Debian's chromium via Playwright)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import REPO
+
+APP = REPO / "dashboard" / "app.py"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def _run_app(project: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    monkeypatch.setenv("CAPML_PROJECT_DIR", str(project))
+    return AppTest.from_file(str(APP), default_timeout=60).run()
+
+
+def _decoded(array_spec) -> np.ndarray:  # noqa: ANN001 - plotly 7 stores arrays as base64 dicts
+    if isinstance(array_spec, dict) and "bdata" in array_spec:
+        return np.frombuffer(base64.b64decode(array_spec["bdata"]), dtype=np.dtype(array_spec["dtype"]))
+    return np.asarray(array_spec)
+
+
+def test_overview_shows_runs_coverage_and_gap_histograms(demo_store_copy: Path, monkeypatch) -> None:  # noqa: ANN001
+    from flows.pipeline import new_run_id
+
+    from capml_core.store import Store
+
+    store = Store(demo_store_copy)
+    run_id = new_run_id("demo")
+    with store.write() as w:
+        w.start_run(run_id=run_id, name="demo", config_hash="abc", config_json=None, config_path=None,
+                    code_version="test", packages={})
+        w.set_stage(run_id, "dataset-import", "done")
+        w.finish_run(run_id, status="done")
+    at = _run_app(demo_store_copy, monkeypatch)
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics == {"runs": "1", "latest run": "done", "structures": "150", "reference levels": "2"}
+    assert at.dataframe[0].value["run_id"].tolist() == [run_id]
+    assert at.dataframe[1].value["stage"].tolist() == ["dataset-import"]
+    charts = {c.proto.id: c for c in at.get("plotly_chart")}
+    assert len(charts) == 3
+    import json
+
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    heat = next(s for s in specs if s["data"][0]["type"] == "heatmap")
+    # coverage of the first level (gpaw-gllbsc): 48 structures over 9 compositions
+    assert _decoded(heat["data"][0]["z"]).sum() == 48 and len(heat["data"][0]["x"]) == 9
+    hist = next(s for s in specs if s["data"][0]["type"] == "histogram")
+    gaps = {trace["name"]: _decoded(trace["x"]) for trace in hist["data"]}
+    assert set(gaps) == {"gpaw-pbesol", "gpaw-gllbsc"}
+    assert len(gaps["gpaw-pbesol"]) == 103 and len(gaps["gpaw-gllbsc"]) == 48
+    assert gaps["gpaw-gllbsc"].min() > gaps["gpaw-pbesol"].max()
+    # choosing the other level redraws the coverage map for it
+    at.selectbox(key="coverage_level").select("gpaw-pbesol").run()
+    heat = next(json.loads(c.proto.spec) for c in at.get("plotly_chart")
+                if json.loads(c.proto.spec)["data"][0]["type"] == "heatmap")
+    assert _decoded(heat["data"][0]["z"]).sum() == 103
+
+
+def test_empty_project_says_what_to_do(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    at = _run_app(tmp_path / "nothing-here", monkeypatch)
+    assert not at.exception
+    assert "capml run" in at.info[0].value
+    assert not (tmp_path / "nothing-here").exists()  # the dashboard never creates a store
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_real_browser_draws_the_charts(demo_store_copy: Path, tmp_path: Path) -> None:
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is missing: `make test` installs it (deploy/install-system-deps.sh)"
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "dashboard", "--project", str(demo_store_copy), "--port", str(port)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ},
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, server.stdout.read().decode()
+            assert time.monotonic() < deadline, "dashboard did not start in 90 s"
+            time.sleep(0.5)
+        shot = tmp_path / "overview.png"
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 2400})
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
+            page.wait_for_selector(".js-plotly-plot .main-svg .trace", timeout=60_000)
+            page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=60_000)
+            page.wait_for_timeout(1000)
+            n_bars = page.locator(".js-plotly-plot .trace.bars .point").count()
+            heat_drawn = page.locator(".js-plotly-plot .hm, .js-plotly-plot image").count()
+            page.screenshot(path=str(shot), full_page=True)
+            title = page.title()
+            browser.close()
+        assert title == "capml"
+        assert n_bars >= 10, n_bars  # histogram bins + label bars are drawn as SVG paths
+        assert heat_drawn >= 1
+        image = np.asarray(Image.open(shot).convert("RGB"))
+        assert image.shape[1] == 1400
+        colours = {tuple(c) for c in image[::4, ::4].reshape(-1, 3)}
+        assert len(colours) > 50  # a drawn page, not a blank one
+        blues = np.mean((image[..., 2] > 150) & (image[..., 0] < 120))
+        assert blues > 0.005  # the blue histogram/heat-map pixels are there
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
