@@ -354,9 +354,7 @@ def import_labelled_dataset(
         for h, r in unique.items()
     ]
     with store.write() as writer:
-        writer.register_level(
-            level, backend="import", settings={"file": source, "sha256": sha, "keys": keys.present()}
-        )
+        writer.register_level(level, backend="import", settings={"file": source, "sha256": sha, "keys": keys.present()})
         structure_counts = writer.add_structures(structures, run_id=run_id)
         label_counts = writer.add_labels(labels, run_id=run_id)
     report = ImportReport(
@@ -371,7 +369,12 @@ def import_labelled_dataset(
     )
     logger.info(
         "imported %s at level %s: %d frames, %d duplicates, %d new structures, %d new labels",
-        path.name, level, report.n_frames, report.n_duplicate_frames, report.new_structures, report.new_labels,
+        path.name,
+        level,
+        report.n_frames,
+        report.n_duplicate_frames,
+        report.new_structures,
+        report.new_labels,
     )
     return report
 

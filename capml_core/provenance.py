@@ -11,23 +11,39 @@ from capml_core import __version__
 
 #: Packages whose versions change results; recorded with every run.
 TRACKED_PACKAGES = (
-    "ase", "numpy", "scipy", "spglib", "phonopy", "gpaw", "torch", "torch-geometric", "mace-torch",
-    "dynaphopy", "duckdb", "prefect",
+    "ase",
+    "numpy",
+    "scipy",
+    "spglib",
+    "phonopy",
+    "gpaw",
+    "torch",
+    "torch-geometric",
+    "mace-torch",
+    "dynaphopy",
+    "duckdb",
+    "prefect",
 )
 
 
 @cache
 def code_version() -> str:
-    """capml's version, plus the git commit (and '+dirty') when running from a git checkout."""
+    """Capml's version, plus the git commit (and '+dirty') when running from a git checkout."""
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--short=10", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return __version__

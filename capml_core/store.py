@@ -229,10 +229,10 @@ class StoreWriter:
                 "seed": r.seed,
                 "source": r.source,
                 "run_id": run_id,
-                "numbers": [int(z) for z in r.atoms.numbers],
-                "positions_a": [float(v) for v in np.ravel(r.atoms.positions)],
-                "cell_a": [float(v) for v in np.ravel(r.atoms.cell[:])],
-                "pbc": [bool(p) for p in r.atoms.pbc],
+                "numbers": np.asarray(r.atoms.numbers, dtype=np.int32).tolist(),
+                "positions_a": np.asarray(r.atoms.positions, dtype=np.float64).ravel().tolist(),
+                "cell_a": np.asarray(r.atoms.cell[:], dtype=np.float64).ravel().tolist(),
+                "pbc": np.asarray(r.atoms.pbc, dtype=bool).tolist(),
                 "created_at": now,
             }
             for h, r in unique.items()
@@ -246,17 +246,18 @@ class StoreWriter:
         unique = {(r.structure_hash, r.level): r for r in reversed(records)}
         if not unique:
             return WriteCounts(0, 0)
-        keep = {
-            (h, lv)
-            for h, lv in self.con.execute(
-                "SELECT structure_hash, level FROM labels WHERE status = 'ok' AND structure_hash IN "
-                "(SELECT unnest(?))",
-                [sorted({h for h, _ in unique})],
-            ).fetchall()
-        }
+        stored = self.con.execute(
+            "SELECT structure_hash, level, status FROM labels WHERE structure_hash IN (SELECT unnest(?))",
+            [sorted({h for h, _ in unique})],
+        ).fetchall()
+        keep = {(h, lv) for h, lv, status in stored if status == "ok"}
+        replace = [f"{h}|{lv}" for h, lv, status in stored if status != "ok" and (h, lv) in unique]
+        if replace:
+            self.con.execute(
+                "DELETE FROM labels WHERE status != 'ok' AND structure_hash || '|' || level IN (SELECT unnest(?))",
+                [replace],
+            )
         todo = [r for key, r in unique.items() if key not in keep]
-        for r in todo:
-            self.con.execute("DELETE FROM labels WHERE structure_hash = ? AND level = ?", [r.structure_hash, r.level])
         now = _now()
         rows = [
             {
@@ -317,7 +318,9 @@ class StoreWriter:
         self.con.register("_capml_rows", frame)
         try:
             columns = ", ".join(frame.columns)
-            self.con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM _capml_rows ON CONFLICT DO NOTHING")
+            self.con.execute(
+                f"INSERT INTO {table} ({columns}) SELECT {columns} FROM _capml_rows ON CONFLICT DO NOTHING"
+            )
         finally:
             self.con.unregister("_capml_rows")
 
@@ -512,9 +515,7 @@ class Store:
         if row is None:
             raise NotComputedError(f"{self.path}: no structure with hash {structure_hash}")
         numbers, positions, cell, pbc = row
-        return Atoms(
-            numbers=numbers, positions=np.reshape(positions, (-1, 3)), cell=np.reshape(cell, (3, 3)), pbc=pbc
-        )
+        return Atoms(numbers=numbers, positions=np.reshape(positions, (-1, 3)), cell=np.reshape(cell, (3, 3)), pbc=pbc)
 
     def load_arrays(self, artifact_id: str) -> dict[str, np.ndarray]:
         """The arrays of a stored artifact (checked against its SHA-256)."""

@@ -1,5 +1,8 @@
-"""capml dashboard: ``capml dashboard --project DIR`` (or ``streamlit run dashboard/app.py`` with
-``CAPML_PROJECT_DIR`` set). Later stages add their pages to ``PAGES``."""
+"""capml dashboard entry point.
+
+Start it with ``capml dashboard --project DIR`` (or ``streamlit run dashboard/app.py`` with
+``CAPML_PROJECT_DIR`` set). Later stages add their pages to ``PAGES``.
+"""
 
 from __future__ import annotations
 

@@ -77,14 +77,14 @@ def run(
     _print_summary(result["dataset"])
     console.print(f"\nrun [bold]{result['run_id']}[/] done; results in [bold]{result['store']}[/]")
     console.print(f"open the dashboard:  capml dashboard --project {loaded.project_dir}")
-    console.print(f"query with SQL:      capml sql --project {loaded.project_dir} \"SELECT * FROM labelled_structures\"")
+    console.print(f'query with SQL:      capml sql --project {loaded.project_dir} "SELECT * FROM labelled_structures"')
 
 
 @config_app.command("check")
 def config_check(config: Annotated[Path, typer.Argument(help="Run configuration (TOML).")]) -> None:
     """Validate a configuration and show what it describes; writes nothing."""
     from capml_core.config import load_config
-    from capml_core.structures import build_supercell, sublattice_site_count, build_parent
+    from capml_core.structures import build_parent, build_supercell, sublattice_site_count
 
     try:
         loaded = load_config(config)
@@ -95,11 +95,15 @@ def config_check(config: Annotated[Path, typer.Argument(help="Run configuration 
     n_sites = sublattice_site_count(parent, system.sublattice.site_species, system.supercell)
     cell = build_supercell(system, system.compositions[0])
     console.print(f"[green]valid[/] {loaded.path}  (hash {loaded.config_hash[:12]})")
-    console.print(f"system      {system.name}: parent {parent.get_chemical_formula()}, supercell "
-                  f"{'x'.join(map(str, system.supercell))} = {len(cell)} atoms, {n_sites} sites of "
-                  f"{system.sublattice.site_species} shared by {'/'.join(system.sublattice.species)}")
+    console.print(
+        f"system      {system.name}: parent {parent.get_chemical_formula()}, supercell "
+        f"{'x'.join(map(str, system.supercell))} = {len(cell)} atoms, {n_sites} sites of "
+        f"{system.sublattice.site_species} shared by {'/'.join(system.sublattice.species)}"
+    )
     console.print(f"x           {', '.join(f'{x:g}' for x in system.compositions)}")
-    console.print(f"imports     {', '.join(f'{s.path.name} ({s.level})' for s in loaded.config.dataset.imports) or '-'}")
+    console.print(
+        f"imports     {', '.join(f'{s.path.name} ({s.level})' for s in loaded.config.dataset.imports) or '-'}"
+    )
     console.print(f"project dir {loaded.project_dir}")
 
 
@@ -113,9 +117,7 @@ def data_import(
         str, typer.Option(help=f"Comma-separated labels the file carries, of: {', '.join(get_args(LabelName))}.")
     ] = "energy,forces,stress,gap",
     prefix: Annotated[str | None, typer.Option(help="Key prefix: labels are read from <prefix>_<label>.")] = None,
-    key: Annotated[
-        list[str] | None, typer.Option(help="Explicit key of a label, as label=key (repeatable).")
-    ] = None,
+    key: Annotated[list[str] | None, typer.Option(help="Explicit key of a label, as label=key (repeatable).")] = None,
     temperature_key: Annotated[str | None, typer.Option(help="info key of the temperature (K).")] = None,
     amplitude_key: Annotated[str | None, typer.Option(help="info key of the displacement amplitude (Å).")] = None,
 ) -> None:
@@ -153,8 +155,12 @@ def data_import(
         _fail(CapmlError(format_validation_error(Path("command line"), err, {})))
     system = loaded.config.system
     with Progress(
-        TextColumn("validating {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=err_console, transient=True,
+        TextColumn("validating {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
     ) as bar:
         task_id = bar.add_task(spec.path.name, total=None)
         try:
@@ -193,16 +199,20 @@ def data_summary(config: ConfigOption = None, project: ProjectOption = None) -> 
 
 
 def _print_summary(summary: dict) -> None:
-    table = Table(title=f"{summary['n_structures']} structures, x = "
-                  + ", ".join(f"{x:g}" for x in summary["compositions"]))
+    table = Table(
+        title=f"{summary['n_structures']} structures, x = " + ", ".join(f"{x:g}" for x in summary["compositions"])
+    )
     for column in ("level", "ok", "failed", "energy", "forces", "stress", "gap", "gap min/mean/max (eV)"):
         table.add_column(column)
     for lv in summary["levels"]:
-        gaps = "-" if lv["gap_mean_ev"] is None else (
-            f"{lv['gap_min_ev']:.3f} / {lv['gap_mean_ev']:.3f} / {lv['gap_max_ev']:.3f}"
+        gaps = (
+            "-"
+            if lv["gap_mean_ev"] is None
+            else (f"{lv['gap_min_ev']:.3f} / {lv['gap_mean_ev']:.3f} / {lv['gap_max_ev']:.3f}")
         )
-        table.add_row(lv["level"], *(str(lv[k]) for k in ("n_ok", "n_failed", "n_energy", "n_forces", "n_stress",
-                                                          "n_gap")), gaps)
+        table.add_row(
+            lv["level"], *(str(lv[k]) for k in ("n_ok", "n_failed", "n_energy", "n_forces", "n_stress", "n_gap")), gaps
+        )
     console.print(table)
 
 
@@ -262,9 +272,21 @@ def dashboard(
     app_file = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
     env = {**os.environ, "CAPML_PROJECT_DIR": str(project_dir)}
     command = [
-        sys.executable, "-m", "streamlit", "run", str(app_file),
-        "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
-        "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app_file),
+        "--server.address",
+        "127.0.0.1",
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--client.toolbarMode",
+        "viewer",
     ]
     console.print(f"dashboard of {project_dir} at http://127.0.0.1:{port}  (Ctrl-C stops it)")
     raise typer.Exit(subprocess.call(command, env=env))
@@ -272,7 +294,7 @@ def dashboard(
 
 @app.command()
 def version() -> None:
-    """capml's version and the versions of the packages it computes with."""
+    """Capml's version and the versions of the packages it computes with."""
     from capml_core.provenance import code_version, package_versions
 
     console.print(json.dumps({"capml": code_version(), **package_versions()}, indent=2))

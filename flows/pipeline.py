@@ -82,7 +82,12 @@ def import_dataset(loaded: LoadedConfig, spec: ImportSpec, store: Store, run_id:
     )
     get_run_logger().info(
         "%s (%s): %d frames, %d new structures, %d new labels, %d already stored",
-        spec.path.name, spec.level, report.n_frames, report.new_structures, report.new_labels, report.existing_labels,
+        spec.path.name,
+        spec.level,
+        report.n_frames,
+        report.new_structures,
+        report.new_labels,
+        report.existing_labels,
     )
     return report
 
@@ -107,7 +112,9 @@ def summarise(store: Store) -> DatasetSummary:
             f"| {lv.n_gap} | {gaps} |"
         )
     create_markdown_artifact(markdown="\n".join(lines), key="capml-dataset-summary", description="capml dataset")
-    get_run_logger().info("dataset: %d structures, levels %s", summary.n_structures, [lv.level for lv in summary.levels])
+    get_run_logger().info(
+        "dataset: %d structures, levels %s", summary.n_structures, [lv.level for lv in summary.levels]
+    )
     return summary
 
 
@@ -140,8 +147,7 @@ def pipeline(config_path: str, project_dir: str | None = None) -> dict[str, Any]
         "run_id": run_id,
         "store": str(store.path),
         "imports": [
-            {"file": r.path.name, "level": r.level, "frames": r.n_frames, "new_labels": r.new_labels}
-            for r in reports
+            {"file": r.path.name, "level": r.level, "frames": r.n_frames, "new_labels": r.new_labels} for r in reports
         ],
         "dataset": summary.as_dict(),
     }

@@ -46,8 +46,12 @@ def demo_store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     system = loaded.config.system
     for spec in loaded.config.dataset.imports:
         import_labelled_dataset(
-            store, spec.path, level=spec.level, keys=spec.label_keys(),
-            sublattice_species=system.sublattice.species, allowed_species=allowed_species(system),
+            store,
+            spec.path,
+            level=spec.level,
+            keys=spec.label_keys(),
+            sublattice_species=system.sublattice.species,
+            allowed_species=allowed_species(system),
             amplitude_key=spec.amplitude_key,
         )
     return project

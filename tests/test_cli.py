@@ -25,8 +25,21 @@ def test_help_lists_only_the_working_commands() -> None:
 
 def test_data_import_then_summary_then_sql(tmp_path: Path) -> None:
     project = tmp_path / "proj"
-    args = ["data", "import", str(PBESOL_FILE), "--level", "gpaw-pbesol", "--config", str(DEMO_CONFIG),
-            "--project", str(project), "--prefix", "pbesol", "--amplitude-key", "sigma_A"]
+    args = [
+        "data",
+        "import",
+        str(PBESOL_FILE),
+        "--level",
+        "gpaw-pbesol",
+        "--config",
+        str(DEMO_CONFIG),
+        "--project",
+        str(project),
+        "--prefix",
+        "pbesol",
+        "--amplitude-key",
+        "sigma_A",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "103 frames" in result.output and "103 new labels" in result.output
@@ -34,24 +47,73 @@ def test_data_import_then_summary_then_sql(tmp_path: Path) -> None:
     assert "0 new labels, 103 already stored" in again.output
     summary = runner.invoke(app, ["data", "summary", "--project", str(project)])
     assert summary.exit_code == 0 and "103 structures" in summary.output
-    sql = runner.invoke(app, ["sql", "--project", str(project), "--output", "csv",
-                              "SELECT count(*) AS n, round(max(amplitude_a), 2) AS s FROM labelled_structures"])
+    sql = runner.invoke(
+        app,
+        [
+            "sql",
+            "--project",
+            str(project),
+            "--output",
+            "csv",
+            "SELECT count(*) AS n, round(max(amplitude_a), 2) AS s FROM labelled_structures",
+        ],
+    )
     assert sql.exit_code == 0 and sql.output.strip().splitlines()[-1] == "103,0.13"
     assert Store(project).query("SELECT count(*) AS n FROM labels")["n"][0] == 103
 
 
 def test_cli_errors_are_one_clear_message_and_write_nothing(tmp_path: Path) -> None:
     project = tmp_path / "proj"
-    result = runner.invoke(app, ["data", "import", str(PBESOL_FILE), "--level", "gpaw-pbesol", "--config",
-                                 str(DEMO_CONFIG), "--project", str(project)])  # default keys: energy, ...
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "import",
+            str(PBESOL_FILE),
+            "--level",
+            "gpaw-pbesol",
+            "--config",
+            str(DEMO_CONFIG),
+            "--project",
+            str(project),
+        ],
+    )  # default keys: energy, ...
     assert result.exit_code == 2
     assert "missing energy label 'energy'" in result.output and "pbesol_energy" in result.output
     assert not (project / "capml.duckdb").exists()
-    bad_label = runner.invoke(app, ["data", "import", str(PBESOL_FILE), "--level", "gpaw-pbesol", "--config",
-                                    str(DEMO_CONFIG), "--project", str(project), "--labels", "gap,colour"])
+    bad_label = runner.invoke(
+        app,
+        [
+            "data",
+            "import",
+            str(PBESOL_FILE),
+            "--level",
+            "gpaw-pbesol",
+            "--config",
+            str(DEMO_CONFIG),
+            "--project",
+            str(project),
+            "--labels",
+            "gap,colour",
+        ],
+    )
     assert bad_label.exit_code == 2 and "labels[1]" in bad_label.output and "'colour'" in bad_label.output
-    bad_level = runner.invoke(app, ["data", "import", str(PBESOL_FILE), "--level", "GPAW PBEsol", "--config",
-                                    str(DEMO_CONFIG), "--project", str(project), "--prefix", "pbesol"])
+    bad_level = runner.invoke(
+        app,
+        [
+            "data",
+            "import",
+            str(PBESOL_FILE),
+            "--level",
+            "GPAW PBEsol",
+            "--config",
+            str(DEMO_CONFIG),
+            "--project",
+            str(project),
+            "--prefix",
+            "pbesol",
+        ],
+    )
     assert bad_level.exit_code == 2 and "field 'level'" in bad_level.output
     sql = runner.invoke(app, ["sql", "--project", str(project), "SELECT 1"])
     assert sql.exit_code == 2 and "no store yet" in sql.output

@@ -24,9 +24,11 @@ def test_paper_config_reproduces_the_papers_settings() -> None:
     assert cfg.md.temperatures_k == [100.0, 200.0, 300.0, 400.0, 500.0, 600.0]
     assert cfg.disorder.fmax_ev_per_a == 0.05
     # 2,200 PBEsol configurations: 4 T x 400 + 4 amplitudes x 140 + 9 x 2 + ... = about 2,200
-    n = (len(cfg.dataset.temperatures_k) * cfg.dataset.structures_per_temperature
-         + len(cfg.dataset.uniform_amplitudes_a) * cfg.dataset.structures_per_amplitude
-         + len(cfg.system.compositions) * cfg.dataset.equilibrium_per_composition)
+    n = (
+        len(cfg.dataset.temperatures_k) * cfg.dataset.structures_per_temperature
+        + len(cfg.dataset.uniform_amplitudes_a) * cfg.dataset.structures_per_amplitude
+        + len(cfg.system.compositions) * cfg.dataset.equilibrium_per_composition
+    )
     assert 2100 <= n <= 2300
 
 
@@ -65,22 +67,43 @@ def _write(tmp_path: Path, replace: tuple[str, str] | None = None, append: str =
 @pytest.mark.parametrize(
     ("replace", "append", "expected"),
     [
-        (('builder = "antiperovskite"', 'builder = "spinel"'), "",
-         ["system.parent.builder", "'spinel'", "'antiperovskite' or 'perovskite'"]),
-        (("compositions = [0.0, 0.25, 0.5, 0.75, 1.0]", "compositions = [0.0, 0.3]"), "",
-         ["system.compositions", "0.3", "8 sublattice sites", "multiples of 1/8"]),
-        (("temperatures_k = [150.0, 300.0, 600.0]", "temperatures_k = [-10.0, 300.0]"), "",
-         ["dataset.temperatures_k[0]", "-10.0", "greater than or equal to 0"]),
-        (("seed = 2026", "seed = 2026\ncolour = 'red'"), "",
-         ["run.colour", "unknown key", "allowed keys here: name, project_dir, seed"]),
-        (('species = ["Br", "I"]', 'species = ["Br", "Xq"]'), "",
-         ["system.sublattice.species[1]", "'Xq'", "not a chemical element"]),
+        (
+            ('builder = "antiperovskite"', 'builder = "spinel"'),
+            "",
+            ["system.parent.builder", "'spinel'", "'antiperovskite' or 'perovskite'"],
+        ),
+        (
+            ("compositions = [0.0, 0.25, 0.5, 0.75, 1.0]", "compositions = [0.0, 0.3]"),
+            "",
+            ["system.compositions", "0.3", "8 sublattice sites", "multiples of 1/8"],
+        ),
+        (
+            ("temperatures_k = [150.0, 300.0, 600.0]", "temperatures_k = [-10.0, 300.0]"),
+            "",
+            ["dataset.temperatures_k[0]", "-10.0", "greater than or equal to 0"],
+        ),
+        (
+            ("seed = 2026", "seed = 2026\ncolour = 'red'"),
+            "",
+            ["run.colour", "unknown key", "allowed keys here: name, project_dir, seed"],
+        ),
+        (
+            ('species = ["Br", "I"]', 'species = ["Br", "Xq"]'),
+            "",
+            ["system.sublattice.species[1]", "'Xq'", "not a chemical element"],
+        ),
         (("I = 4.869", "Cl = 4.869"), "", ["system.vegard_lattice_a", "one entry per sublattice species"]),
-        (('site_species = "Br"', 'site_species = "Cl"'), "", ["system.sublattice.site_species", "'Cl'",
-                                                              "allowed: Ag, Br, S"]),
+        (
+            ('site_species = "Br"', 'site_species = "Cl"'),
+            "",
+            ["system.sublattice.site_species", "'Cl'", "allowed: Ag, Br, S"],
+        ),
         (('path = "', 'path = "nope-'), "", ["dataset.imports[0].path", "file not found"]),
-        (('labels = ["gap"]', 'labels = ["bandgap"]'), "",
-         ["dataset.imports[1].labels[0]", "'bandgap'", "'energy', 'forces', 'stress' or 'gap'"]),
+        (
+            ('labels = ["gap"]', 'labels = ["bandgap"]'),
+            "",
+            ["dataset.imports[1].labels[0]", "'bandgap'", "'energy', 'forces', 'stress' or 'gap'"],
+        ),
         (("[md]", "[md]\ntimestep_fs = 0"), "", ["md.timestep_fs", "greater than 0"]),
         (None, "\n[phonons2]\nx = 1\n", ["phonons2", "unknown key", "allowed keys here:", "phonons"]),
     ],
@@ -113,7 +136,7 @@ def test_parent_from_a_cif_file_works_like_the_builder(tmp_path: Path) -> None:
     from capml_core.structures import build_cubic_perovskite
 
     write(tmp_path / "CsPbBr3.cif", build_cubic_perovskite("Cs", "Pb", "Br", 5.87))
-    text = f"""
+    text = """
 [run]
 name = "cspbbri"
 [system]

@@ -19,8 +19,14 @@ from streamlit.testing.v1 import AppTest
 from tests.conftest import REPO
 
 APP = REPO / "dashboard" / "app.py"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def _run_app(project: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
@@ -35,15 +41,21 @@ def _decoded(array_spec) -> np.ndarray:  # noqa: ANN001 - plotly 7 stores arrays
 
 
 def test_overview_shows_runs_coverage_and_gap_histograms(demo_store_copy: Path, monkeypatch) -> None:  # noqa: ANN001
-    from flows.pipeline import new_run_id
-
     from capml_core.store import Store
+    from flows.pipeline import new_run_id
 
     store = Store(demo_store_copy)
     run_id = new_run_id("demo")
     with store.write() as w:
-        w.start_run(run_id=run_id, name="demo", config_hash="abc", config_json=None, config_path=None,
-                    code_version="test", packages={})
+        w.start_run(
+            run_id=run_id,
+            name="demo",
+            config_hash="abc",
+            config_json=None,
+            config_path=None,
+            code_version="test",
+            packages={},
+        )
         w.set_stage(run_id, "dataset-import", "done")
         w.finish_run(run_id, status="done")
     at = _run_app(demo_store_copy, monkeypatch)
@@ -67,8 +79,11 @@ def test_overview_shows_runs_coverage_and_gap_histograms(demo_store_copy: Path, 
     assert gaps["gpaw-gllbsc"].min() > gaps["gpaw-pbesol"].max()
     # choosing the other level redraws the coverage map for it
     at.selectbox(key="coverage_level").select("gpaw-pbesol").run()
-    heat = next(json.loads(c.proto.spec) for c in at.get("plotly_chart")
-                if json.loads(c.proto.spec)["data"][0]["type"] == "heatmap")
+    heat = next(
+        json.loads(c.proto.spec)
+        for c in at.get("plotly_chart")
+        if json.loads(c.proto.spec)["data"][0]["type"] == "heatmap"
+    )
     assert _decoded(heat["data"][0]["z"]).sum() == 103
 
 
@@ -95,7 +110,10 @@ def test_real_browser_draws_the_charts(demo_store_copy: Path, tmp_path: Path) ->
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "dashboard", "--project", str(demo_store_copy), "--port", str(port)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ},
     )
     try:
         deadline = time.monotonic() + 90

@@ -34,22 +34,27 @@ def test_bundled_dataset_is_stored_with_exact_numbers(demo_store_dir: Path) -> N
     # labels round-trip exactly, forces in eV/Å with shape (40, 3), stress in ASE Voigt order
     first = frames[0]
     row = store.query(
-        "SELECT l.* FROM labels l JOIN structures s USING (structure_hash) WHERE s.seed = 1000 AND level = 'gpaw-pbesol'"
+        "SELECT l.* FROM labels l JOIN structures s USING (structure_hash) "
+        "WHERE s.seed = 1000 AND level = 'gpaw-pbesol'"
     )
     assert row["energy_ev"][0] == pytest.approx(first.info["pbesol_energy"], abs=1e-9)
     assert np.allclose(np.reshape(row["forces_ev_per_a"][0], (40, 3)), first.arrays["pbesol_forces"], atol=1e-12)
     assert np.allclose(row["stress_ev_per_a3"][0], first.info["pbesol_stress"], atol=1e-15)
-    per_x = store.query(
-        "SELECT composition_x, count(*) AS n FROM structures GROUP BY 1 ORDER BY 1"
-    )
+    per_x = store.query("SELECT composition_x, count(*) AS n FROM structures GROUP BY 1 ORDER BY 1")
     assert per_x["n"].sum() == 150 and len(per_x) == 9
 
 
 def test_reimport_adds_nothing(demo_store_copy: Path) -> None:
     store = Store(demo_store_copy)
     before = store.query("SELECT count(*) AS n FROM labels")["n"][0]
-    report = import_labelled_dataset(store, PBESOL_FILE, level="gpaw-pbesol", keys=PBESOL_KEYS,
-                                     sublattice_species=("Br", "I"), allowed_species=SPECIES)
+    report = import_labelled_dataset(
+        store,
+        PBESOL_FILE,
+        level="gpaw-pbesol",
+        keys=PBESOL_KEYS,
+        sublattice_species=("Br", "I"),
+        allowed_species=SPECIES,
+    )
     assert (report.new_structures, report.new_labels, report.existing_labels) == (0, 0, 103)
     assert store.query("SELECT count(*) AS n FROM labels")["n"][0] == before
 
@@ -112,14 +117,23 @@ def _bad_stress(frames) -> None:  # noqa: ANN001
     ],
 )
 def test_bad_files_are_rejected_and_the_store_is_unchanged(
-    demo_store_copy: Path, tmp_path: Path, edit, expected: str  # noqa: ANN001
+    demo_store_copy: Path,
+    tmp_path: Path,
+    edit,
+    expected: str,  # noqa: ANN001
 ) -> None:
     store = Store(demo_store_copy)
     before = store.query("SELECT (SELECT count(*) FROM structures) AS s, (SELECT count(*) FROM labels) AS l")
     path = _bad_copy(tmp_path, edit)
     with pytest.raises(DatasetError) as info:
-        import_labelled_dataset(store, path, level="gpaw-pbesol-new", keys=PBESOL_KEYS,
-                                sublattice_species=("Br", "I"), allowed_species=SPECIES)
+        import_labelled_dataset(
+            store,
+            path,
+            level="gpaw-pbesol-new",
+            keys=PBESOL_KEYS,
+            sublattice_species=("Br", "I"),
+            allowed_species=SPECIES,
+        )
     message = str(info.value)
     assert str(path) in message and "nothing was imported" in message
     assert expected in message, message
@@ -147,8 +161,12 @@ def test_all_problems_are_listed_not_only_the_first(tmp_path: Path) -> None:
 
 
 def test_gap_only_files_and_3x3_stress(tmp_path: Path) -> None:
-    records = load_labelled_extxyz(GLLBSC_FILE, keys=LabelKeys.build(labels=("gap",), prefix="gllbsc"),
-                                   allowed_species=SPECIES, amplitude_key="sigma_A")
+    records = load_labelled_extxyz(
+        GLLBSC_FILE,
+        keys=LabelKeys.build(labels=("gap",), prefix="gllbsc"),
+        allowed_species=SPECIES,
+        amplitude_key="sigma_A",
+    )
     assert len(records) == 48 and all(r.energy_ev is None and r.forces_ev_per_a is None for r in records)
     assert {r.amplitude_a for r in records} <= {0.0, 0.04, 0.07, 0.10, 0.13}
     # a 3x3 stress becomes Voigt xx yy zz yz xz xy
@@ -166,8 +184,12 @@ def test_standard_ase_keys_are_read_from_the_calculator(tmp_path: Path) -> None:
     from ase.calculators.singlepoint import SinglePointCalculator
 
     frame = read(PBESOL_FILE, index=0)
-    calc = SinglePointCalculator(frame, energy=frame.info["pbesol_energy"], forces=frame.arrays["pbesol_forces"],
-                                 stress=frame.info["pbesol_stress"])
+    calc = SinglePointCalculator(
+        frame,
+        energy=frame.info["pbesol_energy"],
+        forces=frame.arrays["pbesol_forces"],
+        stress=frame.info["pbesol_stress"],
+    )
     frame.calc = calc
     frame.info["gap"] = frame.info["pbesol_gap"]
     path = tmp_path / "ase.extxyz"

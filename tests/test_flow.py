@@ -66,7 +66,11 @@ def test_capml_run_is_the_demo_command(tmp_path: Path) -> None:
     env.pop("PREFECT_API_URL", None)
     result = subprocess.run(
         [sys.executable, "-m", "flows.cli", "run", str(DEMO_CONFIG), "--project", str(tmp_path / "demo")],
-        capture_output=True, text=True, timeout=300, env=env, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Finished in state Completed()" in result.stdout + result.stderr

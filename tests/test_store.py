@@ -18,8 +18,11 @@ def _records(n: int, offset: float = 0.0) -> list[StructureRecord]:
     out = []
     for i in range(n):
         atoms = bulk("NaCl", "rocksalt", a=5.64 + offset + 0.001 * i, cubic=True)
-        out.append(StructureRecord(atoms=atoms, structure_hash=structure_hash(atoms), kind="equilibrium",
-                                   composition_x=0.0, seed=i))
+        out.append(
+            StructureRecord(
+                atoms=atoms, structure_hash=structure_hash(atoms), kind="equilibrium", composition_x=0.0, seed=i
+            )
+        )
     return out
 
 

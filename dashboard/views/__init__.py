@@ -1,1 +1,4 @@
-"""Dashboard pages (not named pages/: Streamlit would treat that folder as a legacy multipage app): one module each, one ``render_*`` function each."""
+"""Dashboard pages: one module each, one ``render_*`` function each.
+
+Not named ``pages/``: Streamlit would treat such a folder as a legacy multipage app.
+"""

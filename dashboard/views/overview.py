@@ -14,7 +14,6 @@ from dashboard import data
 logger = logging.getLogger(__name__)
 
 
-
 def condition_label(row: pd.Series) -> str:
     """How a structure was made, for the coverage axis: temperature, displacement amplitude or equilibrium."""
     if pd.notna(row["temperature_k"]):
@@ -77,7 +76,10 @@ def render_overview() -> None:
         grid = grid.loc[sorted(grid.index, key=_condition_order)]
         grid.columns = [f"{x:.3f}" for x in grid.columns]
         heat = px.imshow(
-            grid, text_auto=True, aspect="auto", color_continuous_scale="Blues",
+            grid,
+            text_auto=True,
+            aspect="auto",
+            color_continuous_scale="Blues",
             labels={"x": "x (fraction of first sublattice species)", "y": "condition", "color": "structures"},
             title=f"structures per composition and condition at {level}",
         )
@@ -88,8 +90,14 @@ def render_overview() -> None:
     st.subheader("Labels per level")
     if len(counts):
         bars = px.bar(
-            counts, x="level", y="n_structures", color="status", barmode="group", text_auto=True,
-            labels={"n_structures": "structures"}, title="labelled structures per reference level",
+            counts,
+            x="level",
+            y="n_structures",
+            color="status",
+            barmode="group",
+            text_auto=True,
+            labels={"n_structures": "structures"},
+            title="labelled structures per reference level",
         )
         st.plotly_chart(bars, width="stretch", key="label_bars")
         st.dataframe(counts, hide_index=True, width="stretch")
@@ -97,8 +105,14 @@ def render_overview() -> None:
     st.subheader("Band-gap distributions")
     if len(gaps):
         hist = px.histogram(
-            gaps, x="gap_ev", color="level", barmode="overlay", opacity=0.65, nbins=40,
-            labels={"gap_ev": "band gap (eV)"}, title="band gaps per reference level",
+            gaps,
+            x="gap_ev",
+            color="level",
+            barmode="overlay",
+            opacity=0.65,
+            nbins=40,
+            labels={"gap_ev": "band gap (eV)"},
+            title="band gaps per reference level",
         )
         st.plotly_chart(hist, width="stretch", key="gap_histogram")
     else:
