@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,7 @@ config_app = typer.Typer(help="Run configurations: check.", no_args_is_help=True
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 
-console = Console(soft_wrap=True)
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)  # logs and pipes: wide tables
 err_console = Console(stderr=True)
 
 ConfigOption = Annotated[
@@ -75,9 +76,16 @@ def run(
     except CapmlError as err:
         _fail(err)
     _print_summary(result["dataset"])
+    exe = _own_command()
     console.print(f"\nrun [bold]{result['run_id']}[/] done; results in [bold]{result['store']}[/]")
-    console.print(f"open the dashboard:  capml dashboard --project {loaded.project_dir}")
-    console.print(f'query with SQL:      capml sql --project {loaded.project_dir} "SELECT * FROM labelled_structures"')
+    console.print(f"open the dashboard:  {exe} dashboard --project {loaded.project_dir}")
+    console.print(f'query with SQL:      {exe} sql --project {loaded.project_dir} "SELECT * FROM labelled_structures"')
+
+
+def _own_command() -> str:
+    """How the user invoked capml (e.g. .venv/bin/capml), for commands printed back to them."""
+    argv0 = Path(sys.argv[0])
+    return shlex.quote(str(argv0)) if argv0.name == "capml" else "capml"
 
 
 @config_app.command("check")
@@ -202,17 +210,16 @@ def _print_summary(summary: dict) -> None:
     table = Table(
         title=f"{summary['n_structures']} structures, x = " + ", ".join(f"{x:g}" for x in summary["compositions"])
     )
-    for column in ("level", "ok", "failed", "energy", "forces", "stress", "gap", "gap min/mean/max (eV)"):
+    for column in ("level", "ok", "failed", "energy", "forces", "stress", "gap", "gap eV min", "mean", "max"):
         table.add_column(column)
     for lv in summary["levels"]:
         gaps = (
-            "-"
+            ["-"] * 3
             if lv["gap_mean_ev"] is None
-            else (f"{lv['gap_min_ev']:.3f} / {lv['gap_mean_ev']:.3f} / {lv['gap_max_ev']:.3f}")
+            else [f"{lv[k]:.3f}" for k in ("gap_min_ev", "gap_mean_ev", "gap_max_ev")]
         )
-        table.add_row(
-            lv["level"], *(str(lv[k]) for k in ("n_ok", "n_failed", "n_energy", "n_forces", "n_stress", "n_gap")), gaps
-        )
+        counts = (str(lv[k]) for k in ("n_ok", "n_failed", "n_energy", "n_forces", "n_stress", "n_gap"))
+        table.add_row(lv["level"], *counts, *gaps)
     console.print(table)
 
 
