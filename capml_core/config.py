@@ -416,14 +416,20 @@ def _check_system_consistency(path: Path, config: RunConfig) -> None:
         )
 
 
-def format_validation_error(path: Path, err: ValidationError, raw: dict[str, Any]) -> str:
-    """One readable message from a pydantic error: file, dotted field, value given, what is allowed."""
+def format_validation_error(
+    path: Path | str, err: ValidationError, raw: dict[str, Any], *, model: type[BaseModel] | None = None
+) -> str:
+    """One readable message from a pydantic error: file, dotted field, value given, what is allowed.
+
+    ``model`` is the model that was validated (default: :class:`RunConfig`); ``raw`` the input it got.
+    """
+    root = model or RunConfig
     lines = [f"{path}: {err.error_count()} invalid field(s)"]
     for item in err.errors(include_url=False):
         loc = item["loc"]
         field = _dotted(loc)
         if item["type"] == "extra_forbidden":
-            allowed = _allowed_keys(loc[:-1])
+            allowed = _allowed_keys(root, loc[:-1])
             lines.append(f"  field '{field}': unknown key; allowed keys here: {', '.join(allowed)}")
             continue
         if item["type"] == "missing":
@@ -433,7 +439,7 @@ def format_validation_error(path: Path, err: ValidationError, raw: dict[str, Any
         message = item["msg"].removeprefix("Value error, ")
         # model-level checks start their message with the field they concern: "<field>: ..."
         head, sep, rest = message.partition(": ")
-        if sep and head in _allowed_keys(loc):
+        if sep and head in _allowed_keys(root, loc):
             loc, message = (*loc, head), rest
             field, value = _dotted(loc), _value_at(raw, loc)
         shown = "{...}" if isinstance(value, dict) and len(str(value)) > 80 else repr(value)
@@ -460,9 +466,9 @@ def _dotted(loc: tuple[Any, ...]) -> str:
     return out or "<top level>"
 
 
-def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
-    """Field names allowed at a location of the RunConfig tree (best effort)."""
-    model: Any = RunConfig
+def _allowed_keys(root: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names allowed at a location of a model tree (best effort)."""
+    model: Any = root
     for part in loc:
         if isinstance(part, int):
             continue

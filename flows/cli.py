@@ -130,7 +130,9 @@ def data_import(
     amplitude_key: Annotated[str | None, typer.Option(help="info key of the displacement amplitude (Å).")] = None,
 ) -> None:
     """Validate a labelled extended-XYZ file and load it into the store (all or nothing)."""
-    from capml_core.config import ImportSpec, load_config
+    from pydantic import ValidationError
+
+    from capml_core.config import ImportSpec, format_validation_error, load_config
     from capml_core.datasets import import_labelled_dataset
     from capml_core.store import Store
     from capml_core.structures import allowed_species
@@ -157,10 +159,8 @@ def data_import(
         )
     except CapmlError as err:
         _fail(err)
-    except ValueError as err:  # pydantic's ValidationError
-        from capml_core.config import format_validation_error
-
-        _fail(CapmlError(format_validation_error(Path("command line"), err, {})))
+    except ValidationError as err:
+        _fail(CapmlError(format_validation_error("command line", err, {}, model=ImportSpec)))
     system = loaded.config.system
     with Progress(
         TextColumn("validating {task.description}"),
