@@ -29,8 +29,16 @@ def make_records() -> tuple[list[StructureRecord], list[LabelRecord]]:
         atoms.positions += rng.normal(0.0, 0.05, atoms.positions.shape)
         h = structure_hash(atoms)
         structures.append(StructureRecord(atoms=atoms, structure_hash=h, kind="uniform", composition_x=0.5))
-        labels.append(LabelRecord(h, "bench", energy_ev=float(rng.normal()), forces_ev_per_a=rng.normal(size=(40, 3)),
-                                  stress_ev_per_a3=rng.normal(size=6) * 1e-3, gap_ev=float(rng.uniform(0.5, 1.0))))
+        labels.append(
+            LabelRecord(
+                h,
+                "bench",
+                energy_ev=float(rng.normal()),
+                forces_ev_per_a=rng.normal(size=(40, 3)),
+                stress_ev_per_a3=rng.normal(size=6) * 1e-3,
+                gap_ev=float(rng.uniform(0.5, 1.0)),
+            )
+        )
     return structures, labels
 
 
@@ -55,15 +63,32 @@ def row_by_row(project: Path, structures, labels) -> float:  # noqa: ANN001
             con.execute(
                 "INSERT INTO structures (structure_hash, formula, n_atoms, composition_x, kind, run_id, numbers, "
                 "positions_a, cell_a, pbc, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
-                [s.structure_hash, a.get_chemical_formula(mode="metal"), len(a), s.composition_x, s.kind, "bench",
-                 a.numbers.tolist(), a.positions.ravel().tolist(), a.cell[:].ravel().tolist(), a.pbc.tolist()],
+                [
+                    s.structure_hash,
+                    a.get_chemical_formula(mode="metal"),
+                    len(a),
+                    s.composition_x,
+                    s.kind,
+                    "bench",
+                    a.numbers.tolist(),
+                    a.positions.ravel().tolist(),
+                    a.cell[:].ravel().tolist(),
+                    a.pbc.tolist(),
+                ],
             )
         for r in labels:
             con.execute(
                 "INSERT INTO labels (structure_hash, level, status, energy_ev, forces_ev_per_a, stress_ev_per_a3, "
                 "gap_ev, run_id, created_at) VALUES (?, ?, 'ok', ?, ?, ?, ?, ?, now())",
-                [r.structure_hash, r.level, r.energy_ev, r.forces_ev_per_a.ravel().tolist(),
-                 r.stress_ev_per_a3.tolist(), r.gap_ev, "bench"],
+                [
+                    r.structure_hash,
+                    r.level,
+                    r.energy_ev,
+                    r.forces_ev_per_a.ravel().tolist(),
+                    r.stress_ev_per_a3.tolist(),
+                    r.gap_ev,
+                    "bench",
+                ],
             )
     return time.perf_counter() - start
 

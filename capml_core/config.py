@@ -227,15 +227,77 @@ class ImportSpec(Section):
         return LabelKeys.build(labels=tuple(self.labels), prefix=self.key_prefix, overrides=self.key_names)
 
 
-class DatasetSection(Section):
-    """Stage 1: training structures (paper: 150-600 K thermal, 0.2-0.8 Å uniform, a few equilibrium)."""
+class StructureSetSection(Section):
+    """A named set of generated training structures, to be labelled at one reference level.
 
-    temperatures_k: list[Temperature] = [150.0, 300.0, 450.0, 600.0]
-    structures_per_temperature: Annotated[int, Field(ge=0)] = 100
-    uniform_amplitudes_a: list[Annotated[float, Field(gt=0.0, le=2.0)]] = [0.2, 0.4, 0.6, 0.8]
-    structures_per_amplitude: Annotated[int, Field(ge=0)] = 50
-    equilibrium_per_composition: Annotated[int, Field(ge=0)] = 2
+    Per composition x of the system: ``thermal_per_point`` structures at each temperature,
+    ``uniform_per_point`` at each uniform amplitude and ``equilibrium_per_composition`` undisplaced ones, each
+    with its own random Br/I arrangement and a seed derived from ``seed`` (so a set regenerates bit for bit
+    and two sets with different seeds are distinct).
+    """
+
+    name: Name
+    level: LevelName = Field(description="Reference level the set is labelled at, e.g. 'gpaw-pbesol'.")
+    seed: int = Field(ge=0, description="Seed of the set; every structure's seed derives from it.")
+    temperatures_k: list[Annotated[float, Field(gt=0.0, le=5000.0)]] = Field(
+        default_factory=list, description="Temperatures (K) of thermal (phonon) displacements."
+    )
+    thermal_per_point: Annotated[int, Field(ge=0)] = 0
+    uniform_amplitudes_a: list[Annotated[float, Field(gt=0.0, le=2.0)]] = Field(
+        default_factory=list, description="Maximum displacement (Å) of uniform random displacements."
+    )
+    uniform_per_point: Annotated[int, Field(ge=0)] = 0
+    equilibrium_per_composition: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _something(self) -> StructureSetSection:
+        if self.thermal_per_point and not self.temperatures_k:
+            raise ValueError("temperatures_k: thermal_per_point > 0 needs at least one temperature")
+        if self.uniform_per_point and not self.uniform_amplitudes_a:
+            raise ValueError("uniform_amplitudes_a: uniform_per_point > 0 needs at least one amplitude")
+        return self
+
+
+class DatasetSection(Section):
+    """Stage 1: training structures (paper: 150-600 K thermal, 0.2-0.8 Å uniform, a few equilibrium cells).
+
+    Thermal displacements are drawn from the harmonic phonons of the end members (force constants of the
+    supercell, interpolated linearly in x between the two end members, masses of the actual species).
+    """
+
+    force_constants: dict[Element, Path] = Field(
+        default_factory=dict,
+        description="phonopy file (with force constants) of each end member's supercell, keyed by sublattice "
+        "species; an end member without a file gets its force constants computed at force_constants_level.",
+    )
+    force_constants_level: LevelName = "gpaw-pbesol"
+    displacement_a: PositiveFloat = Field(default=0.01, description="Finite displacement for force constants (Å).")
+    cutoff_frequency_thz: Annotated[float, Field(ge=0.0)] = Field(
+        default=0.1, description="Modes with |frequency| below this (THz) get no thermal amplitude."
+    )
+    max_displacement_a: PositiveFloat = Field(
+        default=1.0, description="A thermal displacement longer than this (Å) is shortened to it."
+    )
+    sets: list[StructureSetSection] = Field(default_factory=list)
     imports: list[ImportSpec] = Field(default_factory=list, description="Labelled datasets to import.")
+
+    @field_validator("force_constants")
+    @classmethod
+    def _check_fc(cls, value: dict[str, Path], info: ValidationInfo) -> dict[str, Path]:
+        out = {}
+        for species, path in value.items():
+            try:
+                out[species] = _input_path(path, info)
+            except ValueError as err:
+                raise ValueError(f"{species}: {err}") from None
+        return out
+
+    @model_validator(mode="after")
+    def _unique_set_names(self) -> DatasetSection:
+        names = [s.name for s in self.sets]
+        if len(names) != len(set(names)):
+            raise ValueError(f"sets: set names must be unique, got {names}")
+        return self
 
 
 class ReferenceSection(Section):
@@ -243,7 +305,11 @@ class ReferenceSection(Section):
 
     cheap_level: LevelName = "gpaw-pbesol"
     high_level: LevelName = "gpaw-gllbsc"
-    workers: PositiveInt = 1
+    workers: PositiveInt = Field(default=1, description="Worker processes of the labelling stage (1 thread each).")
+    max_calculations: Annotated[int, Field(ge=0)] | None = Field(
+        default=None,
+        description="Most calculations one pipeline run starts per level (None: all pending; 0: label nothing).",
+    )
 
 
 class GNNSection(Section):
@@ -405,6 +471,12 @@ def _check_system_consistency(path: Path, config: RunConfig) -> None:
             f"{path}: field 'system.sublattice.site_species' = {system.sublattice.site_species!r}: "
             f"not in the parent structure; allowed: {', '.join(symbols)}"
         )
+    unknown = sorted(set(config.dataset.force_constants) - set(system.sublattice.species))
+    if unknown:
+        raise ConfigError(
+            f"{path}: field 'dataset.force_constants' has key(s) {unknown}: force constants belong to the end "
+            f"members; allowed keys: {', '.join(system.sublattice.species)}"
+        )
     n_sites = sublattice_site_count(parent, system.sublattice.site_species, system.supercell)
     bad = [x for x in system.compositions if not math.isclose(x * n_sites, round(x * n_sites), abs_tol=1e-6)]
     if bad:
@@ -439,7 +511,8 @@ def format_validation_error(
         message = item["msg"].removeprefix("Value error, ")
         # model-level checks start their message with the field they concern: "<field>: ..."
         head, sep, rest = message.partition(": ")
-        if sep and head in _allowed_keys(root, loc):
+        here = _value_at(raw, loc)
+        if sep and (head in _allowed_keys(root, loc) or (isinstance(here, dict) and head in here)):
             loc, message = (*loc, head), rest
             field, value = _dotted(loc), _value_at(raw, loc)
         shown = "{...}" if isinstance(value, dict) and len(str(value)) > 80 else repr(value)

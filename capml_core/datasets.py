@@ -433,3 +433,66 @@ def summarise_dataset(store: Store) -> DatasetSummary:
         compositions=tuple(float(x) for x in compositions),
         levels=tuple(LevelSummary(*row) for row in rows),
     )
+
+
+def export_labelled_extxyz(
+    store: Store,
+    path: str | Path,
+    *,
+    level: str,
+    set_name: str | None = None,
+    prefix: str = "REF",
+) -> int:
+    """Write the structures labelled 'ok' at ``level`` to an extended-XYZ file; returns how many.
+
+    Labels go to ``<prefix>_energy`` (eV), ``<prefix>_forces`` (eV/Å, per atom), ``<prefix>_stress``
+    (eV/Å³, Voigt xx yy zz yz xz xy) and ``<prefix>_gap`` (eV), each only when present; ``config_type`` is
+    the structure's kind. MACE's trainer reads such a file directly
+    (``--energy_key REF_energy --forces_key REF_forces --stress_key REF_stress``).
+
+    Parameters
+    ----------
+    store
+        The store.
+    path
+        Output file (written whole, then renamed into place).
+    level
+        Reference level of the labels.
+    set_name
+        Only members of this structure set (default: every structure labelled at ``level``).
+    prefix
+        Prefix of the label keys.
+    """
+    from ase.io import write
+
+    sql = """SELECT l.structure_hash, l.energy_ev, l.forces_ev_per_a, l.stress_ev_per_a3, l.gap_ev,
+                    s.kind, s.composition_x, s.temperature_k, s.amplitude_a, s.seed
+             FROM labels l JOIN structures s USING (structure_hash)
+             WHERE l.level = ? AND l.status = 'ok'
+               AND (? IS NULL OR l.structure_hash IN (SELECT structure_hash FROM structure_sets WHERE set_name = ?))
+             ORDER BY s.composition_x, s.kind, l.structure_hash"""
+    rows = store.query(sql, [level, set_name, set_name])
+    structures = store.load_structures(rows["structure_hash"].tolist())
+    frames = []
+    for row in rows.itertuples(index=False):
+        atoms = structures[row.structure_hash].copy()
+        atoms.info.update({"structure_hash": row.structure_hash, "config_type": row.kind, "level": level})
+        for key in ("composition_x", "temperature_k", "amplitude_a", "seed"):
+            value = getattr(row, key)
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                atoms.info[key] = value.item() if isinstance(value, np.generic) else value
+        if row.energy_ev is not None and not math.isnan(row.energy_ev):
+            atoms.info[f"{prefix}_energy"] = float(row.energy_ev)
+        if row.forces_ev_per_a is not None:
+            atoms.arrays[f"{prefix}_forces"] = np.reshape(np.asarray(row.forces_ev_per_a, dtype=float), (-1, 3))
+        if row.stress_ev_per_a3 is not None:
+            atoms.info[f"{prefix}_stress"] = np.asarray(row.stress_ev_per_a3, dtype=float)
+        if row.gap_ev is not None and not math.isnan(row.gap_ev):
+            atoms.info[f"{prefix}_gap"] = float(row.gap_ev)
+        frames.append(atoms)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    write(partial, frames, format="extxyz")
+    partial.replace(path)
+    return len(frames)

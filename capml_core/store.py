@@ -9,6 +9,8 @@ Tables (tidy; units in column names):
   kind, temperature/amplitude, and the geometry itself (small arrays: numbers, positions, cell).
 - ``levels``: reference levels and their settings.
 - ``labels``: keyed by (structure hash, level): energy, forces, stress, gap, status and error.
+- ``structure_sets``: membership of generated structures in named training sets, with the level each set
+  is to be labelled at (schema version 2).
 - ``artifacts``: large arrays (trajectories, force constants) live in files under ``artifacts/``; this table
   points to them (path relative to the project directory, SHA-256, size).
 - view ``labelled_structures``: structures joined with labels, without the arrays, for SQL users.
@@ -50,7 +52,7 @@ logger = logging.getLogger(__name__)
 STORE_FILENAME = "capml.duckdb"
 ARTIFACTS_DIRNAME = "artifacts"
 #: Version of the schema this code writes. Bump it and append a migration to change the schema.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA_V1 = [
     "CREATE TABLE schema_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
@@ -82,8 +84,14 @@ _SCHEMA_V1 = [
         FROM structures s JOIN labels l USING (structure_hash)""",
 ]
 
+_SCHEMA_V2 = [
+    """CREATE TABLE structure_sets (
+        set_name VARCHAR NOT NULL, structure_hash VARCHAR NOT NULL, level VARCHAR NOT NULL, position INTEGER,
+        PRIMARY KEY (set_name, structure_hash))""",
+]
+
 #: MIGRATIONS[v] turns a store of version v - 1 into version v (v = 1: create from nothing).
-MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1}
+MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 
 
 def _now() -> datetime:
@@ -279,6 +287,26 @@ class StoreWriter:
         ]
         self._insert_rows("labels", rows)
         return WriteCounts(len(rows), len(unique) - len(rows))
+
+    def add_to_set(self, set_name: str, level: str, structure_hashes: Sequence[str]) -> WriteCounts:
+        """Record structures as members of a named set to be labelled at ``level`` (in the given order)."""
+        ordered = list(dict.fromkeys(structure_hashes))
+        if not ordered:
+            return WriteCounts(0, 0)
+        existing = {
+            r[0]
+            for r in self.con.execute(
+                "SELECT structure_hash FROM structure_sets WHERE set_name = ? AND structure_hash IN (SELECT unnest(?))",
+                [set_name, ordered],
+            ).fetchall()
+        }
+        rows = [
+            {"set_name": set_name, "structure_hash": h, "level": level, "position": i}
+            for i, h in enumerate(ordered)
+            if h not in existing
+        ]
+        self._insert_rows("structure_sets", rows)
+        return WriteCounts(len(rows), len(existing))
 
     def save_arrays(
         self, kind: str, arrays: Mapping[str, np.ndarray], *, run_id: str | None, meta: Mapping[str, Any] | None = None
@@ -496,6 +524,26 @@ class Store:
                GROUP BY ALL ORDER BY ALL"""
         )
 
+    def set_coverage(self) -> pd.DataFrame:
+        """Per structure set, composition and condition: members, and how many are labelled ok / failed."""
+        return self.query(
+            """SELECT m.set_name, m.level, s.composition_x, s.kind, s.temperature_k, s.amplitude_a,
+                      count(*) AS n_structures, count(*) FILTER (l.status = 'ok') AS n_ok,
+                      count(*) FILTER (l.status = 'failed') AS n_failed
+               FROM structure_sets m JOIN structures s USING (structure_hash)
+               LEFT JOIN labels l ON l.structure_hash = m.structure_hash AND l.level = m.level
+               GROUP BY ALL ORDER BY ALL"""
+        )
+
+    def failed_labels(self) -> pd.DataFrame:
+        """Failed calculations with their errors, newest first."""
+        return self.query(
+            """SELECT l.level, l.structure_hash, s.composition_x, s.kind, s.temperature_k, s.amplitude_a, l.error,
+                      l.created_at
+               FROM labels l JOIN structures s USING (structure_hash) WHERE l.status = 'failed'
+               ORDER BY l.created_at DESC"""
+        )
+
     def gaps(self, level: str | None = None) -> pd.DataFrame:
         """Band gaps (eV) with composition, per level (all levels by default)."""
         sql = (
@@ -506,16 +554,45 @@ class Store:
             return self.query(sql + " ORDER BY l.level, s.composition_x")
         return self.query(sql + " AND l.level = ? ORDER BY s.composition_x", [level])
 
+    def pending_labels(self, level: str, *, set_name: str | None = None, include_failed: bool = False) -> list[str]:
+        """Hashes of set members to be labelled at ``level`` that have no label there yet, in set order.
+
+        Parameters
+        ----------
+        level
+            The level.
+        set_name
+            Only this set (default: every set whose level is ``level``).
+        include_failed
+            Also structures whose calculation failed before (otherwise a failure is not retried).
+        """
+        done_status = "('ok')" if include_failed else "('ok', 'failed')"
+        sql = f"""SELECT m.structure_hash FROM structure_sets m
+                  WHERE m.level = ? AND (? IS NULL OR m.set_name = ?)
+                    AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.structure_hash = m.structure_hash
+                                    AND l.level = m.level AND l.status IN {done_status})
+                  ORDER BY m.set_name, m.position"""
+        return list(dict.fromkeys(self.query(sql, [level, set_name, set_name])["structure_hash"].tolist()))
+
     def load_atoms(self, structure_hash: str) -> Atoms:
         """The stored structure with this hash."""
-        with self.read() as con:
-            row = con.execute(
-                "SELECT numbers, positions_a, cell_a, pbc FROM structures WHERE structure_hash = ?", [structure_hash]
-            ).fetchone()
-        if row is None:
+        found = self.load_structures([structure_hash])
+        if structure_hash not in found:
             raise NotComputedError(f"{self.path}: no structure with hash {structure_hash}")
-        numbers, positions, cell, pbc = row
-        return Atoms(numbers=numbers, positions=np.reshape(positions, (-1, 3)), cell=np.reshape(cell, (3, 3)), pbc=pbc)
+        return found[structure_hash]
+
+    def load_structures(self, structure_hashes: Sequence[str]) -> dict[str, Atoms]:
+        """Stored structures by hash (hashes not in the store are absent from the result)."""
+        with self.read() as con:
+            rows = con.execute(
+                "SELECT structure_hash, numbers, positions_a, cell_a, pbc FROM structures "
+                "WHERE structure_hash IN (SELECT unnest(?))",
+                [list(structure_hashes)],
+            ).fetchall()
+        return {
+            h: Atoms(numbers=numbers, positions=np.reshape(pos, (-1, 3)), cell=np.reshape(cell, (3, 3)), pbc=pbc)
+            for h, numbers, pos, cell, pbc in rows
+        }
 
     def load_arrays(self, artifact_id: str) -> dict[str, np.ndarray]:
         """The arrays of a stored artifact (checked against its SHA-256)."""

@@ -138,3 +138,96 @@ def allowed_species(system: SystemSection) -> set[str]:
     """Elements a structure of this system may contain: parent elements + sublattice species."""
     parent = build_parent(system.parent)
     return (set(parent.get_chemical_symbols()) - {system.sublattice.site_species}) | set(system.sublattice.species)
+
+
+# ------------------------------------------------------------------------------------ generation
+def derive_seed(*parts: object) -> int:
+    """A seed in [0, 2**32) derived deterministically from any printable parts (set seed, kind, x, ...)."""
+    text = "|".join(repr(p) for p in parts)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+
+
+def occupy_sublattice(
+    cell: Atoms, *, site_species: str, species: Sequence[str], x: float, rng: np.random.Generator
+) -> Atoms:
+    """Random arrangement of the two sublattice species at composition x (exact count: round(x n_sites)).
+
+    Parameters
+    ----------
+    cell
+        Cell whose ``site_species`` atoms form the sublattice.
+    site_species
+        Element marking the sublattice sites in ``cell``.
+    species
+        The two species; ``species[0]`` gets a fraction x of the sites.
+    x
+        Composition (must be realisable: x n_sites an integer).
+    rng
+        Random generator (the choice of sites).
+    """
+    symbols = cell.get_chemical_symbols()
+    sites = [i for i, s in enumerate(symbols) if s == site_species]
+    n_first = x * len(sites)
+    if not np.isclose(n_first, round(n_first), atol=1e-6):
+        raise InvalidInputError(
+            f"composition x = {x} is not realisable on {len(sites)} sites: use a multiple of 1/{len(sites)}"
+        )
+    chosen = set(rng.choice(sites, size=int(round(n_first)), replace=False).tolist())
+    for i in sites:
+        symbols[i] = species[0] if i in chosen else species[1]
+    out = cell.copy()
+    out.set_chemical_symbols(symbols)
+    return out
+
+
+def uniform_displacements(n_atoms: int, amplitude_a: float, rng: np.random.Generator) -> np.ndarray:
+    """Random displacements (Å), shape (n_atoms, 3): isotropic direction, length uniform in [0, amplitude]."""
+    if amplitude_a < 0:
+        raise InvalidInputError(f"uniform amplitude {amplitude_a} Å: must be >= 0")
+    directions = rng.normal(size=(n_atoms, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    return directions * rng.uniform(0.0, amplitude_a, size=(n_atoms, 1))
+
+
+def thermal_displacements(
+    cell: Atoms,
+    force_constants: np.ndarray,
+    *,
+    temperature_k: float,
+    seed: int,
+    cutoff_frequency_thz: float = 0.1,
+    max_displacement_a: float | None = 1.0,
+) -> np.ndarray:
+    """Random displacements (Å) of the canonical ensemble of harmonic phonons at a temperature (Eq. 1).
+
+    Phonopy's random displacements at ``temperature_k``: each normal mode gets a Gaussian amplitude of
+    variance ħ(1 + 2n(ω, T)) / (2 N m ω) with the masses of ``cell``'s species. Imaginary modes enter with
+    |ω| (the anharmonic potential they sit in is stabilised at finite temperature, so they are thermally
+    populated; dropping them would miss the soft Ag modes that dominate the disorder); modes with
+    |ω| < ``cutoff_frequency_thz`` (the acoustic ones at Γ) are skipped, and a displacement longer than
+    ``max_displacement_a`` is shortened to it.
+
+    Parameters
+    ----------
+    cell
+        The cell (its species give the masses).
+    force_constants
+        Force constants of ``cell`` (eV/Å²), shape (n, n, 3, 3).
+    temperature_k
+        Temperature (K), > 0.
+    seed
+        Random seed, in [0, 2**32).
+    """
+    from capml_core.phonons import build_phonopy
+
+    if temperature_k <= 0:
+        raise InvalidInputError(f"temperature {temperature_k} K: must be > 0 for thermal displacements")
+    phonon = build_phonopy(cell, force_constants)
+    phonon.generate_displacements(
+        number_of_snapshots=1,
+        random_seed=seed,
+        temperature=temperature_k,
+        cutoff_frequency=cutoff_frequency_thz,
+        max_distance=max_displacement_a,
+    )
+    return np.asarray(phonon.displacements[0], dtype=np.float64)

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import streamlit as st
 
+from dashboard.views.dataset import render_dataset
 from dashboard.views.overview import render_overview
 
 st.set_page_config(page_title="capml", layout="wide")
 
-PAGES = [st.Page(render_overview, title="Overview", url_path="overview", default=True)]
+PAGES = [
+    st.Page(render_overview, title="Overview", url_path="overview", default=True),
+    st.Page(render_dataset, title="Dataset", url_path="dataset"),
+]
 st.navigation(PAGES).run()

@@ -58,3 +58,15 @@ def gaps(path: str) -> pd.DataFrame:
 def summary(path: str) -> DatasetSummary:
     """Structure and label counts."""
     return summarise_dataset(Store(path))
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def set_coverage(path: str) -> pd.DataFrame:
+    """Structure sets: members and labels per composition and condition."""
+    return Store(path).set_coverage()
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def failed_labels(path: str) -> pd.DataFrame:
+    """Failed calculations."""
+    return Store(path).failed_labels()

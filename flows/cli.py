@@ -26,7 +26,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(help="Labelled datasets: import, summary.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: import, generate, export, summary.", no_args_is_help=True)
 config_app = typer.Typer(help="Run configurations: check.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
@@ -190,6 +190,126 @@ def data_import(
         f"{report.path.name} -> level [bold]{report.level}[/]: {report.n_frames} frames "
         f"({report.n_duplicate_frames} repeated in the file), {report.new_structures} new structures, "
         f"{report.new_labels} new labels, {report.existing_labels} already stored; store {loaded.project_dir}"
+    )
+
+
+@data_app.command("generate")
+def data_generate(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration: system and [[dataset.sets]].")],
+    project: ProjectOption = None,
+) -> None:
+    """Build the structure sets of a configuration (thermal, uniform, equilibrium) and store them."""
+    from capml_core.config import load_config
+    from capml_core.reference import get_level
+    from capml_core.store import Store
+    from capml_core.training_sets import end_member_force_constants, generate_structure_set, plan_structure_set
+
+    try:
+        loaded = load_config(config, project_dir=project)
+        store = Store(loaded.project_dir)
+        system, dataset = loaded.config.system, loaded.config.dataset
+        if not dataset.sets:
+            raise CapmlError(f"{loaded.path}: no [[dataset.sets]] to generate")
+        thermal = any(s.thermal_per_point and s.temperatures_k for s in dataset.sets)
+
+        def forces(atoms):  # noqa: ANN001, ANN202 - ASE Atoms -> eV/Å
+            return get_level(dataset.force_constants_level).compute(atoms).forces_ev_per_a
+
+        end_members = {
+            sp: end_member_force_constants(system, dataset, sp, cache_dir=store.project_dir / "phonons", forces=forces)
+            for sp in (system.sublattice.species if thermal else ())
+        }
+        for structure_set in dataset.sets:
+            total = len(plan_structure_set(system, structure_set))
+            records = []
+            with _bar(f"set {structure_set.name}") as bar:
+                task_id = bar.add_task(structure_set.name, total=total)
+                for record in generate_structure_set(system, dataset, structure_set, end_members):
+                    records.append(record)
+                    bar.advance(task_id)
+            with store.write() as writer:
+                counts = writer.add_structures(records, run_id=None)
+                writer.add_to_set(structure_set.name, structure_set.level, [r.structure_hash for r in records])
+            console.print(
+                f"set [bold]{structure_set.name}[/] ({structure_set.level}): {len(records)} structures, "
+                f"{counts.new} new; store {loaded.project_dir}"
+            )
+    except CapmlError as err:
+        _fail(err)
+
+
+@data_app.command("export")
+def data_export(
+    output: Annotated[Path, typer.Argument(help="Extended-XYZ file to write.")],
+    level: Annotated[str, typer.Option("--level", "-l", help="Reference level of the labels.")],
+    config: ConfigOption = None,
+    project: ProjectOption = None,
+    set_name: Annotated[str | None, typer.Option("--set", help="Only this structure set.")] = None,
+    prefix: Annotated[str, typer.Option(help="Label keys <prefix>_energy, _forces, _stress, _gap.")] = "REF",
+) -> None:
+    """Write labelled structures to extended XYZ that MACE's trainer reads directly."""
+    from capml_core.datasets import export_labelled_extxyz
+    from capml_core.store import Store
+
+    try:
+        n = export_labelled_extxyz(
+            Store(_project_dir(config, project)), output, level=level, set_name=set_name, prefix=prefix
+        )
+    except CapmlError as err:
+        _fail(err)
+    if n == 0:
+        _fail(CapmlError(f"no structure labelled at level {level!r}" + (f" in set {set_name!r}" if set_name else "")))
+    console.print(
+        f"{n} structures -> {output}  (MACE: --energy_key {prefix}_energy --forces_key {prefix}_forces "
+        f"--stress_key {prefix}_stress)"
+    )
+
+
+@app.command()
+def label(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration (TOML).")],
+    level: Annotated[str, typer.Option("--level", "-l", help="Reference level to compute, e.g. gpaw-pbesol.")],
+    project: ProjectOption = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes (one thread each).")] = 1,
+    set_name: Annotated[str | None, typer.Option("--set", help="Only this structure set.")] = None,
+    limit: Annotated[int | None, typer.Option(min=0, help="Label at most this many structures.")] = None,
+    retry_failed: Annotated[bool, typer.Option(help="Also retry calculations that failed before.")] = False,
+) -> None:
+    """Label every structure of the sets at LEVEL that has no label there yet (resumable; Ctrl-C safe)."""
+    from capml_core.config import load_config
+    from capml_core.labelling import label_structures
+    from capml_core.reference import get_level
+    from capml_core.store import Store
+
+    try:
+        loaded = load_config(config, project_dir=project)
+        reference_level = get_level(level)  # an unknown level fails before any work
+        store = Store(loaded.project_dir)
+        pending = store.pending_labels(level, set_name=set_name, include_failed=retry_failed)
+    except CapmlError as err:
+        _fail(err)
+    chosen = pending if limit is None else pending[:limit]
+    console.print(f"{level}: {len(pending)} structures pending, labelling {len(chosen)} with {workers} worker(s)")
+    if not chosen:
+        return
+    with _bar(level) as bar:
+        task_id = bar.add_task(level, total=len(chosen))
+        report = label_structures(
+            store,
+            reference_level,
+            chosen,
+            workers=workers,
+            progress=lambda done, total, record: bar.update(task_id, completed=done),
+        )
+    mean = f", {report.mean_calculation_s:.0f} s per calculation" if report.mean_calculation_s else ""
+    console.print(f"{level}: {report.n_ok} labelled, {report.n_failed} failed{mean}")
+    for structure_hash, error in report.failures:
+        console.print(f"  failed {structure_hash}: {error.splitlines()[0] if error else ''}")
+
+
+def _bar(what: str) -> Progress:
+    return Progress(
+        TextColumn(f"{what}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err_console
     )
 
 

@@ -1,8 +1,10 @@
 """The capml pipeline as a Prefect flow.
 
-Stages so far: ``dataset-import`` (validate and load the labelled datasets named in the config) and
-``dataset-summary`` (counts per level, gap statistics, published as a Prefect artifact). Later stages
-(labelling, GNN, MACE, disorder, phonons, MD, gaps) are added here as tasks/subflows of :func:`pipeline`.
+Stages so far: ``dataset-import`` (validate and load the labelled datasets named in the config),
+``dataset-generate`` (thermal/uniform/equilibrium structure sets), ``label`` (reference calculations of the
+sets' structures that have no label yet, up to ``reference.max_calculations`` per level) and
+``dataset-summary`` (counts per level, gap statistics, published as a Prefect artifact). Later stages (GNN,
+MACE, disorder, phonons, MD, gaps) are added here as tasks/subflows of :func:`pipeline`.
 
 Runs in Prefect's local ephemeral mode by default (no server needed); with ``PREFECT_API_URL`` set it
 reports to that server. Each task calls one capml_core function; the store records run and stage status.
@@ -16,15 +18,21 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+from ase import Atoms
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from capml_core.config import ImportSpec, LoadedConfig, load_config
+from capml_core.config import ImportSpec, LoadedConfig, StructureSetSection, load_config
 from capml_core.datasets import DatasetSummary, ImportReport, import_labelled_dataset, summarise_dataset
+from capml_core.labelling import LabellingReport, label_structures
+from capml_core.phonons import ForceConstants
 from capml_core.provenance import code_version, package_versions
-from capml_core.store import Store
+from capml_core.reference import LEVELS, get_level
+from capml_core.store import LabelRecord, Store
 from capml_core.structures import allowed_species
+from capml_core.training_sets import end_member_force_constants, generate_structure_set
 
 
 def new_run_id(name: str) -> str:
@@ -92,6 +100,57 @@ def import_dataset(loaded: LoadedConfig, spec: ImportSpec, store: Store, run_id:
     return report
 
 
+@task(name="end-member-force-constants", task_run_name="force constants {species}", cache_policy=NO_CACHE)
+def end_member_fc(loaded: LoadedConfig, store: Store, species: str) -> ForceConstants:
+    """Force constants of one end member: the config's phonopy file, else computed once per project."""
+    dataset = loaded.config.dataset
+    logger = get_run_logger()
+
+    def forces(atoms: Atoms) -> np.ndarray:
+        result = get_level(dataset.force_constants_level).compute(atoms)
+        logger.info("force constants of %s: displaced structure done in %.0f s", species, result.wall_time_s)
+        return result.forces_ev_per_a
+
+    return end_member_force_constants(
+        loaded.config.system, dataset, species, cache_dir=store.project_dir / "phonons", forces=forces
+    )
+
+
+@task(name="generate-set", task_run_name="generate set {structure_set.name}", cache_policy=NO_CACHE)
+def generate_set(
+    loaded: LoadedConfig, structure_set: StructureSetSection, end_members: dict, store: Store, run_id: str
+) -> int:
+    """Build one structure set and store its structures and membership; returns the number of new ones."""
+    system, dataset = loaded.config.system, loaded.config.dataset
+    records = list(generate_structure_set(system, dataset, structure_set, end_members))
+    with store.write() as writer:
+        counts = writer.add_structures(records, run_id=run_id)
+        writer.add_to_set(structure_set.name, structure_set.level, [r.structure_hash for r in records])
+    get_run_logger().info(
+        "set %s: %d structures (%d new) for level %s", structure_set.name, len(records), counts.new, structure_set.level
+    )
+    return counts.new
+
+
+@task(name="label", task_run_name="label {level}", cache_policy=NO_CACHE)
+def label_level(loaded: LoadedConfig, store: Store, level: str, run_id: str) -> LabellingReport:
+    """Label pending structures of the sets at ``level`` (at most ``reference.max_calculations``)."""
+    reference = loaded.config.reference
+    pending = store.pending_labels(level)
+    chosen = pending if reference.max_calculations is None else pending[: reference.max_calculations]
+    logger = get_run_logger()
+    logger.info(
+        "%s: %d structures pending, labelling %d with %d workers", level, len(pending), len(chosen), reference.workers
+    )
+
+    def progress(done: int, total: int, record: LabelRecord) -> None:
+        logger.info("%s: %d/%d done (%s %s)", level, done, total, record.structure_hash, record.status)
+
+    return label_structures(
+        store, get_level(level), chosen, workers=reference.workers, run_id=run_id, progress=progress
+    )
+
+
 @task(name="summarise-dataset", cache_policy=NO_CACHE)
 def summarise(store: Store) -> DatasetSummary:
     """Summarise the stored dataset and publish it as a Prefect markdown artifact."""
@@ -135,6 +194,16 @@ def pipeline(config_path: str, project_dir: str | None = None) -> dict[str, Any]
     try:
         with stage(store, run_id, "dataset-import"):
             reports = [import_dataset(loaded, spec, store, run_id) for spec in loaded.config.dataset.imports]
+        with stage(store, run_id, "dataset-generate"):
+            sets = loaded.config.dataset.sets
+            needs_phonons = any(s.thermal_per_point and s.temperatures_k for s in sets)
+            species = loaded.config.system.sublattice.species if needs_phonons else ()
+            end_members = {sp: end_member_fc(loaded, store, sp) for sp in species}
+            for structure_set in sets:
+                generate_set(loaded, structure_set, end_members, store, run_id)
+        with stage(store, run_id, "label"):
+            levels = sorted({s.level for s in sets if s.level in LEVELS})
+            labelling = [label_level(loaded, store, level, run_id) for level in levels]
         with stage(store, run_id, "dataset-summary"):
             summary = summarise(store)
     except BaseException as err:
@@ -148,6 +217,9 @@ def pipeline(config_path: str, project_dir: str | None = None) -> dict[str, Any]
         "store": str(store.path),
         "imports": [
             {"file": r.path.name, "level": r.level, "frames": r.n_frames, "new_labels": r.new_labels} for r in reports
+        ],
+        "labelling": [
+            {"level": r.level, "ok": r.n_ok, "failed": r.n_failed, "mean_s": r.mean_calculation_s} for r in labelling
         ],
         "dataset": summary.as_dict(),
     }

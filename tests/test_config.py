@@ -6,7 +6,7 @@ import pytest
 
 from capml_core.config import LabelKeys, load_config
 from capml_core.errors import ConfigError
-from tests.conftest import DEMO_CONFIG, PAPER_CONFIG, PBESOL_FILE
+from tests.conftest import DEMO_CONFIG, PAPER_CONFIG, PBESOL_FILE, REPO
 
 
 def test_paper_config_reproduces_the_papers_settings() -> None:
@@ -23,13 +23,11 @@ def test_paper_config_reproduces_the_papers_settings() -> None:
     assert (cfg.md.timestep_fs, cfg.md.friction_per_fs, cfg.md.duration_ps) == (1.0, 5e-3, 40.0)
     assert cfg.md.temperatures_k == [100.0, 200.0, 300.0, 400.0, 500.0, 600.0]
     assert cfg.disorder.fmax_ev_per_a == 0.05
-    # 2,200 PBEsol configurations: 4 T x 400 + 4 amplitudes x 140 + 9 x 2 + ... = about 2,200
-    n = (
-        len(cfg.dataset.temperatures_k) * cfg.dataset.structures_per_temperature
-        + len(cfg.dataset.uniform_amplitudes_a) * cfg.dataset.structures_per_amplitude
-        + len(cfg.system.compositions) * cfg.dataset.equilibrium_per_composition
-    )
-    assert 2100 <= n <= 2300
+    pbesol, hsesol = cfg.dataset.sets
+    assert (pbesol.level, hsesol.level) == ("vasp-pbesol", "vasp-hsesol")
+    assert pbesol.temperatures_k == [150.0, 300.0, 450.0, 600.0]
+    assert pbesol.uniform_amplitudes_a == [0.2, 0.4, 0.6, 0.8]
+    assert pbesol.seed != hsesol.seed  # distinct sets
 
 
 def test_demo_config_is_small_and_imports_the_bundled_data(tmp_path: Path) -> None:
@@ -44,7 +42,7 @@ def test_demo_config_is_small_and_imports_the_bundled_data(tmp_path: Path) -> No
 
 
 def test_config_hash_ignores_location_but_not_content(tmp_path: Path) -> None:
-    text = DEMO_CONFIG.read_text().replace('"../datasets/', f'"{DEMO_CONFIG.parent.parent}/datasets/')
+    text = DEMO_CONFIG.read_text().replace('"../', f'"{REPO}/data/')
     moved = tmp_path / "moved.toml"
     moved.write_text(text)
     a, b = load_config(DEMO_CONFIG), load_config(moved)
@@ -55,7 +53,7 @@ def test_config_hash_ignores_location_but_not_content(tmp_path: Path) -> None:
 
 
 def _write(tmp_path: Path, replace: tuple[str, str] | None = None, append: str = "") -> Path:
-    text = DEMO_CONFIG.read_text().replace('"../datasets/', f'"{DEMO_CONFIG.parent.parent}/datasets/')
+    text = DEMO_CONFIG.read_text().replace('"../', f'"{REPO}/data/')
     if replace is not None:
         assert replace[0] in text, replace[0]
         text = text.replace(*replace)
@@ -78,10 +76,21 @@ def _write(tmp_path: Path, replace: tuple[str, str] | None = None, append: str =
             ["system.compositions", "0.3", "8 sublattice sites", "multiples of 1/8"],
         ),
         (
-            ("temperatures_k = [150.0, 300.0, 600.0]", "temperatures_k = [-10.0, 300.0]"),
+            ("temperatures_k = [150.0, 600.0]", "temperatures_k = [-10.0, 600.0]"),
             "",
-            ["dataset.temperatures_k[0]", "-10.0", "greater than or equal to 0"],
+            ["dataset.sets[0].temperatures_k[0]", "-10.0", "greater than 0"],
         ),
+        (
+            ("uniform_amplitudes_a = [0.2]", "uniform_amplitudes_a = [-0.2]"),
+            "",
+            ["dataset.sets[0].uniform_amplitudes_a[0]", "-0.2", "greater than 0"],
+        ),
+        (
+            ('force_constants = { Br = "', 'force_constants = { Cl = "'),
+            "",
+            ["dataset.force_constants", "['Cl']", "allowed keys: Br, I"],
+        ),
+        (("phonons/Ag3SBr", "phonons/nope"), "", ["dataset.force_constants.Br", "file not found"]),
         (
             ("seed = 2026", "seed = 2026\ncolour = 'red'"),
             "",
@@ -98,7 +107,7 @@ def _write(tmp_path: Path, replace: tuple[str, str] | None = None, append: str =
             "",
             ["system.sublattice.site_species", "'Cl'", "allowed: Ag, Br, S"],
         ),
-        (('path = "', 'path = "nope-'), "", ["dataset.imports[0].path", "file not found"]),
+        (('path = "', 'path = "/nope-'), "", ["dataset.imports[0].path", "file not found"]),
         (
             ('labels = ["gap"]', 'labels = ["bandgap"]'),
             "",

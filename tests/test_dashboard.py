@@ -139,7 +139,12 @@ def test_real_browser_draws_the_charts(demo_store_copy: Path, tmp_path: Path) ->
             heat_drawn = page.locator(".js-plotly-plot .hm, .js-plotly-plot image").count()
             page.screenshot(path=str(shot), full_page=True)
             title = page.title()
+            page.goto(f"http://127.0.0.1:{port}/dataset", wait_until="domcontentloaded")
+            page.wait_for_selector(".js-plotly-plot .trace.boxes", timeout=60_000)
+            n_boxes = page.locator(".js-plotly-plot .trace.boxes").count()
+            page.screenshot(path=str(tmp_path / "dataset.png"), full_page=True)
             browser.close()
+        assert n_boxes == 2  # one box trace per reference level
         assert title == "capml"
         assert n_bars >= 10, n_bars  # histogram bins + label bars are drawn as SVG paths
         assert heat_drawn >= 1
@@ -152,3 +157,49 @@ def test_real_browser_draws_the_charts(demo_store_copy: Path, tmp_path: Path) ->
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def _dataset_page() -> None:
+    from dashboard.views.dataset import render_dataset
+
+    render_dataset()
+
+
+def test_dataset_page_shows_sets_coverage_gaps_and_failures(demo_store_copy: Path, monkeypatch) -> None:  # noqa: ANN001
+    import json
+
+    from capml_core.config import load_config
+    from capml_core.store import LabelRecord, Store
+    from capml_core.training_sets import end_member_force_constants, generate_structure_set
+    from tests.conftest import DEMO_CONFIG
+
+    config = load_config(DEMO_CONFIG).config
+    store = Store(demo_store_copy)
+    end_members = {
+        s: end_member_force_constants(config.system, config.dataset, s, cache_dir=demo_store_copy) for s in ("Br", "I")
+    }
+    records = list(generate_structure_set(config.system, config.dataset, config.dataset.sets[0], end_members))
+    with store.write() as w:
+        w.add_structures(records, run_id=None)
+        w.add_to_set("demo", "gpaw-pbesol", [r.structure_hash for r in records])
+        w.add_labels(
+            [
+                LabelRecord(records[0].structure_hash, "gpaw-pbesol", gap_ev=0.5),
+                LabelRecord(records[1].structure_hash, "gpaw-pbesol", status="failed", error="SCF stalled"),
+            ],
+            run_id=None,
+        )
+    monkeypatch.setenv("CAPML_PROJECT_DIR", str(demo_store_copy))
+    at = AppTest.from_function(_dataset_page, default_timeout=60).run()
+    assert not at.exception
+    progress = at.dataframe[0].value
+    assert progress[["set_name", "n_structures", "n_ok", "n_failed", "n_pending"]].values.tolist() == [
+        ["demo", 15, 1, 1, 13]
+    ]
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    heat = next(s for s in specs if s["data"][0]["type"] == "heatmap")
+    assert _decoded(heat["data"][0]["z"]).sum() == 15 and len(heat["data"][0]["x"]) == 5
+    box = next(s for s in specs if s["data"][0]["type"] == "box")
+    assert {trace["name"] for trace in box["data"]} == {"gpaw-pbesol", "gpaw-gllbsc"}
+    failed = at.dataframe[1].value
+    assert failed["error"].tolist() == ["SCF stalled"]

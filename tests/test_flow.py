@@ -23,21 +23,34 @@ def prefect_harness():
         yield
 
 
-def test_pipeline_flow_imports_and_summarises_and_is_idempotent(prefect_harness, tmp_path: Path) -> None:
+def _demo_copy(tmp_path: Path, replace: tuple[str, str] = ("", "")) -> Path:
+    """The demo config with absolute data paths, labelling nothing (this test's time goes to Prefect)."""
+    text = DEMO_CONFIG.read_text().replace('"../', f'"{REPO}/data/')
+    text = text.replace("max_calculations = 2", "max_calculations = 0").replace(*replace)
+    path = tmp_path / "demo.toml"
+    path.write_text(text)
+    return path
+
+
+def test_pipeline_flow_imports_generates_and_summarises_and_is_idempotent(prefect_harness, tmp_path: Path) -> None:
     from flows.pipeline import pipeline
 
-    project = tmp_path / "proj"
-    first = pipeline(config_path=str(DEMO_CONFIG), project_dir=str(project))
-    assert first["dataset"]["n_structures"] == 150
+    project, config = tmp_path / "proj", _demo_copy(tmp_path)
+    first = pipeline(config_path=str(config), project_dir=str(project))
+    assert first["dataset"]["n_structures"] == 150 + 15  # bundled + the generated demo set
     assert [i["new_labels"] for i in first["imports"]] == [103, 48]
-    second = pipeline(config_path=str(DEMO_CONFIG), project_dir=str(project))
+    assert first["labelling"] == [{"level": "gpaw-pbesol", "ok": 0, "failed": 0, "mean_s": None}]
+    second = pipeline(config_path=str(config), project_dir=str(project))
     assert [i["new_labels"] for i in second["imports"]] == [0, 0]  # re-running duplicates nothing
+    assert second["dataset"]["n_structures"] == 165
     store = Store(project)
     runs = store.runs()
     assert list(runs["status"]) == ["done", "done"] and runs["config_hash"].nunique() == 1
     stages = store.stages()
-    assert list(stages["stage"]) == ["dataset-import", "dataset-summary"] and set(stages["status"]) == {"done"}
+    assert list(stages["stage"]) == ["dataset-import", "dataset-generate", "label", "dataset-summary"]
+    assert set(stages["status"]) == {"done"}
     assert store.query("SELECT count(*) AS n FROM labels")["n"][0] == 151
+    assert len(store.pending_labels("gpaw-pbesol")) == 15
 
 
 def test_a_failing_stage_is_recorded_and_nothing_partial_is_written(prefect_harness, tmp_path: Path) -> None:
@@ -46,9 +59,7 @@ def test_a_failing_stage_is_recorded_and_nothing_partial_is_written(prefect_harn
     bad_data = tmp_path / "bad.extxyz"
     lines = (REPO / "data" / "datasets" / "gpaw-gllbsc.extxyz").read_text().splitlines(keepends=True)
     bad_data.write_text("".join(lines[:42]) + "".join(lines[42:84]).replace("gllbsc_gap=", "gllbsc_gaq="))
-    config = tmp_path / "c.toml"
-    text = DEMO_CONFIG.read_text().replace('"../datasets/gpaw-gllbsc.extxyz"', f'"{bad_data}"')
-    config.write_text(text.replace('"../datasets/', f'"{REPO}/data/datasets/'))
+    config = _demo_copy(tmp_path, (f'"{REPO}/data/datasets/gpaw-gllbsc.extxyz"', f'"{bad_data}"'))
     project = tmp_path / "proj"
     with pytest.raises(Exception, match="frame 1: missing gap label 'gllbsc_gap'"):
         pipeline(config_path=str(config), project_dir=str(project))
@@ -61,7 +72,7 @@ def test_a_failing_stage_is_recorded_and_nothing_partial_is_written(prefect_harn
 
 
 def test_capml_run_is_the_demo_command(tmp_path: Path) -> None:
-    """What `make demo` runs: the capml CLI, Prefect's ephemeral server, a fresh PREFECT_HOME."""
+    """What `make demo` runs: the capml CLI, Prefect's ephemeral server, a fresh PREFECT_HOME, 2 GPAW labels."""
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
     env.pop("PREFECT_API_URL", None)
     result = subprocess.run(
@@ -75,4 +86,12 @@ def test_capml_run_is_the_demo_command(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Finished in state Completed()" in result.stdout + result.stderr
     assert "capml dashboard --project" in result.stdout
-    assert Store(tmp_path / "demo").runs()["status"].tolist() == ["done"]
+    store = Store(tmp_path / "demo")
+    assert store.runs()["status"].tolist() == ["done"]
+    labelled = store.query(
+        "SELECT l.status, l.energy_ev, l.gap_ev, s.kind FROM labels l JOIN structures s "
+        "USING (structure_hash) WHERE l.source = 'capml label'"
+    )
+    assert len(labelled) == 2 and set(labelled["status"]) == {"ok"}  # real GPAW PBEsol calculations
+    assert labelled["gap_ev"].between(0.2, 1.5).all()
+    assert len(store.pending_labels("gpaw-pbesol")) == 13

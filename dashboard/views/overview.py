@@ -23,7 +23,8 @@ def condition_label(row: pd.Series) -> str:
     return "equilibrium"
 
 
-def _condition_order(label: str) -> tuple[int, float]:
+def condition_order(label: str) -> tuple[int, float]:
+    """Sort key of condition labels: equilibrium, then temperatures, then amplitudes, ascending."""
     if label == "equilibrium":
         return (0, 0.0)
     value = float(label.split("=")[1].split()[0])
@@ -73,7 +74,7 @@ def render_overview() -> None:
         grid = chosen.pivot_table(
             index="condition", columns="composition_x", values="n_structures", aggfunc="sum", fill_value=0
         )
-        grid = grid.loc[sorted(grid.index, key=_condition_order)]
+        grid = grid.loc[sorted(grid.index, key=condition_order)]
         grid.columns = [f"{x:.3f}" for x in grid.columns]
         heat = px.imshow(
             grid,

@@ -1,0 +1,177 @@
+"""Labelling: compute reference labels of stored structures in worker processes, storing each as it finishes.
+
+Resumable by construction: the work list is "members of a set at this level without a label there", every
+finished calculation is one committed store transaction, so a kill loses at most the calculations in flight
+and a re-run continues with the rest. A failed calculation is stored with its error (status 'failed') and
+reported; it is not retried unless asked (``include_failed``), never in a loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ase import Atoms
+
+from capml_core.errors import CalculationFailed
+from capml_core.reference import LabelResult, ReferenceLevel
+from capml_core.store import LabelRecord, Store
+
+logger = logging.getLogger(__name__)
+
+#: progress(done, total, last) after each finished calculation; ``last`` is its record.
+ProgressCallback = Callable[[int, int, LabelRecord], None]
+
+
+@dataclass(frozen=True)
+class LabellingReport:
+    """What a labelling pass did.
+
+    Attributes
+    ----------
+    level
+        The level.
+    n_pending
+        Structures that had no label when the pass started.
+    n_ok, n_failed
+        Calculations that finished with labels / with an error.
+    failures
+        (structure hash, error) of the failed ones.
+    wall_time_s
+        Mean wall time of one successful calculation (s), None if none succeeded.
+    """
+
+    level: str
+    n_pending: int
+    n_ok: int
+    n_failed: int
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    mean_calculation_s: float | None = None
+
+
+def _label_one(level: ReferenceLevel, structure_hash: str, atoms: Atoms, log_dir: str | None) -> LabelRecord:
+    """Worker: one calculation -> a label record (status 'failed' with the error on failure).
+
+    The code's text output goes to a temporary directory, kept in ``log_dir`` only when the calculation fails.
+    """
+    level_name = level.name
+    workdir = Path(tempfile.mkdtemp(prefix=f"capml-{level_name}-"))
+    try:
+        try:
+            result: LabelResult = level.compute(atoms, workdir=workdir)
+        except CalculationFailed as err:
+            error = str(err)
+        except Exception as err:  # a crash in the code: stored, not raised, so the other structures go on
+            error = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
+        else:
+            return LabelRecord(
+                structure_hash=structure_hash,
+                level=level_name,
+                energy_ev=result.energy_ev,
+                forces_ev_per_a=result.forces_ev_per_a,
+                stress_ev_per_a3=result.stress_ev_per_a3,
+                gap_ev=result.gap_ev,
+                extras=dict(result.extras),
+                wall_time_s=result.wall_time_s,
+                source="capml label",
+            )
+        _keep_log(workdir, log_dir, structure_hash)
+        return LabelRecord(structure_hash, level_name, status="failed", error=error)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _keep_log(workdir: Path, log_dir: str | None, structure_hash: str) -> None:
+    if log_dir is None:
+        return
+    for path in workdir.glob("*.txt"):
+        target = Path(log_dir) / f"{structure_hash}-{path.name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+
+
+def _worker_init() -> None:
+    """One OpenMP/BLAS thread per worker process: parallelism comes from the processes."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def label_structures(
+    store: Store,
+    level: ReferenceLevel,
+    structure_hashes: Sequence[str],
+    *,
+    workers: int = 1,
+    run_id: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> LabellingReport:
+    """Label structures at a level in ``workers`` processes; each result is stored as soon as it finishes.
+
+    Parameters
+    ----------
+    store
+        Store holding the structures; receives the labels.
+    level
+        The reference level (sent to the workers by pickling: a level's settings travel with it).
+    structure_hashes
+        Structures to label (usually :meth:`Store.pending_labels`).
+    workers
+        Worker processes (each single-threaded).
+    run_id
+        Run credited with the labels.
+    progress
+        Called after each finished calculation.
+    """
+    level_name = level.name
+    structures = store.load_structures(structure_hashes)
+    todo = [h for h in structure_hashes if h in structures]
+    with store.write() as writer:
+        writer.register_level(level.name, backend=level.backend, settings=level.settings())
+    log_dir = str(store.project_dir / "logs" / level_name)
+    n_ok = 0
+    failures: list[tuple[str, str]] = []
+    times: list[float] = []
+    context = mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=context, initializer=_worker_init) as pool:
+        queue = list(todo)
+        running: dict[Future, str] = {}
+
+        def submit_next() -> None:
+            if queue:
+                h = queue.pop(0)
+                running[pool.submit(_label_one, level, h, structures[h], log_dir)] = h
+
+        for _ in range(max(1, workers)):
+            submit_next()
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                h = running.pop(future)
+                record = future.result()
+                with store.write() as writer:
+                    writer.add_labels([record], run_id=run_id)
+                if record.status == "ok":
+                    n_ok += 1
+                    if record.wall_time_s is not None:
+                        times.append(record.wall_time_s)
+                else:
+                    failures.append((h, record.error or ""))
+                    logger.warning("%s failed on %s: %s", level_name, h, (record.error or "").splitlines()[0])
+                if progress is not None:
+                    progress(n_ok + len(failures), len(todo), record)
+                submit_next()
+    return LabellingReport(
+        level=level_name,
+        n_pending=len(todo),
+        n_ok=n_ok,
+        n_failed=len(failures),
+        failures=failures,
+        mean_calculation_s=sum(times) / len(times) if times else None,
+    )

@@ -1,0 +1,103 @@
+"""Dataset page.
+
+Generated structures per composition and temperature, label coverage per level, gap distributions per level
+and composition (like Fig. 3c,d of the paper), failed calculations.
+"""
+
+from __future__ import annotations
+
+import plotly.express as px
+import streamlit as st
+
+from capml_core.errors import CapmlError, NotComputedError
+from dashboard import data
+from dashboard.views.overview import condition_label, condition_order
+
+
+def render_dataset() -> None:
+    """Draw the dataset page."""
+    st.title("Dataset")
+    path = str(data.project_dir())
+    try:
+        sets, gaps, failed = data.set_coverage(path), data.gaps(path), data.failed_labels(path)
+    except NotComputedError:
+        st.info(f"No store in {path} yet. Run the pipeline first: `capml run CONFIG.toml`.")
+        return
+    except CapmlError as err:
+        st.error(str(err))
+        return
+
+    st.subheader("Generated structures")
+    if len(sets):
+        sets = sets.assign(condition=sets.apply(condition_label, axis=1))
+        names = sorted(sets["set_name"].unique())
+        chosen = st.selectbox("structure set", names, key="dataset_set")
+        one = sets[sets["set_name"] == chosen]
+        grid = one.pivot_table(
+            index="condition", columns="composition_x", values="n_structures", aggfunc="sum", fill_value=0
+        )
+        grid = grid.loc[sorted(grid.index, key=condition_order)]
+        grid.columns = [f"{x:.3f}" for x in grid.columns]
+        st.plotly_chart(
+            px.imshow(
+                grid,
+                text_auto=True,
+                aspect="auto",
+                color_continuous_scale="Greens",
+                labels={"x": "x (fraction of first sublattice species)", "y": "condition", "color": "structures"},
+                title=f"set {chosen}: structures per composition and condition",
+            ),
+            width="stretch",
+            key="set_heatmap",
+        )
+        progress = sets.groupby(["set_name", "level"], as_index=False)[["n_structures", "n_ok", "n_failed"]].sum()
+        progress["n_pending"] = progress["n_structures"] - progress["n_ok"] - progress["n_failed"]
+        st.markdown("**Label coverage per set**")
+        st.dataframe(progress, hide_index=True, width="stretch")
+        long = progress.melt(
+            id_vars=["set_name", "level"],
+            value_vars=["n_ok", "n_failed", "n_pending"],
+            var_name="state",
+            value_name="structures",
+        )
+        st.plotly_chart(
+            px.bar(
+                long,
+                x="set_name",
+                y="structures",
+                color="state",
+                text_auto=True,
+                color_discrete_map={"n_ok": "#2ca02c", "n_failed": "#d62728", "n_pending": "#bbbbbb"},
+                title="labelled, failed and pending structures per set",
+            ),
+            width="stretch",
+            key="set_progress",
+        )
+    else:
+        st.write("no generated structure sets yet (`[[dataset.sets]]` in the config)")
+
+    st.subheader("Band gaps per composition")
+    if len(gaps):
+        levels = sorted(gaps["level"].unique())
+        st.plotly_chart(
+            px.box(
+                gaps,
+                x="composition_x",
+                y="gap_ev",
+                color="level",
+                points="all",
+                category_orders={"level": levels},
+                labels={"composition_x": "x (fraction of first sublattice species)", "gap_ev": "band gap (eV)"},
+                title="band-gap distribution per composition and level",
+            ),
+            width="stretch",
+            key="gap_box",
+        )
+    else:
+        st.write("no band gaps yet")
+
+    st.subheader("Failed calculations")
+    if len(failed):
+        st.dataframe(failed, hide_index=True, width="stretch")
+    else:
+        st.write("none")
