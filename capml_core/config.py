@@ -300,8 +300,26 @@ class DatasetSection(Section):
         return self
 
 
+class GpawSettings(Section):
+    """Settings of the GPAW PBEsol level (defaults: those of the bundled reference data)."""
+
+    cutoff_ev: PositiveFloat = Field(default=400.0, description="Plane-wave cutoff (eV).")
+    kpts: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
+        default=(1, 1, 1), description="Γ-centred k-point grid of the simulation cell."
+    )
+    smearing_ev: PositiveFloat = Field(default=0.01, description="Fermi-Dirac width (eV).")
+
+
+class GllbscSettings(GpawSettings):
+    """Settings of the GPAW GLLB-SC level."""
+
+    extra_bands: PositiveInt = Field(default=16, description="Empty bands beyond the occupied ones.")
+    eigenstates_tolerance: PositiveFloat = Field(default=1e-5, description="SCF target of the eigenstates.")
+    maxiter: PositiveInt = Field(default=150, description="Maximum SCF iterations.")
+
+
 class ReferenceSection(Section):
-    """Stage 2: reference levels (cheap: energies, forces, stresses, gaps; high: gaps)."""
+    """Stage 2: reference levels (cheap: energies, forces, stresses, gaps; high: gaps) and their settings."""
 
     cheap_level: LevelName = "gpaw-pbesol"
     high_level: LevelName = "gpaw-gllbsc"
@@ -310,6 +328,8 @@ class ReferenceSection(Section):
         default=None,
         description="Most calculations one pipeline run starts per level (None: all pending; 0: label nothing).",
     )
+    gpaw_pbesol: GpawSettings = GpawSettings()
+    gpaw_gllbsc: GllbscSettings = GllbscSettings()
 
 
 class GNNSection(Section):

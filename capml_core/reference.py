@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 from ase import Atoms
 
+from capml_core.config import ReferenceSection
 from capml_core.errors import CalculationFailed, InvalidInputError
 from capml_core.types import LabelName
 
@@ -281,18 +282,20 @@ def _txt_path(workdir: Path | None, name: str) -> Path | None:
 LEVELS: dict[str, type[ReferenceLevel]] = {cls.name: cls for cls in (GpawPbesol, GpawGllbsc)}
 
 
-def get_level(name: str) -> ReferenceLevel:
-    """The level of this name with its default settings.
+def get_level(name: str, reference: ReferenceSection | None = None) -> ReferenceLevel:
+    """The level of this name, with the settings of a config's ``[reference]`` section (default: defaults).
 
     Raises
     ------
     InvalidInputError
         Unknown name (the message lists the known ones).
     """
-    try:
-        return LEVELS[name]()
-    except KeyError:
+    if name not in LEVELS:
         raise InvalidInputError(
             f"reference level {name!r} cannot be computed by capml; known: {', '.join(sorted(LEVELS))} "
             "(other levels can be imported with `capml data import`)"
-        ) from None
+        )
+    if reference is None:
+        return LEVELS[name]()
+    settings = getattr(reference, name.replace("-", "_"))
+    return LEVELS[name](**settings.model_dump())

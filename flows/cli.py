@@ -213,7 +213,7 @@ def data_generate(
         thermal = any(s.thermal_per_point and s.temperatures_k for s in dataset.sets)
 
         def forces(atoms):  # noqa: ANN001, ANN202 - ASE Atoms -> eV/Å
-            return get_level(dataset.force_constants_level).compute(atoms).forces_ev_per_a
+            return get_level(dataset.force_constants_level, loaded.config.reference).compute(atoms).forces_ev_per_a
 
         end_members = {
             sp: end_member_force_constants(system, dataset, sp, cache_dir=store.project_dir / "phonons", forces=forces)
@@ -283,7 +283,7 @@ def label(
 
     try:
         loaded = load_config(config, project_dir=project)
-        reference_level = get_level(level)  # an unknown level fails before any work
+        reference_level = get_level(level, loaded.config.reference)  # unknown: fails before any work
         store = Store(loaded.project_dir)
         pending = store.pending_labels(level, set_name=set_name, include_failed=retry_failed)
     except CapmlError as err:

@@ -107,7 +107,7 @@ def end_member_fc(loaded: LoadedConfig, store: Store, species: str) -> ForceCons
     logger = get_run_logger()
 
     def forces(atoms: Atoms) -> np.ndarray:
-        result = get_level(dataset.force_constants_level).compute(atoms)
+        result = get_level(dataset.force_constants_level, loaded.config.reference).compute(atoms)
         logger.info("force constants of %s: displaced structure done in %.0f s", species, result.wall_time_s)
         return result.forces_ev_per_a
 
@@ -147,7 +147,7 @@ def label_level(loaded: LoadedConfig, store: Store, level: str, run_id: str) -> 
         logger.info("%s: %d/%d done (%s %s)", level, done, total, record.structure_hash, record.status)
 
     return label_structures(
-        store, get_level(level), chosen, workers=reference.workers, run_id=run_id, progress=progress
+        store, get_level(level, reference), chosen, workers=reference.workers, run_id=run_id, progress=progress
     )
 
 
