@@ -318,6 +318,25 @@ class GllbscSettings(GpawSettings):
     maxiter: PositiveInt = Field(default=150, description="Maximum SCF iterations.")
 
 
+class VaspSettings(Section):
+    """Settings of a VASP level (paper: 550 eV, PBEsol / HSEsol, k-grid equivalent to 12x12x12 on the 5-atom cell).
+
+    VASP runs outside capml's control: give ``command`` (e.g. "srun vasp_std") to run it from the labelling
+    stage, and ``VASP_PP_PATH`` in the environment (ASE's convention) for the POTCAR files.
+    """
+
+    encut_ev: PositiveFloat = Field(default=550.0, description="Plane-wave cutoff ENCUT (eV).")
+    kpts: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
+        default=(6, 6, 6), description="Γ-centred k-grid of the simulation cell (6x6x6 on 2x2x2 = 12x12x12 per cell)."
+    )
+    ediff_ev: PositiveFloat = Field(default=1e-6, description="Electronic convergence EDIFF (eV).")
+    sigma_ev: PositiveFloat = Field(default=0.01, description="Gaussian smearing SIGMA (eV), ISMEAR = 0.")
+    setups: dict[Element, str] = Field(
+        default_factory=dict, description="POTCAR variants per element, ASE style, e.g. {Ag = '_pv'}."
+    )
+    command: str | None = Field(default=None, description="Command that runs VASP in the input directory.")
+
+
 class ReferenceSection(Section):
     """Stage 2: reference levels (cheap: energies, forces, stresses, gaps; high: gaps) and their settings."""
 
@@ -330,6 +349,8 @@ class ReferenceSection(Section):
     )
     gpaw_pbesol: GpawSettings = GpawSettings()
     gpaw_gllbsc: GllbscSettings = GllbscSettings()
+    vasp_pbesol: VaspSettings = VaspSettings()
+    vasp_hsesol: VaspSettings = VaspSettings()
 
 
 class GNNSection(Section):

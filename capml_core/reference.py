@@ -10,6 +10,9 @@ Levels:
   smearing 0.01 eV. Gap: LUMO - HOMO.
 - ``gpaw-gllbsc``: GPAW GLLB-SC: quasi-particle gap = Kohn-Sham gap + derivative discontinuity of the response
   potential. Band gaps only.
+- ``vasp-pbesol``, ``vasp-hsesol``: VASP through ASE's calculator with the paper's settings (550 eV, PBEsol /
+  HSEsol, Γ-centred k-grid equivalent to 12x12x12 on the 5-atom cell); input sets are written in full, VASP is
+  run by a configured command, vasprun.xml is parsed.
 
 GPAW is imported inside :meth:`ReferenceLevel.compute`, so this module loads without it.
 """
@@ -17,6 +20,7 @@ GPAW is imported inside :meth:`ReferenceLevel.compute`, so this module loads wit
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -262,6 +266,192 @@ class GpawGllbsc(ReferenceLevel):
         )
 
 
+class VaspLevel(ReferenceLevel):
+    """A VASP level through ASE's VASP calculator: writes complete input sets, runs VASP, parses vasprun.xml.
+
+    Parameters
+    ----------
+    encut_ev
+        ENCUT (eV).
+    kpts
+        Γ-centred k-grid of the simulation cell.
+    ediff_ev
+        EDIFF (eV).
+    sigma_ev
+        SIGMA (eV) with Gaussian smearing (ISMEAR = 0).
+    setups
+        POTCAR variants per element (ASE's ``setups``).
+    command
+        Shell command that runs VASP in the input directory (None: inputs can be written, not run).
+    """
+
+    backend = "vasp"
+    #: ASE ``xc`` name and extra INCAR tags of the level.
+    xc: ClassVar[str]
+    incar_extra: ClassVar[dict[str, Any]] = {}
+
+    def __init__(
+        self,
+        *,
+        encut_ev: float = 550.0,
+        kpts: tuple[int, int, int] = (6, 6, 6),
+        ediff_ev: float = 1e-6,
+        sigma_ev: float = 0.01,
+        setups: Mapping[str, str] | None = None,
+        command: str | None = None,
+    ):
+        self.encut_ev = encut_ev
+        self.kpts = tuple(kpts)
+        self.ediff_ev = ediff_ev
+        self.sigma_ev = sigma_ev
+        self.setups = dict(setups or {})
+        self.command = command
+
+    def incar(self) -> dict[str, Any]:
+        """INCAR tags (ASE keyword names, lower case) of a single point with stress."""
+        return {
+            "prec": "Accurate",
+            "encut": self.encut_ev,
+            "ediff": self.ediff_ev,
+            "ismear": 0,
+            "sigma": self.sigma_ev,
+            "lreal": False,
+            "ibrion": -1,
+            "nsw": 0,
+            "isif": 2,
+            "nelm": 200,
+            "lwave": False,
+            "lcharg": False,
+            "lorbit": 11,
+            **self.incar_extra,
+        }
+
+    def settings(self) -> dict[str, Any]:
+        """VASP settings of this level."""
+        return {
+            "code": "vasp",
+            "xc": self.xc,
+            "incar": self.incar(),
+            "kpts": {"size": list(self.kpts), "gamma": True},
+            "setups": self.setups,
+        }
+
+    def calculator(self, directory: Path) -> Any:
+        """ASE's VASP calculator with this level's settings, writing to ``directory``."""
+        from ase.calculators.vasp import Vasp
+
+        return Vasp(
+            directory=str(directory),
+            command=self.command,
+            xc=self.xc,
+            kpts=self.kpts,
+            gamma=True,
+            setups=self.setups or None,
+            **self.incar(),
+        )
+
+    def write_inputs(self, atoms: Atoms, directory: Path) -> list[Path]:
+        """Write INCAR, KPOINTS, POSCAR (species grouped), POTCAR and ase-sort.dat to ``directory``.
+
+        Raises
+        ------
+        InvalidInputError
+            ASE cannot find the POTCAR files (set ``VASP_PP_PATH``).
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        calc = self.calculator(directory)
+        try:
+            calc.write_input(atoms)
+        except (OSError, RuntimeError) as err:
+            raise InvalidInputError(
+                f"{self.name}: cannot find the POTCAR files ({err}); set VASP_PP_PATH to the folder holding "
+                "potpaw_PBE (ASE's convention)"
+            ) from err
+        return sorted(p for p in directory.iterdir() if p.is_file())
+
+    def parse(self, directory: Path) -> LabelResult:
+        """Labels of a finished VASP run in ``directory`` (vasprun.xml; atom order restored via ase-sort.dat).
+
+        Raises
+        ------
+        CalculationFailed
+            No complete vasprun.xml, or the electronic loop hit NELM without converging.
+        """
+        from ase.dft.bandgap import bandgap
+        from ase.io import read
+
+        directory = Path(directory)
+        vasprun = directory / "vasprun.xml"
+        try:
+            atoms = read(vasprun, format="vasp-xml", index=-1)
+        except Exception as err:  # missing file, truncated XML
+            raise CalculationFailed(f"{self.name}: no complete vasprun.xml in {directory}: {err}") from err
+        resort = np.loadtxt(directory / "ase-sort.dat", dtype=int)[:, 1]
+        calc = atoms.calc
+        n_steps = _count_scf_steps(vasprun)
+        if n_steps >= int(self.incar()["nelm"]):
+            raise CalculationFailed(f"{self.name}: electronic loop did not converge in NELM = {n_steps} steps")
+        forces = calc.results.get("forces")
+        stress = calc.results.get("stress")
+        try:
+            gap, _, _ = bandgap(calc, output=None)
+        except ValueError as err:  # ASE: all bands occupied or empty
+            raise CalculationFailed(f"{self.name}: no gap from the eigenvalues of {vasprun}: {err}") from err
+        return LabelResult(
+            level=self.name,
+            energy_ev=float(calc.results["energy"]) if "energy" in self.provides else None,
+            forces_ev_per_a=None if forces is None or "forces" not in self.provides else np.asarray(forces)[resort],
+            stress_ev_per_a3=None if stress is None or "stress" not in self.provides else np.asarray(stress),
+            gap_ev=float(gap),
+            extras={"efermi_ev": float(calc.get_fermi_level()), "scf_steps": n_steps},
+        )
+
+    def compute(self, atoms: Atoms, *, workdir: Path | None = None) -> LabelResult:
+        """Write the inputs, run ``command`` in the work directory, parse the result."""
+        import subprocess
+
+        if self.command is None:
+            raise CalculationFailed(
+                f"{self.name}: no VASP command configured (reference.{self.name.replace('-', '_')}.command)"
+            )
+        directory = Path(workdir or tempfile.mkdtemp(prefix=f"capml-{self.name}-"))
+        self.write_inputs(atoms, directory)
+        start = time.perf_counter()
+        finished = subprocess.run(self.command, shell=True, cwd=directory, capture_output=True, text=True)
+        if finished.returncode != 0:
+            raise CalculationFailed(
+                f"{self.name}: '{self.command}' exited {finished.returncode}: {finished.stderr[-500:]}"
+            )
+        result = self.parse(directory)
+        return LabelResult(**{**vars(result), "wall_time_s": time.perf_counter() - start})
+
+
+def _count_scf_steps(vasprun: Path) -> int:
+    """Electronic steps of the last ionic step of a vasprun.xml."""
+    import xml.etree.ElementTree as ET
+
+    calculations = ET.parse(vasprun).getroot().findall("calculation")
+    return len(calculations[-1].findall("scstep")) if calculations else 0
+
+
+class VaspPbesol(VaspLevel):
+    """VASP PBEsol (GGA = PS): energy, forces, stress, Kohn-Sham gap."""
+
+    name = "vasp-pbesol"
+    xc = "pbesol"
+    provides = ("energy", "forces", "stress", "gap")
+
+
+class VaspHsesol(VaspLevel):
+    """VASP HSEsol (PBEsol-based screened hybrid, 25 % exact exchange, μ = 0.2 Å⁻¹): band gap."""
+
+    name = "vasp-hsesol"
+    xc = "hsesol"
+    provides = ("gap",)
+    incar_extra: ClassVar[dict[str, Any]] = {"algo": "Damped", "time": 0.4, "aexx": 0.25}
+
+
 def pbesol_with_pbe_setups() -> Any:
     """GPAW's PBEsol functional, reading the PBE PAW datasets (there are no PBEsol ones)."""
     from gpaw.xc import XC
@@ -279,7 +469,7 @@ def _txt_path(workdir: Path | None, name: str) -> Path | None:
 
 
 #: Levels capml can compute, by name.
-LEVELS: dict[str, type[ReferenceLevel]] = {cls.name: cls for cls in (GpawPbesol, GpawGllbsc)}
+LEVELS: dict[str, type[ReferenceLevel]] = {cls.name: cls for cls in (GpawPbesol, GpawGllbsc, VaspPbesol, VaspHsesol)}
 
 
 def get_level(name: str, reference: ReferenceSection | None = None) -> ReferenceLevel:
