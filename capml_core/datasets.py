@@ -465,7 +465,7 @@ def export_labelled_extxyz(
     """
     from ase.io import write
 
-    sql = """SELECT l.structure_hash, l.energy_ev, l.forces_ev_per_a, l.stress_ev_per_a3, l.gap_ev,
+    sql = """SELECT l.structure_hash, l.energy_ev, l.forces_ev_per_a, l.stress_ev_per_a3, l.gap_ev, l.wall_time_s,
                     s.kind, s.composition_x, s.temperature_k, s.amplitude_a, s.seed
              FROM labels l JOIN structures s USING (structure_hash)
              WHERE l.level = ? AND l.status = 'ok'
@@ -489,6 +489,8 @@ def export_labelled_extxyz(
             atoms.info[f"{prefix}_stress"] = np.asarray(row.stress_ev_per_a3, dtype=float)
         if row.gap_ev is not None and not math.isnan(row.gap_ev):
             atoms.info[f"{prefix}_gap"] = float(row.gap_ev)
+        if row.wall_time_s is not None and not math.isnan(row.wall_time_s):
+            atoms.info["wall_time_s"] = round(float(row.wall_time_s), 1)
         frames.append(atoms)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

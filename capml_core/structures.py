@@ -117,6 +117,17 @@ def substituted_fraction(atoms: Atoms, species: Sequence[str]) -> float | None:
     return n_first / n_total if n_total else None
 
 
+def quantize(atoms: Atoms) -> Atoms:
+    """Round positions and cell to the hash grid (1e-6 Å), in place; returns ``atoms``.
+
+    Structures capml creates are quantized before they are hashed, so they and their hash survive a round
+    trip through text formats (extended XYZ keeps 8 decimals) far from any rounding boundary of the hash.
+    """
+    atoms.set_cell(np.round(atoms.cell[:], HASH_DECIMALS) + 0.0, scale_atoms=False)
+    atoms.positions = np.round(atoms.positions, HASH_DECIMALS) + 0.0
+    return atoms
+
+
 def structure_hash(atoms: Atoms) -> str:
     """Stable content hash (hex, 20 characters) of a structure.
 

@@ -23,6 +23,7 @@ from capml_core.structures import (
     build_supercell,
     derive_seed,
     occupy_sublattice,
+    quantize,
     structure_hash,
     thermal_displacements,
     uniform_displacements,
@@ -165,7 +166,7 @@ def build_structure(
     elif planned.kind == "uniform":
         assert planned.amplitude_a is not None
         atoms.positions += uniform_displacements(len(atoms), planned.amplitude_a, rng)
-    return atoms
+    return quantize(atoms)
 
 
 def generate_structure_set(

@@ -119,6 +119,7 @@ def _writer_process(project: str, n_batches: int, batch: int) -> None:
         with store.write() as w:
             w.add_structures(_records(batch, offset=i), run_id="writer")
             time.sleep(0.01)  # hold the lock a little, as a real stage does
+        time.sleep(0.05)  # and compute between writes
 
 
 def test_dashboard_reads_while_a_flow_writes(tmp_path: Path) -> None:
