@@ -83,6 +83,10 @@ class ReferenceLevel(ABC):
     def settings(self) -> dict[str, Any]:
         """Every setting that changes the numbers (JSON-ready), stored with the level."""
 
+    def unavailable_reason(self) -> str | None:
+        """Why this level cannot compute on this machine (None: it can)."""
+        return None
+
     @abstractmethod
     def compute(self, atoms: Atoms, *, workdir: Path | None = None) -> LabelResult:
         """Label one structure.
@@ -307,6 +311,12 @@ class VaspLevel(ReferenceLevel):
         self.setups = dict(setups or {})
         self.command = command
 
+    def unavailable_reason(self) -> str | None:
+        """VASP runs only with a configured command and POTCARs."""
+        if self.command is None:
+            return f"no VASP command configured (reference.{self.name.replace('-', '_')}.command)"
+        return None
+
     def incar(self) -> dict[str, Any]:
         """INCAR tags (ASE keyword names, lower case) of a single point with stress."""
         return {
@@ -411,10 +421,9 @@ class VaspLevel(ReferenceLevel):
         """Write the inputs, run ``command`` in the work directory, parse the result."""
         import subprocess
 
-        if self.command is None:
-            raise CalculationFailed(
-                f"{self.name}: no VASP command configured (reference.{self.name.replace('-', '_')}.command)"
-            )
+        reason = self.unavailable_reason()
+        if reason is not None:
+            raise CalculationFailed(f"{self.name}: {reason}")
         directory = Path(workdir or tempfile.mkdtemp(prefix=f"capml-{self.name}-"))
         self.write_inputs(atoms, directory)
         start = time.perf_counter()

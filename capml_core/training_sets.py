@@ -18,7 +18,7 @@ from ase import Atoms
 from capml_core.config import DatasetSection, StructureSetSection, SystemSection
 from capml_core.errors import InvalidInputError, NotComputedError
 from capml_core.phonons import ForceConstants, compute_force_constants, load_force_constants, save_force_constants
-from capml_core.store import StructureRecord
+from capml_core.store import Store, StructureRecord
 from capml_core.structures import (
     build_supercell,
     derive_seed,
@@ -188,3 +188,40 @@ def generate_structure_set(
             seed=planned.seed,
             source=f"set {structure_set.name}",
         )
+
+
+def end_members_for(
+    system: SystemSection, dataset: DatasetSection, *, cache_dir: Path, forces: ForceFunction | None = None
+) -> dict[str, ForceConstants]:
+    """Force constants of both end members when some set has thermal structures (else an empty dict)."""
+    thermal = any(s.thermal_per_point and s.temperatures_k for s in dataset.sets)
+    if not thermal:
+        return {}
+    return {
+        species: end_member_force_constants(system, dataset, species, cache_dir=cache_dir, forces=forces)
+        for species in system.sublattice.species
+    }
+
+
+def store_structure_set(
+    store: Store,
+    system: SystemSection,
+    dataset: DatasetSection,
+    structure_set: StructureSetSection,
+    end_members: dict[str, ForceConstants],
+    *,
+    run_id: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[int, int]:
+    """Build a set and store its structures and membership in one transaction; returns (size, new structures)."""
+    total = len(plan_structure_set(system, structure_set))
+    records = []
+    for record in generate_structure_set(system, dataset, structure_set, end_members):
+        records.append(record)
+        if progress is not None:
+            progress(len(records), total)
+    with store.write() as writer:
+        counts = writer.add_structures(records, run_id=run_id)
+        writer.add_to_set(structure_set.name, structure_set.level, [r.structure_hash for r in records])
+    logger.info("set %s: %d structures, %d new", structure_set.name, len(records), counts.new)
+    return len(records), counts.new

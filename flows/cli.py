@@ -202,7 +202,7 @@ def data_generate(
     from capml_core.config import load_config
     from capml_core.reference import get_level
     from capml_core.store import Store
-    from capml_core.training_sets import end_member_force_constants, generate_structure_set, plan_structure_set
+    from capml_core.training_sets import end_members_for, store_structure_set
 
     try:
         loaded = load_config(config, project_dir=project)
@@ -210,29 +210,27 @@ def data_generate(
         system, dataset = loaded.config.system, loaded.config.dataset
         if not dataset.sets:
             raise CapmlError(f"{loaded.path}: no [[dataset.sets]] to generate")
-        thermal = any(s.thermal_per_point and s.temperatures_k for s in dataset.sets)
 
         def forces(atoms):  # noqa: ANN001, ANN202 - ASE Atoms -> eV/Å
             return get_level(dataset.force_constants_level, loaded.config.reference).compute(atoms).forces_ev_per_a
 
-        end_members = {
-            sp: end_member_force_constants(system, dataset, sp, cache_dir=store.project_dir / "phonons", forces=forces)
-            for sp in (system.sublattice.species if thermal else ())
-        }
+        end_members = end_members_for(system, dataset, cache_dir=store.project_dir / "phonons", forces=forces)
         for structure_set in dataset.sets:
-            total = len(plan_structure_set(system, structure_set))
-            records = []
             with _bar(f"set {structure_set.name}") as bar:
-                task_id = bar.add_task(structure_set.name, total=total)
-                for record in generate_structure_set(system, dataset, structure_set, end_members):
-                    records.append(record)
-                    bar.advance(task_id)
-            with store.write() as writer:
-                counts = writer.add_structures(records, run_id=None)
-                writer.add_to_set(structure_set.name, structure_set.level, [r.structure_hash for r in records])
+                task_id = bar.add_task(structure_set.name, total=None)
+                size, new = store_structure_set(
+                    store,
+                    system,
+                    dataset,
+                    structure_set,
+                    end_members,
+                    progress=lambda done, total, bar=bar, task_id=task_id: bar.update(
+                        task_id, completed=done, total=total
+                    ),
+                )
             console.print(
-                f"set [bold]{structure_set.name}[/] ({structure_set.level}): {len(records)} structures, "
-                f"{counts.new} new; store {loaded.project_dir}"
+                f"set [bold]{structure_set.name}[/] ({structure_set.level}): {size} structures, {new} new; "
+                f"store {loaded.project_dir}"
             )
     except CapmlError as err:
         _fail(err)

@@ -32,7 +32,7 @@ from capml_core.provenance import code_version, package_versions
 from capml_core.reference import LEVELS, get_level
 from capml_core.store import LabelRecord, Store
 from capml_core.structures import allowed_species
-from capml_core.training_sets import end_member_force_constants, generate_structure_set
+from capml_core.training_sets import end_members_for, store_structure_set
 
 
 def new_run_id(name: str) -> str:
@@ -100,20 +100,18 @@ def import_dataset(loaded: LoadedConfig, spec: ImportSpec, store: Store, run_id:
     return report
 
 
-@task(name="end-member-force-constants", task_run_name="force constants {species}", cache_policy=NO_CACHE)
-def end_member_fc(loaded: LoadedConfig, store: Store, species: str) -> ForceConstants:
-    """Force constants of one end member: the config's phonopy file, else computed once per project."""
-    dataset = loaded.config.dataset
+@task(name="end-member-force-constants", cache_policy=NO_CACHE)
+def end_member_fcs(loaded: LoadedConfig, store: Store) -> dict[str, ForceConstants]:
+    """Force constants of the end members: the config's phonopy files, else computed once per project."""
+    dataset, reference = loaded.config.dataset, loaded.config.reference
     logger = get_run_logger()
 
     def forces(atoms: Atoms) -> np.ndarray:
-        result = get_level(dataset.force_constants_level, loaded.config.reference).compute(atoms)
-        logger.info("force constants of %s: displaced structure done in %.0f s", species, result.wall_time_s)
+        result = get_level(dataset.force_constants_level, reference).compute(atoms)
+        logger.info("force constants: displaced structure done in %.0f s", result.wall_time_s)
         return result.forces_ev_per_a
 
-    return end_member_force_constants(
-        loaded.config.system, dataset, species, cache_dir=store.project_dir / "phonons", forces=forces
-    )
+    return end_members_for(loaded.config.system, dataset, cache_dir=store.project_dir / "phonons", forces=forces)
 
 
 @task(name="generate-set", task_run_name="generate set {structure_set.name}", cache_policy=NO_CACHE)
@@ -121,15 +119,13 @@ def generate_set(
     loaded: LoadedConfig, structure_set: StructureSetSection, end_members: dict, store: Store, run_id: str
 ) -> int:
     """Build one structure set and store its structures and membership; returns the number of new ones."""
-    system, dataset = loaded.config.system, loaded.config.dataset
-    records = list(generate_structure_set(system, dataset, structure_set, end_members))
-    with store.write() as writer:
-        counts = writer.add_structures(records, run_id=run_id)
-        writer.add_to_set(structure_set.name, structure_set.level, [r.structure_hash for r in records])
-    get_run_logger().info(
-        "set %s: %d structures (%d new) for level %s", structure_set.name, len(records), counts.new, structure_set.level
+    size, new = store_structure_set(
+        store, loaded.config.system, loaded.config.dataset, structure_set, end_members, run_id=run_id
     )
-    return counts.new
+    get_run_logger().info(
+        "set %s: %d structures (%d new) for level %s", structure_set.name, size, new, structure_set.level
+    )
+    return new
 
 
 @task(name="label", task_run_name="label {level}", cache_policy=NO_CACHE)
@@ -196,14 +192,21 @@ def pipeline(config_path: str, project_dir: str | None = None) -> dict[str, Any]
             reports = [import_dataset(loaded, spec, store, run_id) for spec in loaded.config.dataset.imports]
         with stage(store, run_id, "dataset-generate"):
             sets = loaded.config.dataset.sets
-            needs_phonons = any(s.thermal_per_point and s.temperatures_k for s in sets)
-            species = loaded.config.system.sublattice.species if needs_phonons else ()
-            end_members = {sp: end_member_fc(loaded, store, sp) for sp in species}
+            end_members = end_member_fcs(loaded, store)
             for structure_set in sets:
                 generate_set(loaded, structure_set, end_members, store, run_id)
         with stage(store, run_id, "label"):
-            levels = sorted({s.level for s in sets if s.level in LEVELS})
-            labelling = [label_level(loaded, store, level, run_id) for level in levels]
+            labelling = []
+            for level in sorted({s.level for s in sets}):
+                reason = (
+                    "capml cannot compute it (import its labels)"
+                    if level not in LEVELS
+                    else get_level(level, loaded.config.reference).unavailable_reason()
+                )
+                if reason is None:
+                    labelling.append(label_level(loaded, store, level, run_id))
+                else:
+                    get_run_logger().warning("level %s not labelled here: %s", level, reason)
         with stage(store, run_id, "dataset-summary"):
             summary = summarise(store)
     except BaseException as err:

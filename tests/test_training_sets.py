@@ -82,11 +82,11 @@ def test_sets_regenerate_bit_for_bit_and_are_distinct(recipe, end_members) -> No
         assert np.allclose(record.atoms.cell[:], ideal.cell[:])  # Vegard cell
         shift = np.linalg.norm(record.atoms.positions - ideal.positions, axis=1)
         if record.kind == "equilibrium":
-            assert shift.max() == 0.0
+            assert shift.max() < 1e-6  # ideal positions (on the 1e-6 Å hash grid)
         elif record.kind == "uniform":
-            assert 0.0 < shift.max() <= record.amplitude_a + 1e-12
+            assert 0.0 < shift.max() <= record.amplitude_a + 2e-6
         else:
-            assert record.kind == "thermal" and 0.0 < shift.max() <= recipe.dataset.max_displacement_a + 1e-9
+            assert record.kind == "thermal" and 0.0 < shift.max() <= recipe.dataset.max_displacement_a + 2e-6
 
 
 def test_thermal_amplitudes_grow_as_sqrt_t_and_the_gamma_modes_are_those_of_a_soft_lattice(recipe, end_members):
