@@ -23,10 +23,10 @@ def prefect_harness():
         yield
 
 
-def _demo_copy(tmp_path: Path, replace: tuple[str, str] = ("", "")) -> Path:
+def _demo_copy(tmp_path: Path, replace: tuple[str, str] = ("", ""), append: str = "") -> Path:
     """The demo config with absolute data paths, labelling nothing (this test's time goes to Prefect)."""
     text = DEMO_CONFIG.read_text().replace('"../', f'"{REPO}/data/')
-    text = text.replace("max_calculations = 2", "max_calculations = 0").replace(*replace)
+    text = text.replace("max_calculations = 2", "max_calculations = 0").replace(*replace) + "\n" + append
     path = tmp_path / "demo.toml"
     path.write_text(text)
     return path
@@ -35,22 +35,24 @@ def _demo_copy(tmp_path: Path, replace: tuple[str, str] = ("", "")) -> Path:
 def test_pipeline_flow_imports_generates_and_summarises_and_is_idempotent(prefect_harness, tmp_path: Path) -> None:
     from flows.pipeline import pipeline
 
-    project, config = tmp_path / "proj", _demo_copy(tmp_path)
+    vasp_set = "[[dataset.sets]]\nname = 'vasp'\nlevel = 'vasp-pbesol'\nseed = 5\n"
+    vasp_set += "uniform_amplitudes_a = [0.1]\nuniform_per_point = 1\n"
+    project, config = tmp_path / "proj", _demo_copy(tmp_path, append=vasp_set)
     first = pipeline(config_path=str(config), project_dir=str(project))
-    assert first["dataset"]["n_structures"] == 150 + 15  # bundled + the generated demo set
+    assert first["dataset"]["n_structures"] == 150 + 15 + 5  # bundled + the generated demo and vasp sets
     assert [i["new_labels"] for i in first["imports"]] == [103, 48]
     assert first["labelling"] == [{"level": "gpaw-pbesol", "ok": 0, "failed": 0, "mean_s": None}]
     second = pipeline(config_path=str(config), project_dir=str(project))
     assert [i["new_labels"] for i in second["imports"]] == [0, 0]  # re-running duplicates nothing
-    assert second["dataset"]["n_structures"] == 165
+    assert second["dataset"]["n_structures"] == 170
     store = Store(project)
     runs = store.runs()
     assert list(runs["status"]) == ["done", "done"] and runs["config_hash"].nunique() == 1
     stages = store.stages()
     assert list(stages["stage"]) == ["dataset-import", "dataset-generate", "label", "dataset-summary"]
     assert set(stages["status"]) == {"done"}
-    assert store.query("SELECT count(*) AS n FROM labels")["n"][0] == 151
-    assert len(store.pending_labels("gpaw-pbesol")) == 15
+    assert store.query("SELECT count(*) AS n FROM labels")["n"][0] == 151  # no VASP attempted without a command
+    assert len(store.pending_labels("gpaw-pbesol")) == 15 and len(store.pending_labels("vasp-pbesol")) == 5
 
 
 def test_a_failing_stage_is_recorded_and_nothing_partial_is_written(prefect_harness, tmp_path: Path) -> None:

@@ -151,3 +151,8 @@ def test_compute_runs_the_configured_command(potcars: Path, tmp_path: Path) -> N
     assert result.gap_ev == pytest.approx(2.0) and result.wall_time_s is not None
     with pytest.raises(CalculationFailed, match="exited 1"):
         VaspPbesol(command="false").compute(atoms, workdir=tmp_path / "c")
+
+
+def test_vasp_runs_only_with_a_command() -> None:
+    assert "no VASP command configured (reference.vasp_pbesol.command)" in VaspPbesol().unavailable_reason()
+    assert VaspHsesol(command="srun vasp_std").unavailable_reason() is None

@@ -54,9 +54,9 @@ def render_dataset() -> None:
         progress["n_pending"] = progress["n_structures"] - progress["n_ok"] - progress["n_failed"]
         st.markdown("**Label coverage per set**")
         st.dataframe(progress, hide_index=True, width="stretch")
-        long = progress.melt(
+        long = progress.rename(columns={"n_ok": "labelled", "n_failed": "failed", "n_pending": "pending"}).melt(
             id_vars=["set_name", "level"],
-            value_vars=["n_ok", "n_failed", "n_pending"],
+            value_vars=["labelled", "failed", "pending"],
             var_name="state",
             value_name="structures",
         )
@@ -67,7 +67,7 @@ def render_dataset() -> None:
                 y="structures",
                 color="state",
                 text_auto=True,
-                color_discrete_map={"n_ok": "#2ca02c", "n_failed": "#d62728", "n_pending": "#bbbbbb"},
+                color_discrete_map={"labelled": "#2ca02c", "failed": "#d62728", "pending": "#bbbbbb"},
                 title="labelled, failed and pending structures per set",
             ),
             width="stretch",
