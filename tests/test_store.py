@@ -163,3 +163,22 @@ def _hold_lock(path: str, ready) -> None:  # noqa: ANN001 - multiprocessing Even
     ready.set()
     time.sleep(60)
     con.close()
+
+
+def test_an_older_store_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
+    from capml_core.store import MIGRATIONS
+
+    tmp_path.mkdir(exist_ok=True)
+    con = duckdb.connect(str(tmp_path / "capml.duckdb"))
+    for statement in MIGRATIONS[1]:
+        con.execute(statement)
+    con.execute("INSERT INTO schema_meta VALUES ('schema_version', '1')")
+    con.execute("INSERT INTO levels VALUES ('old-level', 'import', '{}', now())")
+    con.close()
+    store = Store(tmp_path)
+    with pytest.raises(StoreError, match="schema version 1, this capml reads version 2"):
+        store.runs()
+    store.initialise()
+    assert store.query("SELECT value FROM schema_meta")["value"][0] == str(SCHEMA_VERSION) == "2"
+    assert store.query("SELECT level FROM levels")["level"].tolist() == ["old-level"]
+    assert store.pending_labels("old-level") == []  # structure_sets exists now
