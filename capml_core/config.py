@@ -353,19 +353,28 @@ class ReferenceSection(Section):
     vasp_hsesol: VaspSettings = VaspSettings()
 
 
-class GNNSection(Section):
-    """Stage 3: GNN band-gap model (paper's best: 2 GraphConv layers of 64, max pool, dropout 0.4)."""
+GNNArchitectureName = Literal["paper", "three-layer", "four-layer", "mean-pool", "relu-output", "wide"]
 
-    cutoff_a: PositiveFloat = 5.5
-    hidden_channels: PositiveInt = 64
-    conv_layers: Annotated[int, Field(ge=1, le=8)] = 2
-    pooling: Literal["max", "mean", "add"] = "max"
-    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.4
+
+class GNNSection(Section):
+    """Stage 3: GNN band-gap model, trained on the cheap level's gaps then fine-tuned on the high level's.
+
+    ``architecture`` names one of :data:`capml_core.gnn.ARCHITECTURES` (paper: 2 GraphConv layers of 64, max
+    pool, dropout 0.4, sigmoid output).
+    """
+
+    architecture: GNNArchitectureName = "paper"
+    cutoff_a: PositiveFloat = Field(default=5.5, description="Graph cutoff radius (Å).")
     epochs: PositiveInt = 500
     fine_tune_epochs: PositiveInt = 300
     batch_size: PositiveInt = 32
     learning_rate: PositiveFloat = 1e-3
-    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    fine_tune_learning_rate: PositiveFloat = 5e-4
+    patience: PositiveInt = Field(default=80, description="Epochs without validation improvement before stopping.")
+    valid_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
+    test_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
+    split_seed: Annotated[int, Field(ge=0)] = 0
+    ensemble_size: PositiveInt = Field(default=1, description="Independently seeded models (prediction spread).")
 
 
 class MLIPSection(Section):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -20,8 +21,10 @@ from typing import Any, Literal
 import numpy as np
 from ase import Atoms
 
-from capml_core.errors import InvalidInputError
+from capml_core.config import GNNSection
+from capml_core.errors import InvalidInputError, NotComputedError
 from capml_core.graphs import Normaliser, PeriodicGraph, build_graph, element_table
+from capml_core.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -354,3 +357,135 @@ def predict_gaps(
     graphs = [build_graph(a, cutoff_a=cutoff) for a in structures]
     predictions = np.array([m.predict_graphs(graphs, batch_size=batch_size) for m in models])
     return predictions.mean(axis=0), predictions.std(axis=0)
+
+
+@dataclass(frozen=True)
+class TwoStageResult:
+    """Models of a two-stage training and their test metrics (per stage: 'cheap' and, if any, 'high')."""
+
+    ensemble_id: str
+    model_ids: list[str]
+    test_metrics: dict[str, Metrics]
+    ensemble_test_metrics: dict[str, Metrics]
+
+
+def train_two_stage(
+    store: Store,
+    gnn: GNNSection,
+    *,
+    cheap_level: str,
+    high_level: str | None,
+    run_id: str | None = None,
+    seed: int = 0,
+) -> TwoStageResult:
+    """Train an ensemble on ``cheap_level`` gaps, fine-tune each member on ``high_level`` gaps, store everything.
+
+    Splits are by structure (:func:`split_of`, seeded with ``gnn.split_seed``): the test split is used only to
+    report metrics. Each model is saved under ``artifacts/gnn/<model_id>/`` and recorded in ``gnn_models``
+    with its metrics per stage and split (``gnn_metrics``) and every prediction (``gnn_predictions``).
+
+    Raises
+    ------
+    NotComputedError
+        Too few labelled gaps at a level to split (fewer than 10).
+    """
+    architecture = ARCHITECTURES[gnn.architecture]
+    stages: list[tuple[str, str]] = [("cheap", cheap_level)] + ([("high", high_level)] if high_level else [])
+    data: dict[str, dict[str, tuple[list[str], list[PeriodicGraph], np.ndarray]]] = {}
+    for stage, level in stages:
+        frame = store.labelled_gaps(level)
+        if len(frame) < 10:
+            raise NotComputedError(f"only {len(frame)} structures with a {level} gap: label more before training")
+        atoms = store.load_structures(frame["structure_hash"].tolist())
+        splits = [
+            split_of(h, seed=gnn.split_seed, valid_fraction=gnn.valid_fraction, test_fraction=gnn.test_fraction)
+            for h in frame["structure_hash"]
+        ]
+        by_split: dict[str, tuple[list[str], list[PeriodicGraph], np.ndarray]] = {}
+        for name in ("train", "valid", "test"):
+            rows = [i for i, s in enumerate(splits) if s == name]
+            hashes = [frame["structure_hash"].iloc[i] for i in rows]
+            by_split[name] = (
+                hashes,
+                [build_graph(atoms[h], cutoff_a=gnn.cutoff_a) for h in hashes],
+                frame["gap_ev"].to_numpy()[rows],
+            )
+        data[stage] = by_split
+    model_ids, test_predictions, tests = [], {s: [] for s, _ in stages}, {}
+    ensemble_id = f"ensemble-{uuid.uuid4().hex[:10]}"
+    for member in range(gnn.ensemble_size):
+        member_seed = seed * 1000 + member
+        _, train_graphs, train_gaps = data["cheap"]["train"]
+        model = new_model(
+            gnn.architecture, architecture, train_graphs, train_gaps, cutoff_a=gnn.cutoff_a, seed=member_seed
+        )
+        metrics_rows, prediction_rows = [], []
+        model_id = f"gnn-{gnn.architecture}-{uuid.uuid4().hex[:10]}"
+        for stage, level in stages:
+            _, train_graphs, train_gaps = data[stage]["train"]
+            _, valid_graphs, valid_gaps = data[stage]["valid"]
+            if stage == "cheap":
+                settings = TrainingSettings(gnn.epochs, gnn.batch_size, gnn.learning_rate, gnn.patience, member_seed)
+            else:
+                refit_gap_range(model, train_gaps)
+                settings = TrainingSettings(
+                    gnn.fine_tune_epochs, gnn.batch_size, gnn.fine_tune_learning_rate, gnn.patience, member_seed
+                )
+            train(model, train_graphs, train_gaps, valid_graphs, valid_gaps, settings, stage=stage)
+            for split, (hashes, graphs, gaps) in data[stage].items():
+                if not hashes:
+                    continue
+                predicted = model.predict_graphs(graphs)
+                m = compute_metrics(gaps, predicted)
+                metrics_rows.append({"model_id": model_id, "stage": stage, "split": split, **asdict(m)})
+                prediction_rows += [
+                    {
+                        "model_id": model_id,
+                        "stage": stage,
+                        "structure_hash": h,
+                        "level": level,
+                        "split": split,
+                        "reference_ev": float(y),
+                        "predicted_ev": float(p),
+                    }
+                    for h, y, p in zip(hashes, gaps, predicted, strict=True)
+                ]
+                if split == "test":
+                    test_predictions[stage].append(predicted)
+                    tests[stage] = (gaps, m) if member == 0 else tests[stage]
+        relpath = Path("artifacts") / "gnn" / model_id
+        model.save(store.project_dir / relpath)
+        with store.write() as writer:
+            writer.add_gnn_model(
+                {
+                    "model_id": model_id,
+                    "ensemble_id": ensemble_id,
+                    "run_id": run_id,
+                    "architecture": gnn.architecture,
+                    "cheap_level": cheap_level,
+                    "high_level": high_level,
+                    "ensemble_index": member,
+                    "seed": member_seed,
+                    "relpath": relpath.as_posix(),
+                    "settings_json": gnn.model_dump_json(),
+                },
+                metrics_rows,
+                prediction_rows,
+            )
+        model_ids.append(model_id)
+    ensemble = {stage: compute_metrics(tests[stage][0], np.mean(test_predictions[stage], axis=0)) for stage in tests}
+    return TwoStageResult(ensemble_id, model_ids, {s: tests[s][1] for s in tests}, ensemble)
+
+
+def load_ensemble(store: Store, model_ids: Sequence[str] | None = None) -> list[GapModel]:
+    """The models of the latest trained ensemble (or the given ids) from a store."""
+    if model_ids is None:
+        rows = store.query(
+            """SELECT relpath FROM gnn_models WHERE ensemble_id =
+                 (SELECT ensemble_id FROM gnn_models ORDER BY created_at DESC LIMIT 1) ORDER BY ensemble_index"""
+        )
+        if rows.empty:
+            raise NotComputedError(f"{store.path}: no trained GNN yet (capml gnn train)")
+    else:
+        rows = store.query("SELECT relpath FROM gnn_models WHERE model_id IN (SELECT unnest(?))", [list(model_ids)])
+    return [GapModel.load(store.project_dir / p) for p in rows["relpath"]]

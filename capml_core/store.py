@@ -11,6 +11,8 @@ Tables (tidy; units in column names):
 - ``labels``: keyed by (structure hash, level): energy, forces, stress, gap, status and error.
 - ``structure_sets``: membership of generated structures in named training sets, with the level each set
   is to be labelled at (schema version 2).
+- ``gnn_models``, ``gnn_metrics``, ``gnn_predictions``: trained band-gap models (files under
+  ``artifacts/gnn/``), their metrics per stage and split, and every per-structure prediction (schema 3).
 - ``artifacts``: large arrays (trajectories, force constants) live in files under ``artifacts/``; this table
   points to them (path relative to the project directory, SHA-256, size).
 - view ``labelled_structures``: structures joined with labels, without the arrays, for SQL users.
@@ -52,7 +54,7 @@ logger = logging.getLogger(__name__)
 STORE_FILENAME = "capml.duckdb"
 ARTIFACTS_DIRNAME = "artifacts"
 #: Version of the schema this code writes. Bump it and append a migration to change the schema.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA_V1 = [
     "CREATE TABLE schema_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
@@ -90,8 +92,23 @@ _SCHEMA_V2 = [
         PRIMARY KEY (set_name, structure_hash))""",
 ]
 
+_SCHEMA_V3 = [
+    """CREATE TABLE gnn_models (
+        model_id VARCHAR PRIMARY KEY, ensemble_id VARCHAR NOT NULL, run_id VARCHAR,
+        architecture VARCHAR NOT NULL, cheap_level VARCHAR NOT NULL,
+        high_level VARCHAR, ensemble_index INTEGER NOT NULL, seed BIGINT NOT NULL, relpath VARCHAR NOT NULL,
+        settings_json VARCHAR, created_at TIMESTAMP NOT NULL)""",
+    """CREATE TABLE gnn_metrics (
+        model_id VARCHAR NOT NULL, stage VARCHAR NOT NULL, split VARCHAR NOT NULL, n INTEGER NOT NULL, r2 DOUBLE,
+        mae_ev DOUBLE, rmse_ev DOUBLE, max_error_ev DOUBLE, PRIMARY KEY (model_id, stage, split))""",
+    """CREATE TABLE gnn_predictions (
+        model_id VARCHAR NOT NULL, stage VARCHAR NOT NULL, structure_hash VARCHAR NOT NULL, level VARCHAR NOT NULL,
+        split VARCHAR NOT NULL, reference_ev DOUBLE NOT NULL, predicted_ev DOUBLE NOT NULL,
+        PRIMARY KEY (model_id, stage, structure_hash))""",
+]
+
 #: MIGRATIONS[v] turns a store of version v - 1 into version v (v = 1: create from nothing).
-MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
+MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
 
 
 def _now() -> datetime:
@@ -307,6 +324,14 @@ class StoreWriter:
         ]
         self._insert_rows("structure_sets", rows)
         return WriteCounts(len(rows), len(existing))
+
+    def add_gnn_model(
+        self, row: Mapping[str, Any], metrics: Sequence[Mapping[str, Any]], predictions: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Record a trained GNN model with its metrics and per-structure predictions (a model id is written once)."""
+        self._insert_rows("gnn_models", [{**row, "created_at": _now()}])
+        self._insert_rows("gnn_metrics", list(metrics))
+        self._insert_rows("gnn_predictions", list(predictions))
 
     def save_arrays(
         self, kind: str, arrays: Mapping[str, np.ndarray], *, run_id: str | None, meta: Mapping[str, Any] | None = None
@@ -573,6 +598,15 @@ class Store:
                                     AND l.level = m.level AND l.status IN {done_status})
                   ORDER BY m.set_name, m.position"""
         return list(dict.fromkeys(self.query(sql, [level, set_name, set_name])["structure_hash"].tolist()))
+
+    def labelled_gaps(self, level: str) -> pd.DataFrame:
+        """Structures with an 'ok' gap at ``level``: hash, composition, kind, gap (eV)."""
+        return self.query(
+            """SELECT l.structure_hash, s.composition_x, s.kind, l.gap_ev FROM labels l
+               JOIN structures s USING (structure_hash)
+               WHERE l.level = ? AND l.status = 'ok' AND l.gap_ev IS NOT NULL ORDER BY l.structure_hash""",
+            [level],
+        )
 
     def load_atoms(self, structure_hash: str) -> Atoms:
         """The stored structure with this hash."""

@@ -341,6 +341,66 @@ def _print_summary(summary: dict) -> None:
     console.print(table)
 
 
+gnn_app = typer.Typer(help="Band-gap GNN: train, predict.", no_args_is_help=True)
+app.add_typer(gnn_app, name="gnn")
+
+
+@gnn_app.command("train")
+def gnn_train(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration: [gnn] and [reference].")],
+    project: ProjectOption = None,
+) -> None:
+    """Train the GNN ensemble on the cheap level's gaps, fine-tune it on the high level's, store the results."""
+    from capml_core.config import load_config
+    from capml_core.gnn import train_two_stage
+    from capml_core.store import Store
+
+    try:
+        loaded = load_config(config, project_dir=project)
+        reference = loaded.config.reference
+        result = train_two_stage(
+            Store(loaded.project_dir),
+            loaded.config.gnn,
+            cheap_level=reference.cheap_level,
+            high_level=reference.high_level,
+            seed=loaded.config.run.seed,
+        )
+    except CapmlError as err:
+        _fail(err)
+    console.print(f"ensemble {result.ensemble_id}: {len(result.model_ids)} model(s)")
+    for stage, m in result.ensemble_test_metrics.items():
+        console.print(
+            f"  {stage} level, test split (n = {m.n}): MAE {m.mae_ev:.3f} eV, RMSE {m.rmse_ev:.3f} eV, "
+            f"R² {m.r2:.3f}, max error {m.max_error_ev:.3f} eV"
+        )
+
+
+@gnn_app.command("predict")
+def gnn_predict(
+    structures: Annotated[Path, typer.Argument(help="Structures to predict (any file ASE reads; all frames).")],
+    config: ConfigOption = None,
+    project: ProjectOption = None,
+) -> None:
+    """Band gaps (eV) of structures with the latest trained ensemble: mean and spread, one line per frame."""
+    from ase.io import read
+
+    from capml_core.gnn import load_ensemble, predict_gaps
+    from capml_core.store import Store
+
+    try:
+        models = load_ensemble(Store(_project_dir(config, project)))
+        try:
+            frames = read(structures, index=":")
+        except Exception as err:  # ASE raises many types on unreadable files
+            raise CapmlError(f"{structures}: not a structure file ASE can read: {err}") from err
+        mean, spread = predict_gaps(frames, models)
+    except CapmlError as err:
+        _fail(err)
+    sys.stdout.write("frame,formula,gap_ev,gap_std_ev\n")
+    for i, (atoms, m, s) in enumerate(zip(frames, mean, spread, strict=True)):
+        sys.stdout.write(f"{i},{atoms.get_chemical_formula()},{m:.4f},{s:.4f}\n")
+
+
 @app.command()
 def runs(config: ConfigOption = None, project: ProjectOption = None) -> None:
     """Runs recorded in the store and the stages of the latest one."""

@@ -3,8 +3,9 @@
 Stages so far: ``dataset-import`` (validate and load the labelled datasets named in the config),
 ``dataset-generate`` (thermal/uniform/equilibrium structure sets), ``label`` (reference calculations of the
 sets' structures that have no label yet, up to ``reference.max_calculations`` per level) and
-``dataset-summary`` (counts per level, gap statistics, published as a Prefect artifact). Later stages (GNN,
-MACE, disorder, phonons, MD, gaps) are added here as tasks/subflows of :func:`pipeline`.
+``dataset-summary`` (counts per level, gap statistics, published as a Prefect artifact) and ``gnn`` (band-gap
+model ensemble: cheap level, then fine-tuned on the high level). Later stages (MACE, disorder, phonons, MD,
+gaps) are added here as tasks/subflows of :func:`pipeline`.
 
 Runs in Prefect's local ephemeral mode by default (no server needed); with ``PREFECT_API_URL`` set it
 reports to that server. Each task calls one capml_core function; the store records run and stage status.
@@ -26,6 +27,7 @@ from prefect.cache_policies import NO_CACHE
 
 from capml_core.config import ImportSpec, LoadedConfig, StructureSetSection, load_config
 from capml_core.datasets import DatasetSummary, ImportReport, import_labelled_dataset, summarise_dataset
+from capml_core.gnn import TwoStageResult, train_two_stage
 from capml_core.labelling import LabellingReport, label_structures
 from capml_core.phonons import ForceConstants
 from capml_core.provenance import code_version, package_versions
@@ -147,6 +149,23 @@ def label_level(loaded: LoadedConfig, store: Store, level: str, run_id: str) -> 
     )
 
 
+@task(name="gnn", cache_policy=NO_CACHE)
+def train_gnn(loaded: LoadedConfig, store: Store, run_id: str) -> TwoStageResult:
+    """Train and fine-tune the band-gap GNN ensemble on the stored gaps."""
+    reference = loaded.config.reference
+    result = train_two_stage(
+        store,
+        loaded.config.gnn,
+        cheap_level=reference.cheap_level,
+        high_level=reference.high_level,
+        run_id=run_id,
+        seed=loaded.config.run.seed,
+    )
+    for stage, m in result.ensemble_test_metrics.items():
+        get_run_logger().info("GNN %s level test: MAE %.3f eV, R² %.3f (n = %d)", stage, m.mae_ev, m.r2, m.n)
+    return result
+
+
 @task(name="summarise-dataset", cache_policy=NO_CACHE)
 def summarise(store: Store) -> DatasetSummary:
     """Summarise the stored dataset and publish it as a Prefect markdown artifact."""
@@ -209,6 +228,8 @@ def pipeline(config_path: str, project_dir: str | None = None) -> dict[str, Any]
                     get_run_logger().warning("level %s not labelled here: %s", level, reason)
         with stage(store, run_id, "dataset-summary"):
             summary = summarise(store)
+        with stage(store, run_id, "gnn"):
+            gnn = train_gnn(loaded, store, run_id)
     except BaseException as err:
         with store.write() as writer:
             writer.finish_run(run_id, status="failed", message=f"{type(err).__name__}: {err}")
@@ -225,4 +246,8 @@ def pipeline(config_path: str, project_dir: str | None = None) -> dict[str, Any]
             {"level": r.level, "ok": r.n_ok, "failed": r.n_failed, "mean_s": r.mean_calculation_s} for r in labelling
         ],
         "dataset": summary.as_dict(),
+        "gnn": {
+            "ensemble_id": gnn.ensemble_id,
+            "test": {stage: vars(m) for stage, m in gnn.ensemble_test_metrics.items()},
+        },
     }

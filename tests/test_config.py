@@ -16,8 +16,11 @@ def test_paper_config_reproduces_the_papers_settings() -> None:
     assert cfg.system.vegard_lattice_a == {"Br": 4.793, "I": 4.869}
     assert cfg.system.supercell == (2, 2, 2)
     assert cfg.system.compositions == [k / 8 for k in range(9)]
-    assert (cfg.gnn.cutoff_a, cfg.gnn.hidden_channels, cfg.gnn.conv_layers) == (5.5, 64, 2)
-    assert (cfg.gnn.pooling, cfg.gnn.dropout) == ("max", 0.4)
+    from capml_core.gnn import ARCHITECTURES
+
+    paper = ARCHITECTURES[cfg.gnn.architecture]
+    assert cfg.gnn.cutoff_a == 5.5 and (paper.conv_layers, paper.hidden_channels) == (2, 64)
+    assert (paper.pooling, paper.dropout, paper.head_channels, paper.output) == ("max", 0.4, 16, "sigmoid")
     assert (cfg.mlip.channels, cfg.mlip.r_max_a, cfg.mlip.valid_fraction) == (256, 8.0, 0.05)
     assert (cfg.mlip.energy_weight, cfg.mlip.forces_weight, cfg.mlip.stress_weight) == (1.0, 150.0, 10.0)
     assert (cfg.md.timestep_fs, cfg.md.friction_per_fs, cfg.md.duration_ps) == (1.0, 5e-3, 40.0)

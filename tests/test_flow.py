@@ -27,6 +27,7 @@ def _demo_copy(tmp_path: Path, replace: tuple[str, str] = ("", ""), append: str 
     """The demo config with absolute data paths, labelling nothing (this test's time goes to Prefect)."""
     text = DEMO_CONFIG.read_text().replace('"../', f'"{REPO}/data/')
     text = text.replace("max_calculations = 2", "max_calculations = 0").replace(*replace) + "\n" + append
+    text = text.replace("ensemble_size = 2", "ensemble_size = 1").replace("epochs = 150", "epochs = 60")
     path = tmp_path / "demo.toml"
     path.write_text(text)
     return path
@@ -49,10 +50,12 @@ def test_pipeline_flow_imports_generates_and_summarises_and_is_idempotent(prefec
     runs = store.runs()
     assert list(runs["status"]) == ["done", "done"] and runs["config_hash"].nunique() == 1
     stages = store.stages()
-    assert list(stages["stage"]) == ["dataset-import", "dataset-generate", "label", "dataset-summary"]
+    assert list(stages["stage"]) == ["dataset-import", "dataset-generate", "label", "dataset-summary", "gnn"]
     assert set(stages["status"]) == {"done"}
     assert store.query("SELECT count(*) AS n FROM labels")["n"][0] == 151  # no VASP attempted without a command
     assert len(store.pending_labels("gpaw-pbesol")) == 15 and len(store.pending_labels("vasp-pbesol")) == 5
+    assert set(first["gnn"]["test"]) == {"cheap", "high"} and first["gnn"]["test"]["cheap"]["mae_ev"] < 0.1
+    assert store.query("SELECT count(DISTINCT ensemble_id) AS n FROM gnn_models")["n"][0] == 2  # one per run
 
 
 def test_a_failing_stage_is_recorded_and_nothing_partial_is_written(prefect_harness, tmp_path: Path) -> None:

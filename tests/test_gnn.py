@@ -110,3 +110,43 @@ def test_targets_are_normalised_with_the_model(pbesol) -> None:
     data = to_data(graphs[0], model.normaliser, gaps[0])
     assert 0.0 <= float(data.y) <= 1.0
     assert data.x.shape == (40, 4) and data.edge_weight.shape[0] == data.edge_index.shape[1]
+
+
+def test_gnn_train_and_predict_commands(demo_store_copy: Path, tmp_path: Path) -> None:
+    """Two-stage training on the bundled labels (PBEsol, then GLLB-SC), results in the store, CLI prediction."""
+    from ase.io import write
+    from typer.testing import CliRunner
+
+    from capml_core.store import Store
+    from flows.cli import app
+    from tests.conftest import DEMO_CONFIG, GLLBSC_FILE, REPO
+
+    config = tmp_path / "c.toml"
+    text = DEMO_CONFIG.read_text().replace('"../', f'"{REPO}/data/')
+    config.write_text(text.replace("ensemble_size = 2", "ensemble_size = 1").replace("epochs = 150", "epochs = 80"))
+    runner = CliRunner()
+    result = runner.invoke(app, ["gnn", "train", "-c", str(config), "-p", str(demo_store_copy)])
+    assert result.exit_code == 0, result.output
+    assert "cheap level, test split" in result.output and "high level, test split" in result.output
+    store = Store(demo_store_copy)
+    metrics = store.query("SELECT stage, split, n, mae_ev FROM gnn_metrics ORDER BY stage, split")
+    assert metrics["n"].sum() == 103 + 48  # every labelled structure is predicted once, in one split
+    high_test = metrics[(metrics["stage"] == "high") & (metrics["split"] == "test")]["mae_ev"].iloc[0]
+    assert high_test < 0.25  # GLLB-SC gaps span 1.3-2.1 eV
+    parity = store.query("SELECT level, reference_ev, predicted_ev FROM gnn_predictions WHERE stage = 'high'")
+    assert set(parity["level"]) == {"gpaw-gllbsc"} and len(parity) == 48
+    frames = read(GLLBSC_FILE, index=":3")
+    write(tmp_path / "three.extxyz", frames)
+    predicted = runner.invoke(app, ["gnn", "predict", str(tmp_path / "three.extxyz"), "-p", str(demo_store_copy)])
+    lines = predicted.output.strip().splitlines()
+    assert lines[0] == "frame,formula,gap_ev,gap_std_ev" and len(lines) == 4
+    gaps = [float(line.split(",")[2]) for line in lines[1:]]
+    assert all(1.0 < g < 2.5 for g in gaps)  # fine-tuned: GLLB-SC scale, not PBEsol's
+
+
+def test_config_names_exactly_the_known_architectures() -> None:
+    from typing import get_args
+
+    from capml_core.config import GNNArchitectureName
+
+    assert set(get_args(GNNArchitectureName)) == set(ARCHITECTURES)
