@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from ase import Atoms
 
 from capml_core.config import LabelKeys
@@ -435,6 +436,13 @@ def summarise_dataset(store: Store) -> DatasetSummary:
     )
 
 
+def _present(value: Any) -> bool:
+    """Whether a value read from the store is there (not None, NaN or pandas' NA)."""
+    if value is None or value is pd.NA:
+        return False
+    return not (isinstance(value, float) and math.isnan(value))
+
+
 def export_labelled_extxyz(
     store: Store,
     path: str | Path,
@@ -478,18 +486,17 @@ def export_labelled_extxyz(
         atoms = structures[row.structure_hash].copy()
         atoms.info.update({"structure_hash": row.structure_hash, "config_type": row.kind, "level": level})
         for key in ("composition_x", "temperature_k", "amplitude_a", "seed"):
-            value = getattr(row, key)
-            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            if _present(value := getattr(row, key)):
                 atoms.info[key] = value.item() if isinstance(value, np.generic) else value
-        if row.energy_ev is not None and not math.isnan(row.energy_ev):
+        if _present(row.energy_ev):
             atoms.info[f"{prefix}_energy"] = float(row.energy_ev)
-        if row.forces_ev_per_a is not None:
+        if _present(row.forces_ev_per_a):
             atoms.arrays[f"{prefix}_forces"] = np.reshape(np.asarray(row.forces_ev_per_a, dtype=float), (-1, 3))
-        if row.stress_ev_per_a3 is not None:
+        if _present(row.stress_ev_per_a3):
             atoms.info[f"{prefix}_stress"] = np.asarray(row.stress_ev_per_a3, dtype=float)
-        if row.gap_ev is not None and not math.isnan(row.gap_ev):
+        if _present(row.gap_ev):
             atoms.info[f"{prefix}_gap"] = float(row.gap_ev)
-        if row.wall_time_s is not None and not math.isnan(row.wall_time_s):
+        if _present(row.wall_time_s):
             atoms.info["wall_time_s"] = round(float(row.wall_time_s), 1)
         frames.append(atoms)
     path = Path(path)
