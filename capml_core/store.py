@@ -569,6 +569,27 @@ class Store:
                ORDER BY l.created_at DESC"""
         )
 
+    def gnn_results(self, ensemble_id: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Metrics and per-structure predictions of one GNN ensemble (default: the latest trained)."""
+        if ensemble_id is None:
+            latest = self.query("SELECT ensemble_id FROM gnn_models ORDER BY created_at DESC LIMIT 1")
+            if latest.empty:
+                return pd.DataFrame(), pd.DataFrame()
+            ensemble_id = latest["ensemble_id"][0]
+        metrics = self.query(
+            """SELECT g.ensemble_index, m.* FROM gnn_metrics m JOIN gnn_models g USING (model_id)
+               WHERE g.ensemble_id = ? ORDER BY m.stage, m.split, g.ensemble_index""",
+            [ensemble_id],
+        )
+        predictions = self.query(
+            """SELECT p.stage, p.split, p.level, p.structure_hash, p.reference_ev,
+                      avg(p.predicted_ev) AS predicted_ev, coalesce(stddev_pop(p.predicted_ev), 0) AS spread_ev
+               FROM gnn_predictions p JOIN gnn_models g USING (model_id) WHERE g.ensemble_id = ?
+               GROUP BY ALL ORDER BY ALL""",
+            [ensemble_id],
+        )
+        return metrics, predictions
+
     def gaps(self, level: str | None = None) -> pd.DataFrame:
         """Band gaps (eV) with composition, per level (all levels by default)."""
         sql = (

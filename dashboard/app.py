@@ -9,6 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard.views.dataset import render_dataset
+from dashboard.views.gnn import render_gnn
 from dashboard.views.overview import render_overview
 
 st.set_page_config(page_title="capml", layout="wide")
@@ -16,5 +17,6 @@ st.set_page_config(page_title="capml", layout="wide")
 PAGES = [
     st.Page(render_overview, title="Overview", url_path="overview", default=True),
     st.Page(render_dataset, title="Dataset", url_path="dataset"),
+    st.Page(render_gnn, title="Band-gap model", url_path="band-gap-model"),
 ]
 st.navigation(PAGES).run()

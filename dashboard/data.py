@@ -70,3 +70,9 @@ def set_coverage(path: str) -> pd.DataFrame:
 def failed_labels(path: str) -> pd.DataFrame:
     """Failed calculations."""
     return Store(path).failed_labels()
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def gnn_results(path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Metrics and predictions of the latest GNN ensemble."""
+    return Store(path).gnn_results()

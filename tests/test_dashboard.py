@@ -203,3 +203,38 @@ def test_dataset_page_shows_sets_coverage_gaps_and_failures(demo_store_copy: Pat
     assert {trace["name"] for trace in box["data"]} == {"gpaw-pbesol", "gpaw-gllbsc"}
     failed = at.dataframe[1].value
     assert failed["error"].tolist() == ["SCF stalled"]
+
+
+def _gnn_page() -> None:
+    from dashboard.views.gnn import render_gnn
+
+    render_gnn()
+
+
+def test_band_gap_model_page_draws_parity_and_errors(demo_store_copy: Path, monkeypatch) -> None:  # noqa: ANN001
+    import json
+
+    from capml_core.config import load_config
+    from capml_core.gnn import train_two_stage
+    from capml_core.store import Store
+    from tests.conftest import DEMO_CONFIG
+
+    monkeypatch.setenv("CAPML_PROJECT_DIR", str(demo_store_copy))
+    empty = AppTest.from_function(_gnn_page, default_timeout=60).run()
+    assert "No trained model yet" in empty.info[0].value
+    gnn = load_config(DEMO_CONFIG).config.gnn.model_copy(
+        update={"ensemble_size": 1, "epochs": 30, "fine_tune_epochs": 20}
+    )
+    train_two_stage(Store(demo_store_copy), gnn, cheap_level="gpaw-pbesol", high_level="gpaw-gllbsc")
+    at = AppTest.from_function(_gnn_page, default_timeout=60).run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert set(zip(table["stage"], table["split"], strict=True)) == {
+        (s, p) for s in ("cheap", "high") for p in ("train", "valid", "test")
+    }
+    assert table.groupby("stage")["n"].sum().to_dict() == {"cheap": 103, "high": 48}
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    scatters = [s for s in specs if s["data"][0]["type"] == "scatter"]
+    assert len(scatters) == 2 and len(specs) == 4  # parity + error histogram per stage
+    n_points = sum(len(_decoded(t["x"])) for t in scatters[1]["data"] if t["name"] != "y = x")
+    assert n_points == 48
