@@ -375,6 +375,15 @@ class GNNSection(Section):
     test_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
     split_seed: Annotated[int, Field(ge=0)] = 0
     ensemble_size: PositiveInt = Field(default=1, description="Independently seeded models (prediction spread).")
+    search_architectures: list[GNNArchitectureName] = Field(
+        default_factory=list, description="Architectures the hyperparameter search tries (empty: no search)."
+    )
+    search_learning_rates: list[PositiveFloat] = Field(default_factory=lambda: [1e-3, 3e-3])
+    search_batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [16, 32])
+    learning_curve_fractions: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
+        default_factory=lambda: [0.25, 0.5, 0.75, 1.0],
+        description="Fractions of the training split for the learning curve (empty: none).",
+    )
 
 
 class MLIPSection(Section):

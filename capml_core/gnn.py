@@ -359,6 +359,133 @@ def predict_gaps(
     return predictions.mean(axis=0), predictions.std(axis=0)
 
 
+Splits = dict[str, tuple[list[str], list[PeriodicGraph], np.ndarray]]
+
+
+def level_splits(store: Store, level: str, gnn: GNNSection) -> Splits:
+    """Structures with a gap at ``level`` as graphs, split into train/valid/test by structure hash.
+
+    Raises
+    ------
+    NotComputedError
+        Fewer than 10 labelled gaps.
+    """
+    frame = store.labelled_gaps(level)
+    if len(frame) < 10:
+        raise NotComputedError(f"only {len(frame)} structures with a {level} gap: label more before training")
+    atoms = store.load_structures(frame["structure_hash"].tolist())
+    hashes = frame["structure_hash"].tolist()
+    gaps = frame["gap_ev"].to_numpy()
+    splits = [
+        split_of(h, seed=gnn.split_seed, valid_fraction=gnn.valid_fraction, test_fraction=gnn.test_fraction)
+        for h in hashes
+    ]
+    out: Splits = {}
+    for name in ("train", "valid", "test"):
+        rows = [i for i, s in enumerate(splits) if s == name]
+        out[name] = (
+            [hashes[i] for i in rows],
+            [build_graph(atoms[hashes[i]], cutoff_a=gnn.cutoff_a) for i in rows],
+            gaps[rows],
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One hyperparameter setting tried on the validation split."""
+
+    architecture: str
+    learning_rate: float
+    batch_size: int
+    valid: Metrics
+    epochs_run: int
+
+
+def search_hyperparameters(store: Store, gnn: GNNSection, *, level: str, seed: int = 0) -> tuple[str, list[Trial]]:
+    """Train every (architecture, learning rate, batch size) of the config's search on ``level``.
+
+    Selection uses the validation split only (the test split stays unseen); every trial is recorded in
+    ``gnn_trials`` with its rank. Returns the search id and the trials, best (lowest validation MAE) first.
+    """
+    import itertools
+
+    data = level_splits(store, level, gnn)
+    _, train_graphs, train_gaps = data["train"]
+    _, valid_graphs, valid_gaps = data["valid"]
+    trials = []
+    grid = itertools.product(gnn.search_architectures, gnn.search_learning_rates, gnn.search_batch_sizes)
+    for name, learning_rate, batch_size in grid:
+        model = new_model(name, ARCHITECTURES[name], train_graphs, train_gaps, cutoff_a=gnn.cutoff_a, seed=seed)
+        settings = TrainingSettings(gnn.epochs, batch_size, learning_rate, gnn.patience, seed)
+        train(model, train_graphs, train_gaps, valid_graphs, valid_gaps, settings, stage="search")
+        valid = compute_metrics(valid_gaps, model.predict_graphs(valid_graphs))
+        trials.append(Trial(name, learning_rate, batch_size, valid, model.history["stages"][-1]["epochs_run"]))
+        logger.info("search %s lr %g batch %d: validation MAE %.4f eV", name, learning_rate, batch_size, valid.mae_ev)
+    trials.sort(key=lambda t: t.valid.mae_ev)
+    search_id = f"search-{uuid.uuid4().hex[:10]}"
+    with store.write() as writer:
+        writer.add_rows(
+            "gnn_trials",
+            [
+                {
+                    "search_id": search_id,
+                    "trial": i,
+                    "architecture": t.architecture,
+                    "learning_rate": t.learning_rate,
+                    "batch_size": t.batch_size,
+                    "level": level,
+                    "valid_mae_ev": t.valid.mae_ev,
+                    "valid_rmse_ev": t.valid.rmse_ev,
+                    "epochs_run": t.epochs_run,
+                    "rank": i + 1,
+                }
+                for i, t in enumerate(trials)
+            ],
+        )
+    return search_id, trials
+
+
+def learning_curve(
+    store: Store, gnn: GNNSection, *, level: str, architecture: str, seed: int = 0
+) -> tuple[str, list[tuple[int, Metrics]]]:
+    """Test metrics of models trained on growing fractions of the training split (what more data buys).
+
+    Recorded in ``gnn_learning_curve``; returns the curve id and (training-set size, test metrics) pairs.
+    """
+    data = level_splits(store, level, gnn)
+    _, train_graphs, train_gaps = data["train"]
+    _, valid_graphs, valid_gaps = data["valid"]
+    _, test_graphs, test_gaps = data["test"]
+    order = np.random.default_rng(seed).permutation(len(train_graphs))
+    points = []
+    for fraction in sorted(set(gnn.learning_curve_fractions)):
+        chosen = order[: max(4, int(round(fraction * len(order))))]
+        graphs, gaps = [train_graphs[i] for i in chosen], train_gaps[chosen]
+        model = new_model(architecture, ARCHITECTURES[architecture], graphs, gaps, cutoff_a=gnn.cutoff_a, seed=seed)
+        settings = TrainingSettings(gnn.epochs, gnn.batch_size, gnn.learning_rate, gnn.patience, seed)
+        train(model, graphs, gaps, valid_graphs, valid_gaps, settings, stage=f"curve {len(chosen)}")
+        points.append((len(chosen), compute_metrics(test_gaps, model.predict_graphs(test_graphs))))
+    curve_id = f"curve-{uuid.uuid4().hex[:10]}"
+    with store.write() as writer:
+        writer.add_rows(
+            "gnn_learning_curve",
+            [
+                {
+                    "curve_id": curve_id,
+                    "level": level,
+                    "architecture": architecture,
+                    "n_train": n,
+                    "test_mae_ev": m.mae_ev,
+                    "test_rmse_ev": m.rmse_ev,
+                    "test_r2": m.r2,
+                }
+                for n, m in points
+            ],
+        )
+    return curve_id, points
+
+
 @dataclass(frozen=True)
 class TwoStageResult:
     """Models of a two-stage training and their test metrics (per stage: 'cheap' and, if any, 'high')."""
@@ -377,8 +504,14 @@ def train_two_stage(
     high_level: str | None,
     run_id: str | None = None,
     seed: int = 0,
+    architecture_name: str | None = None,
+    learning_rate: float | None = None,
+    batch_size: int | None = None,
 ) -> TwoStageResult:
     """Train an ensemble on ``cheap_level`` gaps, fine-tune each member on ``high_level`` gaps, store everything.
+
+    ``architecture_name``, ``learning_rate`` and ``batch_size`` override the config's (e.g. with the best
+    trial of a search).
 
     Splits are by structure (:func:`split_of`, seeded with ``gnn.split_seed``): the test split is used only to
     report metrics. Each model is saved under ``artifacts/gnn/<model_id>/`` and recorded in ``gnn_models``
@@ -389,28 +522,17 @@ def train_two_stage(
     NotComputedError
         Too few labelled gaps at a level to split (fewer than 10).
     """
-    architecture = ARCHITECTURES[gnn.architecture]
+    name = architecture_name or gnn.architecture
+    architecture = ARCHITECTURES[name]
+    gnn = gnn.model_copy(
+        update={
+            "architecture": name,
+            "learning_rate": learning_rate or gnn.learning_rate,
+            "batch_size": batch_size or gnn.batch_size,
+        }
+    )
     stages: list[tuple[str, str]] = [("cheap", cheap_level)] + ([("high", high_level)] if high_level else [])
-    data: dict[str, dict[str, tuple[list[str], list[PeriodicGraph], np.ndarray]]] = {}
-    for stage, level in stages:
-        frame = store.labelled_gaps(level)
-        if len(frame) < 10:
-            raise NotComputedError(f"only {len(frame)} structures with a {level} gap: label more before training")
-        atoms = store.load_structures(frame["structure_hash"].tolist())
-        splits = [
-            split_of(h, seed=gnn.split_seed, valid_fraction=gnn.valid_fraction, test_fraction=gnn.test_fraction)
-            for h in frame["structure_hash"]
-        ]
-        by_split: dict[str, tuple[list[str], list[PeriodicGraph], np.ndarray]] = {}
-        for name in ("train", "valid", "test"):
-            rows = [i for i, s in enumerate(splits) if s == name]
-            hashes = [frame["structure_hash"].iloc[i] for i in rows]
-            by_split[name] = (
-                hashes,
-                [build_graph(atoms[h], cutoff_a=gnn.cutoff_a) for h in hashes],
-                frame["gap_ev"].to_numpy()[rows],
-            )
-        data[stage] = by_split
+    data = {stage: level_splits(store, level, gnn) for stage, level in stages}
     model_ids, test_predictions, tests = [], {s: [] for s, _ in stages}, {}
     ensemble_id = f"ensemble-{uuid.uuid4().hex[:10]}"
     for member in range(gnn.ensemble_size):
@@ -489,3 +611,43 @@ def load_ensemble(store: Store, model_ids: Sequence[str] | None = None) -> list[
     else:
         rows = store.query("SELECT relpath FROM gnn_models WHERE model_id IN (SELECT unnest(?))", [list(model_ids)])
     return [GapModel.load(store.project_dir / p) for p in rows["relpath"]]
+
+
+@dataclass(frozen=True)
+class GNNStageResult:
+    """The gnn stage: optional search (best first), the two-stage ensemble, optional learning curve."""
+
+    search: list[Trial]
+    ensemble: TwoStageResult
+    curve: list[tuple[int, Metrics]]
+
+
+def fit_band_gap_model(
+    store: Store,
+    gnn: GNNSection,
+    *,
+    cheap_level: str,
+    high_level: str | None,
+    run_id: str | None = None,
+    seed: int = 0,
+) -> GNNStageResult:
+    """Search (if ``gnn.search_architectures``), train and fine-tune the ensemble, then the learning curve."""
+    trials: list[Trial] = []
+    overrides: dict[str, Any] = {}
+    if gnn.search_architectures:
+        _, trials = search_hyperparameters(store, gnn, level=cheap_level, seed=seed)
+        best = trials[0]
+        overrides = {
+            "architecture_name": best.architecture,
+            "learning_rate": best.learning_rate,
+            "batch_size": best.batch_size,
+        }
+    ensemble = train_two_stage(
+        store, gnn, cheap_level=cheap_level, high_level=high_level, run_id=run_id, seed=seed, **overrides
+    )
+    curve: list[tuple[int, Metrics]] = []
+    if gnn.learning_curve_fractions:
+        _, curve = learning_curve(
+            store, gnn, level=cheap_level, architecture=overrides.get("architecture_name", gnn.architecture), seed=seed
+        )
+    return GNNStageResult(trials, ensemble, curve)

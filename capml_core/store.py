@@ -12,7 +12,8 @@ Tables (tidy; units in column names):
 - ``structure_sets``: membership of generated structures in named training sets, with the level each set
   is to be labelled at (schema version 2).
 - ``gnn_models``, ``gnn_metrics``, ``gnn_predictions``: trained band-gap models (files under
-  ``artifacts/gnn/``), their metrics per stage and split, and every per-structure prediction (schema 3).
+  ``artifacts/gnn/``), their metrics per stage and split, and every per-structure prediction; ``gnn_trials``
+  (hyperparameter search) and ``gnn_learning_curve`` (test MAE vs training-set size) (schema 3).
 - ``artifacts``: large arrays (trajectories, force constants) live in files under ``artifacts/``; this table
   points to them (path relative to the project directory, SHA-256, size).
 - view ``labelled_structures``: structures joined with labels, without the arrays, for SQL users.
@@ -105,6 +106,17 @@ _SCHEMA_V3 = [
         model_id VARCHAR NOT NULL, stage VARCHAR NOT NULL, structure_hash VARCHAR NOT NULL, level VARCHAR NOT NULL,
         split VARCHAR NOT NULL, reference_ev DOUBLE NOT NULL, predicted_ev DOUBLE NOT NULL,
         PRIMARY KEY (model_id, stage, structure_hash))""",
+]
+
+_SCHEMA_V3 += [
+    """CREATE TABLE gnn_trials (
+        search_id VARCHAR NOT NULL, trial INTEGER NOT NULL, architecture VARCHAR NOT NULL, learning_rate DOUBLE,
+        batch_size INTEGER, level VARCHAR NOT NULL, valid_mae_ev DOUBLE, valid_rmse_ev DOUBLE, epochs_run INTEGER,
+        rank INTEGER, created_at TIMESTAMP NOT NULL, PRIMARY KEY (search_id, trial))""",
+    """CREATE TABLE gnn_learning_curve (
+        curve_id VARCHAR NOT NULL, level VARCHAR NOT NULL, architecture VARCHAR NOT NULL, n_train INTEGER NOT NULL,
+        test_mae_ev DOUBLE, test_rmse_ev DOUBLE, test_r2 DOUBLE, created_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (curve_id, n_train))""",
 ]
 
 #: MIGRATIONS[v] turns a store of version v - 1 into version v (v = 1: create from nothing).
@@ -332,6 +344,12 @@ class StoreWriter:
         self._insert_rows("gnn_models", [{**row, "created_at": _now()}])
         self._insert_rows("gnn_metrics", list(metrics))
         self._insert_rows("gnn_predictions", list(predictions))
+
+    def add_rows(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert rows into a results table (``gnn_trials``, ``gnn_learning_curve``), stamped with the time."""
+        if table not in ("gnn_trials", "gnn_learning_curve"):
+            raise StoreError(f"add_rows: {table!r} is not a results table")
+        self._insert_rows(table, [{**row, "created_at": _now()} for row in rows])
 
     def save_arrays(
         self, kind: str, arrays: Mapping[str, np.ndarray], *, run_id: str | None, meta: Mapping[str, Any] | None = None
@@ -589,6 +607,20 @@ class Store:
             [ensemble_id],
         )
         return metrics, predictions
+
+    def gnn_search_and_curve(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Trials of the latest hyperparameter search (by rank) and the latest learning curve."""
+        trials = self.query(
+            """SELECT rank, architecture, learning_rate, batch_size, valid_mae_ev, valid_rmse_ev, epochs_run, level
+               FROM gnn_trials WHERE search_id = (SELECT search_id FROM gnn_trials ORDER BY created_at DESC LIMIT 1)
+               ORDER BY rank"""
+        )
+        curve = self.query(
+            """SELECT n_train, test_mae_ev, test_rmse_ev, test_r2, architecture, level FROM gnn_learning_curve
+               WHERE curve_id = (SELECT curve_id FROM gnn_learning_curve ORDER BY created_at DESC LIMIT 1)
+               ORDER BY n_train"""
+        )
+        return trials, curve
 
     def gaps(self, level: str | None = None) -> pd.DataFrame:
         """Band gaps (eV) with composition, per level (all levels by default)."""

@@ -76,3 +76,9 @@ def failed_labels(path: str) -> pd.DataFrame:
 def gnn_results(path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Metrics and predictions of the latest GNN ensemble."""
     return Store(path).gnn_results()
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def gnn_search_and_curve(path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Latest hyperparameter search and learning curve."""
+    return Store(path).gnn_search_and_curve()

@@ -350,15 +350,15 @@ def gnn_train(
     config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration: [gnn] and [reference].")],
     project: ProjectOption = None,
 ) -> None:
-    """Train the GNN ensemble on the cheap level's gaps, fine-tune it on the high level's, store the results."""
+    """Search (if configured), train the GNN ensemble on the cheap level, fine-tune on the high level, curve."""
     from capml_core.config import load_config
-    from capml_core.gnn import train_two_stage
+    from capml_core.gnn import fit_band_gap_model
     from capml_core.store import Store
 
     try:
         loaded = load_config(config, project_dir=project)
         reference = loaded.config.reference
-        result = train_two_stage(
+        result = fit_band_gap_model(
             Store(loaded.project_dir),
             loaded.config.gnn,
             cheap_level=reference.cheap_level,
@@ -367,12 +367,20 @@ def gnn_train(
         )
     except CapmlError as err:
         _fail(err)
-    console.print(f"ensemble {result.ensemble_id}: {len(result.model_ids)} model(s)")
-    for stage, m in result.ensemble_test_metrics.items():
+    for rank, trial in enumerate(result.search[:5], start=1):
+        console.print(
+            f"search #{rank}: {trial.architecture}, lr {trial.learning_rate:g}, batch {trial.batch_size}: "
+            f"validation MAE {trial.valid.mae_ev:.3f} eV"
+        )
+    ensemble = result.ensemble
+    console.print(f"ensemble {ensemble.ensemble_id}: {len(ensemble.model_ids)} model(s)")
+    for stage, m in ensemble.ensemble_test_metrics.items():
         console.print(
             f"  {stage} level, test split (n = {m.n}): MAE {m.mae_ev:.3f} eV, RMSE {m.rmse_ev:.3f} eV, "
             f"R² {m.r2:.3f}, max error {m.max_error_ev:.3f} eV"
         )
+    for n, m in result.curve:
+        console.print(f"learning curve: {n} training structures -> test MAE {m.mae_ev:.3f} eV")
 
 
 @gnn_app.command("predict")

@@ -27,7 +27,7 @@ from prefect.cache_policies import NO_CACHE
 
 from capml_core.config import ImportSpec, LoadedConfig, StructureSetSection, load_config
 from capml_core.datasets import DatasetSummary, ImportReport, import_labelled_dataset, summarise_dataset
-from capml_core.gnn import TwoStageResult, train_two_stage
+from capml_core.gnn import GNNStageResult, fit_band_gap_model
 from capml_core.labelling import LabellingReport, label_structures
 from capml_core.phonons import ForceConstants
 from capml_core.provenance import code_version, package_versions
@@ -150,10 +150,10 @@ def label_level(loaded: LoadedConfig, store: Store, level: str, run_id: str) -> 
 
 
 @task(name="gnn", cache_policy=NO_CACHE)
-def train_gnn(loaded: LoadedConfig, store: Store, run_id: str) -> TwoStageResult:
-    """Train and fine-tune the band-gap GNN ensemble on the stored gaps."""
+def train_gnn(loaded: LoadedConfig, store: Store, run_id: str) -> GNNStageResult:
+    """Search (if configured), train and fine-tune the band-gap GNN ensemble, learning curve."""
     reference = loaded.config.reference
-    result = train_two_stage(
+    result = fit_band_gap_model(
         store,
         loaded.config.gnn,
         cheap_level=reference.cheap_level,
@@ -161,8 +161,21 @@ def train_gnn(loaded: LoadedConfig, store: Store, run_id: str) -> TwoStageResult
         run_id=run_id,
         seed=loaded.config.run.seed,
     )
-    for stage, m in result.ensemble_test_metrics.items():
-        get_run_logger().info("GNN %s level test: MAE %.3f eV, R² %.3f (n = %d)", stage, m.mae_ev, m.r2, m.n)
+    logger = get_run_logger()
+    if result.search:
+        best = result.search[0]
+        logger.info(
+            "GNN search: best %s (lr %g, batch %d), validation MAE %.3f eV of %d trials",
+            best.architecture,
+            best.learning_rate,
+            best.batch_size,
+            best.valid.mae_ev,
+            len(result.search),
+        )
+    for stage, m in result.ensemble.ensemble_test_metrics.items():
+        logger.info("GNN %s level test: MAE %.3f eV, R² %.3f (n = %d)", stage, m.mae_ev, m.r2, m.n)
+    for n, m in result.curve:
+        logger.info("GNN learning curve: %d training structures -> test MAE %.3f eV", n, m.mae_ev)
     return result
 
 
@@ -247,7 +260,9 @@ def pipeline(config_path: str, project_dir: str | None = None) -> dict[str, Any]
         ],
         "dataset": summary.as_dict(),
         "gnn": {
-            "ensemble_id": gnn.ensemble_id,
-            "test": {stage: vars(m) for stage, m in gnn.ensemble_test_metrics.items()},
+            "ensemble_id": gnn.ensemble.ensemble_id,
+            "test": {stage: vars(m) for stage, m in gnn.ensemble.ensemble_test_metrics.items()},
+            "search": [(t.architecture, t.learning_rate, t.batch_size, t.valid.mae_ev) for t in gnn.search],
+            "learning_curve": [(n, m.mae_ev) for n, m in gnn.curve],
         },
     }

@@ -235,6 +235,6 @@ def test_band_gap_model_page_draws_parity_and_errors(demo_store_copy: Path, monk
     assert table.groupby("stage")["n"].sum().to_dict() == {"cheap": 103, "high": 48}
     specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     scatters = [s for s in specs if s["data"][0]["type"] == "scatter"]
-    assert len(scatters) == 2 and len(specs) == 4  # parity + error histogram per stage
+    assert len(scatters) == 2 and len(specs) == 4  # parity + error histogram per stage (no search or curve yet)
     n_points = sum(len(_decoded(t["x"])) for t in scatters[1]["data"] if t["name"] != "y = x")
     assert n_points == 48

@@ -150,3 +150,32 @@ def test_config_names_exactly_the_known_architectures() -> None:
     from capml_core.config import GNNArchitectureName
 
     assert set(get_args(GNNArchitectureName)) == set(ARCHITECTURES)
+
+
+def test_search_picks_by_validation_and_the_curve_records_what_data_buys(demo_store_copy: Path) -> None:
+    from capml_core.config import load_config
+    from capml_core.gnn import fit_band_gap_model
+    from capml_core.store import Store
+    from tests.conftest import DEMO_CONFIG
+
+    gnn = load_config(DEMO_CONFIG).config.gnn.model_copy(
+        update={
+            "ensemble_size": 1,
+            "epochs": 40,
+            "fine_tune_epochs": 20,
+            "patience": 20,
+            "search_architectures": ["paper", "mean-pool"],
+            "learning_curve_fractions": [0.3, 1.0],
+        }
+    )
+    store = Store(demo_store_copy)
+    result = fit_band_gap_model(store, gnn, cheap_level="gpaw-pbesol", high_level="gpaw-gllbsc")
+    assert [t.valid.mae_ev for t in result.search] == sorted(t.valid.mae_ev for t in result.search)
+    trials = store.query("SELECT architecture, rank, valid_mae_ev FROM gnn_trials ORDER BY rank")
+    assert trials["rank"].tolist() == [1, 2] and set(trials["architecture"]) == {"paper", "mean-pool"}
+    used = store.query("SELECT architecture FROM gnn_models")["architecture"].tolist()
+    assert used == [result.search[0].architecture]  # the ensemble uses the search's best
+    sizes = [n for n, _ in result.curve]
+    assert sizes == sorted(sizes) and sizes[-1] > 2 * sizes[0]
+    curve = store.query("SELECT n_train, test_mae_ev FROM gnn_learning_curve ORDER BY n_train")
+    assert curve["n_train"].tolist() == sizes and curve["test_mae_ev"].notna().all()

@@ -1,4 +1,8 @@
-"""Band-gap model page: parity plots per stage and split, error histograms, metrics (Fig. 3e-j of the paper)."""
+"""Band-gap model page.
+
+Metrics, parity plots and error histograms per stage (Fig. 3e-j of the paper), hyperparameter-search ranking,
+learning curve.
+"""
 
 from __future__ import annotations
 
@@ -67,3 +71,23 @@ def render_gnn() -> None:
             category_orders={"split": ["train", "valid", "test"]},
         )
         right.plotly_chart(histogram, width="stretch", key=f"errors_{stage}")
+
+    trials, curve = data.gnn_search_and_curve(path)
+    st.subheader("Hyperparameter search (validation split)")
+    if len(trials):
+        st.dataframe(trials.round(4), hide_index=True, width="stretch")
+    else:
+        st.write("no search recorded (`[gnn] search_architectures` in the config)")
+    st.subheader("Learning curve")
+    if len(curve):
+        figure = px.line(
+            curve,
+            x="n_train",
+            y="test_mae_ev",
+            markers=True,
+            title="test MAE vs training-set size",
+            labels={"n_train": "training structures", "test_mae_ev": "test MAE (eV)"},
+        )
+        st.plotly_chart(figure, width="stretch", key="learning_curve")
+    else:
+        st.write("no learning curve recorded")
