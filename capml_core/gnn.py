@@ -224,14 +224,17 @@ class GapModel:
 
     def predict_graphs(self, graphs: Sequence[PeriodicGraph], *, batch_size: int = 8) -> np.ndarray:
         """Gaps (eV) of prebuilt graphs, ``batch_size`` graphs per forward pass."""
+        return self.predict_data([to_data(g, self.normaliser) for g in graphs], batch_size=batch_size)
+
+    def predict_data(self, data: Sequence[Any], *, batch_size: int = 8) -> np.ndarray:
+        """Gaps (eV) of PyG ``Data`` already normalised with this model's node and edge constants."""
         import torch
         from torch_geometric.loader import DataLoader
 
         self.module.eval()
-        loader = DataLoader([to_data(g, self.normaliser) for g in graphs], batch_size=batch_size, shuffle=False)
         out = []
         with torch.no_grad():
-            for batch in loader:
+            for batch in DataLoader(list(data), batch_size=batch_size, shuffle=False):
                 out.append(self.module(batch).cpu().numpy())
         return self.normaliser.gap_from_unit(np.concatenate(out)) if out else np.zeros(0)
 
@@ -355,8 +358,16 @@ def predict_gaps(
         raise InvalidInputError(f"the ensemble's models use different cutoffs {sorted(cutoffs)}")
     cutoff = cutoffs.pop()
     graphs = [build_graph(a, cutoff_a=cutoff) for a in structures]
-    predictions = np.array([m.predict_graphs(graphs, batch_size=batch_size) for m in models])
-    return predictions.mean(axis=0), predictions.std(axis=0)
+    inputs: dict[tuple, list[Any]] = {}  # normalised inputs, shared by models with the same feature scaling
+    predictions = []
+    for model in models:
+        n = model.normaliser
+        key = (n.node_min, n.node_max, n.edge_min_a, n.edge_max_a)
+        if key not in inputs:
+            inputs[key] = [to_data(g, n) for g in graphs]
+        predictions.append(model.predict_data(inputs[key], batch_size=batch_size))
+    stacked = np.array(predictions)
+    return stacked.mean(axis=0), stacked.std(axis=0)
 
 
 Splits = dict[str, tuple[list[str], list[PeriodicGraph], np.ndarray]]
