@@ -226,16 +226,31 @@ class GapModel:
         """Gaps (eV) of prebuilt graphs, ``batch_size`` graphs per forward pass."""
         return self.predict_data([to_data(g, self.normaliser) for g in graphs], batch_size=batch_size)
 
+    def to(self, device: str) -> GapModel:
+        """Move the model to a torch device ('cpu', 'cuda', 'cuda:1', or 'auto': CUDA when available)."""
+        import torch
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.module.to(torch.device(device))
+        return self
+
+    @property
+    def device(self) -> Any:
+        """The torch device the model's weights are on."""
+        return next(self.module.parameters()).device
+
     def predict_data(self, data: Sequence[Any], *, batch_size: int = 8) -> np.ndarray:
         """Gaps (eV) of PyG ``Data`` already normalised with this model's node and edge constants."""
         import torch
         from torch_geometric.loader import DataLoader
 
         self.module.eval()
+        device = self.device
         out = []
         with torch.no_grad():
             for batch in DataLoader(list(data), batch_size=batch_size, shuffle=False):
-                out.append(self.module(batch).cpu().numpy())
+                out.append(self.module(batch.to(device)).cpu().numpy())
         return self.normaliser.gap_from_unit(np.concatenate(out)) if out else np.zeros(0)
 
 
@@ -349,7 +364,8 @@ def predict_gaps(
     """Ensemble band gaps (eV) of structures: mean and standard deviation over the models.
 
     Graphs are built once (all models of an ensemble share cutoff and element table) and evaluated
-    ``batch_size`` per forward pass.
+    ``batch_size`` per forward pass, on each model's device (see :meth:`GapModel.to`). On one CPU core
+    batches of about 16 were fastest here; on a GPU larger batches win.
     """
     if not models:
         raise InvalidInputError("predict_gaps needs at least one model")

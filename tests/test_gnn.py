@@ -179,3 +179,14 @@ def test_search_picks_by_validation_and_the_curve_records_what_data_buys(demo_st
     assert sizes == sorted(sizes) and sizes[-1] > 2 * sizes[0]
     curve = store.query("SELECT n_train, test_mae_ev FROM gnn_learning_curve ORDER BY n_train")
     assert curve["n_train"].tolist() == sizes and curve["test_mae_ev"].notna().all()
+
+
+def test_models_move_between_devices(pbesol) -> None:
+    import torch
+
+    _, graphs, gaps = pbesol
+    model = new_model("paper", ARCHITECTURES["paper"], graphs[:10], gaps[:10], cutoff_a=5.5)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert model.to("auto").device.type == expected
+    assert model.to("cpu").device.type == "cpu"
+    assert model.predict_graphs(graphs[:3]).shape == (3,)
