@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -26,8 +27,13 @@ os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="capml-test-prefect-")
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test runs in its own directory with seeded RNGs: relative outputs land in tmp_path."""
+    """Every test runs in its own directory with seeded RNGs: relative outputs land in tmp_path.
+
+    ``sys.modules['__main__']`` is restored after each test: Streamlit's AppTest leaves it pointing at a
+    temporary script, which spawned worker processes (labelling, store tests) would then try to run.
+    """
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
     random.seed(0)
     np.random.seed(0)
 
