@@ -226,6 +226,9 @@ def test_band_gap_model_page_draws_parity_and_errors(demo_store_copy: Path, monk
         update={"ensemble_size": 1, "epochs": 30, "fine_tune_epochs": 20}
     )
     train_two_stage(Store(demo_store_copy), gnn, cheap_level="gpaw-pbesol", high_level="gpaw-gllbsc")
+    import streamlit as st
+
+    st.cache_data.clear()  # the page caches reads for a few seconds; training may take less
     at = AppTest.from_function(_gnn_page, default_timeout=60).run()
     assert not at.exception
     table = at.dataframe[0].value
