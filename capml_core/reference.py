@@ -111,8 +111,8 @@ def _homo_lumo_gap(calc: Any) -> tuple[float, float, float]:
     return float(homo), float(lumo), float(lumo - homo)
 
 
-class GpawPbesol(ReferenceLevel):
-    """GPAW plane-wave PBEsol (PBE PAW datasets): energy, forces, stress and Kohn-Sham gap.
+class _GpawLevel(ReferenceLevel):
+    """Settings and calculator shared by the GPAW levels (plane waves, Γ-centred k-grid, Fermi-Dirac).
 
     Parameters
     ----------
@@ -124,14 +124,21 @@ class GpawPbesol(ReferenceLevel):
         Fermi-Dirac width (eV).
     """
 
-    name = "gpaw-pbesol"
     backend = "gpaw"
-    provides = ("energy", "forces", "stress", "gap")
+    #: GPAW's name of the functional, as recorded in the settings.
+    xc_name: ClassVar[str]
 
     def __init__(self, *, cutoff_ev: float = 400.0, kpts: tuple[int, int, int] = (1, 1, 1), smearing_ev: float = 0.01):
         self.cutoff_ev = cutoff_ev
         self.kpts = tuple(kpts)
         self.smearing_ev = smearing_ev
+
+    def _xc(self) -> Any:
+        return self.xc_name
+
+    def _extra_parameters(self) -> dict[str, Any]:
+        """Level-specific GPAW parameters beyond mode, xc, kpts and occupations."""
+        return {}
 
     def settings(self) -> dict[str, Any]:
         """GPAW settings of this level."""
@@ -141,28 +148,43 @@ class GpawPbesol(ReferenceLevel):
             "code": "gpaw",
             "gpaw_version": gpaw.__version__,
             "mode": f"PW({self.cutoff_ev:g})",
-            "xc": "PBEsol",
-            "setups": "PBE",
+            "xc": self.xc_name,
             "kpts": {"size": list(self.kpts), "gamma": True},
             "occupations": f"FermiDirac({self.smearing_ev:g})",
+            **self._extra_parameters(),
         }
 
-    def _calculator(self, txt: str | Path | None) -> Any:
+    def _calculator(self, workdir: Path | None) -> Any:
         from gpaw import GPAW, PW, FermiDirac
 
         return GPAW(
             mode=PW(self.cutoff_ev),
-            xc=pbesol_with_pbe_setups(),
+            xc=self._xc(),
             kpts={"size": self.kpts, "gamma": True},
             occupations=FermiDirac(self.smearing_ev),
-            txt=txt,
+            txt=_txt_path(workdir, self.name),
+            **self._extra_parameters(),
         )
+
+
+class GpawPbesol(_GpawLevel):
+    """GPAW plane-wave PBEsol with the PBE PAW datasets: energy, forces, stress and Kohn-Sham gap."""
+
+    name = "gpaw-pbesol"
+    provides = ("energy", "forces", "stress", "gap")
+    xc_name = "PBEsol"
+
+    def _xc(self) -> Any:
+        return pbesol_with_pbe_setups()
+
+    def settings(self) -> dict[str, Any]:
+        """GPAW settings of this level (PBEsol read with the PBE datasets)."""
+        return {**super().settings(), "setups": "PBE"}
 
     def compute(self, atoms: Atoms, *, workdir: Path | None = None) -> LabelResult:
         """Energy (eV), forces (eV/Å), stress (eV/Å³) and Kohn-Sham gap (eV) of one structure."""
         work = atoms.copy()
-        txt = _txt_path(workdir, self.name)
-        work.calc = self._calculator(txt)
+        work.calc = self._calculator(workdir)
         start = time.perf_counter()
         try:
             energy = work.get_potential_energy()
@@ -182,57 +204,35 @@ class GpawPbesol(ReferenceLevel):
         )
 
 
-class GpawGllbsc(ReferenceLevel):
+class GpawGllbsc(_GpawLevel):
     """GPAW GLLB-SC band gap: Kohn-Sham gap + derivative discontinuity (eV).
 
     Parameters
     ----------
-    cutoff_ev
-        Plane-wave cutoff (eV).
-    kpts
-        Γ-centred k-point grid.
-    smearing_ev
-        Fermi-Dirac width (eV).
     extra_bands
         Unoccupied bands beyond the occupied ones (GPAW ``nbands=-extra_bands``).
     eigenstates_tolerance
         Convergence target of the eigenstates (GPAW's default 4e-8 stalls on some displaced cells).
     maxiter
         Maximum SCF iterations.
+    **common
+        ``cutoff_ev``, ``kpts``, ``smearing_ev`` as for every GPAW level.
     """
 
     name = "gpaw-gllbsc"
-    backend = "gpaw"
     provides = ("gap",)
+    xc_name = "GLLBSC"
 
     def __init__(
-        self,
-        *,
-        cutoff_ev: float = 400.0,
-        kpts: tuple[int, int, int] = (1, 1, 1),
-        smearing_ev: float = 0.01,
-        extra_bands: int = 16,
-        eigenstates_tolerance: float = 1e-5,
-        maxiter: int = 150,
+        self, *, extra_bands: int = 16, eigenstates_tolerance: float = 1e-5, maxiter: int = 150, **common: Any
     ):
-        self.cutoff_ev = cutoff_ev
-        self.kpts = tuple(kpts)
-        self.smearing_ev = smearing_ev
+        super().__init__(**common)
         self.extra_bands = extra_bands
         self.eigenstates_tolerance = eigenstates_tolerance
         self.maxiter = maxiter
 
-    def settings(self) -> dict[str, Any]:
-        """GPAW settings of this level."""
-        import gpaw
-
+    def _extra_parameters(self) -> dict[str, Any]:
         return {
-            "code": "gpaw",
-            "gpaw_version": gpaw.__version__,
-            "mode": f"PW({self.cutoff_ev:g})",
-            "xc": "GLLBSC",
-            "kpts": {"size": list(self.kpts), "gamma": True},
-            "occupations": f"FermiDirac({self.smearing_ev:g})",
             "nbands": -self.extra_bands,
             "convergence": {"bands": "occupied", "eigenstates": self.eigenstates_tolerance},
             "maxiter": self.maxiter,
@@ -240,19 +240,8 @@ class GpawGllbsc(ReferenceLevel):
 
     def compute(self, atoms: Atoms, *, workdir: Path | None = None) -> LabelResult:
         """Quasi-particle gap (eV) = Kohn-Sham gap + discontinuity; both parts in ``extras``."""
-        from gpaw import GPAW, PW, FermiDirac
-
         work = atoms.copy()
-        work.calc = GPAW(
-            mode=PW(self.cutoff_ev),
-            xc="GLLBSC",
-            kpts={"size": self.kpts, "gamma": True},
-            occupations=FermiDirac(self.smearing_ev),
-            nbands=-self.extra_bands,
-            convergence={"bands": "occupied", "eigenstates": self.eigenstates_tolerance},
-            maxiter=self.maxiter,
-            txt=_txt_path(workdir, self.name),
-        )
+        work.calc = self._calculator(workdir)
         start = time.perf_counter()
         try:
             work.get_potential_energy()
