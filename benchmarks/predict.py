@@ -70,8 +70,10 @@ def main() -> None:
     for batch, (elapsed, _) in results.items():
         print(f"batch {batch:2d}: {N_SNAPSHOTS / elapsed:7.0f} gaps/s (ensemble of {ENSEMBLE}, graphs included)")
     print(f"straightforward: {N_SNAPSHOTS / t_slow:.1f} gaps/s (per-pair loop graphs, one forward pass each)")
-    print(f"headline: {t_slow / t_fast:.0f}x snapshot gaps/s vs per-pair loop + one pass per structure "
-          f"({N_SNAPSHOTS / t_fast:.0f} gaps/s, batch {best_batch}, {ENSEMBLE} models, same predictions)")
+    print(
+        f"headline: {t_slow / t_fast:.0f}x snapshot gaps/s vs per-pair loop + one pass per structure "
+        f"({N_SNAPSHOTS / t_fast:.0f} gaps/s, batch {best_batch}, {ENSEMBLE} models, same predictions)"
+    )
 
 
 if __name__ == "__main__":

@@ -282,6 +282,8 @@ def label(
     try:
         loaded = load_config(config, project_dir=project)
         reference_level = get_level(level, loaded.config.reference)  # unknown: fails before any work
+        if (reason := reference_level.unavailable_reason()) is not None:
+            raise CapmlError(f"level {level} cannot compute here: {reason}")
         store = Store(loaded.project_dir)
         pending = store.pending_labels(level, set_name=set_name, include_failed=retry_failed)
     except CapmlError as err:

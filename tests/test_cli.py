@@ -154,7 +154,9 @@ def test_generate_then_export_roundtrip(tmp_path: Path) -> None:
     )
     assert pending.exit_code == 0 and "15 structures pending, labelling 0" in pending.output
     unknown = runner.invoke(app, ["label", "-c", str(DEMO_CONFIG), "-p", str(project), "--level", "dft-magic"])
-    assert unknown.exit_code == 2 and "known: gpaw-gllbsc, gpaw-pbesol" in unknown.output
+    assert unknown.exit_code == 2 and "known: gpaw-gllbsc, gpaw-pbesol, vasp-hsesol, vasp-pbesol" in unknown.output
+    vasp = runner.invoke(app, ["label", "-c", str(DEMO_CONFIG), "-p", str(project), "--level", "vasp-pbesol"])
+    assert vasp.exit_code == 2 and "no VASP command configured" in vasp.output
 
     runner.invoke(
         app,

@@ -82,5 +82,5 @@ def test_a_failed_calculation_is_stored_with_its_error_and_not_retried(tmp_path:
 
 
 def test_unknown_level_is_refused_with_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="known: gpaw-gllbsc, gpaw-pbesol"):
+    with pytest.raises(ValueError, match="known: gpaw-gllbsc, gpaw-pbesol, vasp-hsesol, vasp-pbesol"):
         get_level("vasp-r2scan")
