@@ -1,0 +1,62 @@
+"""capml's own bundled reference dataset (data/datasets/capml-gpaw-*.extxyz), grown by the labelling stage.
+
+The files grow from session to session towards the recipe's 423 + 153 structures; these tests check what is
+there: every frame is a structure of the recipe (same content hash as regenerated), labels are finite, forces
+balance, and one random structure per level is recomputed with GPAW (slow: one 40-atom calculation per level,
+about 3 minutes in all; CI stays well under 40 minutes with it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.io import read
+
+from capml_core.config import load_config
+from capml_core.reference import GpawGllbsc, GpawPbesol
+from capml_core.structures import structure_hash
+from capml_core.training_sets import end_members_for, generate_structure_set
+from tests.conftest import CONFIGS, DATASETS
+
+RECIPE = CONFIGS / "ag3sbri-reference-dataset.toml"
+FILES = {"gpaw-pbesol": DATASETS / "capml-gpaw-pbesol.extxyz", "gpaw-gllbsc": DATASETS / "capml-gpaw-gllbsc.extxyz"}
+
+
+@pytest.fixture(scope="module")
+def recipe_hashes(tmp_path_factory):
+    config = load_config(RECIPE).config
+    end_members = end_members_for(config.system, config.dataset, cache_dir=tmp_path_factory.mktemp("fc"))
+    return {
+        s.level: {r.structure_hash for r in generate_structure_set(config.system, config.dataset, s, end_members)}
+        for s in config.dataset.sets
+    }
+
+
+@pytest.mark.parametrize("level", sorted(FILES))
+def test_bundled_frames_are_recipe_structures_with_sound_labels(level: str, recipe_hashes) -> None:
+    frames = read(FILES[level], index=":")
+    assert len(frames) >= 20  # grows towards 423 / 153
+    hashes = [structure_hash(f) for f in frames]
+    assert len(set(hashes)) == len(frames)
+    assert set(hashes) <= recipe_hashes[level]  # regenerated bit for bit from the recipe's seeds
+    assert all(f.info["structure_hash"] == h for f, h in zip(frames, hashes, strict=True))
+    gaps = np.array([f.info["REF_gap"] for f in frames])
+    assert np.all(np.isfinite(gaps)) and gaps.min() > 0.0 and gaps.max() < 3.0  # strong disorder: down to ~0.2 eV
+    if level == "gpaw-pbesol":
+        for frame in frames:
+            forces = frame.arrays["REF_forces"]
+            assert np.all(np.isfinite(forces)) and np.all(np.isfinite(frame.info["REF_stress"]))
+            assert np.abs(forces.sum(axis=0)).max() < 0.05  # Newton's third law, up to plane-wave noise
+        assert {f.info["composition_x"] for f in frames} == {k / 8 for k in range(9)}  # every composition
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("level", "calculator"), [("gpaw-pbesol", GpawPbesol()), ("gpaw-gllbsc", GpawGllbsc())])
+def test_a_random_bundled_structure_recomputes_to_its_label(level: str, calculator) -> None:  # noqa: ANN001
+    frames = read(FILES[level], index=":")
+    frame = frames[np.random.default_rng(7).integers(len(frames))]
+    result = calculator.compute(frame)
+    assert result.gap_ev == pytest.approx(frame.info["REF_gap"], abs=0.01)
+    if level == "gpaw-pbesol":
+        assert abs(result.energy_ev - frame.info["REF_energy"]) / len(frame) < 1e-3
+        assert np.abs(result.forces_ev_per_a - frame.arrays["REF_forces"]).max() < 0.01
