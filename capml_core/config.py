@@ -387,19 +387,52 @@ class GNNSection(Section):
 
 
 class MLIPSection(Section):
-    """Stage 4: MACE (paper: fine-tune mace-mpa-0-medium; 256 channels, 8 Å, weights E 1 / F 150 / S 10)."""
+    """Stage 4: MACE on the cheap level's energies, forces and stresses, trained by MACE's own trainer.
 
+    Paper: fine-tune mace-mpa-0-medium on PBEsol; 256 channels, 8 Å, loss weights E 1 / F 150 / S 10, a 95/5
+    train/validation split.
+
+    Structures labelled at ``level`` are split by structure hash: ``test_fraction`` is held out for
+    evaluation, ``valid_fraction`` of the rest is MACE's validation set. With ``foundation_model`` the model
+    is fine-tuned from that local file (its cutoff and size must match ``r_max_a`` and ``channels``), else a
+    model of the given size is trained from scratch.
+    """
+
+    level: LevelName | None = Field(default=None, description="Level of the training labels (default: cheap level).")
     foundation_model: Path | None = Field(
-        default=None, description="Local MACE foundation .model file; None trains from scratch."
+        default=None, description="Local MACE foundation .model file to fine-tune; None trains from scratch."
     )
-    channels: PositiveInt = 256
-    r_max_a: PositiveFloat = 8.0
+    channels: PositiveInt = Field(default=256, description="Channels of the hidden features (MACE num_channels).")
+    max_l: Annotated[int, Field(ge=0, le=3)] = Field(default=1, description="Symmetry order of the messages (max_L).")
+    correlation: Annotated[int, Field(ge=1, le=4)] = Field(default=3, description="Body order minus one.")
+    num_interactions: Annotated[int, Field(ge=1, le=4)] = 2
+    r_max_a: PositiveFloat = Field(default=8.0, description="Cutoff radius (Å).")
     energy_weight: Annotated[float, Field(ge=0.0)] = 1.0
     forces_weight: Annotated[float, Field(ge=0.0)] = 150.0
     stress_weight: Annotated[float, Field(ge=0.0)] = 10.0
     valid_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    test_fraction: Annotated[float, Field(ge=0.0, lt=0.5)] = Field(
+        default=0.1, description="Structures held out of training for evaluation."
+    )
+    split_seed: Annotated[int, Field(ge=0)] = 0
+    seed: Annotated[int, Field(ge=0)] = 1
     max_epochs: PositiveInt = 200
+    patience: PositiveInt = Field(default=50, description="Epochs without validation improvement before stopping.")
+    batch_size: PositiveInt = 5
+    learning_rate: PositiveFloat = 0.01
+    ema_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        default=0.99, description="Exponential moving average of the weights (0: off)."
+    )
+    stage_two_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        default=0.0,
+        description="Last share of the epochs trained in MACE's stage two (energy weight 1000, forces 100, "
+        "learning rate 1e-3); 0: off (the paper's fixed weights).",
+    )
+    dtype: Literal["float32", "float64"] = Field(default="float64", description="Training precision.")
     device: Literal["cpu", "cuda", "auto"] = "auto"
+    validate_phonons: bool = Field(
+        default=True, description="Compare the model's end-member phonons with the reference level's."
+    )
 
     _check_model = field_validator("foundation_model")(_input_path)
 

@@ -9,7 +9,6 @@ torch and PyG are imported inside the functions that need them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import uuid
@@ -23,6 +22,7 @@ from ase import Atoms
 
 from capml_core.config import GNNSection
 from capml_core.errors import InvalidInputError, NotComputedError
+from capml_core.evaluation import error_metrics, split_of
 from capml_core.graphs import Normaliser, PeriodicGraph, build_graph, element_table
 from capml_core.store import Store
 
@@ -116,14 +116,6 @@ def to_data(graph: PeriodicGraph, normaliser: Normaliser, gap_ev: float | None =
     return data
 
 
-def split_of(structure_hash: str, *, seed: int, valid_fraction: float, test_fraction: float) -> str:
-    """'train', 'valid' or 'test' for a structure: a hash of (seed, structure), stable as the dataset grows."""
-    u = int.from_bytes(hashlib.sha256(f"{seed}|{structure_hash}".encode()).digest()[:8], "little") / 2**64
-    if u < test_fraction:
-        return "test"
-    return "valid" if u < test_fraction + valid_fraction else "train"
-
-
 @dataclass(frozen=True)
 class Metrics:
     """Errors of predicted gaps (eV) against references."""
@@ -137,16 +129,8 @@ class Metrics:
 
 def compute_metrics(reference_ev: Sequence[float], predicted_ev: Sequence[float]) -> Metrics:
     """R², MAE, RMSE and maximum absolute error (eV)."""
-    y, p = np.asarray(reference_ev, dtype=float), np.asarray(predicted_ev, dtype=float)
-    error = p - y
-    ss_tot = float(np.sum((y - y.mean()) ** 2))
-    return Metrics(
-        n=len(y),
-        r2=1.0 - float(np.sum(error**2)) / ss_tot if ss_tot > 0 else float("nan"),
-        mae_ev=float(np.mean(np.abs(error))),
-        rmse_ev=float(np.sqrt(np.mean(error**2))),
-        max_error_ev=float(np.max(np.abs(error))),
-    )
+    m = error_metrics(reference_ev, predicted_ev)
+    return Metrics(n=m.n, r2=m.r2, mae_ev=m.mae, rmse_ev=m.rmse, max_error_ev=m.max_error)
 
 
 @dataclass(frozen=True)

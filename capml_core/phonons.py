@@ -9,6 +9,7 @@ constants, THz for frequencies, K for temperatures.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,11 +52,15 @@ def to_phonopy_atoms(atoms: Atoms):  # noqa: ANN201 - phonopy type imported lazi
     )
 
 
-def build_phonopy(cell: Atoms, force_constants: np.ndarray | None = None):  # noqa: ANN201
-    """A Phonopy object whose unit cell is ``cell`` and supercell the same cell (identity matrix)."""
+def build_phonopy(cell: Atoms, force_constants: np.ndarray | None = None, *, primitive_matrix: str = "P"):  # noqa: ANN201
+    """A Phonopy object whose unit cell is ``cell`` and supercell the same cell (identity matrix).
+
+    ``primitive_matrix``: "P" keeps the whole cell as phonopy's primitive cell (its Γ point then carries every
+    q-point commensurate with the cell); "auto" lets phonopy find the smallest primitive cell (dispersions).
+    """
     from phonopy import Phonopy
 
-    phonon = Phonopy(to_phonopy_atoms(cell), supercell_matrix=np.eye(3, dtype=int), primitive_matrix="P")
+    phonon = Phonopy(to_phonopy_atoms(cell), supercell_matrix=np.eye(3, dtype=int), primitive_matrix=primitive_matrix)
     if force_constants is not None:
         n = len(cell)
         if np.shape(force_constants) != (n, n, 3, 3):
@@ -187,3 +192,67 @@ def gamma_frequencies_thz(cell: Atoms, force_constants: np.ndarray) -> np.ndarra
     phonon = build_phonopy(cell, force_constants)
     phonon.run_qpoints([[0.0, 0.0, 0.0]])
     return np.asarray(phonon.qpoints.frequencies[0])
+
+
+#: High-symmetry points of the simple-cubic Brillouin zone (fractions of the primitive reciprocal vectors).
+CUBIC_POINTS = {
+    "Γ": (0.0, 0.0, 0.0),
+    "X": (0.0, 0.5, 0.0),
+    "M": (0.5, 0.5, 0.0),
+    "R": (0.5, 0.5, 0.5),
+}
+#: The path of the paper's dispersions: Γ-X-M-Γ-R-X | M-R.
+CUBIC_PATH = (("Γ", "X", "M", "Γ", "R", "X"), ("M", "R"))
+
+
+@dataclass(frozen=True)
+class Dispersion:
+    """Phonon frequencies along a path in the primitive cell's Brillouin zone.
+
+    Attributes
+    ----------
+    distances
+        Path coordinate of each q-point (1/Å, phonopy's), shape (n_q,).
+    frequencies_thz
+        Frequencies (THz; imaginary as negative), shape (n_q, n_bands).
+    ticks
+        (distance, label) of each high-symmetry point along the path.
+    """
+
+    distances: np.ndarray
+    frequencies_thz: np.ndarray
+    ticks: list[tuple[float, str]]
+
+
+def dispersion(
+    cell: Atoms,
+    force_constants: np.ndarray,
+    *,
+    path: tuple[tuple[str, ...], ...] = CUBIC_PATH,
+    points: dict[str, tuple[float, float, float]] | None = None,
+    n_per_segment: int = 31,
+) -> Dispersion:
+    """Phonon dispersion of ``cell`` (force constants of the whole cell) along ``path`` of its primitive cell."""
+    from phonopy.phonon.band_structure import get_band_qpoints_and_path_connections
+
+    points = points or CUBIC_POINTS
+    with warnings.catch_warnings():  # phonopy 4 warns that "auto" differs from phonopy 3's default: intended
+        warnings.simplefilter("ignore")
+        phonon = build_phonopy(cell, force_constants, primitive_matrix="auto")
+    segments = [[list(points[label]) for label in part] for part in path]
+    qpoints, connections = get_band_qpoints_and_path_connections(segments, npoints=n_per_segment)
+    phonon.run_band_structure(qpoints, path_connections=connections)
+    result = phonon.band_structure
+    segment_distances = [np.asarray(d) for d in result.distances]
+    distances = np.concatenate(segment_distances)
+    frequencies = np.concatenate([np.asarray(f) for f in result.frequencies])
+    ticks: list[tuple[float, str]] = []
+    segment_labels = [(part[i], part[i + 1]) for part in path for i in range(len(part) - 1)]
+    for (start, end), d in zip(segment_labels, segment_distances, strict=True):
+        for value, label in ((float(d[0]), start), (float(d[-1]), end)):
+            if ticks and abs(ticks[-1][0] - value) < 1e-9:
+                if ticks[-1][1] != label:
+                    ticks[-1] = (value, f"{ticks[-1][1]}|{label}")
+            else:
+                ticks.append((value, label))
+    return Dispersion(distances=distances, frequencies_thz=frequencies, ticks=ticks)

@@ -14,6 +14,9 @@ Tables (tidy; units in column names):
 - ``gnn_models``, ``gnn_metrics``, ``gnn_predictions``: trained band-gap models (files under
   ``artifacts/gnn/``), their metrics per stage and split, and every per-structure prediction; ``gnn_trials``
   (hyperparameter search) and ``gnn_learning_curve`` (test MAE vs training-set size) (schema 3).
+- ``mlip_models``, ``mlip_metrics``, ``mlip_predictions``, ``mlip_phonons``: MACE models (trained, fine-tuned,
+  or a foundation file evaluated as it is), their errors per quantity (energy per atom, forces, stress) and
+  split, per-structure predictions (parity data), and phonon validation against the reference level (schema 4).
 - ``artifacts``: large arrays (trajectories, force constants) live in files under ``artifacts/``; this table
   points to them (path relative to the project directory, SHA-256, size).
 - view ``labelled_structures``: structures joined with labels, without the arrays, for SQL users.
@@ -55,7 +58,7 @@ logger = logging.getLogger(__name__)
 STORE_FILENAME = "capml.duckdb"
 ARTIFACTS_DIRNAME = "artifacts"
 #: Version of the schema this code writes. Bump it and append a migration to change the schema.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA_V1 = [
     "CREATE TABLE schema_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
@@ -119,12 +122,40 @@ _SCHEMA_V3 += [
         PRIMARY KEY (curve_id, n_train))""",
 ]
 
+_SCHEMA_V4 = [
+    """CREATE TABLE mlip_models (
+        model_id VARCHAR PRIMARY KEY, run_id VARCHAR, kind VARCHAR NOT NULL, level VARCHAR,
+        foundation_model_id VARCHAR, path VARCHAR NOT NULL, sha256 VARCHAR NOT NULL, r_max_a DOUBLE,
+        channels INTEGER, max_l INTEGER, correlation INTEGER, n_train INTEGER, n_valid INTEGER, n_test INTEGER,
+        epochs INTEGER, train_seconds DOUBLE, settings_json VARCHAR, created_at TIMESTAMP NOT NULL)""",
+    """CREATE TABLE mlip_metrics (
+        model_id VARCHAR NOT NULL, evaluated_on VARCHAR NOT NULL, quantity VARCHAR NOT NULL, split VARCHAR NOT NULL,
+        unit VARCHAR NOT NULL, n INTEGER NOT NULL, r2 DOUBLE, mae DOUBLE, rmse DOUBLE, max_error DOUBLE,
+        created_at TIMESTAMP NOT NULL, PRIMARY KEY (model_id, evaluated_on, quantity, split))""",
+    """CREATE TABLE mlip_predictions (
+        model_id VARCHAR NOT NULL, evaluated_on VARCHAR NOT NULL, structure_hash VARCHAR NOT NULL,
+        level VARCHAR NOT NULL, split VARCHAR NOT NULL, n_atoms INTEGER NOT NULL,
+        energy_reference_ev_per_atom DOUBLE, energy_predicted_ev_per_atom DOUBLE,
+        forces_reference_ev_per_a DOUBLE[], forces_predicted_ev_per_a DOUBLE[],
+        stress_reference_ev_per_a3 DOUBLE[], stress_predicted_ev_per_a3 DOUBLE[],
+        created_at TIMESTAMP NOT NULL, PRIMARY KEY (model_id, evaluated_on, structure_hash))""",
+    """CREATE TABLE mlip_phonons (
+        model_id VARCHAR NOT NULL, end_member VARCHAR NOT NULL, reference VARCHAR NOT NULL, n_modes INTEGER NOT NULL,
+        mae_thz DOUBLE, rmse_thz DOUBLE, r2 DOUBLE, max_error_thz DOUBLE, n_imaginary_reference INTEGER,
+        n_imaginary_model INTEGER, min_frequency_reference_thz DOUBLE, min_frequency_model_thz DOUBLE,
+        artifact_id VARCHAR, created_at TIMESTAMP NOT NULL, PRIMARY KEY (model_id, end_member))""",
+]
+
 #: MIGRATIONS[v] turns a store of version v - 1 into version v (v = 1: create from nothing).
-MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
+MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4}
 
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+#: Tables :meth:`StoreWriter.add_rows` writes to (rows keyed by their primary key, written once).
+_RESULT_TABLES = ("gnn_trials", "gnn_learning_curve", "mlip_models", "mlip_metrics", "mlip_predictions", "mlip_phonons")
 
 
 @dataclass(frozen=True)
@@ -346,8 +377,8 @@ class StoreWriter:
         self._insert_rows("gnn_predictions", list(predictions))
 
     def add_rows(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Insert rows into a results table (``gnn_trials``, ``gnn_learning_curve``), stamped with the time."""
-        if table not in ("gnn_trials", "gnn_learning_curve"):
+        """Insert rows into a results table (one of ``_RESULT_TABLES``), stamped with the time."""
+        if table not in _RESULT_TABLES:
             raise StoreError(f"add_rows: {table!r} is not a results table")
         self._insert_rows(table, [{**row, "created_at": _now()} for row in rows])
 
@@ -621,6 +652,39 @@ class Store:
                ORDER BY n_train"""
         )
         return trials, curve
+
+    def mlip_results(self, model_id: str | None = None) -> dict[str, pd.DataFrame]:
+        """The latest trained MACE model (or ``model_id``) and its foundation, as four frames.
+
+        ``models``, ``metrics``, ``predictions`` (per structure, arrays as lists) and ``phonons``; empty frames
+        when no model is trained.
+        """
+        if model_id is None:
+            latest = self.query(
+                "SELECT model_id FROM mlip_models WHERE kind <> 'foundation' ORDER BY created_at DESC LIMIT 1"
+            )
+            if latest.empty:
+                return {name: pd.DataFrame() for name in ("models", "metrics", "predictions", "phonons")}
+            model_id = latest["model_id"][0]
+        models = self.query(
+            """SELECT * FROM mlip_models WHERE model_id = ?
+               OR model_id = (SELECT foundation_model_id FROM mlip_models WHERE model_id = ?)
+               ORDER BY kind = 'foundation' DESC""",
+            [model_id, model_id],
+        )
+        ids = models["model_id"].tolist()
+        return {
+            "models": models,
+            "metrics": self.query(
+                "SELECT * FROM mlip_metrics WHERE model_id IN (SELECT unnest(?)) ORDER BY quantity, split, model_id",
+                [ids],
+            ),
+            "predictions": self.query(
+                "SELECT * FROM mlip_predictions WHERE model_id IN (SELECT unnest(?)) ORDER BY split, structure_hash",
+                [ids],
+            ),
+            "phonons": self.query("SELECT * FROM mlip_phonons WHERE model_id = ? ORDER BY end_member", [model_id]),
+        }
 
     def gaps(self, level: str | None = None) -> pd.DataFrame:
         """Band gaps (eV) with composition, per level (all levels by default)."""

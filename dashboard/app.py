@@ -10,6 +10,7 @@ import streamlit as st
 
 from dashboard.views.dataset import render_dataset
 from dashboard.views.gnn import render_gnn
+from dashboard.views.mlip import render_mlip
 from dashboard.views.overview import render_overview
 
 st.set_page_config(page_title="capml", layout="wide")
@@ -18,5 +19,6 @@ PAGES = [
     st.Page(render_overview, title="Overview", url_path="overview", default=True),
     st.Page(render_dataset, title="Dataset", url_path="dataset"),
     st.Page(render_gnn, title="Band-gap model", url_path="band-gap-model"),
+    st.Page(render_mlip, title="Interatomic potential", url_path="interatomic-potential"),
 ]
 st.navigation(PAGES).run()

@@ -6,14 +6,21 @@ while a flow writes: a read waits for the writer's current transaction, then see
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 import streamlit as st
 
 from capml_core.datasets import DatasetSummary, summarise_dataset
+from capml_core.errors import CapmlError, NotComputedError
 from capml_core.store import Store
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Seconds a query result is reused before the store is read again.
 CACHE_TTL_S = 5
@@ -22,6 +29,18 @@ CACHE_TTL_S = 5
 def project_dir() -> Path:
     """The project directory the dashboard shows (``CAPML_PROJECT_DIR``, else the working directory)."""
     return Path(os.environ.get("CAPML_PROJECT_DIR", ".")).resolve()
+
+
+def read_or_explain(read: Callable[[], T]) -> T | None:
+    """``read()``, or None after telling the user why the store cannot be shown (no store yet, an error)."""
+    try:
+        return read()
+    except NotComputedError:
+        st.info(f"No store in {project_dir()} yet. Run the pipeline first: `capml run CONFIG.toml`.")
+    except CapmlError as err:
+        logger.exception("cannot read the store")
+        st.error(str(err))
+    return None
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
@@ -82,3 +101,15 @@ def gnn_results(path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
 def gnn_search_and_curve(path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Latest hyperparameter search and learning curve."""
     return Store(path).gnn_search_and_curve()
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def mlip_results(path: str) -> dict[str, pd.DataFrame]:
+    """Models, metrics, predictions and phonon comparison of the latest MACE model."""
+    return Store(path).mlip_results()
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def arrays(path: str, artifact_id: str) -> dict:
+    """Arrays of a stored artifact."""
+    return Store(path).load_arrays(artifact_id)

@@ -200,7 +200,7 @@ def data_generate(
 ) -> None:
     """Build the structure sets of a configuration (thermal, uniform, equilibrium) and store them."""
     from capml_core.config import load_config
-    from capml_core.reference import get_level
+    from capml_core.mlip import force_constants_cache_dir, force_function
     from capml_core.store import Store
     from capml_core.training_sets import end_members_for, store_structure_set
 
@@ -211,10 +211,10 @@ def data_generate(
         if not dataset.sets:
             raise CapmlError(f"{loaded.path}: no [[dataset.sets]] to generate")
 
-        def forces(atoms):  # noqa: ANN001, ANN202 - ASE Atoms -> eV/Å
-            return get_level(dataset.force_constants_level, loaded.config.reference).compute(atoms).forces_ev_per_a
-
-        end_members = end_members_for(system, dataset, cache_dir=store.project_dir / "phonons", forces=forces)
+        forces = force_function(dataset.force_constants_level, loaded.config.reference, store)
+        end_members = end_members_for(
+            system, dataset, cache_dir=force_constants_cache_dir(store, dataset.force_constants_level), forces=forces
+        )
         for structure_set in dataset.sets:
             with _bar(f"set {structure_set.name}") as bar:
                 task_id = bar.add_task(structure_set.name, total=None)
@@ -409,6 +409,92 @@ def gnn_predict(
     sys.stdout.write("frame,formula,gap_ev,gap_std_ev\n")
     for i, (atoms, m, s) in enumerate(zip(frames, mean, spread, strict=True)):
         sys.stdout.write(f"{i},{atoms.get_chemical_formula()},{m:.4f},{s:.4f}\n")
+
+
+mlip_app = typer.Typer(help="MACE interatomic potential: train or fine-tune, evaluate.", no_args_is_help=True)
+app.add_typer(mlip_app, name="mlip")
+
+
+@mlip_app.command("train")
+def mlip_train(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration: [mlip] and [reference].")],
+    project: ProjectOption = None,
+) -> None:
+    """Train MACE (or fine-tune mlip.foundation_model) on the level's energies, forces, stresses; evaluate it."""
+    from capml_core.config import load_config
+    from capml_core.mlip import fit_mlip
+    from capml_core.store import Store
+
+    try:
+        loaded = load_config(config, project_dir=project)
+        with _bar("MACE epochs") as bar:
+            task_id = bar.add_task("MACE", total=loaded.config.mlip.max_epochs)
+            result = fit_mlip(
+                Store(loaded.project_dir),
+                loaded.config,
+                on_epoch=lambda epoch, total, line: bar.update(task_id, completed=epoch, total=total),
+            )
+    except CapmlError as err:
+        _fail(err)
+    model = result.model
+    console.print(f"MACE model {model.model_id}: {model.path}" + ("" if model.newly_trained else " (already trained)"))
+    _print_mlip_tables(
+        Store(loaded.project_dir), [model.model_id] + ([model.foundation_id] if model.foundation_id else [])
+    )
+
+
+def _print_mlip_tables(store, model_ids: list[str]) -> None:  # noqa: ANN001
+    metrics = store.query(
+        """SELECT model_id, quantity, split, unit, n, mae, rmse, r2 FROM mlip_metrics
+           WHERE model_id IN (SELECT unnest(?)) ORDER BY model_id DESC, quantity, split DESC""",
+        [model_ids],
+    )
+    table = Table("model", "quantity", "split", "n", "MAE", "RMSE", "R²", "unit", title="errors vs the reference level")
+    for r in metrics.itertuples():
+        table.add_row(r.model_id, r.quantity, r.split, str(r.n), f"{r.mae:.4g}", f"{r.rmse:.4g}", f"{r.r2:.3f}", r.unit)
+    console.print(table)
+    phonons = store.query("SELECT * FROM mlip_phonons WHERE model_id IN (SELECT unnest(?))", [model_ids])
+    if not phonons.empty:
+        table = Table(
+            "end member",
+            "modes",
+            "MAE (THz)",
+            "R²",
+            "imaginary ref / MACE",
+            "lowest ref / MACE (THz)",
+            title="Γ-point phonons of the end-member supercells: MACE vs the reference level",
+        )
+        for r in phonons.itertuples():
+            table.add_row(
+                r.end_member,
+                str(r.n_modes),
+                f"{r.mae_thz:.3f}",
+                f"{r.r2:.3f}",
+                f"{r.n_imaginary_reference} / {r.n_imaginary_model}",
+                f"{r.min_frequency_reference_thz:.2f} / {r.min_frequency_model_thz:.2f}",
+            )
+        console.print(table)
+
+
+@mlip_app.command("evaluate")
+def mlip_evaluate(
+    model_file: Annotated[Path, typer.Argument(help="A MACE .model file (e.g. a foundation model).")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration: [mlip] and [reference].")],
+    project: ProjectOption = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+) -> None:
+    """Errors of any MACE model file on the project's labelled structures (same splits as training)."""
+    from capml_core.config import load_config
+    from capml_core.mlip import evaluate_file
+    from capml_core.store import Store
+
+    try:
+        loaded = load_config(config, project_dir=project)
+        store = Store(loaded.project_dir)
+        model_id = evaluate_file(store, loaded.config, model_file, device=device)
+    except CapmlError as err:
+        _fail(err)
+    _print_mlip_tables(store, [model_id])
 
 
 @app.command()

@@ -3,9 +3,10 @@
 Stages so far: ``dataset-import`` (validate and load the labelled datasets named in the config),
 ``dataset-generate`` (thermal/uniform/equilibrium structure sets), ``label`` (reference calculations of the
 sets' structures that have no label yet, up to ``reference.max_calculations`` per level) and
-``dataset-summary`` (counts per level, gap statistics, published as a Prefect artifact) and ``gnn`` (band-gap
-model ensemble: cheap level, then fine-tuned on the high level). Later stages (MACE, disorder, phonons, MD,
-gaps) are added here as tasks/subflows of :func:`pipeline`.
+``dataset-summary`` (counts per level, gap statistics, published as a Prefect artifact), ``gnn`` (band-gap
+model ensemble: cheap level, then fine-tuned on the high level) and ``mlip`` (MACE trained or fine-tuned on the
+cheap level's energies, forces and stresses; evaluated; end-member phonons compared with the reference).
+Later stages (disorder, phonons, MD, gaps) are added here as tasks/subflows of :func:`pipeline`.
 
 Runs in Prefect's local ephemeral mode by default (no server needed); with ``PREFECT_API_URL`` set it
 reports to that server. Each task calls one capml_core function; the store records run and stage status.
@@ -19,8 +20,6 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-from ase import Atoms
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -29,6 +28,7 @@ from capml_core.config import ImportSpec, LoadedConfig, StructureSetSection, loa
 from capml_core.datasets import DatasetSummary, ImportReport, import_labelled_dataset, summarise_dataset
 from capml_core.gnn import GNNStageResult, fit_band_gap_model
 from capml_core.labelling import LabellingReport, label_structures
+from capml_core.mlip import MlipStageResult, fit_mlip, force_constants_cache_dir, force_function
 from capml_core.phonons import ForceConstants
 from capml_core.provenance import code_version, package_versions
 from capml_core.reference import LEVELS, get_level
@@ -106,14 +106,13 @@ def import_dataset(loaded: LoadedConfig, spec: ImportSpec, store: Store, run_id:
 def end_member_fcs(loaded: LoadedConfig, store: Store) -> dict[str, ForceConstants]:
     """Force constants of the end members: the config's phonopy files, else computed once per project."""
     dataset, reference = loaded.config.dataset, loaded.config.reference
-    logger = get_run_logger()
-
-    def forces(atoms: Atoms) -> np.ndarray:
-        result = get_level(dataset.force_constants_level, reference).compute(atoms)
-        logger.info("force constants: displaced structure done in %.0f s", result.wall_time_s)
-        return result.forces_ev_per_a
-
-    return end_members_for(loaded.config.system, dataset, cache_dir=store.project_dir / "phonons", forces=forces)
+    forces = force_function(dataset.force_constants_level, reference, store)
+    return end_members_for(
+        loaded.config.system,
+        dataset,
+        cache_dir=force_constants_cache_dir(store, dataset.force_constants_level),
+        forces=forces,
+    )
 
 
 @task(name="generate-set", task_run_name="generate set {structure_set.name}", cache_policy=NO_CACHE)
@@ -176,6 +175,29 @@ def train_gnn(loaded: LoadedConfig, store: Store, run_id: str) -> GNNStageResult
         logger.info("GNN %s level test: MAE %.3f eV, R² %.3f (n = %d)", stage, m.mae_ev, m.r2, m.n)
     for n, m in result.curve:
         logger.info("GNN learning curve: %d training structures -> test MAE %.3f eV", n, m.mae_ev)
+    return result
+
+
+@task(name="mlip", cache_policy=NO_CACHE)
+def train_mlip(loaded: LoadedConfig, store: Store, run_id: str) -> MlipStageResult:
+    """Train or fine-tune MACE on the cheap level, evaluate it, compare its end-member phonons with DFT."""
+    logger = get_run_logger()
+
+    def on_epoch(epoch: int, total: int, line: str) -> None:
+        logger.info("MACE epoch %d/%d: %s", epoch, total, line.split("INFO:")[-1].strip())
+
+    result = fit_mlip(store, loaded.config, run_id=run_id, on_epoch=on_epoch)
+    for quantity, m in result.test_metrics.items():
+        logger.info("MACE %s test: MAE %.4g, R² %.3f (n = %d)", quantity, m["mae"], m["r2"], m["n"])
+    for row in result.phonons:
+        logger.info(
+            "MACE phonons %s: MAE %.3f THz vs %s, imaginary modes %d (reference %d)",
+            row["end_member"],
+            row["mae_thz"],
+            row["reference"],
+            row["n_imaginary_model"],
+            row["n_imaginary_reference"],
+        )
     return result
 
 
@@ -243,6 +265,8 @@ def pipeline(config_path: str, project_dir: str | None = None) -> dict[str, Any]
             summary = summarise(store)
         with stage(store, run_id, "gnn"):
             gnn = train_gnn(loaded, store, run_id)
+        with stage(store, run_id, "mlip"):
+            mlip = train_mlip(loaded, store, run_id)
     except BaseException as err:
         with store.write() as writer:
             writer.finish_run(run_id, status="failed", message=f"{type(err).__name__}: {err}")
@@ -264,5 +288,10 @@ def pipeline(config_path: str, project_dir: str | None = None) -> dict[str, Any]
             "test": {stage: vars(m) for stage, m in gnn.ensemble.ensemble_test_metrics.items()},
             "search": [(t.architecture, t.learning_rate, t.batch_size, t.valid.mae_ev) for t in gnn.search],
             "learning_curve": [(n, m.mae_ev) for n, m in gnn.curve],
+        },
+        "mlip": {
+            "model_id": mlip.model.model_id,
+            "test": mlip.test_metrics,
+            "phonons": {row["end_member"]: row["mae_thz"] for row in mlip.phonons},
         },
     }

@@ -28,6 +28,7 @@ def _demo_copy(tmp_path: Path, replace: tuple[str, str] = ("", ""), append: str 
     text = DEMO_CONFIG.read_text().replace('"../', f'"{REPO}/data/')
     text = text.replace("max_calculations = 2", "max_calculations = 0").replace(*replace) + "\n" + append
     text = text.replace("ensemble_size = 2", "ensemble_size = 1").replace("epochs = 150", "epochs = 60")
+    text = text.replace("max_epochs = 30", "max_epochs = 3").replace("channels = 32", "channels = 8")
     path = tmp_path / "demo.toml"
     path.write_text(text)
     return path
@@ -50,12 +51,15 @@ def test_pipeline_flow_imports_generates_and_summarises_and_is_idempotent(prefec
     runs = store.runs()
     assert list(runs["status"]) == ["done", "done"] and runs["config_hash"].nunique() == 1
     stages = store.stages()
-    assert list(stages["stage"]) == ["dataset-import", "dataset-generate", "label", "dataset-summary", "gnn"]
+    assert list(stages["stage"]) == ["dataset-import", "dataset-generate", "label", "dataset-summary", "gnn", "mlip"]
     assert set(stages["status"]) == {"done"}
     assert store.query("SELECT count(*) AS n FROM labels")["n"][0] == 151  # no VASP attempted without a command
     assert len(store.pending_labels("gpaw-pbesol")) == 15 and len(store.pending_labels("vasp-pbesol")) == 5
     assert set(first["gnn"]["test"]) == {"cheap", "high"} and first["gnn"]["test"]["cheap"]["mae_ev"] < 0.1
     assert store.query("SELECT count(DISTINCT ensemble_id) AS n FROM gnn_models")["n"][0] == 2  # one per run
+    assert first["mlip"]["model_id"] == second["mlip"]["model_id"]  # same data and settings: MACE not retrained
+    assert store.query("SELECT count(*) AS n FROM mlip_models")["n"][0] == 1
+    assert set(first["mlip"]["test"]) == {"energy", "forces", "stress"} and set(first["mlip"]["phonons"]) == {"Br", "I"}
 
 
 def test_a_failing_stage_is_recorded_and_nothing_partial_is_written(prefect_harness, tmp_path: Path) -> None:
@@ -84,7 +88,7 @@ def test_capml_run_is_the_demo_command(tmp_path: Path) -> None:
         [sys.executable, "-m", "flows.cli", "run", str(DEMO_CONFIG), "--project", str(tmp_path / "demo")],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
         env=env,
         cwd=REPO,
     )
@@ -100,3 +104,7 @@ def test_capml_run_is_the_demo_command(tmp_path: Path) -> None:
     assert len(labelled) == 2 and set(labelled["status"]) == {"ok"}  # real GPAW PBEsol calculations
     assert labelled["gap_ev"].between(0.2, 1.5).all()
     assert len(store.pending_labels("gpaw-pbesol")) == 13
+    mlip = store.mlip_results()  # the demo's MACE profile: trained from scratch in ~2 minutes
+    test = mlip["metrics"].query("split == 'test'").set_index("quantity")
+    assert test.loc["forces", "mae"] < 0.1 and test.loc["energy", "mae"] < 0.02  # eV/Å, eV/atom
+    assert set(mlip["phonons"]["end_member"]) == {"Br", "I"}

@@ -9,7 +9,6 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
-from capml_core.errors import CapmlError, NotComputedError
 from dashboard import data
 from dashboard.views.overview import condition_label, condition_order
 
@@ -18,14 +17,10 @@ def render_dataset() -> None:
     """Draw the dataset page."""
     st.title("Dataset")
     path = str(data.project_dir())
-    try:
-        sets, gaps, failed = data.set_coverage(path), data.gaps(path), data.failed_labels(path)
-    except NotComputedError:
-        st.info(f"No store in {path} yet. Run the pipeline first: `capml run CONFIG.toml`.")
+    loaded = data.read_or_explain(lambda: (data.set_coverage(path), data.gaps(path), data.failed_labels(path)))
+    if loaded is None:
         return
-    except CapmlError as err:
-        st.error(str(err))
-        return
+    sets, gaps, failed = loaded
 
     st.subheader("Generated structures")
     if len(sets):

@@ -10,7 +10,6 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from capml_core.errors import CapmlError, NotComputedError
 from dashboard import data
 
 STAGE_TITLES = {"cheap": "trained on the cheap level", "high": "fine-tuned on the high level"}
@@ -20,14 +19,10 @@ def render_gnn() -> None:
     """Draw the band-gap model page."""
     st.title("Band-gap model")
     path = str(data.project_dir())
-    try:
-        metrics, predictions = data.gnn_results(path)
-    except NotComputedError:
-        st.info(f"No store in {path} yet. Run the pipeline first: `capml run CONFIG.toml`.")
+    loaded = data.read_or_explain(lambda: data.gnn_results(path))
+    if loaded is None:
         return
-    except CapmlError as err:
-        st.error(str(err))
-        return
+    metrics, predictions = loaded
     if metrics.empty:
         st.info("No trained model yet: `capml gnn train -c CONFIG` (or the pipeline's gnn stage).")
         return

@@ -8,7 +8,6 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from capml_core.errors import CapmlError, NotComputedError
 from dashboard import data
 
 logger = logging.getLogger(__name__)
@@ -36,15 +35,10 @@ def render_overview() -> None:
     st.title("capml")
     path = str(data.project_dir())
     st.caption(f"project {path}")
-    try:
-        runs = data.runs(path)
-    except NotComputedError:
-        st.info(f"No store in {path} yet. Run the pipeline first: `capml run CONFIG.toml`.")
+    loaded = data.read_or_explain(lambda: data.runs(path))
+    if loaded is None:
         return
-    except CapmlError as err:
-        logger.exception("cannot read the store")
-        st.error(str(err))
-        return
+    runs = loaded
 
     stages, coverage = data.stages(path), data.coverage(path)
     counts, gaps, summary = data.label_counts(path), data.gaps(path), data.summary(path)
