@@ -40,11 +40,11 @@ def md_steps_per_second(calculator, atoms, steps: int) -> float:  # noqa: ANN001
     """ASE Langevin at 300 K, 1 fs, friction 5e-3 fs⁻¹ (the paper's settings): steps per second."""
     from ase import units
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.velocitydistribution import thermalize_momenta
 
     atoms = atoms.copy()
     atoms.calc = calculator
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300.0, rng=np.random.default_rng(0))
+    thermalize_momenta(atoms, temperature_K=300.0, rng=np.random.default_rng(0))  # Maxwell-Boltzmann
     dynamics = Langevin(atoms, 1.0 * units.fs, temperature_K=300.0, friction=5e-3 / units.fs)
     dynamics.run(5)  # warm-up
     start = time.perf_counter()
