@@ -438,12 +438,21 @@ class MLIPSection(Section):
 
 
 class DisorderSection(Section):
-    """Stage 5: inequivalent Br/I arrangements (all if <= max_enumerated, else a random sample), relaxed."""
+    """Stage 5: inequivalent arrangements of the sublattice species per composition, relaxed with MACE.
+
+    All symmetry-inequivalent arrangements when a composition has at most ``max_enumerated``, else a random
+    sample of ``sample_size`` distinct ones (the paper: all up to 100, about 100 above 1,000). ``relax``:
+    "cell" relaxes the cell parameters with fractional positions fixed (the paper), "full" also the positions.
+    """
 
     max_enumerated: PositiveInt = 100
     sample_size: PositiveInt = 100
-    fmax_ev_per_a: PositiveFloat = 0.05
-    relax_cell: bool = True
+    seed: Annotated[int, Field(ge=0)] = 0
+    relax: Literal["cell", "full"] = "cell"
+    fmax_ev_per_a: PositiveFloat = Field(default=0.05, description="BFGS convergence: largest force (eV/Å).")
+    max_steps: PositiveInt = 300
+    workers: PositiveInt = Field(default=1, description="Relaxations in parallel (processes, one thread each).")
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
 
 
 class PhononsSection(Section):

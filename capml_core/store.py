@@ -17,6 +17,10 @@ Tables (tidy; units in column names):
 - ``mlip_models``, ``mlip_metrics``, ``mlip_predictions``, ``mlip_phonons``: MACE models (trained, fine-tuned,
   or a foundation file evaluated as it is), their errors per quantity (energy per atom, forces, stress) and
   split, per-structure predictions (parity data), and phonon validation against the reference level (schema 4).
+- ``disorder_scans``, ``disorder_compositions``, ``disorder_arrangements``, ``disorder_relaxations``,
+  ``disorder_probabilities``: the disorder scan: per composition the counts (labellings, symmetry classes),
+  the chosen arrangements with multiplicities, their MACE relaxations (relaxed structures in ``structures``,
+  kind 'relaxed') and configurational probabilities per temperature (schema 5).
 - ``artifacts``: large arrays (trajectories, force constants) live in files under ``artifacts/``; this table
   points to them (path relative to the project directory, SHA-256, size).
 - view ``labelled_structures``: structures joined with labels, without the arrays, for SQL users.
@@ -58,7 +62,7 @@ logger = logging.getLogger(__name__)
 STORE_FILENAME = "capml.duckdb"
 ARTIFACTS_DIRNAME = "artifacts"
 #: Version of the schema this code writes. Bump it and append a migration to change the schema.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA_V1 = [
     "CREATE TABLE schema_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
@@ -146,8 +150,32 @@ _SCHEMA_V4 = [
         artifact_id VARCHAR, created_at TIMESTAMP NOT NULL, PRIMARY KEY (model_id, end_member))""",
 ]
 
+_SCHEMA_V5 = [
+    """CREATE TABLE disorder_scans (
+        scan_id VARCHAR PRIMARY KEY, run_id VARCHAR, model_id VARCHAR, relax VARCHAR NOT NULL, n_sites INTEGER NOT NULL,
+        n_permutations INTEGER NOT NULL, settings_json VARCHAR, created_at TIMESTAMP NOT NULL)""",
+    """CREATE TABLE disorder_compositions (
+        scan_id VARCHAR NOT NULL, composition_x DOUBLE NOT NULL, n_first INTEGER NOT NULL,
+        n_labellings DOUBLE NOT NULL, n_inequivalent DOUBLE NOT NULL, selection VARCHAR NOT NULL,
+        n_selected INTEGER NOT NULL, created_at TIMESTAMP NOT NULL, PRIMARY KEY (scan_id, composition_x))""",
+    """CREATE TABLE disorder_arrangements (
+        scan_id VARCHAR NOT NULL, composition_x DOUBLE NOT NULL, arrangement VARCHAR NOT NULL,
+        multiplicity BIGINT NOT NULL, created_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (scan_id, composition_x, arrangement))""",
+    """CREATE TABLE disorder_relaxations (
+        scan_id VARCHAR NOT NULL, composition_x DOUBLE NOT NULL, arrangement VARCHAR NOT NULL,
+        structure_hash VARCHAR NOT NULL, n_atoms INTEGER NOT NULL, energy_ev DOUBLE NOT NULL,
+        energy_ev_per_atom DOUBLE NOT NULL, converged BOOLEAN NOT NULL, steps INTEGER NOT NULL,
+        max_force_ev_per_a DOUBLE, volume_a3 DOUBLE NOT NULL, cell_a DOUBLE[] NOT NULL, wall_time_s DOUBLE,
+        created_at TIMESTAMP NOT NULL, PRIMARY KEY (scan_id, composition_x, arrangement))""",
+    """CREATE TABLE disorder_probabilities (
+        scan_id VARCHAR NOT NULL, composition_x DOUBLE NOT NULL, arrangement VARCHAR NOT NULL,
+        temperature_k DOUBLE NOT NULL, probability DOUBLE NOT NULL, created_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (scan_id, composition_x, arrangement, temperature_k))""",
+]
+
 #: MIGRATIONS[v] turns a store of version v - 1 into version v (v = 1: create from nothing).
-MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4}
+MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4, 5: _SCHEMA_V5}
 
 
 def _now() -> datetime:
@@ -155,7 +183,19 @@ def _now() -> datetime:
 
 
 #: Tables :meth:`StoreWriter.add_rows` writes to (rows keyed by their primary key, written once).
-_RESULT_TABLES = ("gnn_trials", "gnn_learning_curve", "mlip_models", "mlip_metrics", "mlip_predictions", "mlip_phonons")
+_RESULT_TABLES = (
+    "gnn_trials",
+    "gnn_learning_curve",
+    "mlip_models",
+    "mlip_metrics",
+    "mlip_predictions",
+    "mlip_phonons",
+    "disorder_scans",
+    "disorder_compositions",
+    "disorder_arrangements",
+    "disorder_relaxations",
+    "disorder_probabilities",
+)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 
 #: Kinds of structures in the store.
-StructureKind = Literal["thermal", "uniform", "equilibrium", "imported"]
+StructureKind = Literal["thermal", "uniform", "equilibrium", "imported", "relaxed"]
 #: Labels a reference level can provide.
 LabelName = Literal["energy", "forces", "stress", "gap"]
 #: Status of a pipeline stage or a labelling calculation.

@@ -498,6 +498,53 @@ def mlip_evaluate(
 
 
 @app.command()
+def disorder(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration: [system] and [disorder].")],
+    project: ProjectOption = None,
+    plan_only: Annotated[
+        bool, typer.Option("--plan", help="Only count and choose arrangements; relax nothing.")
+    ] = False,
+) -> None:
+    """Inequivalent arrangements per composition (with multiplicities), relaxed with the project's MACE, ranked."""
+    from capml_core.config import load_config
+    from capml_core.disorder import plan_scan, run_disorder_scan
+    from capml_core.store import Store
+
+    try:
+        loaded = load_config(config, project_dir=project)
+        plans = list(plan_scan(loaded.config.system, loaded.config.disorder))
+        table = Table("x", "labellings", "inequivalent", "selection", "chosen", "multiplicities", title="arrangements")
+        for p in plans:
+            mults = sorted((a.multiplicity for a in p.arrangements), reverse=True)
+            shown = ", ".join(map(str, mults[:8])) + (" …" if len(mults) > 8 else "")
+            table.add_row(
+                f"{p.composition_x:.4g}",
+                str(p.n_labellings),
+                str(p.n_inequivalent),
+                p.selection,
+                str(len(p.arrangements)),
+                shown,
+            )
+        console.print(table)
+        if plan_only:
+            return
+        with _bar("relaxations") as bar:
+            task_id = bar.add_task("relax", total=None)
+            result = run_disorder_scan(
+                Store(loaded.project_dir),
+                loaded.config,
+                progress=lambda done, total: bar.update(task_id, completed=done, total=total),
+            )
+    except CapmlError as err:
+        _fail(err)
+    table = Table("x", "rank 1 arrangement", "eV/atom", "multiplicity", "ΔE rank 2 (meV/atom)", title=result.scan_id)
+    for x, rows in result.ranking.items():
+        gap = f"{(rows[1][1] - rows[0][1]) * 1000:.2f}" if len(rows) > 1 else "-"
+        table.add_row(f"{x:.4g}", rows[0][0], f"{rows[0][1]:.5f}", str(rows[0][2]), gap)
+    console.print(table)
+
+
+@app.command()
 def runs(config: ConfigOption = None, project: ProjectOption = None) -> None:
     """Runs recorded in the store and the stages of the latest one."""
     from capml_core.store import Store

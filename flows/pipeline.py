@@ -5,8 +5,9 @@ Stages so far: ``dataset-import`` (validate and load the labelled datasets named
 sets' structures that have no label yet, up to ``reference.max_calculations`` per level) and
 ``dataset-summary`` (counts per level, gap statistics, published as a Prefect artifact), ``gnn`` (band-gap
 model ensemble: cheap level, then fine-tuned on the high level) and ``mlip`` (MACE trained or fine-tuned on the
-cheap level's energies, forces and stresses; evaluated; end-member phonons compared with the reference).
-Later stages (disorder, phonons, MD, gaps) are added here as tasks/subflows of :func:`pipeline`.
+cheap level's energies, forces and stresses; evaluated; end-member phonons compared with the reference) and
+``disorder`` (inequivalent arrangements per composition relaxed with that MACE and ranked). Later stages
+(phonons, MD, gaps) are added here as tasks/subflows of :func:`pipeline`.
 
 Runs in Prefect's local ephemeral mode by default (no server needed); with ``PREFECT_API_URL`` set it
 reports to that server. Each task calls one capml_core function; the store records run and stage status.
@@ -26,6 +27,7 @@ from prefect.cache_policies import NO_CACHE
 
 from capml_core.config import ImportSpec, LoadedConfig, StructureSetSection, load_config
 from capml_core.datasets import DatasetSummary, ImportReport, import_labelled_dataset, summarise_dataset
+from capml_core.disorder import DisorderScanResult, run_disorder_scan
 from capml_core.gnn import GNNStageResult, fit_band_gap_model
 from capml_core.labelling import LabellingReport, label_structures
 from capml_core.mlip import MlipStageResult, fit_mlip, force_constants_cache_dir, force_function
@@ -201,6 +203,31 @@ def train_mlip(loaded: LoadedConfig, store: Store, run_id: str) -> MlipStageResu
     return result
 
 
+@task(name="disorder", cache_policy=NO_CACHE)
+def scan_disorder(loaded: LoadedConfig, store: Store, run_id: str) -> DisorderScanResult:
+    """Inequivalent arrangements per composition, relaxed with the run's MACE and ranked."""
+    logger = get_run_logger()
+
+    def progress(done: int, total: int) -> None:
+        logger.info("disorder: %d/%d relaxations", done, total)
+
+    result = run_disorder_scan(store, loaded.config, run_id=run_id, progress=progress)
+    for plan in result.plans:
+        best = result.ranking[plan.composition_x][0]
+        logger.info(
+            "x = %.3f: %d labellings, %d inequivalent, %s %d; lowest %s at %.4f eV/atom (multiplicity %d)",
+            plan.composition_x,
+            plan.n_labellings,
+            plan.n_inequivalent,
+            "relaxed all" if plan.selection == "all" else "sampled",
+            len(plan.arrangements),
+            best[0],
+            best[1],
+            best[2],
+        )
+    return result
+
+
 @task(name="summarise-dataset", cache_policy=NO_CACHE)
 def summarise(store: Store) -> DatasetSummary:
     """Summarise the stored dataset and publish it as a Prefect markdown artifact."""
@@ -267,6 +294,8 @@ def pipeline(config_path: str, project_dir: str | None = None) -> dict[str, Any]
             gnn = train_gnn(loaded, store, run_id)
         with stage(store, run_id, "mlip"):
             mlip = train_mlip(loaded, store, run_id)
+        with stage(store, run_id, "disorder"):
+            disorder = scan_disorder(loaded, store, run_id)
     except BaseException as err:
         with store.write() as writer:
             writer.finish_run(run_id, status="failed", message=f"{type(err).__name__}: {err}")
@@ -293,5 +322,10 @@ def pipeline(config_path: str, project_dir: str | None = None) -> dict[str, Any]
             "model_id": mlip.model.model_id,
             "test": mlip.test_metrics,
             "phonons": {row["end_member"]: row["mae_thz"] for row in mlip.phonons},
+        },
+        "disorder": {
+            "scan_id": disorder.scan_id,
+            "relaxed": {x: len(rows) for x, rows in disorder.ranking.items()},
+            "lowest_ev_per_atom": {x: rows[0][1] for x, rows in disorder.ranking.items()},
         },
     }

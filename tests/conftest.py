@@ -69,3 +69,40 @@ def demo_store_copy(demo_store_dir: Path, tmp_path: Path) -> Path:
     target = tmp_path / "project"
     shutil.copytree(demo_store_dir, target)
     return target
+
+
+#: A tiny MACE profile (8 channels, L = 0): trains in seconds, enough to test the stages that use MACE.
+TINY = {
+    "channels": 8,
+    "max_l": 0,
+    "correlation": 2,
+    "num_interactions": 2,
+    "r_max_a": 4.5,
+    "max_epochs": 4,
+    "batch_size": 8,
+    "dtype": "float32",
+    "device": "cpu",
+    "test_fraction": 0.15,
+    "validate_phonons": False,
+}
+
+
+def _tiny_config(project: Path, **mlip):  # noqa: ANN202 - RunConfig
+    from capml_core.config import MLIPSection, load_config
+
+    loaded = load_config(DEMO_CONFIG, project_dir=project)
+    return loaded.config.model_copy(update={"mlip": MLIPSection(**{**TINY, **mlip})})
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, demo_store_dir: Path):
+    """A tiny MACE trained from scratch on the bundled PBEsol labels (shared by the slow tests)."""
+    from capml_core.mlip import fit_mlip
+    from capml_core.store import Store
+
+    project = tmp_path_factory.mktemp("mlip") / "project"
+    shutil.copytree(demo_store_dir, project)
+    config = _tiny_config(project, validate_phonons=True)
+    epochs: list[int] = []
+    result = fit_mlip(Store(project), config, on_epoch=lambda e, n, line: epochs.append(e))
+    return project, config, result, epochs

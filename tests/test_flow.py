@@ -51,7 +51,15 @@ def test_pipeline_flow_imports_generates_and_summarises_and_is_idempotent(prefec
     runs = store.runs()
     assert list(runs["status"]) == ["done", "done"] and runs["config_hash"].nunique() == 1
     stages = store.stages()
-    assert list(stages["stage"]) == ["dataset-import", "dataset-generate", "label", "dataset-summary", "gnn", "mlip"]
+    assert list(stages["stage"]) == [
+        "dataset-import",
+        "dataset-generate",
+        "label",
+        "dataset-summary",
+        "gnn",
+        "mlip",
+        "disorder",
+    ]
     assert set(stages["status"]) == {"done"}
     assert store.query("SELECT count(*) AS n FROM labels")["n"][0] == 151  # no VASP attempted without a command
     assert len(store.pending_labels("gpaw-pbesol")) == 15 and len(store.pending_labels("vasp-pbesol")) == 5
@@ -60,6 +68,9 @@ def test_pipeline_flow_imports_generates_and_summarises_and_is_idempotent(prefec
     assert first["mlip"]["model_id"] == second["mlip"]["model_id"]  # same data and settings: MACE not retrained
     assert store.query("SELECT count(*) AS n FROM mlip_models")["n"][0] == 1
     assert set(first["mlip"]["test"]) == {"energy", "forces", "stress"} and set(first["mlip"]["phonons"]) == {"Br", "I"}
+    relaxed = {0.0: 1, 0.25: 3, 0.5: 6, 0.75: 3, 1.0: 1}  # all inequivalent arrangements of the 2x2x2 cell
+    assert first["disorder"]["relaxed"] == second["disorder"]["relaxed"] == relaxed
+    assert store.query("SELECT count(*) AS n FROM disorder_relaxations")["n"][0] == 14  # not relaxed twice
 
 
 def test_a_failing_stage_is_recorded_and_nothing_partial_is_written(prefect_harness, tmp_path: Path) -> None:
@@ -80,6 +91,7 @@ def test_a_failing_stage_is_recorded_and_nothing_partial_is_written(prefect_harn
     assert levels.to_dict("records") == [{"level": "gpaw-pbesol", "n": 103}]  # the good file went in, the bad not
 
 
+@pytest.mark.timeout(1000)
 def test_capml_run_is_the_demo_command(tmp_path: Path) -> None:
     """What `make demo` runs: the capml CLI, Prefect's ephemeral server, a fresh PREFECT_HOME, 2 GPAW labels."""
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}

@@ -23,26 +23,7 @@ from capml_core.mlip import (
     split_structures,
 )
 from capml_core.store import LabelRecord, Store
-from tests.conftest import DEMO_CONFIG, REPO
-
-TINY = {
-    "channels": 8,
-    "max_l": 0,
-    "correlation": 2,
-    "num_interactions": 2,
-    "r_max_a": 4.5,
-    "max_epochs": 4,
-    "batch_size": 8,
-    "dtype": "float32",
-    "device": "cpu",
-    "test_fraction": 0.15,
-    "validate_phonons": False,
-}
-
-
-def _tiny_config(project: Path, **mlip):
-    loaded = load_config(DEMO_CONFIG, project_dir=project)
-    return loaded.config.model_copy(update={"mlip": MLIPSection(**{**TINY, **mlip})})
+from tests.conftest import DEMO_CONFIG, REPO, TINY, _tiny_config
 
 
 # ------------------------------------------------------------------------------------------- fast
@@ -148,19 +129,6 @@ def test_dispersion_contains_the_supercell_gamma_modes_and_three_acoustic_zeros(
 
 
 # ------------------------------------------------------------------------------------------- slow
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, demo_store_dir: Path):
-    """A tiny MACE trained from scratch on the bundled PBEsol labels (shared by the slow tests)."""
-    from capml_core.mlip import fit_mlip
-
-    project = tmp_path_factory.mktemp("mlip") / "project"
-    shutil.copytree(demo_store_dir, project)
-    config = _tiny_config(project, validate_phonons=True)
-    epochs: list[int] = []
-    result = fit_mlip(Store(project), config, on_epoch=lambda e, n, line: epochs.append(e))
-    return project, config, result, epochs
-
-
 @pytest.mark.slow
 def test_training_from_scratch_records_model_errors_and_predictions(trained) -> None:
     project, config, result, epochs = trained
