@@ -726,6 +726,35 @@ class Store:
             "phonons": self.query("SELECT * FROM mlip_phonons WHERE model_id = ? ORDER BY end_member", [model_id]),
         }
 
+    def disorder_results(self, scan_id: str | None = None) -> dict[str, pd.DataFrame]:
+        """The latest disorder scan (or ``scan_id``) as three frames; empty frames when there is no scan.
+
+        ``compositions`` (counts), ``relaxations`` (ranked per composition, with multiplicities) and
+        ``probabilities``.
+        """
+        if scan_id is None:
+            latest = self.query("SELECT scan_id FROM disorder_scans ORDER BY created_at DESC LIMIT 1")
+            if latest.empty:
+                return {name: pd.DataFrame() for name in ("compositions", "relaxations", "probabilities")}
+            scan_id = latest["scan_id"][0]
+        return {
+            "compositions": self.query(
+                "SELECT * FROM disorder_compositions WHERE scan_id = ? ORDER BY composition_x", [scan_id]
+            ),
+            "relaxations": self.query(
+                """SELECT r.composition_x, r.arrangement, a.multiplicity, r.energy_ev_per_atom, r.converged, r.steps,
+                          r.volume_a3, r.structure_hash,
+                          rank() OVER (PARTITION BY r.composition_x ORDER BY r.energy_ev_per_atom) AS rank
+                   FROM disorder_relaxations r JOIN disorder_arrangements a USING (scan_id, composition_x, arrangement)
+                   WHERE r.scan_id = ? ORDER BY r.composition_x, rank""",
+                [scan_id],
+            ),
+            "probabilities": self.query(
+                "SELECT * FROM disorder_probabilities WHERE scan_id = ? ORDER BY composition_x, temperature_k",
+                [scan_id],
+            ),
+        }
+
     def gaps(self, level: str | None = None) -> pd.DataFrame:
         """Band gaps (eV) with composition, per level (all levels by default)."""
         sql = (

@@ -9,6 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard.views.dataset import render_dataset
+from dashboard.views.disorder import render_disorder
 from dashboard.views.gnn import render_gnn
 from dashboard.views.mlip import render_mlip
 from dashboard.views.overview import render_overview
@@ -20,5 +21,6 @@ PAGES = [
     st.Page(render_dataset, title="Dataset", url_path="dataset"),
     st.Page(render_gnn, title="Band-gap model", url_path="band-gap-model"),
     st.Page(render_mlip, title="Interatomic potential", url_path="interatomic-potential"),
+    st.Page(render_disorder, title="Disorder", url_path="disorder"),
 ]
 st.navigation(PAGES).run()

@@ -113,3 +113,15 @@ def mlip_results(path: str) -> dict[str, pd.DataFrame]:
 def arrays(path: str, artifact_id: str) -> dict:
     """Arrays of a stored artifact."""
     return Store(path).load_arrays(artifact_id)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def disorder_results(path: str) -> dict[str, pd.DataFrame]:
+    """The latest disorder scan: compositions, ranked relaxations, probabilities (empty frames when none)."""
+    return Store(path).disorder_results()
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def structure(path: str, structure_hash: str):  # noqa: ANN201 - ase.Atoms
+    """One stored structure."""
+    return Store(path).load_atoms(structure_hash)

@@ -218,3 +218,51 @@ def test_scan_relaxes_each_class_once_ranks_and_resumes(trained, tmp_path: Path)
     for x, rows in result.ranking.items():
         assert [r[0] for r in again.ranking[x]] == [r[0] for r in rows]
         assert np.allclose([r[1] for r in again.ranking[x]], [r[1] for r in rows], atol=1e-8)
+
+
+def _disorder_page() -> None:
+    from dashboard.views.disorder import render_disorder
+
+    render_disorder()
+
+
+@pytest.mark.slow
+def test_dashboard_page_ranks_shows_the_structure_and_mixing(trained, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    import json
+
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from capml_core.disorder import run_disorder_scan
+
+    source, config, _, _ = trained
+    project = tmp_path / "project"
+    shutil.copytree(source, project)
+    monkeypatch.setenv("CAPML_PROJECT_DIR", str(project))
+    st.cache_data.clear()
+    empty = AppTest.from_function(_disorder_page, default_timeout=60).run()
+    assert "No disorder scan yet" in empty.info[0].value
+    run_disorder_scan(Store(project), config)
+    st.cache_data.clear()
+    at = AppTest.from_function(_disorder_page, default_timeout=60).run()
+    assert not at.exception
+    counts = at.dataframe[0].value
+    assert counts["n_inequivalent"].tolist() == [1, 3, 6, 3, 1] and counts["n_labellings"].tolist() == [
+        1,
+        28,
+        70,
+        28,
+        1,
+    ]
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert len(specs) == 3  # ranking, mixing energy, 3D structure
+    from tests.test_dashboard import _decoded
+
+    mixing = _decoded(specs[1]["data"][0]["y"])
+    assert len(mixing) == 5 and mixing[0] == 0.0 and mixing[-1] == 0.0  # zero at the end members
+    structure = specs[2]
+    species = {t["name"] for t in structure["data"] if t.get("mode") == "markers"}
+    assert species == {"Ag", "S", "I"}  # x = 0 is the first composition shown
+    at.selectbox(key="disorder_x").set_value(0.5).run()
+    ranking = at.dataframe[1].value
+    assert len(ranking) == 6 and ranking["multiplicity"].sum() == 70 and ranking["rank"].iloc[0] == 1
