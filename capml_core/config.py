@@ -407,6 +407,9 @@ class MLIPSection(Section):
     correlation: Annotated[int, Field(ge=1, le=4)] = Field(default=3, description="Body order minus one.")
     num_interactions: Annotated[int, Field(ge=1, le=4)] = 2
     r_max_a: PositiveFloat = Field(default=8.0, description="Cutoff radius (Å).")
+    pair_repulsion: bool = Field(
+        default=False, description="Add MACE's ZBL pair repulsion (keeps MD of a small model off short contacts)."
+    )
     energy_weight: Annotated[float, Field(ge=0.0)] = 1.0
     forces_weight: Annotated[float, Field(ge=0.0)] = 150.0
     stress_weight: Annotated[float, Field(ge=0.0)] = 10.0
@@ -463,15 +466,42 @@ class PhononsSection(Section):
 
 
 class MDSection(Section):
-    """Stage 7: Langevin MD with MACE (paper: 1 fs, friction 5e-3 fs⁻¹, 40 ps, frame every 100 steps)."""
+    """Stage 7: Langevin MD with MACE of each composition's lowest-energy structure, one run per temperature.
 
-    temperatures_k: list[Temperature] = [100.0, 200.0, 300.0, 400.0, 500.0, 600.0]
-    timestep_fs: PositiveFloat = 1.0
+    Paper: 1 fs, friction 5e-3 fs⁻¹, 40 ps, Maxwell-Boltzmann start. Frames (positions, velocities, energies)
+    are saved every ``save_every_steps``: DynaPhoPy's power spectra need a sampling interval well below the
+    period of the fastest phonon (10 THz → 100 fs), so keep ``save_every_steps x timestep_fs`` ≤ 25 fs.
+    """
+
+    temperatures_k: list[Annotated[float, Field(gt=0.0, le=5000.0)]] = Field(
+        default=[100.0, 200.0, 300.0, 400.0, 500.0, 600.0], min_length=1, description="MD temperatures (K > 0)."
+    )
+    timestep_fs: Annotated[float, Field(gt=0.0, le=4.0)] = Field(
+        default=1.0, description="Time step (fs); above 4 fs the Ag and S vibrations are not integrated stably."
+    )
     friction_per_fs: PositiveFloat = 5e-3
     duration_ps: PositiveFloat = 40.0
-    save_every_steps: PositiveInt = 100
-    equilibration_frames: Annotated[int, Field(ge=0)] = 250
-    snapshots: PositiveInt = 10
+    equilibration_ps: Annotated[float, Field(ge=0.0)] = Field(
+        default=5.0, description="Discarded start of each run (ps)."
+    )
+    save_every_steps: Annotated[int, Field(ge=1, le=1000)] = 5
+    seed: Annotated[int, Field(ge=0)] = 0
+    dtype: Literal["float32", "float64"] = Field(default="float32", description="MACE precision during MD.")
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    workers: PositiveInt = Field(default=1, description="Temperatures run in parallel (processes).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MDSection:
+        if self.equilibration_ps >= self.duration_ps:
+            raise ValueError(
+                f"equilibration_ps = {self.equilibration_ps} must be shorter than duration_ps = {self.duration_ps}"
+            )
+        if self.save_every_steps * self.timestep_fs > 25.0:
+            raise ValueError(
+                f"save_every_steps x timestep_fs = {self.save_every_steps * self.timestep_fs:g} fs: frames must be "
+                "at most 25 fs apart for the phonon power spectra (Nyquist 20 THz)"
+            )
+        return self
 
 
 class GapsSection(Section):

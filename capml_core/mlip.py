@@ -293,6 +293,8 @@ def mace_arguments(
     if foundation is not None:
         args.update({"foundation_model": foundation, "multiheads_finetuning": False})
     argv = [f"--{key}={value}" for key, value in args.items()]
+    if mlip.pair_repulsion:
+        argv.append("--pair_repulsion")
     if mlip.ema_decay > 0:
         argv += ["--ema", f"--ema_decay={mlip.ema_decay}"]
     if mlip.stage_two_fraction > 0:

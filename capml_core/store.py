@@ -21,6 +21,8 @@ Tables (tidy; units in column names):
   ``disorder_probabilities``: the disorder scan: per composition the counts (labellings, symmetry classes),
   the chosen arrangements with multiplicities, their MACE relaxations (relaxed structures in ``structures``,
   kind 'relaxed') and configurational probabilities per temperature (schema 5).
+- ``md_runs``: Langevin MD runs (trajectory HDF5 files under ``md/``) with their health checks and
+  decorrelation time (schema 6).
 - ``artifacts``: large arrays (trajectories, force constants) live in files under ``artifacts/``; this table
   points to them (path relative to the project directory, SHA-256, size).
 - view ``labelled_structures``: structures joined with labels, without the arrays, for SQL users.
@@ -62,7 +64,7 @@ logger = logging.getLogger(__name__)
 STORE_FILENAME = "capml.duckdb"
 ARTIFACTS_DIRNAME = "artifacts"
 #: Version of the schema this code writes. Bump it and append a migration to change the schema.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _SCHEMA_V1 = [
     "CREATE TABLE schema_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
@@ -174,8 +176,25 @@ _SCHEMA_V5 = [
         PRIMARY KEY (scan_id, composition_x, arrangement, temperature_k))""",
 ]
 
+_SCHEMA_V6 = [
+    """CREATE TABLE md_runs (
+        md_id VARCHAR PRIMARY KEY, run_id VARCHAR, model_id VARCHAR NOT NULL, structure_hash VARCHAR NOT NULL,
+        composition_x DOUBLE, temperature_k DOUBLE NOT NULL, path VARCHAR NOT NULL, n_steps INTEGER NOT NULL,
+        n_frames INTEGER NOT NULL, complete BOOLEAN NOT NULL, wall_time_s DOUBLE, steps_per_s DOUBLE,
+        mean_temperature_k DOUBLE, std_temperature_k DOUBLE, drift_mev_per_atom_per_ps DOUBLE, msd_json VARCHAR,
+        max_msd_a2 DOUBLE, min_distance_a DOUBLE, decorrelation_fs DOUBLE, status VARCHAR NOT NULL, problems VARCHAR,
+        settings_json VARCHAR, created_at TIMESTAMP NOT NULL)""",
+]
+
 #: MIGRATIONS[v] turns a store of version v - 1 into version v (v = 1: create from nothing).
-MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4, 5: _SCHEMA_V5}
+MIGRATIONS: dict[int, list[str]] = {
+    1: _SCHEMA_V1,
+    2: _SCHEMA_V2,
+    3: _SCHEMA_V3,
+    4: _SCHEMA_V4,
+    5: _SCHEMA_V5,
+    6: _SCHEMA_V6,
+}
 
 
 def _now() -> datetime:
@@ -195,6 +214,7 @@ _RESULT_TABLES = (
     "disorder_arrangements",
     "disorder_relaxations",
     "disorder_probabilities",
+    "md_runs",
 )
 
 

@@ -545,6 +545,44 @@ def disorder(
 
 
 @app.command()
+def md(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration: [md].")],
+    project: ProjectOption = None,
+) -> None:
+    """Langevin MD of each composition's lowest-energy structure at every [md] temperature; health checks."""
+    from capml_core.config import load_config
+    from capml_core.dynamics import run_dynamics
+    from capml_core.store import Store
+
+    try:
+        loaded = load_config(config, project_dir=project)
+        with _bar("MD runs") as bar:
+            task_id = bar.add_task("MD", total=None)
+            results = run_dynamics(
+                Store(loaded.project_dir),
+                loaded.config,
+                progress=lambda done, total: bar.update(task_id, completed=done, total=total),
+            )
+    except CapmlError as err:
+        _fail(err)
+    table = Table(
+        "x", "T (K)", "mean T (K)", "drift (meV/atom/ps)", "max MSD (Å²)", "τ (fs)", "health", title="MD runs"
+    )
+    for r in results:
+        h = r.health
+        table.add_row(
+            f"{r.composition_x:.4g}",
+            f"{r.temperature_k:g}",
+            f"{h.mean_temperature_k:.0f}",
+            f"{h.drift_mev_per_atom_per_ps:.1f}",
+            f"{max(h.msd_a2.values()):.2f}",
+            f"{h.decorrelation_fs:.0f}",
+            "; ".join(h.problems) or "ok",
+        )
+    console.print(table)
+
+
+@app.command()
 def runs(config: ConfigOption = None, project: ProjectOption = None) -> None:
     """Runs recorded in the store and the stages of the latest one."""
     from capml_core.store import Store

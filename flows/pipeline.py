@@ -6,8 +6,9 @@ sets' structures that have no label yet, up to ``reference.max_calculations`` pe
 ``dataset-summary`` (counts per level, gap statistics, published as a Prefect artifact), ``gnn`` (band-gap
 model ensemble: cheap level, then fine-tuned on the high level) and ``mlip`` (MACE trained or fine-tuned on the
 cheap level's energies, forces and stresses; evaluated; end-member phonons compared with the reference) and
-``disorder`` (inequivalent arrangements per composition relaxed with that MACE and ranked). Later stages
-(phonons, MD, gaps) are added here as tasks/subflows of :func:`pipeline`.
+``disorder`` (inequivalent arrangements per composition relaxed with that MACE and ranked) and ``dynamics``
+(Langevin MD of each composition's lowest-energy structure per temperature, with health checks). Later stages
+(phonons, gaps) are added here as tasks/subflows of :func:`pipeline`.
 
 Runs in Prefect's local ephemeral mode by default (no server needed); with ``PREFECT_API_URL`` set it
 reports to that server. Each task calls one capml_core function; the store records run and stage status.
@@ -15,6 +16,7 @@ reports to that server. Each task calls one capml_core function; the store recor
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +30,7 @@ from prefect.cache_policies import NO_CACHE
 from capml_core.config import ImportSpec, LoadedConfig, StructureSetSection, load_config
 from capml_core.datasets import DatasetSummary, ImportReport, import_labelled_dataset, summarise_dataset
 from capml_core.disorder import DisorderScanResult, run_disorder_scan
+from capml_core.dynamics import MDResult, run_dynamics
 from capml_core.gnn import GNNStageResult, fit_band_gap_model
 from capml_core.labelling import LabellingReport, label_structures
 from capml_core.mlip import MlipStageResult, fit_mlip, force_constants_cache_dir, force_function
@@ -228,6 +231,28 @@ def scan_disorder(loaded: LoadedConfig, store: Store, run_id: str) -> DisorderSc
     return result
 
 
+@task(name="dynamics", cache_policy=NO_CACHE)
+def molecular_dynamics(loaded: LoadedConfig, store: Store, run_id: str) -> list[MDResult]:
+    """Langevin MD with the run's MACE of each lowest-energy structure at every MD temperature."""
+    logger = get_run_logger()
+
+    def progress(done: int, total: int) -> None:
+        logger.info("MD: %d/%d runs", done, total)
+
+    results = run_dynamics(store, loaded.config, run_id=run_id, progress=progress)
+    for r in results:
+        logger.log(
+            logging.WARNING if r.health.problems else logging.INFO,
+            "MD x = %.3f, %.0f K: mean %.0f K, decorrelation %.0f fs, %s",
+            r.composition_x,
+            r.temperature_k,
+            r.health.mean_temperature_k,
+            r.health.decorrelation_fs,
+            "; ".join(r.health.problems) or "healthy",
+        )
+    return results
+
+
 @task(name="summarise-dataset", cache_policy=NO_CACHE)
 def summarise(store: Store) -> DatasetSummary:
     """Summarise the stored dataset and publish it as a Prefect markdown artifact."""
@@ -296,6 +321,8 @@ def pipeline(config_path: str, project_dir: str | None = None) -> dict[str, Any]
             mlip = train_mlip(loaded, store, run_id)
         with stage(store, run_id, "disorder"):
             disorder = scan_disorder(loaded, store, run_id)
+        with stage(store, run_id, "dynamics"):
+            dynamics = molecular_dynamics(loaded, store, run_id)
     except BaseException as err:
         with store.write() as writer:
             writer.finish_run(run_id, status="failed", message=f"{type(err).__name__}: {err}")
@@ -328,4 +355,8 @@ def pipeline(config_path: str, project_dir: str | None = None) -> dict[str, Any]
             "relaxed": {x: len(rows) for x, rows in disorder.ranking.items()},
             "lowest_ev_per_atom": {x: rows[0][1] for x, rows in disorder.ranking.items()},
         },
+        "dynamics": [
+            {"x": r.composition_x, "temperature_k": r.temperature_k, "status": r.health.status, "md_id": r.md_id}
+            for r in dynamics
+        ],
     }

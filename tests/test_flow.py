@@ -29,6 +29,9 @@ def _demo_copy(tmp_path: Path, replace: tuple[str, str] = ("", ""), append: str 
     text = text.replace("max_calculations = 2", "max_calculations = 0").replace(*replace) + "\n" + append
     text = text.replace("ensemble_size = 2", "ensemble_size = 1").replace("epochs = 150", "epochs = 60")
     text = text.replace("max_epochs = 30", "max_epochs = 3").replace("channels = 32", "channels = 8")
+    text = text.replace("duration_ps = 2.0", "duration_ps = 0.2").replace(
+        "equilibration_ps = 0.5", "equilibration_ps = 0.05"
+    )
     path = tmp_path / "demo.toml"
     path.write_text(text)
     return path
@@ -71,6 +74,8 @@ def test_pipeline_flow_imports_generates_and_summarises_and_is_idempotent(prefec
     relaxed = {0.0: 1, 0.25: 3, 0.5: 6, 0.75: 3, 1.0: 1}  # all inequivalent arrangements of the 2x2x2 cell
     assert first["disorder"]["relaxed"] == second["disorder"]["relaxed"] == relaxed
     assert store.query("SELECT count(*) AS n FROM disorder_relaxations")["n"][0] == 14  # not relaxed twice
+    assert [(r["x"], r["temperature_k"]) for r in first["dynamics"]] == [(x, 300.0) for x in relaxed]
+    assert store.query("SELECT count(*) AS n FROM md_runs WHERE complete")["n"][0] == 5  # not run twice
 
 
 def test_a_failing_stage_is_recorded_and_nothing_partial_is_written(prefect_harness, tmp_path: Path) -> None:

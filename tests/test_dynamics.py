@@ -1,0 +1,153 @@
+"""Langevin MD: config checks, decorrelation time, health checks, resumable trajectories, the dynamics stage."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from capml_core.config import MDSection, load_config
+from capml_core.dynamics import (
+    MDJob,
+    check_health,
+    integrated_autocorrelation_time,
+    read_trajectory,
+    run_md,
+    uncorrelated_frames,
+)
+from capml_core.errors import ConfigError
+from capml_core.store import Store
+from tests.conftest import DEMO_CONFIG, REPO
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("temperatures_k = [0.0]", "md.temperatures_k.0"),
+        ("timestep_fs = 5.0", "md.timestep_fs"),
+        ("save_every_steps = 40", "frames must be at most 25 fs apart"),
+        ("equilibration_ps = 3.0", "must be shorter than duration_ps"),
+    ],
+)
+def test_bad_md_settings_are_refused_before_any_run(tmp_path: Path, line: str, message: str) -> None:
+    text = DEMO_CONFIG.read_text().replace('"../', f'"{REPO}/data/')
+    key = line.split(" = ")[0]
+    lines = [x for x in text.split("[md]", 1)[1].split("[gaps]", 1)[0].splitlines() if x.startswith(key)]
+    body = text.split("[md]", 1)
+    section = body[1].replace(lines[0], line) if lines else body[1].replace("\n", f"\n{line}\n", 1)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(body[0] + "[md]" + section)
+    with pytest.raises(ConfigError, match=message):
+        load_config(bad)
+
+
+def test_integrated_autocorrelation_time_of_white_and_red_noise() -> None:
+    rng = np.random.default_rng(0)
+    assert integrated_autocorrelation_time(rng.normal(size=20000)) == pytest.approx(1.0, abs=0.1)
+    phi, x = 0.9, np.zeros(200000)
+    noise = rng.normal(size=len(x))
+    for i in range(1, len(x)):
+        x[i] = phi * x[i - 1] + noise[i]
+    assert integrated_autocorrelation_time(x) == pytest.approx((1 + phi) / (1 - phi), rel=0.1)  # AR(1): 19
+
+
+def _synthetic(temperature: float, target: float, *, drift: float = 0.0, diffuse: bool = False) -> dict:
+    rng = np.random.default_rng(1)
+    n_frames, n_atoms = 400, 8
+    time_fs = np.arange(n_frames) * 5.0
+    sites = np.array(np.meshgrid(*[np.arange(2) * 3.0] * 3)).reshape(3, -1).T
+    positions = sites[None] + rng.normal(0.0, 0.1, (n_frames, n_atoms, 3))
+    if diffuse:  # the first species wanders off
+        positions[:, :4] += np.cumsum(rng.normal(0.0, 0.2, (n_frames, 4, 3)), axis=0)
+    return {
+        "time_fs": time_fs,
+        "positions_a": positions,
+        "temperature_k": rng.normal(temperature, 20.0, n_frames),
+        "potential_energy_ev": n_atoms * (drift * time_fs / 1000.0 + rng.normal(0.0, 1e-3, n_frames)),
+        "numbers": np.array([47] * 4 + [16] * 4),
+        "cell_a": np.eye(3) * 6.0,
+        "target_temperature_k": target,
+    }
+
+
+def test_health_checks_flag_temperature_drift_and_diffusion() -> None:
+    md = MDSection(duration_ps=2.0, equilibration_ps=0.1)
+    healthy = check_health(_synthetic(300.0, 300.0), md)
+    assert healthy.status == "ok" and healthy.problems == [] and healthy.mean_temperature_k == pytest.approx(300, abs=3)
+    assert healthy.msd_a2["Ag"] == pytest.approx(0.03, rel=0.2)  # 3 x (0.1 Å)²
+    assert check_health(_synthetic(420.0, 300.0), md).problems == ["temperature 420 K, target 300 K"]
+    assert "drifts" in check_health(_synthetic(300.0, 300.0, drift=0.05), md).problems[0]  # 50 meV/atom/ps
+    wandering = check_health(_synthetic(300.0, 300.0, diffuse=True), md)
+    assert any(p.startswith("Ag atoms leave their sites") for p in wandering.problems)
+    assert not any(p.startswith("S atoms") for p in wandering.problems)
+    frames = uncorrelated_frames(_synthetic(300.0, 300.0), md, decorrelation_fs=40.0)
+    assert np.all(np.diff(frames) == 16) and frames[0] == 20  # 2 x 40 fs / 5 fs; first frame after 0.1 ps
+
+
+# ------------------------------------------------------------------------------------------- slow
+@pytest.mark.slow
+def test_md_file_resumes_after_a_kill_without_gaps(trained, tmp_path: Path) -> None:
+    import h5py
+
+    from capml_core.mlip import run_calculator
+    from capml_core.training_sets import end_member_cell
+
+    project, config, _, _ = trained
+    calculator = run_calculator(Store(project), device="cpu", dtype="float32")
+    md = MDSection(temperatures_k=[100.0], duration_ps=0.3, equilibration_ps=0.05, save_every_steps=5)
+    cell = end_member_cell(config.system, "Br")
+    whole = MDJob(cell, 100.0, md, Path("unused"), tmp_path / "whole.h5", seed=3)
+    run_md(whole, calculator)
+    trajectory = read_trajectory(whole.path)
+    assert len(trajectory["time_fs"]) == 61 and trajectory["complete"]  # frame 0 and every 5 of 300 steps
+    assert trajectory["temperature_k"][0] == pytest.approx(100.0, rel=0.4)  # Maxwell-Boltzmann start, 40 atoms
+    momentum = (trajectory["masses_amu"][:, None] * trajectory["velocities_a_per_fs"][0]).sum(axis=0)
+    assert np.allclose(momentum, 0.0, atol=1e-10)  # the centre of mass does not drift
+    # a kill after 120 steps: the file holds 25 frames and is not complete
+    killed = tmp_path / "killed.h5"
+    shutil.copy(whole.path, killed)
+    with h5py.File(killed, "a") as handle:
+        for name in (
+            "time_fs",
+            "positions_a",
+            "velocities_a_per_fs",
+            "potential_energy_ev",
+            "kinetic_energy_ev",
+            "temperature_k",
+        ):
+            handle[name].resize(25, axis=0)
+        handle.attrs["complete"] = False
+    run_md(MDJob(cell, 100.0, md, Path("unused"), killed, seed=3), calculator)
+    resumed = read_trajectory(killed)
+    assert np.array_equal(resumed["time_fs"], trajectory["time_fs"]) and resumed["complete"]
+    assert np.array_equal(resumed["positions_a"][:25], trajectory["positions_a"][:25])  # kept, not recomputed
+    step = np.linalg.norm(resumed["positions_a"][25] - resumed["positions_a"][24], axis=1).max()
+    assert step < 0.2  # continued from the last frame (5 fs), not restarted
+
+
+@pytest.mark.slow
+def test_dynamics_stage_runs_every_composition_once(trained, tmp_path: Path) -> None:
+    from capml_core.disorder import run_disorder_scan
+    from capml_core.dynamics import run_dynamics
+
+    source, config, _, _ = trained
+    project = tmp_path / "project"
+    shutil.copytree(source, project)
+    store = Store(project)
+    config = config.model_copy(
+        update={
+            "disorder": config.disorder.model_copy(update={"workers": 2}),
+            "md": MDSection(temperatures_k=[100.0], duration_ps=0.1, equilibration_ps=0.02, workers=2),
+        }
+    )
+    run_disorder_scan(store, config)
+    results = run_dynamics(store, config)
+    assert sorted(r.composition_x for r in results) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    rows = store.query("SELECT * FROM md_runs ORDER BY composition_x")
+    assert rows["complete"].all() and (rows["n_frames"] == 21).all() and (rows["n_steps"] == 100).all()
+    assert rows["status"].isin(["ok", "warning"]).all() and (rows["decorrelation_fs"] >= 5.0).all()
+    stamps = {r.md_id: r.path.stat().st_mtime_ns for r in results}
+    again = run_dynamics(store, config)
+    assert {r.md_id: r.path.stat().st_mtime_ns for r in again} == stamps  # nothing rerun
