@@ -23,6 +23,8 @@ Tables (tidy; units in column names):
   kind 'relaxed') and configurational probabilities per temperature (schema 5).
 - ``md_runs``: Langevin MD runs (trajectory HDF5 files under ``md/``) with their health checks and
   decorrelation time (schema 6).
+- ``phonon_harmonic``: harmonic phonons (MACE, phonopy) of each lowest-energy structure: imaginary modes, and an
+  artifact with force constants, Γ modes, dispersion and DOS (schema 7).
 - ``artifacts``: large arrays (trajectories, force constants) live in files under ``artifacts/``; this table
   points to them (path relative to the project directory, SHA-256, size).
 - view ``labelled_structures``: structures joined with labels, without the arrays, for SQL users.
@@ -64,7 +66,7 @@ logger = logging.getLogger(__name__)
 STORE_FILENAME = "capml.duckdb"
 ARTIFACTS_DIRNAME = "artifacts"
 #: Version of the schema this code writes. Bump it and append a migration to change the schema.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _SCHEMA_V1 = [
     "CREATE TABLE schema_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
@@ -186,6 +188,14 @@ _SCHEMA_V6 = [
         settings_json VARCHAR, created_at TIMESTAMP NOT NULL)""",
 ]
 
+_SCHEMA_V7 = [
+    """CREATE TABLE phonon_harmonic (
+        structure_hash VARCHAR NOT NULL, model_id VARCHAR NOT NULL, displacement_a DOUBLE NOT NULL,
+        composition_x DOUBLE, n_modes INTEGER NOT NULL, n_imaginary_gamma INTEGER NOT NULL, min_frequency_thz DOUBLE,
+        imaginary_branches_json VARCHAR, artifact_id VARCHAR NOT NULL, run_id VARCHAR, created_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (structure_hash, model_id, displacement_a))""",
+]
+
 #: MIGRATIONS[v] turns a store of version v - 1 into version v (v = 1: create from nothing).
 MIGRATIONS: dict[int, list[str]] = {
     1: _SCHEMA_V1,
@@ -194,6 +204,7 @@ MIGRATIONS: dict[int, list[str]] = {
     4: _SCHEMA_V4,
     5: _SCHEMA_V5,
     6: _SCHEMA_V6,
+    7: _SCHEMA_V7,
 }
 
 
@@ -215,6 +226,7 @@ _RESULT_TABLES = (
     "disorder_relaxations",
     "disorder_probabilities",
     "md_runs",
+    "phonon_harmonic",
 )
 
 

@@ -1,0 +1,82 @@
+"""Langevin MD with MACE for the 40-atom cell: several temperatures at once vs one after another.
+
+Trains the demo's small MACE for 3 epochs on the bundled PBEsol data (speed does not depend on its quality),
+then runs the same MD jobs (Ag3SBr cell, 0.25 ps each, 2 temperatures) through capml's dynamics code: one after
+another in one process, then all at once in one process per temperature (``md.workers``), one torch thread
+each. On a 2-core machine the parallel run can gain at most 2x. About a minute.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPERATURES_K = (200.0, 400.0)
+
+
+def main() -> None:
+    import torch
+
+    from capml_core.config import MDSection, load_config
+    from capml_core.datasets import import_labelled_dataset
+    from capml_core.dynamics import MDJob, _init_worker, _run_in_worker, run_md
+    from capml_core.mlip import load_mace_calculator, train_mace
+    from capml_core.store import Store
+    from capml_core.structures import allowed_species
+    from capml_core.training_sets import end_member_cell
+
+    torch.set_num_threads(1)
+    config = load_config(REPO / "data" / "configs" / "ag3sbri-demo.toml").config
+    md = MDSection(temperatures_k=list(TEMPERATURES_K), duration_ps=0.25, equilibration_ps=0.05)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(tmp)
+        spec = config.dataset.imports[0]
+        species = allowed_species(config.system)
+        import_labelled_dataset(
+            store,
+            spec.path,
+            level=spec.level,
+            keys=spec.label_keys(),
+            sublattice_species=config.system.sublattice.species,
+            allowed_species=species,
+            amplitude_key=spec.amplitude_key,
+        )
+        mlip = config.mlip.model_copy(update={"max_epochs": 3, "stage_two_fraction": 0.0})
+        model = train_mace(store, mlip, level=spec.level, species=sorted(species))
+        cell = end_member_cell(config.system, "Br")
+
+        def jobs(tag: str) -> list[MDJob]:
+            return [MDJob(cell, t, md, model.path, Path(tmp) / f"{tag}-{t:.0f}.h5", seed=1) for t in TEMPERATURES_K]
+
+        calculator = load_mace_calculator(model.path, device="cpu", dtype=md.dtype)
+        start = time.perf_counter()
+        for job in jobs("serial"):
+            run_md(job, calculator)
+        serial = time.perf_counter() - start
+        steps = sum(job.n_steps for job in jobs("serial"))
+        start = time.perf_counter()
+        with ProcessPoolExecutor(
+            max_workers=len(TEMPERATURES_K),
+            mp_context=get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(str(model.path), "cpu", md.dtype),
+        ) as pool:
+            list(pool.map(_run_in_worker, jobs("parallel")))
+        parallel = time.perf_counter() - start
+    print(f"one after another: {steps} steps in {serial:.1f} s ({steps / serial:.0f} steps/s)")
+    print(
+        f"all at once ({len(TEMPERATURES_K)} processes, incl. start-up): {parallel:.1f} s "
+        f"({steps / parallel:.0f} steps/s)"
+    )
+    print(
+        f"headline: {serial / parallel:.1f}x MD throughput running {len(TEMPERATURES_K)} temperatures at once "
+        f"({steps / parallel:.0f} vs {steps / serial:.0f} steps/s, 40-atom cell, float32, CPU)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""Harmonic phonons at 0 K of the relaxed lowest-energy structures, with MACE and phonopy.
+
+Each structure is the whole simulation cell (the 40-atom 2x2x2 cell), taken as phonopy's unit cell and
+primitive cell (identity matrices), as everywhere in capml: its atom order is the MD cell's, and its Γ point
+carries every q-point commensurate with the cell (Γ, X, M, R of the 5-atom parent), i.e. exactly the modes
+that an MD of that cell contains. Dispersions run along Γ-X-M-Γ-R-X|M-R of the cell's own (folded) Brillouin
+zone; the DOS on a mesh of it. Imaginary modes (frequency < −``IMAGINARY_TOLERANCE_THZ``) are reported by
+branch, where along the path they are softest, and how soft. Units: THz, Å, eV/Å².
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from ase import Atoms
+
+from capml_core.phonons import CUBIC_PATH, CUBIC_POINTS, build_phonopy
+
+#: A mode counts as imaginary below minus this (THz): the three acoustic modes at Γ are ~0 numerically.
+IMAGINARY_TOLERANCE_THZ = 0.05
+
+
+@dataclass(frozen=True)
+class GammaModes:
+    """Modes at Γ of the cell: frequencies (THz, imaginary negative) and eigenvectors (3N x 3N, columns)."""
+
+    frequencies_thz: np.ndarray
+    eigenvectors: np.ndarray
+
+    def species_weights(self, symbols: list[str]) -> dict[str, np.ndarray]:
+        """Share of each mode's eigenvector norm carried by each species (sums to 1 per mode)."""
+        n_atoms = len(symbols)
+        squared = np.abs(self.eigenvectors.reshape(n_atoms, 3, -1)) ** 2
+        per_atom = squared.sum(axis=1)  # (n_atoms, n_modes)
+        total = per_atom.sum(axis=0)
+        return {s: per_atom[np.array(symbols) == s].sum(axis=0) / total for s in sorted(set(symbols))}
+
+
+def gamma_modes(cell: Atoms, force_constants: np.ndarray) -> GammaModes:
+    """Frequencies and eigenvectors at Γ of the whole cell."""
+    phonon = build_phonopy(cell, force_constants)
+    phonon.run_qpoints([[0.0, 0.0, 0.0]], with_eigenvectors=True)
+    return GammaModes(np.asarray(phonon.qpoints.frequencies[0]), np.asarray(phonon.qpoints.eigenvectors[0]))
+
+
+@dataclass(frozen=True)
+class Bands:
+    """Dispersion along a path of the cell's Brillouin zone."""
+
+    distances: np.ndarray  # (n_q,)
+    frequencies_thz: np.ndarray  # (n_q, n_bands)
+    ticks: list[tuple[float, str]]
+
+
+def cell_dispersion(cell: Atoms, force_constants: np.ndarray, *, n_per_segment: int = 21) -> Bands:
+    """Dispersion of the whole cell along Γ-X-M-Γ-R-X|M-R of its own reciprocal lattice (folded bands)."""
+    from phonopy.phonon.band_structure import get_band_qpoints_and_path_connections
+
+    phonon = build_phonopy(cell, force_constants)
+    segments = [[list(CUBIC_POINTS[label]) for label in part] for part in CUBIC_PATH]
+    qpoints, connections = get_band_qpoints_and_path_connections(segments, npoints=n_per_segment)
+    phonon.run_band_structure(qpoints, path_connections=connections)
+    result = phonon.band_structure
+    parts = [np.asarray(d) for d in result.distances]
+    ticks: list[tuple[float, str]] = []
+    labels = [(part[i], part[i + 1]) for part in CUBIC_PATH for i in range(len(part) - 1)]
+    for (start, end), d in zip(labels, parts, strict=True):
+        for value, label in ((float(d[0]), start), (float(d[-1]), end)):
+            if ticks and abs(ticks[-1][0] - value) < 1e-9:
+                if ticks[-1][1] != label:
+                    ticks[-1] = (value, f"{ticks[-1][1]}|{label}")
+            else:
+                ticks.append((value, label))
+    return Bands(np.concatenate(parts), np.concatenate([np.asarray(f) for f in result.frequencies]), ticks)
+
+
+def phonon_dos(cell: Atoms, force_constants: np.ndarray, *, mesh: int = 8, sigma_thz: float = 0.1):  # noqa: ANN201
+    """Total DOS on a Γ-centred mesh of the cell's Brillouin zone: (frequencies THz, states per THz per cell)."""
+    phonon = build_phonopy(cell, force_constants)
+    phonon.run_mesh([mesh] * 3, is_gamma_center=True)
+    phonon.run_total_dos(sigma=sigma_thz)
+    dos = phonon.total_dos
+    return np.asarray(dos.frequency_points), np.asarray(dos.dos)
+
+
+@dataclass(frozen=True)
+class ImaginaryModes:
+    """Where the harmonic spectrum is unstable.
+
+    Attributes
+    ----------
+    n_gamma
+        Imaginary modes at Γ of the cell (all commensurate q-points).
+    min_frequency_thz
+        The softest frequency anywhere on the path (negative when unstable).
+    branches
+        (branch index, label of the nearest high-symmetry point, its frequency THz) of every branch that is
+        imaginary somewhere on the path, softest first.
+    """
+
+    n_gamma: int
+    min_frequency_thz: float
+    branches: list[tuple[int, str, float]]
+
+    @property
+    def unstable(self) -> bool:
+        """Whether any mode is imaginary."""
+        return self.n_gamma > 0 or self.min_frequency_thz < -IMAGINARY_TOLERANCE_THZ
+
+
+def find_imaginary_modes(gamma: GammaModes, bands: Bands) -> ImaginaryModes:
+    """Imaginary modes at Γ and along the path, with where each imaginary branch is softest."""
+    tick_distances = np.array([d for d, _ in bands.ticks])
+    tick_labels = [label for _, label in bands.ticks]
+    branches = []
+    for branch in range(bands.frequencies_thz.shape[1]):
+        values = bands.frequencies_thz[:, branch]
+        where = int(np.argmin(values))
+        if values[where] < -IMAGINARY_TOLERANCE_THZ:
+            nearest = tick_labels[int(np.argmin(np.abs(tick_distances - bands.distances[where])))]
+            branches.append((branch, nearest, float(values[where])))
+    branches.sort(key=lambda item: item[2])
+    return ImaginaryModes(
+        n_gamma=int(np.sum(gamma.frequencies_thz < -IMAGINARY_TOLERANCE_THZ)),
+        min_frequency_thz=float(min(bands.frequencies_thz.min(), gamma.frequencies_thz.min())),
+        branches=branches,
+    )
+
+
+# ------------------------------------------------------------------------------------------- the stage
+@dataclass(frozen=True)
+class HarmonicResult:
+    """Harmonic phonons of one relaxed structure."""
+
+    structure_hash: str
+    composition_x: float
+    imaginary: ImaginaryModes
+    artifact_id: str
+
+
+def run_harmonic_phonons(
+    store,  # noqa: ANN001 - capml_core.store.Store
+    config,  # noqa: ANN001 - RunConfig
+    *,
+    run_id: str | None = None,
+    progress=None,  # noqa: ANN001 - progress(done, total)
+) -> list[HarmonicResult]:
+    """Harmonic phonons of each composition's lowest-energy structure, stored once per (structure, model, step).
+
+    Force constants from MACE (float64) by phonopy finite displacements of ``phonons.displacement_a``; then Γ
+    modes, dispersion, DOS and imaginary modes.
+    """
+    import json
+
+    from capml_core.disorder import latest_scan_id, lowest_energy_structures
+    from capml_core.mlip import calculator_forces, latest_model, load_mace_calculator, resolve_device
+    from capml_core.phonons import compute_force_constants
+    from capml_core.structures import structure_hash
+
+    store.initialise()
+    model_id, model_path = latest_model(store)
+    structures = lowest_energy_structures(store, latest_scan_id(store))
+    displacement = config.phonons.displacement_a
+    done = store.query(
+        "SELECT structure_hash FROM phonon_harmonic WHERE model_id = ? AND displacement_a = ?", [model_id, displacement]
+    )
+    finished = set(done["structure_hash"])
+    calculator = None
+    for i, (x, atoms) in enumerate(structures.items()):
+        digest = structure_hash(atoms)
+        if digest in finished:
+            continue
+        if calculator is None:
+            calculator = load_mace_calculator(model_path, device=resolve_device(config.mlip.device), dtype="float64")
+        fc = compute_force_constants(atoms, calculator_forces(calculator), displacement_a=displacement)
+        gamma = gamma_modes(atoms, fc.force_constants)
+        bands = cell_dispersion(atoms, fc.force_constants)
+        dos_f, dos = phonon_dos(atoms, fc.force_constants)
+        imaginary = find_imaginary_modes(gamma, bands)
+        arrays = {
+            "force_constants": fc.force_constants,
+            "gamma_frequencies_thz": gamma.frequencies_thz,
+            "gamma_eigenvectors_real": gamma.eigenvectors.real,
+            "gamma_eigenvectors_imag": gamma.eigenvectors.imag,
+            "distances": bands.distances,
+            "dispersion_thz": bands.frequencies_thz,
+            "tick_distances": np.array([d for d, _ in bands.ticks]),
+            "tick_labels": np.array([label for _, label in bands.ticks]),
+            "dos_frequencies_thz": dos_f,
+            "dos_states_per_thz": dos,
+        }
+        with store.write() as writer:
+            artifact = writer.save_arrays(
+                "phonons", arrays, run_id=run_id, meta={"structure_hash": digest, "model_id": model_id}
+            )
+            writer.add_rows(
+                "phonon_harmonic",
+                [
+                    {
+                        "structure_hash": digest,
+                        "model_id": model_id,
+                        "displacement_a": displacement,
+                        "composition_x": x,
+                        "n_modes": len(gamma.frequencies_thz),
+                        "n_imaginary_gamma": imaginary.n_gamma,
+                        "min_frequency_thz": imaginary.min_frequency_thz,
+                        "imaginary_branches_json": json.dumps(imaginary.branches),
+                        "artifact_id": artifact,
+                        "run_id": run_id,
+                    }
+                ],
+            )
+        if progress is not None:
+            progress(i + 1, len(structures))
+    rows = store.query(
+        """SELECT structure_hash, composition_x, n_imaginary_gamma, min_frequency_thz, imaginary_branches_json,
+                  artifact_id FROM phonon_harmonic WHERE model_id = ? AND displacement_a = ? ORDER BY composition_x""",
+        [model_id, displacement],
+    )
+    wanted = {structure_hash(a) for a in structures.values()}
+    return [
+        HarmonicResult(
+            r.structure_hash,
+            float(r.composition_x),
+            ImaginaryModes(
+                int(r.n_imaginary_gamma),
+                float(r.min_frequency_thz),
+                [tuple(b) for b in json.loads(r.imaginary_branches_json)],
+            ),
+            r.artifact_id,
+        )
+        for r in rows.itertuples(index=False)
+        if r.structure_hash in wanted
+    ]
