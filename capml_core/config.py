@@ -459,10 +459,23 @@ class DisorderSection(Section):
 
 
 class PhononsSection(Section):
-    """Stage 6: harmonic (phonopy) and anharmonic (DynaPhoPy) phonons."""
+    """Stage 6: harmonic phonons at 0 K and renormalised phonons at each MD temperature, with a verdict.
 
-    displacement_a: PositiveFloat = 0.01
-    temperatures_k: list[Temperature] = [0.0, 100.0, 200.0, 300.0, 400.0, 500.0, 600.0]
+    Harmonic: phonopy + MACE; renormalised: DynaPhoPy on the MD velocities. The dynamic-stability verdict gates
+    the band-gap stage.
+    """
+
+    displacement_a: PositiveFloat = Field(default=0.01, description="Finite displacement for force constants (Å).")
+    resolution_thz: PositiveFloat = Field(
+        default=0.05, description="Power-spectrum resolution (THz); raised to 1/(production time) for short runs."
+    )
+    stability_tolerance_thz: PositiveFloat = Field(
+        default=0.1, description="A renormalised mode below this (THz) counts as unstable."
+    )
+    gate: bool = Field(
+        default=True,
+        description="Only (structure, temperature) pairs found dynamically stable go on to the band-gap stage.",
+    )
 
 
 class MDSection(Section):

@@ -414,13 +414,17 @@ class DatasetSummary:
 
 
 def summarise_dataset(store: Store) -> DatasetSummary:
-    """Counts of structures and labels per level, compositions covered, gap range per level."""
+    """Counts of structures and labels per level, compositions covered, gap range per level.
+
+    The dataset is what can be labelled: relaxed structures of the disorder scan are not counted.
+    """
     with store.read() as con:
-        n_structures = con.execute("SELECT count(*) FROM structures").fetchone()[0]
+        n_structures = con.execute("SELECT count(*) FROM structures WHERE kind <> 'relaxed'").fetchone()[0]
         compositions = [
             r[0]
             for r in con.execute(
-                "SELECT DISTINCT composition_x FROM structures WHERE composition_x IS NOT NULL ORDER BY 1"
+                "SELECT DISTINCT composition_x FROM structures WHERE composition_x IS NOT NULL AND kind <> 'relaxed' "
+                "ORDER BY 1"
             ).fetchall()
         ]
         rows = con.execute(

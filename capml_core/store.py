@@ -25,6 +25,8 @@ Tables (tidy; units in column names):
   decorrelation time (schema 6).
 - ``phonon_harmonic``: harmonic phonons (MACE, phonopy) of each lowest-energy structure: imaginary modes, and an
   artifact with force constants, Γ modes, dispersion and DOS (schema 7).
+- ``phonon_anharmonic``: DynaPhoPy's renormalised phonons of each MD run and the dynamic-stability verdict
+  that gates the band-gap stage (schema 8).
 - ``artifacts``: large arrays (trajectories, force constants) live in files under ``artifacts/``; this table
   points to them (path relative to the project directory, SHA-256, size).
 - view ``labelled_structures``: structures joined with labels, without the arrays, for SQL users.
@@ -66,7 +68,7 @@ logger = logging.getLogger(__name__)
 STORE_FILENAME = "capml.duckdb"
 ARTIFACTS_DIRNAME = "artifacts"
 #: Version of the schema this code writes. Bump it and append a migration to change the schema.
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 _SCHEMA_V1 = [
     "CREATE TABLE schema_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
@@ -196,6 +198,15 @@ _SCHEMA_V7 = [
         PRIMARY KEY (structure_hash, model_id, displacement_a))""",
 ]
 
+_SCHEMA_V8 = [
+    """CREATE TABLE phonon_anharmonic (
+        md_id VARCHAR PRIMARY KEY, structure_hash VARCHAR NOT NULL, composition_x DOUBLE, temperature_k DOUBLE NOT NULL,
+        stable BOOLEAN NOT NULL, passes_gate BOOLEAN NOT NULL, reason VARCHAR, n_modes INTEGER,
+        n_harmonic_imaginary INTEGER, min_renormalised_thz DOUBLE, median_linewidth_thz DOUBLE,
+        thermostat_broadening_thz DOUBLE, resolution_thz DOUBLE, artifact_id VARCHAR, run_id VARCHAR,
+        created_at TIMESTAMP NOT NULL)""",
+]
+
 #: MIGRATIONS[v] turns a store of version v - 1 into version v (v = 1: create from nothing).
 MIGRATIONS: dict[int, list[str]] = {
     1: _SCHEMA_V1,
@@ -205,6 +216,7 @@ MIGRATIONS: dict[int, list[str]] = {
     5: _SCHEMA_V5,
     6: _SCHEMA_V6,
     7: _SCHEMA_V7,
+    8: _SCHEMA_V8,
 }
 
 
@@ -227,6 +239,7 @@ _RESULT_TABLES = (
     "disorder_probabilities",
     "md_runs",
     "phonon_harmonic",
+    "phonon_anharmonic",
 )
 
 
@@ -662,12 +675,15 @@ class Store:
         )
 
     def coverage(self) -> pd.DataFrame:
-        """Structures per composition x, kind, condition (temperature K or amplitude Å) and level."""
+        """Dataset structures per composition x, kind, condition (temperature K or amplitude Å) and level.
+
+        Relaxed structures of the disorder scan are not part of the dataset and are left out.
+        """
         return self.query(
             """SELECT s.composition_x, s.kind, s.temperature_k, s.amplitude_a,
                       coalesce(l.level, '(unlabelled)') AS level, count(*) AS n_structures
                FROM structures s LEFT JOIN labels l ON l.structure_hash = s.structure_hash AND l.status = 'ok'
-               GROUP BY ALL ORDER BY ALL"""
+               WHERE s.kind <> 'relaxed' GROUP BY ALL ORDER BY ALL"""
         )
 
     def set_coverage(self) -> pd.DataFrame:

@@ -583,6 +583,46 @@ def md(
 
 
 @app.command()
+def phonons(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration: [phonons], [md].")],
+    project: ProjectOption = None,
+) -> None:
+    """Harmonic phonons (0 K) of the lowest-energy structures; DynaPhoPy and stability verdict per MD run."""
+    from capml_core.config import load_config
+    from capml_core.stability import run_phonon_stage, stabilisation_temperatures
+    from capml_core.store import Store
+
+    try:
+        loaded = load_config(config, project_dir=project)
+        harmonic, verdicts = run_phonon_stage(Store(loaded.project_dir), loaded.config)
+    except CapmlError as err:
+        _fail(err)
+    table = Table("x", "imaginary at Γ (0 K)", "softest (THz)", "unstable branches", title="harmonic phonons")
+    for h in harmonic:
+        table.add_row(
+            f"{h.composition_x:.4g}",
+            str(h.imaginary.n_gamma),
+            f"{h.imaginary.min_frequency_thz:.2f}",
+            str(len(h.imaginary.branches)),
+        )
+    console.print(table)
+    table = Table("x", "T (K)", "stable", "band-gap stage", "reason", title="dynamic stability (DynaPhoPy)")
+    for v in verdicts:
+        table.add_row(
+            f"{v.composition_x:.4g}",
+            f"{v.temperature_k:g}",
+            "yes" if v.stable else "no",
+            "yes" if v.passes_gate else "dropped",
+            v.reason,
+        )
+    console.print(table)
+    onsets = stabilisation_temperatures(verdicts)
+    console.print(
+        "stable from: " + ", ".join(f"x = {x:g}: {t:g} K" if t else f"x = {x:g}: never" for x, t in onsets.items())
+    )
+
+
+@app.command()
 def runs(config: ConfigOption = None, project: ProjectOption = None) -> None:
     """Runs recorded in the store and the stages of the latest one."""
     from capml_core.store import Store

@@ -7,8 +7,9 @@ sets' structures that have no label yet, up to ``reference.max_calculations`` pe
 model ensemble: cheap level, then fine-tuned on the high level) and ``mlip`` (MACE trained or fine-tuned on the
 cheap level's energies, forces and stresses; evaluated; end-member phonons compared with the reference) and
 ``disorder`` (inequivalent arrangements per composition relaxed with that MACE and ranked) and ``dynamics``
-(Langevin MD of each composition's lowest-energy structure per temperature, with health checks). Later stages
-(phonons, gaps) are added here as tasks/subflows of :func:`pipeline`.
+(Langevin MD of each composition's lowest-energy structure per temperature, with health checks) and
+``phonons`` (harmonic phonons at 0 K, DynaPhoPy renormalised phonons per MD run, dynamic-stability verdicts).
+Later stages (gaps) are added here as tasks/subflows of :func:`pipeline`.
 
 Runs in Prefect's local ephemeral mode by default (no server needed); with ``PREFECT_API_URL`` set it
 reports to that server. Each task calls one capml_core function; the store records run and stage status.
@@ -37,6 +38,7 @@ from capml_core.mlip import MlipStageResult, fit_mlip, force_constants_cache_dir
 from capml_core.phonons import ForceConstants
 from capml_core.provenance import code_version, package_versions
 from capml_core.reference import LEVELS, get_level
+from capml_core.stability import StabilityResult, run_phonon_stage
 from capml_core.store import LabelRecord, Store
 from capml_core.structures import allowed_species
 from capml_core.training_sets import end_members_for, store_structure_set
@@ -253,6 +255,29 @@ def molecular_dynamics(loaded: LoadedConfig, store: Store, run_id: str) -> list[
     return results
 
 
+@task(name="phonons", cache_policy=NO_CACHE)
+def phonon_stability(loaded: LoadedConfig, store: Store, run_id: str) -> tuple[list, list[StabilityResult]]:
+    """Harmonic phonons at 0 K, DynaPhoPy at each MD temperature, dynamic-stability verdicts (the gate)."""
+    logger = get_run_logger()
+    harmonic, verdicts = run_phonon_stage(store, loaded.config, run_id=run_id)
+    for h in harmonic:
+        logger.info(
+            "phonons x = %.3f at 0 K: %d imaginary modes at Γ, softest %.2f THz",
+            h.composition_x,
+            h.imaginary.n_gamma,
+            h.imaginary.min_frequency_thz,
+        )
+    for v in verdicts:
+        logger.info(
+            "phonons x = %.3f at %.0f K: %s%s",
+            v.composition_x,
+            v.temperature_k,
+            v.reason,
+            "" if v.passes_gate else " -> not passed on to the band-gap stage",
+        )
+    return harmonic, verdicts
+
+
 @task(name="summarise-dataset", cache_policy=NO_CACHE)
 def summarise(store: Store) -> DatasetSummary:
     """Summarise the stored dataset and publish it as a Prefect markdown artifact."""
@@ -323,6 +348,8 @@ def pipeline(config_path: str, project_dir: str | None = None) -> dict[str, Any]
             disorder = scan_disorder(loaded, store, run_id)
         with stage(store, run_id, "dynamics"):
             dynamics = molecular_dynamics(loaded, store, run_id)
+        with stage(store, run_id, "phonons"):
+            harmonic, verdicts = phonon_stability(loaded, store, run_id)
     except BaseException as err:
         with store.write() as writer:
             writer.finish_run(run_id, status="failed", message=f"{type(err).__name__}: {err}")
@@ -359,4 +386,11 @@ def pipeline(config_path: str, project_dir: str | None = None) -> dict[str, Any]
             {"x": r.composition_x, "temperature_k": r.temperature_k, "status": r.health.status, "md_id": r.md_id}
             for r in dynamics
         ],
+        "phonons": {
+            "imaginary_at_0k": {h.composition_x: h.imaginary.n_gamma for h in harmonic},
+            "verdicts": [
+                {"x": v.composition_x, "temperature_k": v.temperature_k, "stable": v.stable, "passes": v.passes_gate}
+                for v in verdicts
+            ],
+        },
     }

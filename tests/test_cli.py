@@ -16,8 +16,23 @@ def test_help_lists_only_the_working_commands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     commands = set(typer.main.get_command(app).commands)
-    # every listed command is exercised by a test (dashboard: test_dashboard.py, run: test_flow.py, mlip: test_mlip.py)
-    assert commands == {"run", "runs", "sql", "dashboard", "version", "data", "config", "label", "gnn", "mlip"}
+    # every listed command is exercised by a test (dashboard: test_dashboard.py, run: test_flow.py, mlip:
+    # test_mlip.py, disorder: test_disorder.py, md and phonons: test_stability.py)
+    assert commands == {
+        "run",
+        "runs",
+        "sql",
+        "dashboard",
+        "version",
+        "data",
+        "config",
+        "label",
+        "gnn",
+        "mlip",
+        "disorder",
+        "md",
+        "phonons",
+    }
     assert all(name in result.output for name in commands)
     data_help = runner.invoke(app, ["data", "--help"]).output
     assert all(word in data_help for word in ("import", "generate", "export", "summary"))

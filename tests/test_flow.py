@@ -76,6 +76,8 @@ def test_pipeline_flow_imports_generates_and_summarises_and_is_idempotent(prefec
     assert store.query("SELECT count(*) AS n FROM disorder_relaxations")["n"][0] == 14  # not relaxed twice
     assert [(r["x"], r["temperature_k"]) for r in first["dynamics"]] == [(x, 300.0) for x in relaxed]
     assert store.query("SELECT count(*) AS n FROM md_runs WHERE complete")["n"][0] == 5  # not run twice
+    assert set(first["phonons"]["imaginary_at_0k"]) == set(relaxed) and len(first["phonons"]["verdicts"]) == 5
+    assert store.query("SELECT count(*) AS n FROM phonon_anharmonic")["n"][0] == 5  # not analysed twice
 
 
 def test_a_failing_stage_is_recorded_and_nothing_partial_is_written(prefect_harness, tmp_path: Path) -> None:

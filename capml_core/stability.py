@@ -1,0 +1,157 @@
+"""The ``phonons`` stage: harmonic phonons at 0 K, renormalised phonons per MD run, dynamic-stability gate.
+
+For each composition's lowest-energy structure, the harmonic phonons (:mod:`capml_core.harmonic`) give the
+force constants and the 0 K imaginary modes; for each of its MD runs (:mod:`capml_core.dynamics`), DynaPhoPy
+(:mod:`capml_core.anharmonic`) gives the renormalised frequencies and linewidths at Γ of the cell from the
+production frames, and :func:`capml_core.anharmonic.stability_verdict` says whether the structure is
+dynamically stable at that temperature. With ``phonons.gate`` only stable (structure, temperature) pairs pass
+on to the band-gap stage; a dropped pair is recorded with the reason. An analysis that cannot be done (the MD
+broke the structure, a fit failed everywhere) counts as unstable, with the error as the reason.
+
+The spectral resolution is ``phonons.resolution_thz`` or, for a short run, 1.05 / (production time), the
+finest the trajectory allows. The Langevin thermostat adds about γ/2π to every linewidth; it is stored next to
+the linewidths (``thermostat_broadening_thz``) so they can be read net of it. Units: THz, K, ps.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from capml_core.errors import CapmlError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StabilityResult:
+    """The verdict for one structure at one MD temperature."""
+
+    md_id: str
+    composition_x: float
+    temperature_k: float
+    stable: bool
+    passes_gate: bool
+    reason: str
+
+
+def run_phonon_stage(
+    store,  # noqa: ANN001 - capml_core.store.Store
+    config,  # noqa: ANN001 - RunConfig
+    *,
+    run_id: str | None = None,
+    progress=None,  # noqa: ANN001 - progress(done, total)
+) -> tuple[list, list[StabilityResult]]:
+    """Harmonic phonons of every lowest-energy structure, then DynaPhoPy and the verdict for every MD run.
+
+    Returns the harmonic results and one verdict per MD run; MD runs analysed before are not redone.
+    """
+    from capml_core.anharmonic import renormalised_phonons, stability_verdict
+    from capml_core.dynamics import production_frames, read_trajectory
+    from capml_core.harmonic import IMAGINARY_TOLERANCE_THZ, run_harmonic_phonons
+
+    phonons, md = config.phonons, config.md
+    harmonic = run_harmonic_phonons(store, config, run_id=run_id)
+    by_structure = {h.structure_hash: h for h in harmonic}
+    runs = store.query(
+        "SELECT * FROM md_runs WHERE complete AND structure_hash IN (SELECT unnest(?)) ORDER BY composition_x, "
+        "temperature_k",
+        [list(by_structure)],
+    )
+    done = set(store.query("SELECT md_id FROM phonon_anharmonic")["md_id"])
+    for i, run in enumerate(runs.itertuples(index=False)):
+        if run.md_id in done:
+            continue
+        arrays = store.load_arrays(by_structure[run.structure_hash].artifact_id)
+        atoms = store.load_atoms(run.structure_hash)
+        trajectory = read_trajectory(store.project_dir / run.path)
+        frames = production_frames(trajectory, md)
+        frame_ps = float(np.median(np.diff(trajectory["time_fs"]))) / 1000.0
+        resolution = max(phonons.resolution_thz, 1.05 / (frame_ps * (len(frames) - 1)))
+        thermostat = md.friction_per_fs * 1000.0 / (2.0 * np.pi)  # THz
+        row = {
+            "md_id": run.md_id,
+            "structure_hash": run.structure_hash,
+            "composition_x": run.composition_x,
+            "temperature_k": run.temperature_k,
+            "resolution_thz": resolution,
+            "thermostat_broadening_thz": thermostat,
+            "n_harmonic_imaginary": int(np.sum(arrays["gamma_frequencies_thz"] < -IMAGINARY_TOLERANCE_THZ)),
+            "run_id": run_id,
+        }
+        try:
+            result = renormalised_phonons(
+                atoms,
+                arrays["force_constants"],
+                trajectory,
+                temperature_k=float(run.temperature_k),
+                resolution_thz=resolution,
+                frames=frames,
+            )
+            stable, reason = stability_verdict(result, tolerance_thz=phonons.stability_tolerance_thz)
+            optical = np.setdiff1d(np.arange(len(result.harmonic_thz)), result.acoustic_modes)
+            saved = {
+                "harmonic_thz": result.harmonic_thz,
+                "renormalised_thz": result.renormalised_thz,
+                "linewidths_thz": result.linewidths_thz,
+                "acoustic_modes": np.asarray(result.acoustic_modes),
+            }
+            if result.renormalised_force_constants is not None:
+                saved["renormalised_force_constants"] = result.renormalised_force_constants
+            with store.write() as writer:
+                row["artifact_id"] = writer.save_arrays(
+                    "phonons-anharmonic", saved, run_id=run_id, meta={"md_id": run.md_id}
+                )
+            row.update(
+                {
+                    "n_modes": len(result.harmonic_thz),
+                    "min_renormalised_thz": float(np.nanmin(result.renormalised_thz[optical]))
+                    if np.isfinite(result.renormalised_thz[optical]).any()
+                    else None,
+                    "median_linewidth_thz": float(np.nanmedian(result.linewidths_thz[optical]))
+                    if np.isfinite(result.linewidths_thz[optical]).any()
+                    else None,
+                }
+            )
+        except CapmlError as err:  # a broken MD, a failed analysis: unstable, with the reason
+            stable, reason = False, f"no renormalised phonons: {err}"
+        if run.status != "ok" and run.problems:
+            reason += f" (MD health: {run.problems})"
+        row.update({"stable": stable, "passes_gate": stable or not phonons.gate, "reason": reason})
+        with store.write() as writer:
+            writer.add_rows("phonon_anharmonic", [row])
+        logger.info("phonons x = %.3f, %.0f K: %s", run.composition_x, run.temperature_k, reason)
+        if progress is not None:
+            progress(i + 1, len(runs))
+    verdicts = store.query(
+        """SELECT md_id, composition_x, temperature_k, stable, passes_gate, reason FROM phonon_anharmonic
+           WHERE md_id IN (SELECT unnest(?)) ORDER BY composition_x, temperature_k""",
+        [runs["md_id"].tolist()],
+    )
+    return harmonic, [  # the gate follows the current config; the stored passes_gate is the analysis-time one
+        StabilityResult(
+            r.md_id,
+            float(r.composition_x),
+            float(r.temperature_k),
+            bool(r.stable),
+            bool(r.stable) or not phonons.gate,
+            r.reason,
+        )
+        for r in verdicts.itertuples(index=False)
+    ]
+
+
+def stabilisation_temperatures(verdicts: list[StabilityResult]) -> dict[float, float | None]:
+    """Per composition: the lowest MD temperature (K) from which the structure is stable at every higher one."""
+    out: dict[float, float | None] = {}
+    for x in sorted({v.composition_x for v in verdicts}):
+        ladder = sorted((v.temperature_k, v.stable) for v in verdicts if v.composition_x == x)
+        onset = None
+        for temperature, stable in reversed(ladder):
+            if not stable:
+                break
+            onset = temperature
+        out[x] = onset
+    return out
