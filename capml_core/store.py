@@ -803,6 +803,31 @@ class Store:
             ),
         }
 
+    def phonon_results(self) -> dict[str, pd.DataFrame]:
+        """Harmonic phonons, MD runs and stability verdicts of the latest MACE model's structures."""
+        empty = {name: pd.DataFrame() for name in ("harmonic", "md", "verdicts")}
+        latest = self.query(
+            "SELECT model_id FROM mlip_models WHERE kind <> 'foundation' ORDER BY created_at DESC LIMIT 1"
+        )
+        if latest.empty:
+            return empty
+        model_id = latest["model_id"][0]
+        return {
+            "harmonic": self.query(
+                "SELECT * FROM phonon_harmonic WHERE model_id = ? ORDER BY composition_x, created_at", [model_id]
+            ),
+            "md": self.query(
+                "SELECT * EXCLUDE (settings_json) FROM md_runs WHERE model_id = ? "
+                "ORDER BY composition_x, temperature_k",
+                [model_id],
+            ),
+            "verdicts": self.query(
+                """SELECT a.* FROM phonon_anharmonic a JOIN md_runs m USING (md_id) WHERE m.model_id = ?
+                   ORDER BY a.composition_x, a.temperature_k""",
+                [model_id],
+            ),
+        }
+
     def gaps(self, level: str | None = None) -> pd.DataFrame:
         """Band gaps (eV) with composition, per level (all levels by default)."""
         sql = (

@@ -13,6 +13,7 @@ from dashboard.views.disorder import render_disorder
 from dashboard.views.gnn import render_gnn
 from dashboard.views.mlip import render_mlip
 from dashboard.views.overview import render_overview
+from dashboard.views.phonons import render_phonons
 
 st.set_page_config(page_title="capml", layout="wide")
 
@@ -22,5 +23,6 @@ PAGES = [
     st.Page(render_gnn, title="Band-gap model", url_path="band-gap-model"),
     st.Page(render_mlip, title="Interatomic potential", url_path="interatomic-potential"),
     st.Page(render_disorder, title="Disorder", url_path="disorder"),
+    st.Page(render_phonons, title="Phonons", url_path="phonons"),
 ]
 st.navigation(PAGES).run()

@@ -125,3 +125,9 @@ def disorder_results(path: str) -> dict[str, pd.DataFrame]:
 def structure(path: str, structure_hash: str):  # noqa: ANN201 - ase.Atoms
     """One stored structure."""
     return Store(path).load_atoms(structure_hash)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def phonon_results(path: str) -> dict[str, pd.DataFrame]:
+    """Harmonic phonons, MD runs (with health) and stability verdicts."""
+    return Store(path).phonon_results()

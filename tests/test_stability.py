@@ -108,3 +108,27 @@ def test_stage_stores_a_verdict_per_md_run_gates_and_resumes(trained, tmp_path: 
     assert result.exit_code == 0, result.output
     assert "dropped" in result.output and "DynaPhoPy stopped" in result.output
     assert "x = 0.5: never" in result.output and "x = 1: 50 K" in result.output
+    # the dashboard page shows the verdicts, the 0 K dispersion and the renormalised modes
+    import json
+
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CAPML_PROJECT_DIR", str(project))
+    st.cache_data.clear()
+    at = AppTest.from_function(_phonons_page, default_timeout=60).run()
+    assert not at.exception
+    summary = at.dataframe[0].value
+    assert summary["stable from (K)"].isna().tolist() == [False, True, True, False, False]
+    assert summary["stable from (K)"].iloc[0] == 50.0 and summary["stable from (K)"].iloc[-1] == 50.0
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert len(specs) == 2  # dispersion of x = 0 and its renormalised modes at 50 K
+    colours = {t["line"]["color"] for t in specs[0]["data"] if t.get("mode") == "lines" and "line" in t}
+    assert "grey" in colours
+    assert len(at.dataframe[2].value) == 5  # MD health of the five runs
+
+
+def _phonons_page() -> None:
+    from dashboard.views.phonons import render_phonons
+
+    render_phonons()

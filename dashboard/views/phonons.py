@@ -1,0 +1,144 @@
+"""Phonons page.
+
+For a chosen composition: the 0 K dispersion of the relaxed lowest-energy cell with its imaginary branches
+marked, the renormalised (DynaPhoPy) frequencies and linewidths at a chosen MD temperature next to the harmonic
+ones, and for every composition the temperature from which it is dynamically stable; the MD health checks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from capml_core.stability import StabilityResult, stabilisation_temperatures
+from dashboard import data
+
+
+def render_phonons() -> None:
+    """Draw the phonons page."""
+    st.title("Phonons")
+    path = str(data.project_dir())
+    results = data.read_or_explain(lambda: data.phonon_results(path))
+    if results is None:
+        return
+    harmonic, md, verdicts = results["harmonic"], results["md"], results["verdicts"]
+    if harmonic.empty:
+        st.info("No phonons yet: `capml phonons -c CONFIG` (or the pipeline's phonons stage).")
+        return
+
+    st.subheader("Dynamic stability per composition")
+    onsets = stabilisation_temperatures(
+        [
+            StabilityResult(r.md_id, r.composition_x, r.temperature_k, bool(r.stable), bool(r.passes_gate), r.reason)
+            for r in verdicts.itertuples(index=False)
+        ]
+    )
+    summary = harmonic[["composition_x", "n_imaginary_gamma", "min_frequency_thz"]].rename(
+        columns={"n_imaginary_gamma": "imaginary modes at 0 K", "min_frequency_thz": "softest at 0 K (THz)"}
+    )
+    summary["stable from (K)"] = [onsets.get(x) for x in summary["composition_x"]]
+    st.dataframe(summary, hide_index=True, width="stretch")
+    if not verdicts.empty:
+        st.dataframe(
+            verdicts[["composition_x", "temperature_k", "stable", "passes_gate", "reason"]],
+            hide_index=True,
+            width="stretch",
+        )
+
+    x = st.selectbox("composition x", harmonic["composition_x"].tolist(), key="phonons_x")
+    row = harmonic[harmonic["composition_x"] == x].iloc[-1]
+    arrays = data.arrays(path, row["artifact_id"])
+    left, right = st.columns(2)
+    left.plotly_chart(dispersion_figure(arrays, x), width="stretch", key="phonons_dispersion")
+    runs = verdicts[verdicts["composition_x"] == x]
+    analysed = runs.dropna(subset=["artifact_id"])
+    if analysed.empty:
+        right.write("no renormalised phonons for this composition (see the verdicts above)")
+    else:
+        temperature = right.selectbox("MD temperature (K)", analysed["temperature_k"].tolist(), key="phonons_t")
+        chosen = analysed[analysed["temperature_k"] == temperature].iloc[0]
+        renormalised = data.arrays(path, chosen["artifact_id"])
+        right.plotly_chart(
+            renormalised_figure(renormalised, temperature, chosen["thermostat_broadening_thz"]),
+            width="stretch",
+            key="phonons_renormalised",
+        )
+
+    st.subheader("MD health")
+    if md.empty:
+        st.write("no MD runs yet")
+    else:
+        st.dataframe(
+            md[
+                [
+                    "composition_x",
+                    "temperature_k",
+                    "status",
+                    "mean_temperature_k",
+                    "drift_mev_per_atom_per_ps",
+                    "max_msd_a2",
+                    "min_distance_a",
+                    "decorrelation_fs",
+                    "steps_per_s",
+                    "problems",
+                ]
+            ].round(3),
+            hide_index=True,
+            width="stretch",
+        )
+
+
+def dispersion_figure(arrays: dict[str, np.ndarray], x: float) -> go.Figure:
+    """0 K dispersion of the cell; branches imaginary somewhere drawn in red."""
+    figure = go.Figure()
+    bands = arrays["dispersion_thz"]
+    unstable = bands.min(axis=0) < -0.05
+    for branch in range(bands.shape[1]):
+        figure.add_trace(
+            go.Scatter(
+                x=arrays["distances"],
+                y=bands[:, branch],
+                mode="lines",
+                line={"color": "crimson" if unstable[branch] else "grey", "width": 1},
+                name="imaginary branch" if unstable[branch] else "stable branch",
+                legendgroup=str(unstable[branch]),
+                showlegend=bool(branch == int(np.argmax(unstable == unstable[branch]))),
+            )
+        )
+    figure.add_hline(y=0.0, line={"color": "black", "width": 0.5})
+    figure.update_layout(
+        title=f"x = {x:g}: harmonic dispersion at 0 K (imaginary < 0)",
+        yaxis_title="frequency (THz)",
+        xaxis={"tickvals": arrays["tick_distances"].tolist(), "ticktext": [str(t) for t in arrays["tick_labels"]]},
+    )
+    return figure
+
+
+def renormalised_figure(arrays: dict[str, np.ndarray], temperature: float, thermostat_thz: float) -> go.Figure:
+    """Renormalised vs harmonic frequency of every mode at Γ of the cell, marker size: linewidth."""
+    frame = pd.DataFrame(
+        {
+            "harmonic_thz": arrays["harmonic_thz"],
+            "renormalised_thz": arrays["renormalised_thz"],
+            "linewidth_thz": np.nan_to_num(arrays["linewidths_thz"], nan=0.0),
+        }
+    )
+    figure = px.scatter(
+        frame,
+        x="harmonic_thz",
+        y="renormalised_thz",
+        size=frame["linewidth_thz"] + 0.05,
+        hover_data=["linewidth_thz"],
+        title=f"{temperature:g} K: renormalised vs harmonic "
+        f"(size: linewidth; the thermostat adds {thermostat_thz:.2f} THz)",
+        labels={"harmonic_thz": "harmonic frequency (THz, imaginary < 0)", "renormalised_thz": "renormalised (THz)"},
+    )
+    low = float(min(frame["harmonic_thz"].min(), 0.0))
+    high = float(frame["harmonic_thz"].max())
+    figure.add_trace(go.Scatter(x=[0, high], y=[0, high], mode="lines", name="y = x", line={"dash": "dash"}))
+    figure.add_vline(x=0.0, line={"color": "black", "width": 0.5})
+    figure.update_xaxes(range=[low - 0.2, high + 0.2])
+    return figure
