@@ -50,7 +50,7 @@ def run_phonon_stage(
     """
     from capml_core.anharmonic import renormalised_phonons, stability_verdict
     from capml_core.dynamics import production_frames, read_trajectory
-    from capml_core.harmonic import IMAGINARY_TOLERANCE_THZ, run_harmonic_phonons
+    from capml_core.harmonic import IMAGINARY_TOLERANCE_THZ, cell_dispersion, run_harmonic_phonons
 
     phonons, md = config.phonons, config.md
     harmonic = run_harmonic_phonons(store, config, run_id=run_id)
@@ -98,8 +98,11 @@ def run_phonon_stage(
                 "linewidths_thz": result.linewidths_thz,
                 "acoustic_modes": np.asarray(result.acoustic_modes),
             }
-            if result.renormalised_force_constants is not None:
+            if result.renormalised_force_constants is not None:  # every mode fitted: a renormalised dispersion
                 saved["renormalised_force_constants"] = result.renormalised_force_constants
+                bands = cell_dispersion(atoms, result.renormalised_force_constants)
+                saved["renormalised_dispersion_thz"] = bands.frequencies_thz
+                saved["distances"] = bands.distances
             with store.write() as writer:
                 row["artifact_id"] = writer.save_arrays(
                     "phonons-anharmonic", saved, run_id=run_id, meta={"md_id": run.md_id}

@@ -62,6 +62,8 @@ def test_pipeline_flow_imports_generates_and_summarises_and_is_idempotent(prefec
         "gnn",
         "mlip",
         "disorder",
+        "dynamics",
+        "phonons",
     ]
     assert set(stages["status"]) == {"done"}
     assert store.query("SELECT count(*) AS n FROM labels")["n"][0] == 151  # no VASP attempted without a command

@@ -61,8 +61,9 @@ def test_stage_stores_a_verdict_per_md_run_gates_and_resumes(trained, tmp_path: 
             raise CalculationFailed("DynaPhoPy stopped (exit()): no peaks")
         harmonic = np.linspace(-1.0, 5.0, 120)
         renormalised = np.abs(harmonic) + 0.5 if x != 0.5 else harmonic  # x = 0.5 stays soft
+        renormalised_fc = force_constants if x == 1.0 else None  # x = 1: "renormalised" = harmonic
         return anharmonic.AnharmonicPhonons(
-            temperature_k, harmonic, renormalised, np.full(120, 0.3), None, (20, 21, 22)
+            temperature_k, harmonic, renormalised, np.full(120, 0.3), renormalised_fc, (20, 21, 22)
         )
 
     monkeypatch.setattr(anharmonic, "renormalised_phonons", stand_in)
@@ -81,7 +82,11 @@ def test_stage_stores_a_verdict_per_md_run_gates_and_resumes(trained, tmp_path: 
     rows = store.query("SELECT * FROM phonon_anharmonic ORDER BY composition_x")
     assert rows["thermostat_broadening_thz"].iloc[0] == pytest.approx(5e-3 * 1000 / (2 * np.pi))
     assert rows["artifact_id"].isna().tolist() == [False, True, False, False, False]
+    bromide = store.load_arrays(rows["artifact_id"].iloc[4])
+    harmonic_bands = store.load_arrays(harmonic[4].artifact_id)["dispersion_thz"]
+    assert np.allclose(bromide["renormalised_dispersion_thz"], harmonic_bands, atol=1e-8)
     saved = store.load_arrays(rows["artifact_id"].iloc[0])
+    assert "renormalised_dispersion_thz" not in saved  # not every mode fitted: no renormalised dispersion
     assert np.allclose(saved["renormalised_thz"][:3], [1.5, 1.4495798, 1.3991597])
     calls.clear()
     _, again = run_phonon_stage(

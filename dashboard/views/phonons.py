@@ -52,15 +52,19 @@ def render_phonons() -> None:
     row = harmonic[harmonic["composition_x"] == x].iloc[-1]
     arrays = data.arrays(path, row["artifact_id"])
     left, right = st.columns(2)
-    left.plotly_chart(dispersion_figure(arrays, x), width="stretch", key="phonons_dispersion")
     runs = verdicts[verdicts["composition_x"] == x]
     analysed = runs.dropna(subset=["artifact_id"])
-    if analysed.empty:
-        right.write("no renormalised phonons for this composition (see the verdicts above)")
-    else:
+    renormalised, temperature = None, None
+    if not analysed.empty:
         temperature = right.selectbox("MD temperature (K)", analysed["temperature_k"].tolist(), key="phonons_t")
         chosen = analysed[analysed["temperature_k"] == temperature].iloc[0]
         renormalised = data.arrays(path, chosen["artifact_id"])
+    left.plotly_chart(
+        dispersion_figure(arrays, x, renormalised, temperature), width="stretch", key="phonons_dispersion"
+    )
+    if renormalised is None:
+        right.write("no renormalised phonons for this composition (see the verdicts above)")
+    else:
         right.plotly_chart(
             renormalised_figure(renormalised, temperature, chosen["thermostat_broadening_thz"]),
             width="stretch",
@@ -91,9 +95,31 @@ def render_phonons() -> None:
         )
 
 
-def dispersion_figure(arrays: dict[str, np.ndarray], x: float) -> go.Figure:
-    """0 K dispersion of the cell; branches imaginary somewhere drawn in red."""
+def dispersion_figure(
+    arrays: dict[str, np.ndarray],
+    x: float,
+    renormalised: dict[str, np.ndarray] | None = None,
+    temperature: float | None = None,
+) -> go.Figure:
+    """0 K dispersion of the cell (branches imaginary somewhere in red), the renormalised one in blue.
+
+    The renormalised dispersion at ``temperature`` exists when DynaPhoPy fitted every mode.
+    """
     figure = go.Figure()
+    if renormalised is not None and "renormalised_dispersion_thz" in renormalised:
+        bands_t = renormalised["renormalised_dispersion_thz"]
+        for branch in range(bands_t.shape[1]):
+            figure.add_trace(
+                go.Scatter(
+                    x=renormalised["distances"],
+                    y=bands_t[:, branch],
+                    mode="lines",
+                    line={"color": "royalblue", "width": 1},
+                    name=f"renormalised, {temperature:g} K",
+                    legendgroup="renormalised",
+                    showlegend=branch == 0,
+                )
+            )
     bands = arrays["dispersion_thz"]
     unstable = bands.min(axis=0) < -0.05
     for branch in range(bands.shape[1]):
