@@ -357,10 +357,11 @@ def run_mace_trainer(argv: Sequence[str], *, log_path: Path, max_epochs: int, on
                     last_epoch = int(match.group(1))
                     if on_epoch is not None:
                         on_epoch(last_epoch + 1, max_epochs, line.strip())
-        finally:
-            code = process.wait() if process.poll() is None else process.returncode
-            if code is None:
-                process.kill()
+        except BaseException:  # interrupted (Ctrl-C, a killed task): stop the trainer, keep its checkpoints
+            process.kill()
+            process.wait()
+            raise
+        code = process.wait()
     if code != 0:
         raise CalculationFailed(f"MACE's trainer exited with status {code} (log: {log_path}):\n" + "\n".join(tail))
     return last_epoch

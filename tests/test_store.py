@@ -176,7 +176,7 @@ def test_an_older_store_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
     con.execute("INSERT INTO levels VALUES ('old-level', 'import', '{}', now())")
     con.close()
     store = Store(tmp_path)
-    with pytest.raises(StoreError, match="schema version 1, this capml reads version 3"):
+    with pytest.raises(StoreError, match=f"schema version 1, this capml reads version {SCHEMA_VERSION}"):
         store.runs()
     store.initialise()
     assert store.query("SELECT value FROM schema_meta")["value"][0] == str(SCHEMA_VERSION) == "8"
