@@ -1,9 +1,10 @@
 """Langevin MD with MACE for the 40-atom cell: several temperatures at once vs one after another.
 
 Trains the demo's small MACE for 3 epochs on the bundled PBEsol data (speed does not depend on its quality),
-then runs the same MD jobs (Ag3SBr cell, 0.25 ps each, 2 temperatures) through capml's dynamics code: one after
+then runs the same MD jobs (Ag3SBr cell, 0.8 ps each, 2 temperatures) through capml's dynamics code: one after
 another in one process, then all at once in one process per temperature (``md.workers``), one torch thread
-each. On a 2-core machine the parallel run can gain at most 2x. About a minute.
+each; the parallel time includes starting the worker processes (a few seconds each). On a 2-core machine
+the parallel run can gain at most 2x. About 1.5 minutes (longer runs hide the start-up better).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     config = load_config(REPO / "data" / "configs" / "ag3sbri-demo.toml").config
-    md = MDSection(temperatures_k=list(TEMPERATURES_K), duration_ps=0.25, equilibration_ps=0.05)
+    md = MDSection(temperatures_k=list(TEMPERATURES_K), duration_ps=0.8, equilibration_ps=0.05)
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(tmp)
         spec = config.dataset.imports[0]
