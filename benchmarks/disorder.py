@@ -24,7 +24,7 @@ def main() -> None:
     import torch
 
     from capml_core.config import DisorderSection, load_config
-    from capml_core.datasets import import_labelled_dataset
+    from capml_core.datasets import import_spec
     from capml_core.disorder import (
         Arrangement,
         arrangement_structure,
@@ -45,15 +45,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(tmp)
         spec = config.dataset.imports[0]
-        import_labelled_dataset(
-            store,
-            spec.path,
-            level=spec.level,
-            keys=spec.label_keys(),
-            sublattice_species=system.sublattice.species,
-            allowed_species=allowed_species(system),
-            amplitude_key=spec.amplitude_key,
-        )
+        import_spec(store, spec, system)
         mlip = config.mlip.model_copy(update={"max_epochs": 3, "stage_two_fraction": 0.0, "validate_phonons": False})
         model = train_mace(store, mlip, level=spec.level, species=sorted(allowed_species(system)))
         calculator = load_mace_calculator(model.path, device="cpu", dtype="float64")

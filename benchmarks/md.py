@@ -23,7 +23,7 @@ def main() -> None:
     import torch
 
     from capml_core.config import MDSection, load_config
-    from capml_core.datasets import import_labelled_dataset
+    from capml_core.datasets import import_spec
     from capml_core.dynamics import MDJob, _init_worker, _run_in_worker, run_md
     from capml_core.mlip import load_mace_calculator, train_mace
     from capml_core.store import Store
@@ -37,15 +37,7 @@ def main() -> None:
         store = Store(tmp)
         spec = config.dataset.imports[0]
         species = allowed_species(config.system)
-        import_labelled_dataset(
-            store,
-            spec.path,
-            level=spec.level,
-            keys=spec.label_keys(),
-            sublattice_species=config.system.sublattice.species,
-            allowed_species=species,
-            amplitude_key=spec.amplitude_key,
-        )
+        import_spec(store, spec, config.system)
         mlip = config.mlip.model_copy(update={"max_epochs": 3, "stage_two_fraction": 0.0})
         model = train_mace(store, mlip, level=spec.level, species=sorted(species))
         cell = end_member_cell(config.system, "Br")

@@ -61,7 +61,7 @@ def main() -> None:
     import torch
 
     from capml_core.config import load_config
-    from capml_core.datasets import import_labelled_dataset
+    from capml_core.datasets import import_spec
     from capml_core.mlip import load_mace_calculator, train_mace
     from capml_core.store import Store
     from capml_core.structures import allowed_species
@@ -75,15 +75,7 @@ def main() -> None:
         demo = load_config(REPO / "data" / "configs" / "ag3sbri-demo.toml").config
         spec = demo.dataset.imports[0]  # the bundled gpaw-pbesol labels
         species = allowed_species(config.system)
-        import_labelled_dataset(
-            store,
-            spec.path,
-            level=spec.level,
-            keys=spec.label_keys(),
-            sublattice_species=config.system.sublattice.species,
-            allowed_species=species,
-            amplitude_key=spec.amplitude_key,
-        )
+        import_spec(store, spec, config.system)
         mlip = config.mlip.model_copy(
             update={"max_epochs": EPOCHS, "device": options.device, "foundation_model": None, "stage_two_fraction": 0}
         )

@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 from ase import Atoms
 
-from capml_core.config import LabelKeys
+from capml_core.config import ImportSpec, LabelKeys, SystemSection
 from capml_core.errors import DatasetError
 from capml_core.store import LabelRecord, Store, StructureRecord
-from capml_core.structures import structure_hash, substituted_fraction
+from capml_core.structures import allowed_species, structure_hash, substituted_fraction
 
 logger = logging.getLogger(__name__)
 
@@ -411,6 +411,29 @@ class DatasetSummary:
             "compositions": list(self.compositions),
             "levels": [vars(level) for level in self.levels],
         }
+
+
+def import_spec(
+    store: Store,
+    spec: ImportSpec,
+    system: SystemSection,
+    *,
+    run_id: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> ImportReport:
+    """Import the labelled file a config's ``[[dataset.imports]]`` entry names, checked against the system."""
+    return import_labelled_dataset(
+        store,
+        spec.path,
+        level=spec.level,
+        keys=spec.label_keys(),
+        sublattice_species=system.sublattice.species,
+        allowed_species=allowed_species(system),
+        temperature_key=spec.temperature_key,
+        amplitude_key=spec.amplitude_key,
+        run_id=run_id,
+        progress=progress,
+    )
 
 
 def summarise_dataset(store: Store) -> DatasetSummary:

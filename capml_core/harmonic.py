@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from ase import Atoms
 
-from capml_core.phonons import CUBIC_PATH, CUBIC_POINTS, build_phonopy
+from capml_core.phonons import Dispersion, build_phonopy, dispersion
 
 #: A mode counts as imaginary below minus this (THz): the three acoustic modes at Γ are ~0 numerically.
 IMAGINARY_TOLERANCE_THZ = 0.05
@@ -44,35 +44,9 @@ def gamma_modes(cell: Atoms, force_constants: np.ndarray) -> GammaModes:
     return GammaModes(np.asarray(phonon.qpoints.frequencies[0]), np.asarray(phonon.qpoints.eigenvectors[0]))
 
 
-@dataclass(frozen=True)
-class Bands:
-    """Dispersion along a path of the cell's Brillouin zone."""
-
-    distances: np.ndarray  # (n_q,)
-    frequencies_thz: np.ndarray  # (n_q, n_bands)
-    ticks: list[tuple[float, str]]
-
-
-def cell_dispersion(cell: Atoms, force_constants: np.ndarray, *, n_per_segment: int = 21) -> Bands:
+def cell_dispersion(cell: Atoms, force_constants: np.ndarray, *, n_per_segment: int = 21) -> Dispersion:
     """Dispersion of the whole cell along Γ-X-M-Γ-R-X|M-R of its own reciprocal lattice (folded bands)."""
-    from phonopy.phonon.band_structure import get_band_qpoints_and_path_connections
-
-    phonon = build_phonopy(cell, force_constants)
-    segments = [[list(CUBIC_POINTS[label]) for label in part] for part in CUBIC_PATH]
-    qpoints, connections = get_band_qpoints_and_path_connections(segments, npoints=n_per_segment)
-    phonon.run_band_structure(qpoints, path_connections=connections)
-    result = phonon.band_structure
-    parts = [np.asarray(d) for d in result.distances]
-    ticks: list[tuple[float, str]] = []
-    labels = [(part[i], part[i + 1]) for part in CUBIC_PATH for i in range(len(part) - 1)]
-    for (start, end), d in zip(labels, parts, strict=True):
-        for value, label in ((float(d[0]), start), (float(d[-1]), end)):
-            if ticks and abs(ticks[-1][0] - value) < 1e-9:
-                if ticks[-1][1] != label:
-                    ticks[-1] = (value, f"{ticks[-1][1]}|{label}")
-            else:
-                ticks.append((value, label))
-    return Bands(np.concatenate(parts), np.concatenate([np.asarray(f) for f in result.frequencies]), ticks)
+    return dispersion(cell, force_constants, n_per_segment=n_per_segment, primitive_matrix="P")
 
 
 def phonon_dos(cell: Atoms, force_constants: np.ndarray, *, mesh: int = 8, sigma_thz: float = 0.1):  # noqa: ANN201
@@ -109,7 +83,7 @@ class ImaginaryModes:
         return self.n_gamma > 0 or self.min_frequency_thz < -IMAGINARY_TOLERANCE_THZ
 
 
-def find_imaginary_modes(gamma: GammaModes, bands: Bands) -> ImaginaryModes:
+def find_imaginary_modes(gamma: GammaModes, bands: Dispersion) -> ImaginaryModes:
     """Imaginary modes at Γ and along the path, with where each imaginary branch is softest."""
     tick_distances = np.array([d for d, _ in bands.ticks])
     tick_labels = [label for _, label in bands.ticks]

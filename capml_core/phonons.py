@@ -231,14 +231,19 @@ def dispersion(
     path: tuple[tuple[str, ...], ...] = CUBIC_PATH,
     points: dict[str, tuple[float, float, float]] | None = None,
     n_per_segment: int = 31,
+    primitive_matrix: str = "auto",
 ) -> Dispersion:
-    """Phonon dispersion of ``cell`` (force constants of the whole cell) along ``path`` of its primitive cell."""
+    """Phonon dispersion of ``cell`` (force constants of the whole cell) along ``path``.
+
+    ``primitive_matrix="auto"``: the path of the smallest primitive cell (5 atoms for a cubic end member);
+    ``"P"``: the path of the whole cell's own Brillouin zone (folded bands, any decorated cell).
+    """
     from phonopy.phonon.band_structure import get_band_qpoints_and_path_connections
 
     points = points or CUBIC_POINTS
     with warnings.catch_warnings():  # phonopy 4 warns that "auto" differs from phonopy 3's default: intended
         warnings.simplefilter("ignore")
-        phonon = build_phonopy(cell, force_constants, primitive_matrix="auto")
+        phonon = build_phonopy(cell, force_constants, primitive_matrix=primitive_matrix)
     segments = [[list(points[label]) for label in part] for part in path]
     qpoints, connections = get_band_qpoints_and_path_connections(segments, npoints=n_per_segment)
     phonon.run_band_structure(qpoints, path_connections=connections)

@@ -133,9 +133,8 @@ def data_import(
     from pydantic import ValidationError
 
     from capml_core.config import ImportSpec, format_validation_error, load_config
-    from capml_core.datasets import import_labelled_dataset
+    from capml_core.datasets import import_spec
     from capml_core.store import Store
-    from capml_core.structures import allowed_species
 
     try:
         loaded = load_config(config, project_dir=project)
@@ -172,15 +171,10 @@ def data_import(
     ) as bar:
         task_id = bar.add_task(spec.path.name, total=None)
         try:
-            report = import_labelled_dataset(
+            report = import_spec(
                 Store(loaded.project_dir),
-                spec.path,
-                level=spec.level,
-                keys=spec.label_keys(),
-                sublattice_species=system.sublattice.species,
-                allowed_species=allowed_species(system),
-                temperature_key=spec.temperature_key,
-                amplitude_key=spec.amplitude_key,
+                spec,
+                system,
                 progress=lambda done, total: bar.update(task_id, completed=done, total=total),
             )
         except CapmlError as err:

@@ -29,7 +29,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from capml_core.config import ImportSpec, LoadedConfig, StructureSetSection, load_config
-from capml_core.datasets import DatasetSummary, ImportReport, import_labelled_dataset, summarise_dataset
+from capml_core.datasets import DatasetSummary, ImportReport, import_spec, summarise_dataset
 from capml_core.disorder import DisorderScanResult, run_disorder_scan
 from capml_core.dynamics import MDResult, run_dynamics
 from capml_core.gnn import GNNStageResult, fit_band_gap_model
@@ -40,7 +40,6 @@ from capml_core.provenance import code_version, package_versions
 from capml_core.reference import LEVELS, get_level
 from capml_core.stability import StabilityResult, run_phonon_stage
 from capml_core.store import LabelRecord, Store
-from capml_core.structures import allowed_species
 from capml_core.training_sets import end_members_for, store_structure_set
 
 
@@ -85,18 +84,7 @@ def start_run(loaded: LoadedConfig, store: Store) -> str:
 @task(name="import-dataset", task_run_name="import {spec.level}: {spec.path.name}", cache_policy=NO_CACHE)
 def import_dataset(loaded: LoadedConfig, spec: ImportSpec, store: Store, run_id: str) -> ImportReport:
     """Validate one labelled file and load it into the store (nothing written if it is rejected)."""
-    system = loaded.config.system
-    report = import_labelled_dataset(
-        store,
-        spec.path,
-        level=spec.level,
-        keys=spec.label_keys(),
-        sublattice_species=system.sublattice.species,
-        allowed_species=allowed_species(system),
-        temperature_key=spec.temperature_key,
-        amplitude_key=spec.amplitude_key,
-        run_id=run_id,
-    )
+    report = import_spec(store, spec, loaded.config.system, run_id=run_id)
     get_run_logger().info(
         "%s (%s): %d frames, %d new structures, %d new labels, %d already stored",
         spec.path.name,

@@ -42,24 +42,15 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def demo_store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project directory whose store holds both bundled datasets (imported once per session)."""
     from capml_core.config import load_config
-    from capml_core.datasets import import_labelled_dataset
+    from capml_core.datasets import import_spec
     from capml_core.store import Store
-    from capml_core.structures import allowed_species
 
     project = tmp_path_factory.mktemp("demo-project")
     loaded = load_config(DEMO_CONFIG, project_dir=project)
     store = Store(project)
     system = loaded.config.system
     for spec in loaded.config.dataset.imports:
-        import_labelled_dataset(
-            store,
-            spec.path,
-            level=spec.level,
-            keys=spec.label_keys(),
-            sublattice_species=system.sublattice.species,
-            allowed_species=allowed_species(system),
-            amplitude_key=spec.amplitude_key,
-        )
+        import_spec(store, spec, system)
     return project
 
 
