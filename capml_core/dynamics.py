@@ -40,6 +40,15 @@ MSD_LIMIT_A2 = 1.0
 MIN_DISTANCE_A = 1.2
 
 ProgressCallback = Callable[[int, int], None]
+#: Per-frame datasets of a trajectory file, in the order of a frame tuple.
+FRAME_DATASETS = (
+    "time_fs",
+    "positions_a",
+    "velocities_a_per_fs",
+    "potential_energy_ev",
+    "kinetic_energy_ev",
+    "temperature_k",
+)
 
 
 @dataclass(frozen=True)
@@ -115,15 +124,7 @@ def _append(handle, frames: list[tuple]) -> None:  # noqa: ANN001
     if not frames:
         return
     columns = list(zip(*frames, strict=True))
-    names = (
-        "time_fs",
-        "positions_a",
-        "velocities_a_per_fs",
-        "potential_energy_ev",
-        "kinetic_energy_ev",
-        "temperature_k",
-    )
-    for name, values in zip(names, columns, strict=True):
+    for name, values in zip(FRAME_DATASETS, columns, strict=True):
         data = handle[name]
         data.resize(data.shape[0] + len(values), axis=0)
         data[-len(values) :] = np.asarray(values)

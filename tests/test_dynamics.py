@@ -10,6 +10,7 @@ import pytest
 
 from capml_core.config import MDSection, load_config
 from capml_core.dynamics import (
+    FRAME_DATASETS,
     MDJob,
     check_health,
     integrated_autocorrelation_time,
@@ -109,14 +110,7 @@ def test_md_file_resumes_after_a_kill_without_gaps(trained, tmp_path: Path) -> N
     killed = tmp_path / "killed.h5"
     shutil.copy(whole.path, killed)
     with h5py.File(killed, "a") as handle:
-        for name in (
-            "time_fs",
-            "positions_a",
-            "velocities_a_per_fs",
-            "potential_energy_ev",
-            "kinetic_energy_ev",
-            "temperature_k",
-        ):
+        for name in FRAME_DATASETS:
             handle[name].resize(25, axis=0)
         handle.attrs["complete"] = False
     run_md(MDJob(cell, 100.0, md, Path("unused"), killed, seed=3), calculator)
