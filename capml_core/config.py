@@ -518,9 +518,41 @@ class MDSection(Section):
 
 
 class GapsSection(Section):
-    """Stages 7-8: thermal averages of GNN gaps and frozen Γ-mode ΔEg/Eg."""
+    """Stages 8-9 (``bandgaps``, ``modes``): Eg(0) and thermal averages of GNN gaps; frozen Γ-mode ΔEg/Eg.
 
-    mode_temperatures_k: list[Temperature] = [300.0, 600.0]
+    The GNN is the latest trained ensemble (high level after fine-tuning). Thermal gaps use MD snapshots after
+    equilibration, ``snapshot_spacing`` decorrelation times apart (the run's measured decorrelation time).
+    Reference DFT checks (Eg(0) and ΔEg of ``reference_modes`` Γ modes spanning the frequency range) run for the
+    structures of ``reference_compositions`` only: they cost one calculation per structure (GPAW GLLB-SC: about
+    5 min per 40-atom cell on one core).
+    """
+
+    mode_temperatures_k: list[Annotated[float, Field(gt=0.0, le=5000.0)]] = Field(
+        default=[300.0, 600.0], min_length=1, description="Temperatures (K) of the frozen-mode thermal amplitudes."
+    )
+    snapshot_spacing: Annotated[float, Field(ge=1.0, le=20.0)] = Field(
+        default=2.0, description="Snapshots are this many decorrelation times apart (≥ 1)."
+    )
+    min_snapshots: Annotated[int, Field(ge=2)] = Field(
+        default=4, description="Fewer uncorrelated snapshots than this: the run is reported, not averaged."
+    )
+    batch_size: PositiveInt = Field(default=16, description="Graphs per GNN forward pass.")
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    reference_level: LevelName | None = Field(
+        default=None, description="Level of the DFT checks (None: reference.high_level)."
+    )
+    reference_compositions: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default=[0.0, 1.0], description="Compositions whose Eg(0) and mode ΔEg are also computed with DFT."
+    )
+    reference_modes: Annotated[int, Field(ge=0, le=50)] = Field(
+        default=3, description="Γ modes per checked structure, spread over the frequency range."
+    )
+    experiment: Path | None = Field(
+        default=None,
+        description="CSV of measured gaps (columns composition_x, temperature_k, gap_ev, uncertainty_ev, source).",
+    )
+
+    _check_experiment = field_validator("experiment")(_input_path)
 
 
 class RunConfig(Section):
@@ -536,6 +568,20 @@ class RunConfig(Section):
     phonons: PhononsSection = PhononsSection()
     md: MDSection = MDSection()
     gaps: GapsSection = GapsSection()
+
+    @model_validator(mode="after")
+    def _gap_checks_in_compositions(self) -> RunConfig:
+        missing = [
+            x
+            for x in self.gaps.reference_compositions
+            if not any(math.isclose(x, c, abs_tol=1e-9) for c in self.system.compositions)
+        ]
+        if missing:
+            raise ValueError(
+                f"gaps: reference_compositions {missing} are not studied by the run; allowed: system.compositions "
+                f"{self.system.compositions}"
+            )
+        return self
 
 
 # ------------------------------------------------------------------------------------------- loading

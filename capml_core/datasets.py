@@ -27,6 +27,7 @@ from capml_core.config import ImportSpec, LabelKeys, SystemSection
 from capml_core.errors import DatasetError
 from capml_core.store import LabelRecord, Store, StructureRecord
 from capml_core.structures import allowed_species, structure_hash, substituted_fraction
+from capml_core.types import DATASET_KIND_SQL
 
 logger = logging.getLogger(__name__)
 
@@ -439,15 +440,16 @@ def import_spec(
 def summarise_dataset(store: Store) -> DatasetSummary:
     """Counts of structures and labels per level, compositions covered, gap range per level.
 
-    The dataset is what can be labelled: relaxed structures of the disorder scan are not counted.
+    The dataset is what can be labelled: structures derived by later stages (relaxed, frozen-mode) are not
+    counted.
     """
     with store.read() as con:
-        n_structures = con.execute("SELECT count(*) FROM structures WHERE kind <> 'relaxed'").fetchone()[0]
+        n_structures = con.execute(f"SELECT count(*) FROM structures s WHERE {DATASET_KIND_SQL}").fetchone()[0]
         compositions = [
             r[0]
             for r in con.execute(
-                "SELECT DISTINCT composition_x FROM structures WHERE composition_x IS NOT NULL AND kind <> 'relaxed' "
-                "ORDER BY 1"
+                "SELECT DISTINCT composition_x FROM structures s "
+                f"WHERE composition_x IS NOT NULL AND {DATASET_KIND_SQL} ORDER BY 1"
             ).fetchall()
         ]
         rows = con.execute(

@@ -297,12 +297,23 @@ def check_health(trajectory: dict[str, Any], md: MDSection) -> MDHealth:
     )
 
 
-def uncorrelated_frames(trajectory: dict[str, Any], md: MDSection, decorrelation_fs: float) -> np.ndarray:
-    """Production frame indices spaced by twice the decorrelation time (at least one frame apart)."""
+def uncorrelated_frames(
+    trajectory: dict[str, Any], md: MDSection, decorrelation_fs: float, *, spacing: float = 2.0
+) -> np.ndarray:
+    """Production frame indices ``spacing`` decorrelation times apart (at least one frame apart)."""
     frames = production_frames(trajectory, md)
     frame_fs = float(np.median(np.diff(trajectory["time_fs"])))
-    stride = max(1, int(np.ceil(2.0 * decorrelation_fs / frame_fs)))
+    stride = max(1, int(np.ceil(spacing * decorrelation_fs / frame_fs)))
     return frames[::stride]
+
+
+def trajectory_frame(trajectory: dict[str, Any], frame: int) -> Atoms:
+    """One frame of a trajectory as periodic Atoms (positions wrapped into the cell, Å)."""
+    atoms = Atoms(
+        numbers=trajectory["numbers"], positions=trajectory["positions_a"][frame], cell=trajectory["cell_a"], pbc=True
+    )
+    atoms.wrap()
+    return atoms
 
 
 # ------------------------------------------------------------------------------------------- the stage

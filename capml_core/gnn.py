@@ -351,6 +351,14 @@ def predict_gaps(
     ``batch_size`` per forward pass, on each model's device (see :meth:`GapModel.to`). On one CPU core
     batches of about 16 were fastest here; on a GPU larger batches win.
     """
+    stacked = predict_gaps_per_model(structures, models, batch_size=batch_size)
+    return stacked.mean(axis=0), stacked.std(axis=0)
+
+
+def predict_gaps_per_model(
+    structures: Sequence[Atoms], models: Sequence[GapModel], *, batch_size: int = 8
+) -> np.ndarray:
+    """Band gaps (eV) of structures from each model of an ensemble: array (n_models, n_structures)."""
     if not models:
         raise InvalidInputError("predict_gaps needs at least one model")
     cutoffs = {m.cutoff_a for m in models}
@@ -366,8 +374,7 @@ def predict_gaps(
         if key not in inputs:
             inputs[key] = [to_data(g, n) for g in graphs]
         predictions.append(model.predict_data(inputs[key], batch_size=batch_size))
-    stacked = np.array(predictions)
-    return stacked.mean(axis=0), stacked.std(axis=0)
+    return np.array(predictions)
 
 
 Splits = dict[str, tuple[list[str], list[PeriodicGraph], np.ndarray]]
@@ -608,6 +615,25 @@ def train_two_stage(
         model_ids.append(model_id)
     ensemble = {stage: compute_metrics(tests[stage][0], np.mean(test_predictions[stage], axis=0)) for stage in tests}
     return TwoStageResult(ensemble_id, model_ids, {s: tests[s][1] for s in tests}, ensemble)
+
+
+def latest_ensemble(store: Store) -> tuple[str, str]:
+    """The newest trained ensemble: (ensemble id, the level its gaps are at: high level if fine-tuned)."""
+    rows = store.query(
+        """SELECT ensemble_id, coalesce(high_level, cheap_level) AS level FROM gnn_models
+           ORDER BY created_at DESC LIMIT 1"""
+    )
+    if rows.empty:
+        raise NotComputedError(f"{store.path}: no trained GNN yet (capml gnn train)")
+    return str(rows["ensemble_id"][0]), str(rows["level"][0])
+
+
+def load_ensemble_by_id(store: Store, ensemble_id: str) -> list[GapModel]:
+    """The models of one ensemble, in ensemble order."""
+    rows = store.query("SELECT relpath FROM gnn_models WHERE ensemble_id = ? ORDER BY ensemble_index", [ensemble_id])
+    if rows.empty:
+        raise NotComputedError(f"{store.path}: no GNN ensemble {ensemble_id}")
+    return [GapModel.load(store.project_dir / p) for p in rows["relpath"]]
 
 
 def load_ensemble(store: Store, model_ids: Sequence[str] | None = None) -> list[GapModel]:

@@ -32,6 +32,7 @@ from capml_core.config import MLIPSection
 from capml_core.errors import CalculationFailed, CapmlError, DatasetError, InvalidInputError, NotComputedError
 from capml_core.evaluation import error_metrics, split_of
 from capml_core.store import Store
+from capml_core.types import DATASET_KIND_SQL
 
 logger = logging.getLogger(__name__)
 
@@ -188,9 +189,10 @@ def labelled_structures(store: Store, level: str, *, need_stress: bool) -> list[
         ``need_stress`` and some structures have no stress (names them and their source).
     """
     rows = store.query(
-        """SELECT l.structure_hash, l.energy_ev, l.forces_ev_per_a, l.stress_ev_per_a3, l.source
-           FROM labels l WHERE l.level = ? AND l.status = 'ok' AND l.energy_ev IS NOT NULL
-             AND l.forces_ev_per_a IS NOT NULL ORDER BY l.structure_hash""",
+        f"""SELECT l.structure_hash, l.energy_ev, l.forces_ev_per_a, l.stress_ev_per_a3, l.source
+           FROM labels l JOIN structures s USING (structure_hash)
+           WHERE l.level = ? AND l.status = 'ok' AND l.energy_ev IS NOT NULL
+             AND l.forces_ev_per_a IS NOT NULL AND {DATASET_KIND_SQL} ORDER BY l.structure_hash""",
         [level],
     )
     if len(rows) < 10:

@@ -27,6 +27,10 @@ Tables (tidy; units in column names):
   artifact with force constants, Γ modes, dispersion and DOS (schema 7).
 - ``phonon_anharmonic``: DynaPhoPy's renormalised phonons of each MD run and the dynamic-stability verdict
   that gates the band-gap stage (schema 8).
+- ``gap_static``, ``gap_thermal``, ``gap_snapshots``: Eg(0) of each relaxed lowest-energy structure (GNN
+  ensemble, and the reference DFT gap where checked), Eg(T) and ΔEg(T) per MD run with uncertainties, and the
+  GNN gap of every snapshot used; ``gap_published``: measured and published gaps for comparison;
+  ``gap_modes``: ΔEg of frozen Γ-mode distortions at thermal amplitudes, with DFT checks (schema 9).
 - ``artifacts``: large arrays (trajectories, force constants) live in files under ``artifacts/``; this table
   points to them (path relative to the project directory, SHA-256, size).
 - view ``labelled_structures``: structures joined with labels, without the arrays, for SQL users.
@@ -61,14 +65,14 @@ import pandas as pd
 from ase import Atoms
 
 from capml_core.errors import NotComputedError, StoreError, StoreLockedError
-from capml_core.types import LabelStatus, StageStatus, StructureKind
+from capml_core.types import DATASET_KIND_SQL, LabelStatus, StageStatus, StructureKind
 
 logger = logging.getLogger(__name__)
 
 STORE_FILENAME = "capml.duckdb"
 ARTIFACTS_DIRNAME = "artifacts"
 #: Version of the schema this code writes. Bump it and append a migration to change the schema.
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 _SCHEMA_V1 = [
     "CREATE TABLE schema_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
@@ -207,6 +211,38 @@ _SCHEMA_V8 = [
         created_at TIMESTAMP NOT NULL)""",
 ]
 
+_SCHEMA_V9 = [
+    """CREATE TABLE gap_static (
+        structure_hash VARCHAR NOT NULL, ensemble_id VARCHAR NOT NULL, composition_x DOUBLE, level VARCHAR NOT NULL,
+        gap_ev DOUBLE NOT NULL, gap_std_ev DOUBLE, model_gaps_ev DOUBLE[], reference_level VARCHAR,
+        reference_gap_ev DOUBLE, run_id VARCHAR, created_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (structure_hash, ensemble_id))""",
+    """CREATE TABLE gap_thermal (
+        md_id VARCHAR NOT NULL, ensemble_id VARCHAR NOT NULL, structure_hash VARCHAR NOT NULL, composition_x DOUBLE,
+        temperature_k DOUBLE NOT NULL, level VARCHAR NOT NULL, passes_gate BOOLEAN NOT NULL, reason VARCHAR,
+        decorrelation_fs DOUBLE, spacing_fs DOUBLE, n_snapshots INTEGER, mean_gap_ev DOUBLE,
+        statistical_error_ev DOUBLE, model_error_ev DOUBLE, error_ev DOUBLE, static_gap_ev DOUBLE, delta_ev DOUBLE,
+        delta_error_ev DOUBLE, relative_change DOUBLE, relative_error DOUBLE, run_id VARCHAR,
+        created_at TIMESTAMP NOT NULL, PRIMARY KEY (md_id, ensemble_id))""",
+    """CREATE TABLE gap_snapshots (
+        md_id VARCHAR NOT NULL, ensemble_id VARCHAR NOT NULL, frame INTEGER NOT NULL, time_fs DOUBLE NOT NULL,
+        gap_ev DOUBLE NOT NULL, gap_std_ev DOUBLE, created_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (md_id, ensemble_id, frame))""",
+    """CREATE TABLE gap_published (
+        file_sha VARCHAR NOT NULL, "row" INTEGER NOT NULL, file VARCHAR, composition_x DOUBLE NOT NULL,
+        temperature_k DOUBLE NOT NULL, gap_ev DOUBLE NOT NULL, uncertainty_ev DOUBLE, kind VARCHAR NOT NULL,
+        source VARCHAR, run_id VARCHAR, created_at TIMESTAMP NOT NULL, PRIMARY KEY (file_sha, "row"))""",
+    """CREATE TABLE gap_modes (
+        structure_hash VARCHAR NOT NULL, ensemble_id VARCHAR NOT NULL, temperature_k DOUBLE NOT NULL,
+        mode INTEGER NOT NULL, composition_x DOUBLE, level VARCHAR NOT NULL, frequency_thz DOUBLE NOT NULL,
+        status VARCHAR NOT NULL, rms_displacement_a DOUBLE, max_displacement_a DOUBLE, dominant VARCHAR,
+        shares_json VARCHAR, gap0_ev DOUBLE, gap_plus_ev DOUBLE, gap_minus_ev DOUBLE, delta_ev DOUBLE,
+        delta_std_ev DOUBLE, relative_change DOUBLE, reference_level VARCHAR, plus_hash VARCHAR, minus_hash VARCHAR,
+        reference_gap0_ev DOUBLE, reference_gap_plus_ev DOUBLE, reference_gap_minus_ev DOUBLE,
+        reference_delta_ev DOUBLE, reference_relative_change DOUBLE, run_id VARCHAR, created_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (structure_hash, ensemble_id, temperature_k, mode))""",
+]
+
 #: MIGRATIONS[v] turns a store of version v - 1 into version v (v = 1: create from nothing).
 MIGRATIONS: dict[int, list[str]] = {
     1: _SCHEMA_V1,
@@ -217,6 +253,7 @@ MIGRATIONS: dict[int, list[str]] = {
     6: _SCHEMA_V6,
     7: _SCHEMA_V7,
     8: _SCHEMA_V8,
+    9: _SCHEMA_V9,
 }
 
 
@@ -240,6 +277,11 @@ _RESULT_TABLES = (
     "md_runs",
     "phonon_harmonic",
     "phonon_anharmonic",
+    "gap_static",
+    "gap_thermal",
+    "gap_snapshots",
+    "gap_published",
+    "gap_modes",
 )
 
 
@@ -677,13 +719,13 @@ class Store:
     def coverage(self) -> pd.DataFrame:
         """Dataset structures per composition x, kind, condition (temperature K or amplitude Å) and level.
 
-        Relaxed structures of the disorder scan are not part of the dataset and are left out.
+        Structures the later stages derive (relaxed, frozen-mode) are not part of the dataset and are left out.
         """
         return self.query(
-            """SELECT s.composition_x, s.kind, s.temperature_k, s.amplitude_a,
+            f"""SELECT s.composition_x, s.kind, s.temperature_k, s.amplitude_a,
                       coalesce(l.level, '(unlabelled)') AS level, count(*) AS n_structures
                FROM structures s LEFT JOIN labels l ON l.structure_hash = s.structure_hash AND l.status = 'ok'
-               WHERE s.kind <> 'relaxed' GROUP BY ALL ORDER BY ALL"""
+               WHERE {DATASET_KIND_SQL} GROUP BY ALL ORDER BY ALL"""
         )
 
     def set_coverage(self) -> pd.DataFrame:
@@ -829,10 +871,11 @@ class Store:
         }
 
     def gaps(self, level: str | None = None) -> pd.DataFrame:
-        """Band gaps (eV) with composition, per level (all levels by default)."""
+        """Dataset band gaps (eV) with composition, per level (all levels by default)."""
         sql = (
             "SELECT l.level, s.structure_hash, s.composition_x, s.kind, s.temperature_k, s.amplitude_a, l.gap_ev "
-            "FROM labels l JOIN structures s USING (structure_hash) WHERE l.status = 'ok' AND l.gap_ev IS NOT NULL"
+            "FROM labels l JOIN structures s USING (structure_hash) WHERE l.status = 'ok' AND l.gap_ev IS NOT NULL "
+            f"AND {DATASET_KIND_SQL}"
         )
         if level is None:
             return self.query(sql + " ORDER BY l.level, s.composition_x")
@@ -859,11 +902,12 @@ class Store:
         return list(dict.fromkeys(self.query(sql, [level, set_name, set_name])["structure_hash"].tolist()))
 
     def labelled_gaps(self, level: str) -> pd.DataFrame:
-        """Structures with an 'ok' gap at ``level``: hash, composition, kind, gap (eV)."""
+        """Dataset structures (no derived kinds) with an 'ok' gap at ``level``: hash, composition, kind, gap (eV)."""
         return self.query(
-            """SELECT l.structure_hash, s.composition_x, s.kind, l.gap_ev FROM labels l
+            f"""SELECT l.structure_hash, s.composition_x, s.kind, l.gap_ev FROM labels l
                JOIN structures s USING (structure_hash)
-               WHERE l.level = ? AND l.status = 'ok' AND l.gap_ev IS NOT NULL ORDER BY l.structure_hash""",
+               WHERE l.level = ? AND l.status = 'ok' AND l.gap_ev IS NOT NULL AND {DATASET_KIND_SQL}
+               ORDER BY l.structure_hash""",
             [level],
         )
 

@@ -11,7 +11,12 @@ FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 
 #: Kinds of structures in the store.
-StructureKind = Literal["thermal", "uniform", "equilibrium", "imported", "relaxed"]
+StructureKind = Literal["thermal", "uniform", "equilibrium", "imported", "relaxed", "frozen-mode"]
+#: Kinds the later stages derive (relaxed arrangements, frozen-mode distortions checked with DFT): never
+#: training data for the GNN or MACE, never counted in the dataset.
+DERIVED_KINDS = ("relaxed", "frozen-mode")
+#: SQL condition on ``structures.kind`` (alias ``s``) that keeps the dataset's structures only.
+DATASET_KIND_SQL = "s.kind NOT IN ('relaxed', 'frozen-mode')"
 #: Labels a reference level can provide.
 LabelName = Literal["energy", "forces", "stress", "gap"]
 #: Status of a pipeline stage or a labelling calculation.

@@ -189,7 +189,9 @@ def data_import(
 
 @data_app.command("generate")
 def data_generate(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration: system and [[dataset.sets]].")],
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="Run configuration (TOML; uses system, dataset.sets).")
+    ],
     project: ProjectOption = None,
 ) -> None:
     """Build the structure sets of a configuration (thermal, uniform, equilibrium) and store them."""
@@ -343,7 +345,7 @@ app.add_typer(gnn_app, name="gnn")
 
 @gnn_app.command("train")
 def gnn_train(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration: [gnn] and [reference].")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration (TOML; uses gnn, reference).")],
     project: ProjectOption = None,
 ) -> None:
     """Search (if configured), train the GNN ensemble on the cheap level, fine-tune on the high level, curve."""
@@ -411,7 +413,7 @@ app.add_typer(mlip_app, name="mlip")
 
 @mlip_app.command("train")
 def mlip_train(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration: [mlip] and [reference].")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration (TOML; uses mlip, reference).")],
     project: ProjectOption = None,
 ) -> None:
     """Train MACE (or fine-tune mlip.foundation_model) on the level's energies, forces, stresses; evaluate it."""
@@ -473,7 +475,7 @@ def _print_mlip_tables(store, model_ids: list[str]) -> None:  # noqa: ANN001
 @mlip_app.command("evaluate")
 def mlip_evaluate(
     model_file: Annotated[Path, typer.Argument(help="A MACE .model file (e.g. a foundation model).")],
-    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration: [mlip] and [reference].")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration (TOML; uses mlip, reference).")],
     project: ProjectOption = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
 ) -> None:
@@ -493,7 +495,7 @@ def mlip_evaluate(
 
 @app.command()
 def disorder(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration: [system] and [disorder].")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration (TOML; uses system, disorder).")],
     project: ProjectOption = None,
     plan_only: Annotated[
         bool, typer.Option("--plan", help="Only count and choose arrangements; relax nothing.")
@@ -540,7 +542,7 @@ def disorder(
 
 @app.command()
 def md(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration: [md].")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration (TOML; uses md).")],
     project: ProjectOption = None,
 ) -> None:
     """Langevin MD of each composition's lowest-energy structure at every [md] temperature; health checks."""
@@ -578,7 +580,7 @@ def md(
 
 @app.command()
 def phonons(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration: [phonons], [md].")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration (TOML; uses phonons, md).")],
     project: ProjectOption = None,
 ) -> None:
     """Harmonic phonons (0 K) of the lowest-energy structures; DynaPhoPy and stability verdict per MD run."""
@@ -617,6 +619,82 @@ def phonons(
 
 
 @app.command()
+def gaps(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration (TOML; uses gaps, md, phonons).")],
+    project: ProjectOption = None,
+) -> None:
+    """Eg(0) of the lowest-energy structures and Eg(T), ΔEg(T) from GNN gaps of uncorrelated MD snapshots."""
+    from capml_core.bandgaps import run_bandgap_stage
+    from capml_core.config import load_config
+    from capml_core.store import Store
+
+    try:
+        loaded = load_config(config, project_dir=project)
+        result = run_bandgap_stage(Store(loaded.project_dir), loaded.config)
+    except CapmlError as err:
+        _fail(err)
+    table = Table(
+        "x", "Eg(0) GNN (eV)", "ensemble spread (eV)", "Eg(0) DFT (eV)", title=f"static gaps ({result.level})"
+    )
+    for s in result.static:
+        table.add_row(
+            f"{s.composition_x:.4g}",
+            f"{s.gap_ev:.3f}",
+            f"{s.gap_std_ev:.3f}",
+            "-" if s.reference_gap_ev is None else f"{s.reference_gap_ev:.3f}",
+        )
+    console.print(table)
+    table = Table("x", "T (K)", "snapshots", "Eg (eV)", "ΔEg (eV)", "ΔEg/Eg(0)", "note", title="thermal gaps")
+    for t in result.thermal:
+        a = t.average
+        table.add_row(
+            f"{t.composition_x:.4g}",
+            f"{t.temperature_k:g}",
+            "-" if a is None else str(a.n_snapshots),
+            "-" if a is None else f"{a.mean_gap_ev:.3f} ± {a.error_ev:.3f}",
+            "-" if a is None else f"{a.delta_ev:+.3f} ± {a.delta_error_ev:.3f}",
+            "-" if a is None else f"{100 * a.relative_change:+.1f} ± {100 * a.relative_error:.1f} %",
+            t.reason,
+        )
+    console.print(table)
+
+
+@app.command()
+def modes(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration (TOML; uses gaps, phonons).")],
+    project: ProjectOption = None,
+    top: Annotated[int, typer.Option(help="Modes listed per composition and temperature (largest |ΔEg|).")] = 5,
+) -> None:
+    """ΔEg/Eg of each Γ mode frozen in at its thermal amplitude (GNN), with DFT checks of a few modes."""
+    from capml_core.config import load_config
+    from capml_core.modes import run_mode_stage
+    from capml_core.store import Store
+
+    try:
+        loaded = load_config(config, project_dir=project)
+        result = run_mode_stage(Store(loaded.project_dir), loaded.config)
+    except CapmlError as err:
+        _fail(err)
+    table = Table("x", "T (K)", "mode", "ν (THz)", "dominant", "ΔEg (eV)", "ΔEg/Eg(0)", "DFT ΔEg (eV)", title="modes")
+    for x, temperature in sorted({(m.composition_x, m.temperature_k) for m in result}):
+        frozen = [m for m in result if (m.composition_x, m.temperature_k) == (x, temperature) and m.status == "frozen"]
+        chosen = sorted(frozen, key=lambda m: -abs(m.delta_ev))[:top]
+        chosen += [m for m in frozen if m.reference_delta_ev is not None and m not in chosen]
+        for m in sorted(chosen, key=lambda m: m.frequency_thz):
+            table.add_row(
+                f"{x:.4g}",
+                f"{temperature:g}",
+                str(m.mode),
+                f"{m.frequency_thz:.2f}",
+                m.dominant,
+                f"{m.delta_ev:+.4f}",
+                f"{100 * m.relative_change:+.2f} %",
+                "-" if m.reference_delta_ev is None else f"{m.reference_delta_ev:+.4f}",
+            )
+    console.print(table)
+
+
+@app.command()
 def runs(config: ConfigOption = None, project: ProjectOption = None) -> None:
     """Runs recorded in the store and the stages of the latest one."""
     from capml_core.store import Store
@@ -639,7 +717,7 @@ def sql(
     project: ProjectOption = None,
     output: Annotated[str, typer.Option(help="Output format: table, csv or json.")] = "table",
 ) -> None:
-    """Query the store with SQL (read-only; tables: runs, stages, structures, levels, labels, artifacts)."""
+    """Query the store with SQL (read-only; every table and view is described in docs/store.md)."""
     from capml_core.store import Store
 
     if output not in ("table", "csv", "json"):

@@ -8,8 +8,9 @@ model ensemble: cheap level, then fine-tuned on the high level) and ``mlip`` (MA
 cheap level's energies, forces and stresses; evaluated; end-member phonons compared with the reference) and
 ``disorder`` (inequivalent arrangements per composition relaxed with that MACE and ranked) and ``dynamics``
 (Langevin MD of each composition's lowest-energy structure per temperature, with health checks) and
-``phonons`` (harmonic phonons at 0 K, DynaPhoPy renormalised phonons per MD run, dynamic-stability verdicts).
-Later stages (gaps) are added here as tasks/subflows of :func:`pipeline`.
+``phonons`` (harmonic phonons at 0 K, DynaPhoPy renormalised phonons per MD run, dynamic-stability verdicts) and
+``bandgaps`` (Eg(0) and Eg(T), ΔEg(T) with uncertainties from the GNN on uncorrelated MD snapshots of the runs the
+phonon gate passes) and ``modes`` (ΔEg/Eg of frozen Γ modes at thermal amplitudes, with DFT checks).
 
 Runs in Prefect's local ephemeral mode by default (no server needed); with ``PREFECT_API_URL`` set it
 reports to that server. Each task calls one capml_core function; the store records run and stage status.
@@ -28,6 +29,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from capml_core.bandgaps import BandGapResult, run_bandgap_stage
 from capml_core.config import ImportSpec, LoadedConfig, StructureSetSection, load_config
 from capml_core.datasets import DatasetSummary, ImportReport, import_spec, summarise_dataset
 from capml_core.disorder import DisorderScanResult, run_disorder_scan
@@ -35,6 +37,7 @@ from capml_core.dynamics import MDResult, run_dynamics
 from capml_core.gnn import GNNStageResult, fit_band_gap_model
 from capml_core.labelling import LabellingReport, label_structures
 from capml_core.mlip import MlipStageResult, fit_mlip, force_constants_cache_dir, force_function
+from capml_core.modes import ModeGap, run_mode_stage
 from capml_core.phonons import ForceConstants
 from capml_core.provenance import code_version, package_versions
 from capml_core.reference import LEVELS, get_level
@@ -266,6 +269,64 @@ def phonon_stability(loaded: LoadedConfig, store: Store, run_id: str) -> tuple[l
     return harmonic, verdicts
 
 
+@task(name="bandgaps", cache_policy=NO_CACHE)
+def band_gaps(loaded: LoadedConfig, store: Store, run_id: str) -> BandGapResult:
+    """Eg(0) of the relaxed structures and Eg(T), ΔEg(T) over uncorrelated MD snapshots (GNN ensemble)."""
+    logger = get_run_logger()
+    result = run_bandgap_stage(store, loaded.config, run_id=run_id)
+    for s in result.static:
+        reference = "" if s.reference_gap_ev is None else f" (DFT {s.reference_gap_ev:.3f} eV)"
+        logger.info("Eg(0) x = %.3f: %.3f ± %.3f eV%s", s.composition_x, s.gap_ev, s.gap_std_ev, reference)
+    for t in result.thermal:
+        if t.average is None:
+            logger.warning("Eg x = %.3f at %.0f K not averaged: %s", t.composition_x, t.temperature_k, t.reason)
+            continue
+        a = t.average
+        logger.info(
+            "Eg x = %.3f at %.0f K: %.3f ± %.3f eV, ΔEg %.3f ± %.3f eV (%.0f %%), %d snapshots",
+            t.composition_x,
+            t.temperature_k,
+            a.mean_gap_ev,
+            a.error_ev,
+            a.delta_ev,
+            a.delta_error_ev,
+            100 * a.relative_change,
+            a.n_snapshots,
+        )
+    return result
+
+
+@task(name="modes", cache_policy=NO_CACHE)
+def mode_gaps(loaded: LoadedConfig, store: Store, run_id: str) -> list[ModeGap]:
+    """ΔEg/Eg of every Γ mode frozen at its thermal amplitude (GNN; DFT for a few)."""
+    logger = get_run_logger()
+    result = run_mode_stage(store, loaded.config, run_id=run_id)
+    for x, temperature in sorted({(m.composition_x, m.temperature_k) for m in result}):
+        frozen = [m for m in result if (m.composition_x, m.temperature_k) == (x, temperature) and m.status == "frozen"]
+        if frozen:
+            largest = min(frozen, key=lambda m: m.relative_change)
+            logger.info(
+                "modes x = %.3f at %.0f K: %d modes, largest reduction %.1f %% (mode %d, %.2f THz, %s)",
+                x,
+                temperature,
+                len(frozen),
+                100 * largest.relative_change,
+                largest.mode,
+                largest.frequency_thz,
+                largest.dominant,
+            )
+    for m in result:
+        if m.reference_delta_ev is not None:
+            logger.info(
+                "mode check x = %.3f, %.2f THz: ΔEg GNN %.3f eV vs DFT %.3f eV",
+                m.composition_x,
+                m.frequency_thz,
+                m.delta_ev,
+                m.reference_delta_ev,
+            )
+    return result
+
+
 @task(name="summarise-dataset", cache_policy=NO_CACHE)
 def summarise(store: Store) -> DatasetSummary:
     """Summarise the stored dataset and publish it as a Prefect markdown artifact."""
@@ -338,6 +399,10 @@ def pipeline(config_path: str, project_dir: str | None = None) -> dict[str, Any]
             dynamics = molecular_dynamics(loaded, store, run_id)
         with stage(store, run_id, "phonons"):
             harmonic, verdicts = phonon_stability(loaded, store, run_id)
+        with stage(store, run_id, "bandgaps"):
+            gaps = band_gaps(loaded, store, run_id)
+        with stage(store, run_id, "modes"):
+            modes = mode_gaps(loaded, store, run_id)
     except BaseException as err:
         with store.write() as writer:
             writer.finish_run(run_id, status="failed", message=f"{type(err).__name__}: {err}")
@@ -380,5 +445,24 @@ def pipeline(config_path: str, project_dir: str | None = None) -> dict[str, Any]
                 {"x": v.composition_x, "temperature_k": v.temperature_k, "stable": v.stable, "passes": v.passes_gate}
                 for v in verdicts
             ],
+        },
+        "bandgaps": {
+            "ensemble_id": gaps.ensemble_id,
+            "level": gaps.level,
+            "static_ev": {s.composition_x: s.gap_ev for s in gaps.static},
+            "thermal": [
+                {
+                    "x": t.composition_x,
+                    "temperature_k": t.temperature_k,
+                    "gap_ev": None if t.average is None else t.average.mean_gap_ev,
+                    "delta_ev": None if t.average is None else t.average.delta_ev,
+                    "reason": t.reason,
+                }
+                for t in gaps.thermal
+            ],
+        },
+        "modes": {
+            "frozen": sum(m.status == "frozen" for m in modes),
+            "checked": sum(m.reference_delta_ev is not None for m in modes),
         },
     }

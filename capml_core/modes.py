@@ -1,0 +1,308 @@
+"""Mode-resolved gap changes (stage ``modes``): frozen Γ-phonon distortions at thermal amplitudes.
+
+For each composition's relaxed lowest-energy structure and each temperature T of ``gaps.mode_temperatures_k``,
+every Γ mode ν of its harmonic phonons (:mod:`capml_core.harmonic`: the whole cell, so its Γ point carries
+the parent's X, M and R modes too) is frozen in at the paper's thermal amplitude: atom j moves by
+
+    u_j = ± sqrt(ħ (1 + 2 n(ω_ν, T)) / (2 m_j ω_ν)) e_νj,
+
+with e_ν the normalised eigenvector of the dynamical matrix and n the Bose-Einstein occupation. The GNN
+ensemble gives the gap of both distorted structures; ΔEg = (Eg(+u) + Eg(−u)) / 2 − Eg(0) (the mean of the two
+signs removes the part linear in u, which a thermal average removes too) and ΔEg / Eg(0). The three acoustic
+modes (the modes most like rigid translations) and imaginary modes (no thermal amplitude) are recorded with
+that status and not frozen in.
+
+Species shares: the fraction of Σ_j |u_j|² carried by each element, and by the substituted sublattice's
+species together (e.g. 'Br/I'); ``dominant`` is the largest of the groups (elements outside the sublattice,
+and the sublattice). DFT check: for the compositions in ``gaps.reference_compositions``, ``gaps.reference_modes``
+modes spread over the frequency range, at the highest mode temperature, are also computed at the reference
+level (the distorted structures are stored with kind 'frozen-mode', which is never training data).
+Units: THz, K, Å, eV, amu.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from ase import Atoms, units
+
+from capml_core.errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+
+def bose_einstein(frequency_thz: np.ndarray | float, temperature_k: float) -> np.ndarray:
+    """Phonon occupation n(ω, T) = 1 / (exp(hν / kT) − 1) (0 at T = 0)."""
+    frequency = np.asarray(frequency_thz, dtype=float)
+    if temperature_k <= 0:
+        return np.zeros_like(frequency)
+    x = units._hplanck * frequency * 1e12 / (units._k * temperature_k)
+    return 1.0 / np.expm1(x)
+
+
+def real_eigenvector(eigenvector: np.ndarray) -> np.ndarray:
+    """A Γ eigenvector with its global phase removed: real, unit norm (shape 3N)."""
+    v = np.asarray(eigenvector)
+    phase = np.exp(-1j * np.angle(v[np.argmax(np.abs(v))]))
+    real = np.real(v * phase)
+    return real / np.linalg.norm(real)
+
+
+def thermal_displacement(
+    atoms: Atoms, eigenvector: np.ndarray, frequency_thz: float, temperature_k: float
+) -> np.ndarray:
+    """Displacements (Å, shape N x 3) of one mode at its thermal amplitude at T (see module doc).
+
+    Raises
+    ------
+    InvalidInputError
+        A frequency ≤ 0 (acoustic or imaginary modes have no thermal amplitude) or an eigenvector of the
+        wrong length.
+    """
+    if frequency_thz <= 0:
+        raise InvalidInputError(f"mode frequency {frequency_thz:.3f} THz: a thermal amplitude needs ω > 0")
+    n_atoms = len(atoms)
+    e = real_eigenvector(eigenvector)
+    if e.shape != (3 * n_atoms,):
+        raise InvalidInputError(f"eigenvector of length {e.shape}, expected {3 * n_atoms} for {n_atoms} atoms")
+    omega = 2.0 * np.pi * frequency_thz * 1e12  # rad/s
+    masses = atoms.get_masses() * units._amu  # kg
+    occupation = float(bose_einstein(frequency_thz, temperature_k))
+    amplitude_m = np.sqrt(units._hbar * (1.0 + 2.0 * occupation) / (2.0 * masses * omega))
+    return e.reshape(n_atoms, 3) * amplitude_m[:, None] * 1e10
+
+
+def freeze(atoms: Atoms, displacement_a: np.ndarray) -> Atoms:
+    """A copy of the structure with the displacement (Å) added to its positions."""
+    out = Atoms(atoms.numbers, positions=atoms.positions + displacement_a, cell=atoms.cell, pbc=True)
+    return out
+
+
+def acoustic_modes(atoms: Atoms, eigenvectors: np.ndarray) -> list[int]:
+    """The three Γ modes closest to rigid translations (largest weight on the mass-weighted translations)."""
+    n_atoms = len(atoms)
+    sqrt_m = np.sqrt(atoms.get_masses())
+    translations = np.zeros((3 * n_atoms, 3))
+    for axis in range(3):
+        translations[axis::3, axis] = sqrt_m
+    translations /= np.linalg.norm(translations, axis=0)
+    weight = np.sum(np.abs(translations.T @ np.asarray(eigenvectors)) ** 2, axis=0)
+    return sorted(int(i) for i in np.argsort(weight)[-3:])
+
+
+def displacement_shares(symbols: Sequence[str], displacement_a: np.ndarray, sublattice: Sequence[str]) -> dict:
+    """Share of Σ|u_j|² per element and per group (elements outside the sublattice; the sublattice together)."""
+    squared = np.sum(np.asarray(displacement_a) ** 2, axis=1)
+    total = float(squared.sum())
+    symbols = np.asarray(symbols)
+    elements = {s: float(squared[symbols == s].sum() / total) for s in sorted(set(symbols))}
+    group_name = "/".join(sublattice)
+    groups: dict[str, float] = {}
+    for element, share in elements.items():
+        key = group_name if element in sublattice else element
+        groups[key] = groups.get(key, 0.0) + share
+    return {"elements": elements, "groups": groups, "dominant": max(groups, key=groups.get)}
+
+
+def spread_over_frequencies(frequencies_thz: Sequence[float], n: int) -> list[int]:
+    """Indices (into ``frequencies_thz``) of n modes spread evenly over the sorted frequencies (ends included)."""
+    order = np.argsort(frequencies_thz)
+    if n <= 0 or len(order) == 0:
+        return []
+    picks = np.unique(np.round(np.linspace(0, len(order) - 1, min(n, len(order)))).astype(int))
+    return [int(order[p]) for p in picks]
+
+
+@dataclass(frozen=True)
+class ModeGap:
+    """The gap change of one frozen mode at one temperature (eV; relative change a fraction)."""
+
+    composition_x: float
+    temperature_k: float
+    mode: int
+    frequency_thz: float
+    status: str
+    dominant: str | None
+    delta_ev: float | None
+    relative_change: float | None
+    reference_delta_ev: float | None
+
+
+def run_mode_stage(
+    store,  # noqa: ANN001 - capml_core.store.Store
+    config,  # noqa: ANN001 - RunConfig
+    *,
+    run_id: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[ModeGap]:
+    """ΔEg/Eg of every Γ mode of every lowest-energy structure at every mode temperature (see module doc).
+
+    Each (structure, temperature) is written in one transaction once its DFT checks (if any) are done; what is
+    stored for the current GNN ensemble is not recomputed, and DFT results already in the store are reused.
+    """
+    from capml_core.gnn import latest_ensemble, load_ensemble_by_id, predict_gaps_per_model
+    from capml_core.harmonic import IMAGINARY_TOLERANCE_THZ, run_harmonic_phonons
+    from capml_core.mlip import resolve_device
+    from capml_core.store import StructureRecord
+    from capml_core.structures import structure_hash
+
+    gaps_config = config.gaps
+    store.initialise()
+    ensemble_id, level = latest_ensemble(store)
+    models = [m.to(resolve_device(gaps_config.device)) for m in load_ensemble_by_id(store, ensemble_id)]
+    harmonic = run_harmonic_phonons(store, config, run_id=run_id)
+    sublattice = list(config.system.sublattice.species)
+    check_temperature = max(gaps_config.mode_temperatures_k)
+    done = store.query(
+        "SELECT DISTINCT structure_hash, temperature_k FROM gap_modes WHERE ensemble_id = ?", [ensemble_id]
+    )
+    finished = {(h, float(t)) for h, t in zip(done["structure_hash"], done["temperature_k"], strict=True)}
+    jobs = [(h, t) for h in harmonic for t in gaps_config.mode_temperatures_k]
+    for i, (result, temperature) in enumerate(jobs):
+        if (result.structure_hash, float(temperature)) in finished:
+            continue
+        atoms = store.load_atoms(result.structure_hash)
+        arrays = store.load_arrays(result.artifact_id)
+        frequencies = arrays["gamma_frequencies_thz"]
+        eigenvectors = arrays["gamma_eigenvectors_real"] + 1j * arrays["gamma_eigenvectors_imag"]
+        acoustic = set(acoustic_modes(atoms, eigenvectors))
+        frozen, displaced, rows = [], [], []
+        for mode, frequency in enumerate(frequencies):
+            row = {
+                "structure_hash": result.structure_hash,
+                "ensemble_id": ensemble_id,
+                "temperature_k": float(temperature),
+                "mode": mode,
+                "composition_x": result.composition_x,
+                "level": level,
+                "frequency_thz": float(frequency),
+                "run_id": run_id,
+            }
+            if mode in acoustic:
+                row["status"] = "acoustic"
+            elif frequency < IMAGINARY_TOLERANCE_THZ:
+                row["status"] = "imaginary"
+            else:
+                u = thermal_displacement(atoms, eigenvectors[:, mode], float(frequency), float(temperature))
+                shares = displacement_shares(atoms.get_chemical_symbols(), u, sublattice)
+                row.update(
+                    {
+                        "status": "frozen",
+                        "rms_displacement_a": float(np.sqrt(np.mean(np.sum(u**2, axis=1)))),
+                        "max_displacement_a": float(np.max(np.linalg.norm(u, axis=1))),
+                        "dominant": shares["dominant"],
+                        "shares_json": json.dumps(shares),
+                    }
+                )
+                frozen.append(len(rows))
+                displaced += [freeze(atoms, u), freeze(atoms, -u)]
+            rows.append(row)
+        per_model = predict_gaps_per_model([atoms, *displaced], models, batch_size=gaps_config.batch_size)
+        gap0 = per_model[:, 0]
+        for k, index in enumerate(frozen):
+            plus, minus = per_model[:, 1 + 2 * k], per_model[:, 2 + 2 * k]
+            delta = 0.5 * (plus + minus) - gap0
+            rows[index].update(
+                {
+                    "gap0_ev": float(gap0.mean()),
+                    "gap_plus_ev": float(plus.mean()),
+                    "gap_minus_ev": float(minus.mean()),
+                    "delta_ev": float(delta.mean()),
+                    "delta_std_ev": float(np.std(delta, ddof=1)) if len(delta) > 1 else 0.0,
+                    "relative_change": float(delta.mean() / gap0.mean()),
+                }
+            )
+        checked = any(np.isclose(result.composition_x, c, atol=1e-9) for c in gaps_config.reference_compositions)
+        if checked and temperature == check_temperature and gaps_config.reference_modes > 0:
+            _check_with_dft(store, config, atoms, rows, frozen, displaced, run_id, structure_hash, StructureRecord)
+        with store.write() as writer:
+            writer.add_rows("gap_modes", rows)
+        logger.info(
+            "modes x = %.3f at %.0f K: %d frozen, %d acoustic, %d imaginary",
+            result.composition_x,
+            temperature,
+            len(frozen),
+            sum(r["status"] == "acoustic" for r in rows),
+            sum(r["status"] == "imaginary" for r in rows),
+        )
+        if progress is not None:
+            progress(i + 1, len(jobs))
+    return mode_results(store, ensemble_id, [h.structure_hash for h in harmonic])
+
+
+def _check_with_dft(store, config, atoms, rows, frozen, displaced, run_id, structure_hash, record_type) -> None:  # noqa: ANN001
+    """Reference-level ΔEg of ``gaps.reference_modes`` frozen modes spread over the frequency range."""
+    from capml_core.bandgaps import reference_gaps
+
+    chosen = spread_over_frequencies([rows[i]["frequency_thz"] for i in frozen], config.gaps.reference_modes)
+    records, hashes = [], {}
+    origin = rows[0]["structure_hash"]
+    for k in chosen:
+        row = rows[frozen[k]]
+        for sign, structure in (("plus", displaced[2 * k]), ("minus", displaced[2 * k + 1])):
+            digest = structure_hash(structure)
+            hashes[(frozen[k], sign)] = digest
+            records.append(
+                record_type(
+                    atoms=structure,
+                    structure_hash=digest,
+                    kind="frozen-mode",
+                    composition_x=row["composition_x"],
+                    temperature_k=row["temperature_k"],
+                    source=f"mode {row['mode']} ({sign}) of {origin}",
+                )
+            )
+    with store.write() as writer:
+        writer.add_structures(records, run_id=run_id)
+    level, gaps = reference_gaps(store, config, [origin, *hashes.values()], run_id=run_id)
+    for k in chosen:
+        row = rows[frozen[k]]
+        gap0, plus, minus = (
+            gaps.get(origin),
+            gaps.get(hashes[(frozen[k], "plus")]),
+            gaps.get(hashes[(frozen[k], "minus")]),
+        )
+        row.update(
+            {
+                "reference_level": level,
+                "plus_hash": hashes[(frozen[k], "plus")],
+                "minus_hash": hashes[(frozen[k], "minus")],
+                "reference_gap0_ev": gap0,
+                "reference_gap_plus_ev": plus,
+                "reference_gap_minus_ev": minus,
+            }
+        )
+        if None not in (gap0, plus, minus):
+            delta = 0.5 * (plus + minus) - gap0
+            row.update({"reference_delta_ev": delta, "reference_relative_change": delta / gap0})
+
+
+def mode_results(store, ensemble_id: str, structure_hashes: Sequence[str] | None = None) -> list[ModeGap]:  # noqa: ANN001
+    """Stored mode gap changes of one ensemble (optionally only some structures)."""
+    frame = store.query(
+        """SELECT * FROM gap_modes WHERE ensemble_id = ? AND (? IS NULL OR structure_hash IN (SELECT unnest(?)))
+           ORDER BY composition_x, temperature_k, mode""",
+        [ensemble_id, None if structure_hashes is None else 1, list(structure_hashes or [])],
+    )
+
+    def value(v):  # noqa: ANN001, ANN202
+        return None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
+
+    return [
+        ModeGap(
+            float(r["composition_x"]),
+            float(r["temperature_k"]),
+            int(r["mode"]),
+            float(r["frequency_thz"]),
+            r["status"],
+            r["dominant"],
+            value(r["delta_ev"]),
+            value(r["relative_change"]),
+            value(r["reference_delta_ev"]),
+        )
+        for r in frame.to_dict("records")
+    ]
