@@ -6,7 +6,6 @@ the phonon verdicts that gate the stage are written directly (DynaPhoPy is teste
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,6 @@ from capml_core.bandgaps import (
     load_published_gaps,
 )
 from capml_core.errors import InvalidInputError
-from capml_core.store import Store
 from tests.conftest import REPO
 
 
