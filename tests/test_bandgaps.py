@@ -6,6 +6,7 @@ the phonon verdicts that gate the stage are written directly (DynaPhoPy is teste
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from capml_core.bandgaps import (
     load_published_gaps,
 )
 from capml_core.errors import InvalidInputError
+from capml_core.store import Store
 from tests.conftest import REPO
 
 
@@ -120,3 +122,128 @@ def test_reference_compositions_must_be_studied(tmp_path: Path) -> None:
     path.write_text(text)
     with pytest.raises(ConfigError, match=r"reference_compositions \[0.3\] are not studied by the run"):
         load_config(path)
+
+
+# ------------------------------------------------------------------------------------------- the stages
+@pytest.fixture(scope="module")
+def gap_project(trained, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201 - (project, config)
+    """Tiny MACE → disorder scan → 0.3 ps MD at 50 and 100 K → a 2-model GNN: what the gap stages start from."""
+    from capml_core.config import GNNSection, MDSection
+    from capml_core.disorder import run_disorder_scan
+    from capml_core.dynamics import run_dynamics
+    from capml_core.gnn import train_two_stage
+
+    source, config, _, _ = trained
+    project = tmp_path_factory.mktemp("gaps") / "project"
+    shutil.copytree(source, project)
+    store = Store(project)
+    config = config.model_copy(
+        update={
+            "disorder": config.disorder.model_copy(update={"workers": 2}),
+            "md": MDSection(temperatures_k=[50.0, 100.0], duration_ps=0.3, equilibration_ps=0.05, workers=2),
+        }
+    )
+    run_disorder_scan(store, config)
+    run_dynamics(store, config)
+    gnn = GNNSection(epochs=8, fine_tune_epochs=4, batch_size=16, ensemble_size=2, learning_curve_fractions=[])
+    train_two_stage(store, gnn, cheap_level="gpaw-pbesol", high_level="gpaw-gllbsc", seed=1)
+    return project, config
+
+
+def _verdicts(store: Store, unstable: set[tuple[float, float]]) -> None:
+    """Phonon verdicts for every MD run: stable except the (x, T) in ``unstable``."""
+    runs = store.query("SELECT md_id, structure_hash, composition_x, temperature_k FROM md_runs")
+    rows = []
+    for r in runs.itertuples(index=False):
+        stable = (float(r.composition_x), float(r.temperature_k)) not in unstable
+        rows.append(
+            {
+                "md_id": r.md_id,
+                "structure_hash": r.structure_hash,
+                "composition_x": r.composition_x,
+                "temperature_k": r.temperature_k,
+                "stable": stable,
+                "passes_gate": stable,
+                "reason": "stable" if stable else "2 modes below 0.1 THz",
+            }
+        )
+    with store.write() as writer:
+        writer.add_rows("phonon_anharmonic", rows)
+
+
+@pytest.mark.slow
+def test_bandgap_stage_averages_uncorrelated_snapshots_of_gated_runs(gap_project, tmp_path: Path) -> None:  # noqa: ANN001
+    from capml_core.bandgaps import run_bandgap_stage
+    from capml_core.disorder import lowest_energy_structures
+    from capml_core.dynamics import read_trajectory, trajectory_frame, uncorrelated_frames
+    from capml_core.errors import NotComputedError
+    from capml_core.gnn import latest_ensemble, load_ensemble_by_id, predict_gaps_per_model
+
+    source, config = gap_project
+    project = tmp_path / "project"
+    shutil.copytree(source, project)
+    store = Store(project)
+    with pytest.raises(NotComputedError, match="no phonon stability verdict; run capml phonons first"):
+        run_bandgap_stage(store, config)
+    assert store.query("SELECT count(*) AS n FROM gap_thermal")["n"][0] == 0
+    _verdicts(store, {(0.5, 100.0)})
+    config = config.model_copy(
+        update={
+            "gaps": config.gaps.model_copy(
+                update={
+                    "snapshot_spacing": 1.0,
+                    "min_snapshots": 3,
+                    "experiment": REPO / "data/experiment/ag3sbri-table1.csv",
+                }
+            )
+        }
+    )
+    result = run_bandgap_stage(store, config)
+    ensemble_id, level = latest_ensemble(store)
+    assert result.ensemble_id == ensemble_id and level == "gpaw-gllbsc"
+    models = load_ensemble_by_id(store, ensemble_id)
+    # Eg(0): the ensemble's gap of each relaxed lowest-energy structure
+    relaxed = lowest_energy_structures(store)
+    expected = predict_gaps_per_model(list(relaxed.values()), models)
+    assert [s.composition_x for s in result.static] == list(relaxed)
+    assert np.allclose([s.gap_ev for s in result.static], expected.mean(axis=0), atol=1e-6)
+    assert all(s.reference_gap_ev is None for s in result.static)  # the demo checks no composition with DFT
+    # Eg(T): 10 runs; the unstable one is dropped with the reason, the others averaged over their snapshots
+    assert len(result.thermal) == 10
+    dropped = [t for t in result.thermal if not t.passes_gate]
+    assert [(t.composition_x, t.temperature_k) for t in dropped] == [(0.5, 100.0)]
+    assert dropped[0].average is None and "dropped by the phonon gate: 2 modes below 0.1 THz" in dropped[0].reason
+    runs = store.query("SELECT * FROM md_runs").set_index("md_id")
+    static = {s.composition_x: s for s in result.static}
+    for t in result.thermal:
+        if t.average is None:
+            continue
+        run = runs.loc[t.md_id]
+        trajectory = read_trajectory(project / run["path"])
+        frames = uncorrelated_frames(trajectory, config.md, run["decorrelation_fs"], spacing=1.0)
+        snapshots = store.query("SELECT * FROM gap_snapshots WHERE md_id = ? ORDER BY frame", [t.md_id])
+        assert snapshots["frame"].tolist() == frames.tolist() and t.average.n_snapshots == len(frames) >= 2
+        assert np.all(np.diff(snapshots["time_fs"]) >= run["decorrelation_fs"] - 1e-9)  # ≥ one decorrelation time
+        assert t.average.mean_gap_ev == pytest.approx(snapshots["gap_ev"].mean())
+        again = predict_gaps_per_model([trajectory_frame(trajectory, int(f)) for f in frames[:2]], models)
+        assert np.allclose(again.mean(axis=0), snapshots["gap_ev"][:2], atol=1e-6)
+        assert t.average.delta_ev == pytest.approx(t.average.mean_gap_ev - static[t.composition_x].gap_ev, abs=1e-6)
+        assert t.average.relative_change == pytest.approx(t.average.delta_ev / static[t.composition_x].gap_ev, abs=1e-6)
+        assert t.average.error_ev >= max(t.average.statistical_error_ev, t.average.model_error_ev)
+    published = store.query("SELECT * FROM gap_published")
+    assert len(published) == 21 and set(published["kind"]) == {"experiment", "calculation"}
+    # resume: nothing recomputed for the same ensemble and runs
+    stamps = store.query("SELECT md_id, created_at FROM gap_thermal ORDER BY md_id")
+    run_bandgap_stage(store, config)
+    assert store.query("SELECT md_id, created_at FROM gap_thermal ORDER BY md_id").equals(stamps)
+    assert store.query("SELECT count(*) AS n FROM gap_published")["n"][0] == 21
+    # gate off: a new ensemble averages every run, the stored verdicts stay as they are
+    from capml_core.config import GNNSection
+    from capml_core.gnn import train_two_stage
+
+    gnn = GNNSection(epochs=2, fine_tune_epochs=2, ensemble_size=1, learning_curve_fractions=[])
+    train_two_stage(store, gnn, cheap_level="gpaw-pbesol", high_level="gpaw-gllbsc", seed=2)
+    ungated = config.model_copy(update={"phonons": config.phonons.model_copy(update={"gate": False})})
+    second = run_bandgap_stage(store, ungated)
+    assert second.ensemble_id != ensemble_id and all(t.average is not None for t in second.thermal)
+    assert all(t.average.model_error_ev == 0.0 for t in second.thermal)  # one model: no ensemble spread
