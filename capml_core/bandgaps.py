@@ -332,12 +332,13 @@ def run_bandgap_stage(
     NotComputedError
         No GNN ensemble, no disorder scan, or (with ``phonons.gate``) MD runs without a phonon verdict.
     """
+    from capml_core.config import MDSection
     from capml_core.disorder import lowest_energy_structures
     from capml_core.dynamics import read_trajectory, trajectory_frame, uncorrelated_frames
     from capml_core.gnn import latest_ensemble, load_ensemble_by_id, predict_gaps_per_model
     from capml_core.mlip import resolve_device
 
-    gaps_config, md = config.gaps, config.md
+    gaps_config = config.gaps
     store.initialise()
     ensemble_id, level = latest_ensemble(store)
     device = resolve_device(gaps_config.device)
@@ -350,7 +351,7 @@ def run_bandgap_stage(
     static_by_hash = {r.structure_hash: r for r in static_frame.itertuples(index=False)}
     runs = store.query(
         """SELECT m.md_id, m.structure_hash, m.composition_x, m.temperature_k, m.path, m.decorrelation_fs,
-                  m.status, m.problems, p.stable, p.reason AS verdict
+                  m.status, m.problems, m.settings_json, p.stable, p.reason AS verdict
            FROM md_runs m LEFT JOIN phonon_anharmonic p USING (md_id)
            WHERE m.complete AND m.structure_hash IN (SELECT unnest(?)) ORDER BY m.composition_x, m.temperature_k""",
         [list(static_by_hash)],
@@ -381,9 +382,13 @@ def run_bandgap_stage(
             row["reason"] = f"dropped by the phonon gate: {run.verdict}"
         else:
             trajectory = read_trajectory(store.project_dir / run.path)
+            run_md = MDSection.model_validate_json(run.settings_json)  # the run's own equilibration time
             frames = uncorrelated_frames(
-                trajectory, md, float(run.decorrelation_fs), spacing=gaps_config.snapshot_spacing
+                trajectory, run_md, float(run.decorrelation_fs), spacing=gaps_config.snapshot_spacing
             )
+        if passes and len(frames) == 0:
+            row["reason"] = f"no frames after the equilibration ({run_md.equilibration_ps} ps)"
+        elif passes:
             frame_fs = float(np.median(np.diff(trajectory["time_fs"])))
             row["spacing_fs"] = float(frame_fs * (frames[1] - frames[0])) if len(frames) > 1 else None
             per_model = predict_gaps_per_model(

@@ -49,10 +49,11 @@ def run_phonon_stage(
     Returns the harmonic results and one verdict per MD run; MD runs analysed before are not redone.
     """
     from capml_core.anharmonic import renormalised_phonons, stability_verdict
+    from capml_core.config import MDSection
     from capml_core.dynamics import production_frames, read_trajectory
     from capml_core.harmonic import IMAGINARY_TOLERANCE_THZ, cell_dispersion, run_harmonic_phonons
 
-    phonons, md = config.phonons, config.md
+    phonons = config.phonons
     harmonic = run_harmonic_phonons(store, config, run_id=run_id)
     by_structure = {h.structure_hash: h for h in harmonic}
     runs = store.query(
@@ -67,10 +68,11 @@ def run_phonon_stage(
         arrays = store.load_arrays(by_structure[run.structure_hash].artifact_id)
         atoms = store.load_atoms(run.structure_hash)
         trajectory = read_trajectory(store.project_dir / run.path)
-        frames = production_frames(trajectory, md)
+        run_md = MDSection.model_validate_json(run.settings_json)  # the run's own equilibration and friction
+        frames = production_frames(trajectory, run_md)
         frame_ps = float(np.median(np.diff(trajectory["time_fs"]))) / 1000.0
         resolution = max(phonons.resolution_thz, 1.05 / (frame_ps * (len(frames) - 1)))
-        thermostat = md.friction_per_fs * 1000.0 / (2.0 * np.pi)  # THz
+        thermostat = run_md.friction_per_fs * 1000.0 / (2.0 * np.pi)  # THz
         row = {
             "md_id": run.md_id,
             "structure_hash": run.structure_hash,

@@ -247,3 +247,103 @@ def test_bandgap_stage_averages_uncorrelated_snapshots_of_gated_runs(gap_project
     second = run_bandgap_stage(store, ungated)
     assert second.ensemble_id != ensemble_id and all(t.average is not None for t in second.thermal)
     assert all(t.average.model_error_ev == 0.0 for t in second.thermal)  # one model: no ensemble spread
+
+
+@pytest.mark.slow
+def test_mode_stage_freezes_every_optical_mode_and_checks_one_with_dft(gap_project, tmp_path: Path) -> None:  # noqa: ANN001
+    from capml_core.config import GpawSettings
+    from capml_core.gnn import latest_ensemble, load_ensemble_by_id, predict_gaps_per_model
+    from capml_core.modes import run_mode_stage, thermal_displacement
+
+    source, config = gap_project
+    project = tmp_path / "project"
+    shutil.copytree(source, project)
+    store = Store(project)
+    config = config.model_copy(
+        update={
+            "gaps": config.gaps.model_copy(
+                update={
+                    "mode_temperatures_k": [300.0, 600.0],
+                    "reference_level": "gpaw-pbesol",
+                    "reference_compositions": [1.0],
+                    "reference_modes": 1,
+                }
+            ),
+            "reference": config.reference.model_copy(
+                update={"workers": 2, "gpaw_pbesol": GpawSettings(cutoff_ev=250.0)}
+            ),
+        }
+    )
+    result = run_mode_stage(store, config)
+    rows = store.query("SELECT * FROM gap_modes ORDER BY composition_x, temperature_k, mode")
+    assert len(rows) == 5 * 2 * 120 and len(result) == len(rows)
+    harmonic = store.query("SELECT composition_x, n_imaginary_gamma, artifact_id FROM phonon_harmonic")
+    for h in harmonic.itertuples(index=False):
+        mine = rows[(rows["composition_x"] == h.composition_x) & (rows["temperature_k"] == 300.0)]
+        assert (mine["status"] == "acoustic").sum() == 3
+        assert (mine["status"] == "imaginary").sum() == h.n_imaginary_gamma
+    frozen = rows[rows["status"] == "frozen"]
+    assert np.allclose(
+        frozen["delta_ev"], 0.5 * (frozen["gap_plus_ev"] + frozen["gap_minus_ev"]) - frozen["gap0_ev"], atol=1e-6
+    )
+    assert np.allclose(frozen["relative_change"], frozen["delta_ev"] / frozen["gap0_ev"], atol=1e-6)
+    assert set(frozen["dominant"]) <= {"Ag", "S", "Br/I"}
+    # hotter modes are displaced further: the rms displacement grows as sqrt(1 + 2n(T))
+    hot = frozen.set_index(["composition_x", "mode", "temperature_k"])["rms_displacement_a"].unstack()
+    assert (hot[600.0] > hot[300.0]).all()
+    # the GNN gap of a frozen structure, recomputed
+    bromide = store.load_atoms(frozen[frozen["composition_x"] == 1.0]["structure_hash"].iloc[0])
+    arrays = store.load_arrays(harmonic[harmonic["composition_x"] == 1.0]["artifact_id"].item())
+    one = frozen[(frozen["composition_x"] == 1.0) & (frozen["temperature_k"] == 600.0)].iloc[10]
+    eigenvectors = arrays["gamma_eigenvectors_real"] + 1j * arrays["gamma_eigenvectors_imag"]
+    u = thermal_displacement(bromide, eigenvectors[:, one["mode"]], one["frequency_thz"], 600.0)
+    models = load_ensemble_by_id(store, latest_ensemble(store)[0])
+    plus = bromide.copy()
+    plus.positions += u
+    assert predict_gaps_per_model([plus], models).mean() == pytest.approx(one["gap_plus_ev"], abs=1e-5)
+    # DFT check: one mode of x = 1 at 600 K, the softest frozen one (spread_over_frequencies picks the ends first)
+    checked = rows[rows["reference_level"].notna()]
+    assert len(checked) == 1 and set(checked["composition_x"]) == {1.0} and set(checked["temperature_k"]) == {600.0}
+    hot_bromide = frozen[(frozen["composition_x"] == 1.0) & (frozen["temperature_k"] == 600.0)]
+    assert checked["frequency_thz"].item() == hot_bromide["frequency_thz"].min()
+    assert checked["reference_delta_ev"].notna().all()
+    assert np.allclose(
+        checked["reference_delta_ev"],
+        0.5 * (checked["reference_gap_plus_ev"] + checked["reference_gap_minus_ev"]) - checked["reference_gap0_ev"],
+    )
+    labels = store.query("SELECT structure_hash, gap_ev FROM labels WHERE level = 'gpaw-pbesol' AND status = 'ok'")
+    by_hash = dict(zip(labels["structure_hash"], labels["gap_ev"], strict=True))
+    assert checked["reference_gap0_ev"].iloc[0] == pytest.approx(by_hash[checked["structure_hash"].iloc[0]])
+    distorted = store.load_atoms(checked["plus_hash"].iloc[0])
+    row = checked.iloc[0]
+    u = thermal_displacement(bromide, eigenvectors[:, row["mode"]], row["frequency_thz"], 600.0)
+    assert np.allclose(distorted.positions, bromide.positions + u, atol=1e-8)
+    kinds = store.query(
+        "SELECT kind FROM structures WHERE structure_hash IN (SELECT unnest(?))",
+        [checked["plus_hash"].tolist() + checked["minus_hash"].tolist()],
+    )
+    assert (kinds["kind"] == "frozen-mode").all() and len(kinds) == 2
+    training = set(store.labelled_gaps("gpaw-pbesol")["structure_hash"])
+    assert not training & set(checked["plus_hash"]) and checked["structure_hash"].iloc[0] not in training
+    # resume: nothing recomputed, no new DFT
+    n_labels = len(labels)
+    run_mode_stage(store, config)
+    assert len(store.query("SELECT * FROM gap_modes")) == len(rows)
+    assert len(store.query("SELECT * FROM labels WHERE level = 'gpaw-pbesol' AND status = 'ok'")) == n_labels
+    # the CLI prints the stored results
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from tests.conftest import DEMO_CONFIG
+
+    _verdicts(store, set())
+    toml = tmp_path / "cli.toml"
+    toml.write_text(DEMO_CONFIG.read_text().replace('"../', f'"{REPO}/data/'))
+    runner = CliRunner()
+    out = runner.invoke(app, ["modes", "-c", str(toml), "-p", str(project), "--top", "2"])
+    assert out.exit_code == 0, out.output
+    assert "Br/I" in out.output or "Ag" in out.output
+    gaps = runner.invoke(app, ["gaps", "-c", str(toml), "-p", str(project)])
+    assert gaps.exit_code == 0, gaps.output
+    assert "static gaps (gpaw-gllbsc)" in gaps.output and "thermal gaps" in gaps.output
+    assert store.query("SELECT count(*) AS n FROM gap_thermal WHERE mean_gap_ev IS NOT NULL")["n"][0] == 10
