@@ -870,6 +870,56 @@ class Store:
             ),
         }
 
+    def bandgap_results(self) -> dict[str, pd.DataFrame]:
+        """Eg(0), Eg(T) and snapshot gaps of the newest GNN ensemble used, and the published gaps.
+
+        One row per composition (static) and per composition and temperature (thermal): the newest if a
+        composition was computed for several structures (several disorder scans).
+        """
+        newest = self.query("SELECT ensemble_id FROM gap_static ORDER BY created_at DESC LIMIT 1")
+        published = self.query(
+            "SELECT * EXCLUDE (file_sha, run_id) FROM gap_published ORDER BY kind, source, composition_x, temperature_k"
+        )
+        if newest.empty:
+            return {
+                "static": pd.DataFrame(),
+                "thermal": pd.DataFrame(),
+                "snapshots": pd.DataFrame(),
+                "published": published,
+            }
+        ensemble_id = newest["ensemble_id"][0]
+        static = self.query(
+            """SELECT * EXCLUDE (model_gaps_ev) FROM gap_static WHERE ensemble_id = ?
+               QUALIFY row_number() OVER (PARTITION BY composition_x ORDER BY created_at DESC) = 1
+               ORDER BY composition_x""",
+            [ensemble_id],
+        )
+        thermal = self.query(
+            """SELECT * FROM gap_thermal WHERE ensemble_id = ? AND structure_hash IN (SELECT unnest(?))
+               QUALIFY row_number() OVER (PARTITION BY composition_x, temperature_k ORDER BY created_at DESC) = 1
+               ORDER BY composition_x, temperature_k""",
+            [ensemble_id, static["structure_hash"].tolist()],
+        )
+        snapshots = self.query(
+            """SELECT t.composition_x, t.temperature_k, s.frame, s.time_fs, s.gap_ev, s.gap_std_ev
+               FROM gap_snapshots s JOIN gap_thermal t USING (md_id, ensemble_id)
+               WHERE s.ensemble_id = ? AND s.md_id IN (SELECT unnest(?)) ORDER BY 1, 2, 3""",
+            [ensemble_id, thermal["md_id"].tolist()],
+        )
+        return {"static": static, "thermal": thermal, "snapshots": snapshots, "published": published}
+
+    def mode_results(self) -> pd.DataFrame:
+        """ΔEg of the frozen Γ modes from the newest GNN ensemble used, with the harmonic artifact of each structure."""
+        return self.query(
+            """WITH newest AS (SELECT ensemble_id FROM gap_modes ORDER BY created_at DESC LIMIT 1)
+               SELECT g.*, h.artifact_id FROM gap_modes g
+               LEFT JOIN (SELECT structure_hash, artifact_id FROM phonon_harmonic
+                          QUALIFY row_number() OVER (PARTITION BY structure_hash ORDER BY created_at DESC) = 1) h
+                 USING (structure_hash)
+               WHERE g.ensemble_id = (SELECT ensemble_id FROM newest)
+               ORDER BY g.composition_x, g.temperature_k, g.mode"""
+        )
+
     def gaps(self, level: str | None = None) -> pd.DataFrame:
         """Dataset band gaps (eV) with composition, per level (all levels by default)."""
         sql = (

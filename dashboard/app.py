@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import streamlit as st
 
+from dashboard.views.bandgaps import render_bandgaps
 from dashboard.views.dataset import render_dataset
 from dashboard.views.disorder import render_disorder
 from dashboard.views.gnn import render_gnn
 from dashboard.views.mlip import render_mlip
+from dashboard.views.modes import render_modes
 from dashboard.views.overview import render_overview
 from dashboard.views.phonons import render_phonons
 
@@ -24,5 +26,7 @@ PAGES = [
     st.Page(render_mlip, title="Interatomic potential", url_path="interatomic-potential"),
     st.Page(render_disorder, title="Disorder", url_path="disorder"),
     st.Page(render_phonons, title="Phonons", url_path="phonons"),
+    st.Page(render_bandgaps, title="Band gaps", url_path="band-gaps"),
+    st.Page(render_modes, title="Modes", url_path="modes"),
 ]
 st.navigation(PAGES).run()

@@ -131,3 +131,15 @@ def structure(path: str, structure_hash: str):  # noqa: ANN201 - ase.Atoms
 def phonon_results(path: str) -> dict[str, pd.DataFrame]:
     """Harmonic phonons, MD runs (with health) and stability verdicts."""
     return Store(path).phonon_results()
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def bandgap_results(path: str) -> dict[str, pd.DataFrame]:
+    """Eg(0), Eg(T), snapshot gaps and published gaps."""
+    return Store(path).bandgap_results()
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def mode_results(path: str) -> pd.DataFrame:
+    """Frozen-mode gap changes."""
+    return Store(path).mode_results()

@@ -347,3 +347,61 @@ def test_mode_stage_freezes_every_optical_mode_and_checks_one_with_dft(gap_proje
     assert gaps.exit_code == 0, gaps.output
     assert "static gaps (gpaw-gllbsc)" in gaps.output and "thermal gaps" in gaps.output
     assert store.query("SELECT count(*) AS n FROM gap_thermal WHERE mean_gap_ev IS NOT NULL")["n"][0] == 10
+    # the dashboard pages draw from this store
+    import json
+    import os
+
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    os.environ["CAPML_PROJECT_DIR"] = str(project)
+    try:
+        st.cache_data.clear()
+        at = AppTest.from_function(_bandgaps_page, default_timeout=60).run()
+        assert not at.exception
+        specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+        names = [t.get("name", "") for t in specs[0]["data"]]
+        assert "capml 0 K" in names and "capml 50 K" in names and "capml 100 K" in names
+        assert any(n.startswith("experiment 300 K") for n in names)  # Table I next to our gaps
+        assert specs[2]["data"][0]["type"] == "heatmap"
+        at = AppTest.from_function(_modes_page, default_timeout=60).run()
+        assert not at.exception
+        specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+        groups = {t["name"] for t in specs[0]["data"] if t.get("mode") == "markers"}
+        assert groups and groups <= {"Ag", "S", "Br/I"}
+        assert specs[-1]["data"][-1]["type"] == "cone"  # the displacement pattern of the first frozen mode
+    finally:
+        del os.environ["CAPML_PROJECT_DIR"]
+
+
+def _bandgaps_page() -> None:
+    from dashboard.views.bandgaps import render_bandgaps
+
+    render_bandgaps()
+
+
+def _modes_page() -> None:
+    from dashboard.views.modes import render_modes
+
+    render_modes()
+
+
+def test_published_gaps_are_compared_at_the_same_temperature_interpolated_in_x() -> None:
+    import pandas as pd
+
+    from dashboard.views.bandgaps import compare_with_published
+
+    ours = pd.DataFrame(
+        {
+            "composition_x": [0.0, 0.5, 1.0, 0.0],
+            "temperature_k": [300.0, 300.0, 300.0, 0.0],
+            "gap_ev": [1.0, 1.2, 1.6, 2.0],
+        }
+    )
+    published = load_published_gaps(REPO / "data" / "experiment" / "ag3sbri-table1.csv")
+    compared = compare_with_published(ours, published).set_index(["kind", "temperature_k", "composition_x"])
+    experiment = compared.loc[("experiment", 300.0)]
+    assert experiment.loc[0.3, "capml_gap_ev"] == pytest.approx(1.12)
+    assert experiment.loc[0.7, "capml_gap_ev"].item() == pytest.approx(1.36)
+    assert np.isnan(compared.loc[("calculation", 600.0, 0.5), "capml_gap_ev"])  # not computed at 600 K
+    assert compared.loc[("calculation", 0.0, 0.0), "capml_gap_ev"] == 2.0

@@ -1,0 +1,159 @@
+"""Band gaps page: Eg(x) per temperature with experiment, Eg(T) per composition, relative-change heat map.
+
+Reads ``gap_static``, ``gap_thermal``, ``gap_snapshots`` and ``gap_published`` (capml_core.bandgaps). Error bars
+are the stored combined uncertainties (block-averaged snapshot statistics and the GNN ensemble spread).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from dashboard import data
+
+
+def thermal_table(static: pd.DataFrame, thermal: pd.DataFrame) -> pd.DataFrame:
+    """Eg per (x, T) with its uncertainty: T = 0 from the static gaps, then every averaged MD run."""
+    zero = pd.DataFrame(
+        {
+            "composition_x": static["composition_x"],
+            "temperature_k": 0.0,
+            "gap_ev": static["gap_ev"],
+            "error_ev": static["gap_std_ev"],
+            "relative_change": 0.0,
+        }
+    )
+    averaged = thermal[thermal["mean_gap_ev"].notna()]
+    hot = pd.DataFrame(
+        {
+            "composition_x": averaged["composition_x"],
+            "temperature_k": averaged["temperature_k"],
+            "gap_ev": averaged["mean_gap_ev"],
+            "error_ev": averaged["error_ev"],
+            "relative_change": averaged["relative_change"],
+        }
+    )
+    return pd.concat([zero, hot], ignore_index=True).sort_values(["temperature_k", "composition_x"])
+
+
+def render_bandgaps() -> None:
+    """Draw the band gaps page."""
+    st.title("Band gaps")
+    path = str(data.project_dir())
+    results = data.read_or_explain(lambda: data.bandgap_results(path))
+    if results is None:
+        return
+    static, thermal, published = results["static"], results["thermal"], results["published"]
+    if static.empty:
+        st.info("No band gaps yet: `capml gaps -c CONFIG` (or the pipeline's bandgaps stage).")
+        return
+    level = static["level"].iloc[0]
+    st.caption(
+        f"GNN ensemble {static['ensemble_id'].iloc[0]}, gaps at the {level} level. Error bars: block-averaged "
+        "snapshot statistics and the ensemble spread combined. The paper's numbers are HSEsol (VASP); capml's "
+        "embedded default is GPAW GLLB-SC, a different functional: compare trends, not absolute values."
+    )
+    table = thermal_table(static, thermal)
+    temperatures = sorted(table["temperature_k"].unique())
+
+    st.subheader("Eg vs composition")
+    figure = go.Figure()
+    for temperature in temperatures:
+        rows = table[table["temperature_k"] == temperature]
+        figure.add_trace(
+            go.Scatter(
+                x=rows["composition_x"],
+                y=rows["gap_ev"],
+                error_y={"type": "data", "array": rows["error_ev"]},
+                mode="lines+markers",
+                name=f"capml {temperature:g} K",
+            )
+        )
+    if not published.empty:
+        for (kind, source), rows in published.groupby(["kind", "source"]):
+            for temperature, subset in rows.groupby("temperature_k"):
+                figure.add_trace(
+                    go.Scatter(
+                        x=subset["composition_x"],
+                        y=subset["gap_ev"],
+                        error_y={"type": "data", "array": subset["uncertainty_ev"]},
+                        mode="markers",
+                        marker={"symbol": "star" if kind == "experiment" else "circle-open", "size": 11},
+                        name=f"{kind} {temperature:g} K ({source})",
+                    )
+                )
+    figure.update_layout(xaxis_title="x (Br fraction)", yaxis_title="Eg (eV)", height=450)
+    st.plotly_chart(figure, width="stretch")
+
+    st.subheader("Eg vs temperature")
+    figure = px.line(
+        table,
+        x="temperature_k",
+        y="gap_ev",
+        color=table["composition_x"].map(lambda x: f"x = {x:g}"),
+        error_y="error_ev",
+        markers=True,
+        labels={"temperature_k": "T (K)", "gap_ev": "Eg (eV)", "color": "composition"},
+    )
+    st.plotly_chart(figure, width="stretch")
+
+    hot = table[table["temperature_k"] > 0]
+    if not hot.empty:
+        st.subheader("Relative change ΔEg / Eg(0)")
+        grid = hot.pivot_table(index="temperature_k", columns="composition_x", values="relative_change") * 100.0
+        heat = px.imshow(
+            grid,
+            labels={"x": "x (Br fraction)", "y": "T (K)", "color": "ΔEg/Eg(0) (%)"},
+            color_continuous_scale="RdBu",
+            color_continuous_midpoint=0.0,
+            text_auto=".1f",
+            aspect="auto",
+        )
+        st.plotly_chart(heat, width="stretch")
+
+    st.subheader("Per MD run")
+    columns = [
+        "composition_x",
+        "temperature_k",
+        "passes_gate",
+        "n_snapshots",
+        "spacing_fs",
+        "mean_gap_ev",
+        "error_ev",
+        "delta_ev",
+        "delta_error_ev",
+        "relative_change",
+        "reason",
+    ]
+    st.dataframe(thermal[columns] if not thermal.empty else thermal, hide_index=True, width="stretch")
+    if not results["snapshots"].empty:
+        snapshots = results["snapshots"]
+        label = snapshots.apply(lambda r: f"x = {r.composition_x:g}, {r.temperature_k:g} K", axis=1)
+        choice = st.selectbox("Snapshot gaps of", sorted(label.unique()))
+        chosen = snapshots[label == choice]
+        figure = px.scatter(
+            chosen,
+            x="time_fs",
+            y="gap_ev",
+            error_y="gap_std_ev",
+            labels={"time_fs": "MD time (fs)", "gap_ev": "GNN gap (eV)"},
+        )
+        st.plotly_chart(figure, width="stretch")
+    if not published.empty:
+        st.subheader("Published gaps next to capml's")
+        st.dataframe(compare_with_published(table, published), hide_index=True, width="stretch")
+
+
+def compare_with_published(table: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
+    """Each published gap with capml's at the same temperature, linearly interpolated in x (NaN if not computed)."""
+    out = published[["kind", "source", "composition_x", "temperature_k", "gap_ev", "uncertainty_ev"]].copy()
+    ours = []
+    for row in out.itertuples(index=False):
+        same = table[table["temperature_k"] == row.temperature_k].sort_values("composition_x")
+        inside = not same.empty and same["composition_x"].min() <= row.composition_x <= same["composition_x"].max()
+        ours.append(float(np.interp(row.composition_x, same["composition_x"], same["gap_ev"])) if inside else np.nan)
+    out["capml_gap_ev"] = ours
+    return out

@@ -1,0 +1,132 @@
+"""Modes page: ΔEg/Eg of each frozen Γ mode vs its frequency, coloured by the species that moves most.
+
+Reads ``gap_modes`` (capml_core.modes) and, for the displacement pattern of a chosen mode, the Γ eigenvectors in
+the harmonic-phonon artifact of the structure. GNN vs reference DFT for the modes checked with DFT.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from capml_core.modes import thermal_displacement
+from dashboard import data
+
+
+def render_modes() -> None:
+    """Draw the modes page."""
+    st.title("Modes")
+    path = str(data.project_dir())
+    modes = data.read_or_explain(lambda: data.mode_results(path))
+    if modes is None:
+        return
+    if modes.empty:
+        st.info("No mode-resolved gaps yet: `capml modes -c CONFIG` (or the pipeline's modes stage).")
+        return
+    temperatures = sorted(modes["temperature_k"].unique())
+    compositions = sorted(modes["composition_x"].unique())
+    left, right = st.columns(2)
+    temperature = left.selectbox("Temperature (K)", temperatures, format_func=lambda t: f"{t:g}")
+    composition = right.selectbox("Composition x", compositions, format_func=lambda x: f"{x:g}")
+    here = modes[(modes["temperature_k"] == temperature) & (modes["composition_x"] == composition)]
+    frozen = here[here["status"] == "frozen"].copy()
+    skipped = here["status"].value_counts().to_dict()
+    st.caption(
+        f"{len(frozen)} modes frozen in at their thermal amplitude at {temperature:g} K; not frozen: "
+        f"{skipped.get('acoustic', 0)} acoustic, {skipped.get('imaginary', 0)} imaginary (no thermal amplitude)."
+    )
+    frozen["ΔEg/Eg (%)"] = 100.0 * frozen["relative_change"]
+    figure = px.scatter(
+        frozen,
+        x="frequency_thz",
+        y="ΔEg/Eg (%)",
+        color="dominant",
+        hover_data=["mode", "delta_ev", "rms_displacement_a"],
+        labels={"frequency_thz": "frequency (THz)", "dominant": "moves most"},
+    )
+    figure.add_hline(y=0.0, line_color="grey", line_width=1)
+    st.plotly_chart(figure, width="stretch")
+
+    checked = modes[modes["reference_delta_ev"].notna()]
+    if not checked.empty:
+        st.subheader("GNN vs reference DFT")
+        low = float(min(checked["delta_ev"].min(), checked["reference_delta_ev"].min()))
+        high = float(max(checked["delta_ev"].max(), checked["reference_delta_ev"].max()))
+        parity = px.scatter(
+            checked,
+            x="reference_delta_ev",
+            y="delta_ev",
+            color=checked["composition_x"].map(lambda x: f"x = {x:g}"),
+            hover_data=["mode", "frequency_thz", "temperature_k"],
+            labels={"reference_delta_ev": "ΔEg DFT (eV)", "delta_ev": "ΔEg GNN (eV)", "color": "composition"},
+        )
+        parity.add_trace(go.Scatter(x=[low, high], y=[low, high], mode="lines", line_color="grey", showlegend=False))
+        st.plotly_chart(parity, width="stretch")
+        st.dataframe(
+            checked[
+                [
+                    "composition_x",
+                    "temperature_k",
+                    "mode",
+                    "frequency_thz",
+                    "dominant",
+                    "delta_ev",
+                    "reference_delta_ev",
+                ]
+            ],
+            hide_index=True,
+            width="stretch",
+        )
+
+    if frozen.empty or frozen["artifact_id"].isna().all():
+        return
+    st.subheader("Displacement pattern")
+    mode = st.selectbox(
+        "Mode",
+        frozen["mode"].tolist(),
+        format_func=lambda m: f"{m}: {frozen.loc[frozen['mode'] == m, 'frequency_thz'].item():.2f} THz",
+    )
+    row = frozen[frozen["mode"] == mode].iloc[0]
+    atoms = data.structure(path, row["structure_hash"])
+    arrays = data.arrays(path, row["artifact_id"])
+    eigenvector = arrays["gamma_eigenvectors_real"][:, mode] + 1j * arrays["gamma_eigenvectors_imag"][:, mode]
+    u = thermal_displacement(atoms, eigenvector, float(row["frequency_thz"]), float(temperature))
+    positions = atoms.positions
+    symbols = np.array(atoms.get_chemical_symbols())
+    figure = go.Figure()
+    for element in sorted(set(symbols)):
+        mask = symbols == element
+        figure.add_trace(
+            go.Scatter3d(
+                x=positions[mask, 0],
+                y=positions[mask, 1],
+                z=positions[mask, 2],
+                mode="markers",
+                marker={"size": 6},
+                name=element,
+            )
+        )
+    scale = 1.0 / max(float(np.abs(u).max()), 1e-9)  # longest arrow 1 Å
+    figure.add_trace(
+        go.Cone(
+            x=positions[:, 0],
+            y=positions[:, 1],
+            z=positions[:, 2],
+            u=u[:, 0] * scale,
+            v=u[:, 1] * scale,
+            w=u[:, 2] * scale,
+            anchor="tail",
+            sizemode="absolute",
+            sizeref=0.6,
+            showscale=False,
+            name="displacement",
+        )
+    )
+    figure.update_layout(height=550, scene={"aspectmode": "data"})
+    st.caption(
+        f"Mode {mode}, {row['frequency_thz']:.2f} THz, at {temperature:g} K: rms displacement "
+        f"{row['rms_displacement_a']:.3f} Å, largest {row['max_displacement_a']:.3f} Å (arrows scaled to 1 Å)."
+    )
+    st.plotly_chart(figure, width="stretch")
