@@ -140,6 +140,7 @@ def run_md(job: MDJob, calculator, *, progress: ProgressCallback | None = None) 
         Energies became NaN/inf (the model or the structure broke).
     """
     from ase import units
+    from ase.constraints import FixCom
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
@@ -161,11 +162,13 @@ def run_md(job: MDJob, calculator, *, progress: ProgressCallback | None = None) 
             thermalize_momenta(atoms, temperature_K=job.temperature_k, rng=rng)  # Maxwell-Boltzmann
             Stationary(atoms)
         atoms.calc = calculator
+        atoms.set_constraint(FixCom())  # ASE's recommended way (its fixcm flag does not sample NVT exactly)
         dynamics = Langevin(
             atoms,
             job.md.timestep_fs * units.fs,
             temperature_K=job.temperature_k,
             friction=job.md.friction_per_fs / units.fs,
+            fixcm=False,
             rng=rng,
         )
         buffer: list[tuple] = []
