@@ -681,6 +681,24 @@ class Store:
         finally:
             con.close()
 
+    def connect_sandboxed(self) -> duckdb.DuckDBPyConnection:
+        """A read-only connection for users' SQL: no file access, no extensions, settings locked (close it).
+
+        See :mod:`capml_core.sql`, which checks the statement first.
+        """
+        deadline = time.monotonic() + self.lock_timeout_s
+        while True:
+            try:
+                return duckdb.connect(
+                    str(self.path),
+                    read_only=True,
+                    config={"enable_external_access": False, "lock_configuration": True},
+                )
+            except duckdb.IOException as err:
+                if time.monotonic() > deadline:
+                    raise StoreLockedError(f"{self.path}: the store stayed locked by a writer ({err})") from err
+                time.sleep(0.1)
+
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
         """Run a read-only SQL query and return a DataFrame."""
         with self.read() as con:

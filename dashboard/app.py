@@ -16,6 +16,7 @@ from dashboard.views.mlip import render_mlip
 from dashboard.views.modes import render_modes
 from dashboard.views.overview import render_overview
 from dashboard.views.phonons import render_phonons
+from dashboard.views.sql import render_sql
 
 st.set_page_config(page_title="capml", layout="wide")
 
@@ -28,5 +29,6 @@ PAGES = [
     st.Page(render_phonons, title="Phonons", url_path="phonons"),
     st.Page(render_bandgaps, title="Band gaps", url_path="band-gaps"),
     st.Page(render_modes, title="Modes", url_path="modes"),
+    st.Page(render_sql, title="SQL", url_path="sql"),
 ]
 st.navigation(PAGES).run()

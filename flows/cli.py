@@ -717,17 +717,16 @@ def sql(
     project: ProjectOption = None,
     output: Annotated[str, typer.Option(help="Output format: table, csv or json.")] = "table",
 ) -> None:
-    """Query the store with SQL (read-only; every table and view is described in docs/store.md)."""
+    """Query the store with SQL: one read-only query; writes, files, extensions refused (tables: docs/store.md)."""
+    from capml_core.sql import run_user_query
     from capml_core.store import Store
 
     if output not in ("table", "csv", "json"):
         _fail(CapmlError(f"--output {output!r}: allowed: table, csv, json"))
     try:
-        frame = Store(_project_dir(config, project)).query(query)
+        frame = run_user_query(Store(_project_dir(config, project)), query)
     except CapmlError as err:
         _fail(err)
-    except Exception as err:  # DuckDB's parser/binder errors: show them, they are the user's SQL
-        _fail(CapmlError(f"SQL error: {err}"))
     if output == "csv":
         sys.stdout.write(frame.to_csv(index=False))
     elif output == "json":

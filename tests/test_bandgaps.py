@@ -140,6 +140,7 @@ def gap_project(trained, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN
     config = config.model_copy(
         update={
             "disorder": config.disorder.model_copy(update={"workers": 2}),
+            "phonons": config.phonons.model_copy(update={"gate": True}),
             "md": MDSection(temperatures_k=[50.0, 100.0], duration_ps=0.3, equilibration_ps=0.05, workers=2),
         }
     )

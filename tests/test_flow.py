@@ -64,6 +64,8 @@ def test_pipeline_flow_imports_generates_and_summarises_and_is_idempotent(prefec
         "disorder",
         "dynamics",
         "phonons",
+        "bandgaps",
+        "modes",
     ]
     assert set(stages["status"]) == {"done"}
     assert store.query("SELECT count(*) AS n FROM labels")["n"][0] == 151  # no VASP attempted without a command
@@ -80,6 +82,13 @@ def test_pipeline_flow_imports_generates_and_summarises_and_is_idempotent(prefec
     assert store.query("SELECT count(*) AS n FROM md_runs WHERE complete")["n"][0] == 5  # not run twice
     assert set(first["phonons"]["imaginary_at_0k"]) == set(relaxed) and len(first["phonons"]["verdicts"]) == 5
     assert store.query("SELECT count(*) AS n FROM phonon_anharmonic")["n"][0] == 5  # not analysed twice
+    # gaps: every run has its own GNN ensemble, so its own Eg(0), Eg(T) and mode rows (the demo's gate is off)
+    assert set(first["bandgaps"]["static_ev"]) == set(relaxed) and first["bandgaps"]["level"] == "gpaw-gllbsc"
+    assert [t["gap_ev"] is not None for t in first["bandgaps"]["thermal"]] == [True] * 5
+    assert store.query("SELECT count(*) AS n FROM gap_thermal")["n"][0] == 10
+    assert store.query("SELECT count(*) AS n FROM gap_published")["n"][0] == 21  # Table I, stored once
+    assert first["modes"]["frozen"] > 5 * 40 and first["modes"]["checked"] == 0  # the demo checks none with DFT
+    assert store.query("SELECT count(*) AS n FROM gap_modes")["n"][0] == 2 * 5 * 120
 
 
 def test_a_failing_stage_is_recorded_and_nothing_partial_is_written(prefect_harness, tmp_path: Path) -> None:

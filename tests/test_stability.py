@@ -45,6 +45,7 @@ def test_stage_stores_a_verdict_per_md_run_gates_and_resumes(trained, tmp_path: 
     config = config.model_copy(
         update={
             "disorder": config.disorder.model_copy(update={"workers": 2}),
+            "phonons": config.phonons.model_copy(update={"gate": True}),
             "md": MDSection(temperatures_k=[50.0], duration_ps=0.1, equilibration_ps=0.02, workers=2),
         }
     )

@@ -1,0 +1,102 @@
+"""Users' own SQL on the store, safely: one read-only query, no files, no extensions, no other databases.
+
+Two layers. First DuckDB's own parser classifies the text (:func:`check_user_sql`): exactly one statement,
+and only a query (``SELECT``, ``WITH``, ``FROM``-first, ``DESCRIBE``, ``SHOW``, ``SUMMARIZE``, ``EXPLAIN``);
+anything that writes, attaches another database, installs or loads an extension, changes a setting or calls a
+pragma is refused with a message that says which kind of statement it was. Then the query runs on a read-only
+connection with DuckDB's external access switched off and the configuration locked, so even a query that
+passes the parser cannot read or write a file (``read_csv('/etc/passwd')``, ``glob``, ``COPY``) or switch
+that off again: DuckDB refuses and capml reports it.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import pandas as pd
+
+from capml_core.errors import InvalidInputError, NotComputedError
+
+#: Statement types a user query may have (DESCRIBE, SHOW, SUMMARIZE and FROM-first queries parse as SELECT).
+ALLOWED_STATEMENTS = ("SELECT", "EXPLAIN")
+
+_WHY = {
+    "INSERT": "it writes",
+    "UPDATE": "it writes",
+    "DELETE": "it writes",
+    "CREATE": "it writes (creates an object)",
+    "DROP": "it writes (drops an object)",
+    "ALTER": "it writes (alters an object)",
+    "COPY": "it reads or writes files",
+    "EXPORT": "it writes files",
+    "ATTACH": "it attaches another database",
+    "DETACH": "it detaches a database",
+    "LOAD": "it installs or loads an extension",
+    "SET": "it changes a setting",
+    "VARIABLE_SET": "it changes a setting",
+    "PRAGMA": "pragmas can change settings",
+    "CALL": "it calls a table function outside a query",
+    "TRANSACTION": "it controls transactions",
+    "VACUUM": "it writes",
+    "UPDATE_EXTENSIONS": "it installs extensions",
+}
+
+
+class QueryRefused(InvalidInputError):
+    """A user's SQL that capml does not run (it writes, reads files, loads extensions, ...)."""
+
+
+def check_user_sql(sql: str) -> None:
+    """Refuse anything but a single read-only query (see the module doc).
+
+    Raises
+    ------
+    QueryRefused
+        Empty text, several statements, or a statement of another kind (the message names the kind and why).
+    InvalidInputError
+        SQL that does not parse (DuckDB's message).
+    """
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as err:
+        raise InvalidInputError(f"SQL error: {err}") from err
+    if not statements:
+        raise QueryRefused("empty query: give one SELECT statement")
+    if len(statements) > 1:
+        raise QueryRefused(f"{len(statements)} statements: give one query at a time")
+    kind = statements[0].type.name
+    if kind not in ALLOWED_STATEMENTS:
+        why = _WHY.get(kind, "only queries are allowed")
+        raise QueryRefused(
+            f"{kind} statement refused: {why}. The store is read-only here; allowed: SELECT (also WITH, FROM ..., "
+            "DESCRIBE, SHOW, SUMMARIZE) and EXPLAIN"
+        )
+
+
+def run_user_query(store, sql: str, *, max_rows: int | None = None) -> pd.DataFrame:  # noqa: ANN001 - Store
+    """Run a user's read-only query on the store (checked, then sandboxed); at most ``max_rows`` rows.
+
+    Raises
+    ------
+    QueryRefused
+        The query is not a single read-only query, or it tried to reach files or extensions.
+    NotComputedError
+        No store yet.
+    InvalidInputError
+        The SQL is wrong (DuckDB's message).
+    """
+    check_user_sql(sql)
+    if not store.exists():
+        raise NotComputedError(f"{store.path}: no store yet; run the pipeline first (capml run CONFIG)")
+    with store.read():  # waits for a writer and checks the schema version
+        pass
+    con = store.connect_sandboxed()
+    try:
+        result = con.execute(sql)
+        frame = result.fetch_df_chunk(max(1, -(-max_rows // 2048))) if max_rows else result.df()
+    except duckdb.PermissionException as err:
+        raise QueryRefused(f"refused: the query reaches outside the store ({err})") from err
+    except duckdb.Error as err:
+        raise InvalidInputError(f"SQL error: {err}") from err
+    finally:
+        con.close()
+    return frame.head(max_rows) if max_rows else frame
