@@ -284,9 +284,7 @@ def _static_gaps(store, config, ensemble_id, level, models, structures, run_id, 
     todo = [x for x, h in hashes.items() if h not in set(stored["structure_hash"])]
     if todo:
         per_model = predict_gaps_per_model([structures[x] for x in todo], models, batch_size=config.gaps.batch_size)
-        checked = [
-            hashes[x] for x in todo if any(np.isclose(x, c, atol=1e-9) for c in config.gaps.reference_compositions)
-        ]
+        checked = [hashes[x] for x in todo if any(np.isclose(x, c, atol=1e-9) for c in config.gap_check_compositions())]
         ref_level, ref = reference_gaps(store, config, checked, run_id=run_id, progress=progress)
         rows = [
             {

@@ -541,8 +541,10 @@ class GapsSection(Section):
     reference_level: LevelName | None = Field(
         default=None, description="Level of the DFT checks (None: reference.high_level)."
     )
-    reference_compositions: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
-        default=[0.0, 1.0], description="Compositions whose Eg(0) and mode ΔEg are also computed with DFT."
+    reference_compositions: list[Annotated[float, Field(ge=0.0, le=1.0)]] | None = Field(
+        default=None,
+        description="Compositions whose Eg(0) and mode ΔEg are also computed with DFT (None: the end members "
+        "x = 0 and 1 among system.compositions; [] for none).",
     )
     reference_modes: Annotated[int, Field(ge=0, le=50)] = Field(
         default=3, description="Γ modes per checked structure, spread over the frequency range."
@@ -573,15 +575,21 @@ class RunConfig(Section):
     def _gap_checks_in_compositions(self) -> RunConfig:
         missing = [
             x
-            for x in self.gaps.reference_compositions
+            for x in self.gaps.reference_compositions or []
             if not any(math.isclose(x, c, abs_tol=1e-9) for c in self.system.compositions)
         ]
         if missing:
             raise ValueError(
-                f"gaps: reference_compositions {missing} are not studied by the run; allowed: system.compositions "
-                f"{self.system.compositions}"
+                f"gaps.reference_compositions: {missing} not studied by the run; allowed: values of "
+                f"system.compositions {self.system.compositions}"
             )
         return self
+
+    def gap_check_compositions(self) -> list[float]:
+        """Compositions checked with DFT in the gap stages: ``gaps.reference_compositions``, or the end members."""
+        if self.gaps.reference_compositions is not None:
+            return list(self.gaps.reference_compositions)
+        return [x for x in self.system.compositions if x in (0.0, 1.0)]
 
 
 # ------------------------------------------------------------------------------------------- loading
@@ -702,8 +710,9 @@ def format_validation_error(
         # model-level checks start their message with the field they concern: "<field>: ..."
         head, sep, rest = message.partition(": ")
         here = _value_at(raw, loc)
-        if sep and (head in _allowed_keys(root, loc) or (isinstance(here, dict) and head in here)):
-            loc, message = (*loc, head), rest
+        first = head.split(".")[0]
+        if sep and (first in _allowed_keys(root, loc) or (isinstance(here, dict) and first in here)):
+            loc, message = (*loc, *head.split(".")), rest
             field, value = _dotted(loc), _value_at(raw, loc)
         shown = "{...}" if isinstance(value, dict) and len(str(value)) > 80 else repr(value)
         lines.append(f"  field '{field}' = {shown}: {message}")

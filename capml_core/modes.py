@@ -216,7 +216,7 @@ def run_mode_stage(
                     "relative_change": float(delta.mean() / gap0.mean()),
                 }
             )
-        checked = any(np.isclose(result.composition_x, c, atol=1e-9) for c in gaps_config.reference_compositions)
+        checked = any(np.isclose(result.composition_x, c, atol=1e-9) for c in config.gap_check_compositions())
         if checked and temperature == check_temperature and gaps_config.reference_modes > 0:
             _check_with_dft(store, config, atoms, rows, frozen, displaced, run_id, structure_hash, StructureRecord)
         with store.write() as writer:

@@ -120,7 +120,9 @@ def test_reference_compositions_must_be_studied(tmp_path: Path) -> None:
     )
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=r"reference_compositions \[0.3\] are not studied by the run"):
+    with pytest.raises(
+        ConfigError, match=r"field .gaps.reference_compositions. = \[0.3\]: \[0.3\] not studied by the run"
+    ):
         load_config(path)
 
 

@@ -17,7 +17,8 @@ def test_help_lists_only_the_working_commands() -> None:
     assert result.exit_code == 0
     commands = set(typer.main.get_command(app).commands)
     # every listed command is exercised by a test (dashboard: test_dashboard.py, run: test_flow.py, mlip:
-    # test_mlip.py, disorder: test_disorder.py, md and phonons: test_stability.py)
+    # test_mlip.py, disorder: test_disorder.py, md and phonons: test_stability.py, gaps and modes: test_bandgaps.py,
+    # sql: test_sql.py)
     assert commands == {
         "run",
         "runs",
@@ -32,6 +33,8 @@ def test_help_lists_only_the_working_commands() -> None:
         "disorder",
         "md",
         "phonons",
+        "gaps",
+        "modes",
     }
     assert all(name in result.output for name in commands)
     data_help = runner.invoke(app, ["data", "--help"]).output

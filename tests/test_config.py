@@ -37,9 +37,11 @@ def test_demo_config_is_small_and_imports_the_bundled_data(tmp_path: Path) -> No
     loaded = load_config(DEMO_CONFIG)
     cfg = loaded.config
     assert cfg.mlip.channels < 256 and cfg.md.duration_ps < 40
-    assert [spec.level for spec in cfg.dataset.imports] == ["gpaw-pbesol", "gpaw-gllbsc"]
+    levels = [spec.level for spec in cfg.dataset.imports]
+    assert levels == ["gpaw-pbesol"] * 3 + ["gpaw-gllbsc"] * 2  # the shipped files, then capml's own
     assert cfg.dataset.imports[0].path == PBESOL_FILE.resolve()
-    assert cfg.dataset.imports[1].label_keys() == LabelKeys(energy=None, forces=None, stress=None, gap="gllbsc_gap")
+    assert cfg.dataset.imports[3].label_keys() == LabelKeys(energy=None, forces=None, stress=None, gap="gllbsc_gap")
+    assert cfg.dataset.imports[4].label_keys() == LabelKeys(energy=None, forces=None, stress=None, gap="REF_gap")
     # outputs default to runs/<name> under the working directory (tmp_path here)
     assert loaded.project_dir == (tmp_path / "runs" / "ag3sbri-demo").resolve()
 
@@ -114,7 +116,7 @@ def _write(tmp_path: Path, replace: tuple[str, str] | None = None, append: str =
         (
             ('labels = ["gap"]', 'labels = ["bandgap"]'),
             "",
-            ["dataset.imports[1].labels[0]", "'bandgap'", "'energy', 'forces', 'stress' or 'gap'"],
+            ["dataset.imports[3].labels[0]", "'bandgap'", "'energy', 'forces', 'stress' or 'gap'"],
         ),
         (("[md]", "[md]\ntimestep_fs = 0"), "", ["md.timestep_fs", "greater than 0"]),
         (None, "\n[phonons2]\nx = 1\n", ["phonons2", "unknown key", "allowed keys here:", "phonons"]),
