@@ -101,7 +101,7 @@ def test_stage_stores_a_verdict_per_md_run_gates_and_resumes(trained, tmp_path: 
     from flows.cli import app
     from tests.conftest import DEMO_CONFIG, REPO
 
-    text = DEMO_CONFIG.read_text().replace('"../', f'"{REPO}/data/')
+    text = DEMO_CONFIG.read_text().replace('"../', f'"{REPO}/data/').replace("gate = false", "gate = true")
     head, rest = text.split("[md]", 1)
     md_toml = "[md]\ntemperatures_k = [50.0]\nduration_ps = 0.1\nequilibration_ps = 0.02\nworkers = 2\n\n"
     toml = tmp_path / "cli.toml"
