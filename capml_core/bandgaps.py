@@ -2,8 +2,8 @@
 
 Eg(0) is the GNN ensemble's gap of each composition's relaxed lowest-energy structure (the disorder scan's),
 and, for the compositions in ``gaps.reference_compositions``, also the reference DFT gap of that structure.
-Eg(T) averages the GNN gaps of uncorrelated snapshots of the MD run at T: frames after
-``md.equilibration_ps``, ``gaps.snapshot_spacing`` measured decorrelation times apart (the run's own
+Eg(T) averages the GNN gaps of uncorrelated snapshots of the MD run at T: frames after the run's own
+equilibration time, ``gaps.snapshot_spacing`` measured decorrelation times apart (the run's own
 decorrelation time, :mod:`capml_core.dynamics`). ΔEg(T) = <Eg>_T − Eg(0) (the paper's Eq. 6) and the
 relative change ΔEg/Eg(0).
 
