@@ -322,8 +322,11 @@ def run_bandgap_stage(
     *,
     run_id: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    reference_progress: Callable[[int, int], None] | None = None,
 ) -> BandGapResult:
     """Eg(0) of every lowest-energy structure and Eg(T) of every complete MD run of them (see module doc).
+
+    ``progress(done, total)`` counts MD runs, ``reference_progress`` DFT calculations of the static check.
 
     Raises
     ------
@@ -345,7 +348,7 @@ def run_bandgap_stage(
     if gaps_config.experiment is not None:
         store_published_gaps(store, gaps_config.experiment, run_id=run_id)
 
-    static_frame = _static_gaps(store, config, ensemble_id, level, models, structures, run_id, None)
+    static_frame = _static_gaps(store, config, ensemble_id, level, models, structures, run_id, reference_progress)
     static_by_hash = {r.structure_hash: r for r in static_frame.itertuples(index=False)}
     runs = store.query(
         """SELECT m.md_id, m.structure_hash, m.composition_x, m.temperature_k, m.path, m.decorrelation_fs,

@@ -138,11 +138,13 @@ def run_mode_stage(
     *,
     run_id: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    reference_progress: Callable[[int, int], None] | None = None,
 ) -> list[ModeGap]:
     """ΔEg/Eg of every Γ mode of every lowest-energy structure at every mode temperature (see module doc).
 
     Each (structure, temperature) is written in one transaction once its DFT checks (if any) are done; what is
     stored for the current GNN ensemble is not recomputed, and DFT results already in the store are reused.
+    ``progress(done, total)`` counts (structure, temperature) pairs, ``reference_progress`` DFT calculations.
     """
     from capml_core.gnn import latest_ensemble, load_ensemble_by_id, predict_gaps_per_model
     from capml_core.harmonic import IMAGINARY_TOLERANCE_THZ, run_harmonic_phonons
@@ -218,7 +220,18 @@ def run_mode_stage(
             )
         checked = any(np.isclose(result.composition_x, c, atol=1e-9) for c in config.gap_check_compositions())
         if checked and temperature == check_temperature and gaps_config.reference_modes > 0:
-            _check_with_dft(store, config, atoms, rows, frozen, displaced, run_id, structure_hash, StructureRecord)
+            _check_with_dft(
+                store,
+                config,
+                atoms,
+                rows,
+                frozen,
+                displaced,
+                run_id,
+                structure_hash,
+                StructureRecord,
+                reference_progress,
+            )
         with store.write() as writer:
             writer.add_rows("gap_modes", rows)
         logger.info(
@@ -234,7 +247,18 @@ def run_mode_stage(
     return mode_results(store, ensemble_id, [h.structure_hash for h in harmonic])
 
 
-def _check_with_dft(store, config, atoms, rows, frozen, displaced, run_id, structure_hash, record_type) -> None:  # noqa: ANN001
+def _check_with_dft(  # noqa: PLR0913
+    store,
+    config,
+    atoms,
+    rows,
+    frozen,
+    displaced,
+    run_id,
+    structure_hash,
+    record_type,
+    progress,  # noqa: ANN001
+) -> None:
     """Reference-level ΔEg of ``gaps.reference_modes`` frozen modes spread over the frequency range."""
     from capml_core.bandgaps import reference_gaps
 
@@ -258,7 +282,7 @@ def _check_with_dft(store, config, atoms, rows, frozen, displaced, run_id, struc
             )
     with store.write() as writer:
         writer.add_structures(records, run_id=run_id)
-    level, gaps = reference_gaps(store, config, [origin, *hashes.values()], run_id=run_id)
+    level, gaps = reference_gaps(store, config, [origin, *hashes.values()], run_id=run_id, progress=progress)
     for k in chosen:
         row = rows[frozen[k]]
         gap0, plus, minus = (

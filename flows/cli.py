@@ -630,7 +630,14 @@ def gaps(
 
     try:
         loaded = load_config(config, project_dir=project)
-        result = run_bandgap_stage(Store(loaded.project_dir), loaded.config)
+        with _bar("{task.description}") as bar:
+            runs_id, dft_id = bar.add_task("MD runs", total=None), bar.add_task("DFT checks", total=None)
+            result = run_bandgap_stage(
+                Store(loaded.project_dir),
+                loaded.config,
+                progress=lambda done, total: bar.update(runs_id, completed=done, total=total),
+                reference_progress=lambda done, total: bar.update(dft_id, completed=done, total=total),
+            )
     except CapmlError as err:
         _fail(err)
     table = Table(
@@ -672,7 +679,14 @@ def modes(
 
     try:
         loaded = load_config(config, project_dir=project)
-        result = run_mode_stage(Store(loaded.project_dir), loaded.config)
+        with _bar("{task.description}") as bar:
+            pairs_id, dft_id = bar.add_task("structures x T", total=None), bar.add_task("DFT checks", total=None)
+            result = run_mode_stage(
+                Store(loaded.project_dir),
+                loaded.config,
+                progress=lambda done, total: bar.update(pairs_id, completed=done, total=total),
+                reference_progress=lambda done, total: bar.update(dft_id, completed=done, total=total),
+            )
     except CapmlError as err:
         _fail(err)
     table = Table("x", "T (K)", "mode", "ν (THz)", "dominant", "ΔEg (eV)", "ΔEg/Eg(0)", "DFT ΔEg (eV)", title="modes")
