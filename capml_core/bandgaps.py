@@ -228,10 +228,7 @@ def reference_gaps(
     elif missing:
         logger.info("reference gaps: %d calculations at %s", len(missing), level_name)
 
-        def report(done_n: int, total: int, record: Any) -> None:
-            if progress is not None:
-                progress(done_n, total)
-
+        report = None if progress is None else (lambda done_n, total, record: progress(done_n, total))
         label_structures(store, level, missing, workers=config.reference.workers, run_id=run_id, progress=report)
         done = labelled()
     gaps = {
@@ -284,7 +281,7 @@ def _static_gaps(store, config, ensemble_id, level, models, structures, run_id, 
     todo = [x for x, h in hashes.items() if h not in set(stored["structure_hash"])]
     if todo:
         per_model = predict_gaps_per_model([structures[x] for x in todo], models, batch_size=config.gaps.batch_size)
-        checked = [hashes[x] for x in todo if any(np.isclose(x, c, atol=1e-9) for c in config.gap_check_compositions())]
+        checked = [hashes[x] for x in todo if config.is_gap_checked(x)]
         ref_level, ref = reference_gaps(store, config, checked, run_id=run_id, progress=progress)
         rows = [
             {

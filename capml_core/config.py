@@ -591,6 +591,10 @@ class RunConfig(Section):
             return list(self.gaps.reference_compositions)
         return [x for x in self.system.compositions if x in (0.0, 1.0)]
 
+    def is_gap_checked(self, composition_x: float) -> bool:
+        """Whether the gap stages also compute this composition with DFT."""
+        return any(math.isclose(composition_x, c, abs_tol=1e-9) for c in self.gap_check_compositions())
+
 
 # ------------------------------------------------------------------------------------------- loading
 @dataclass(frozen=True)

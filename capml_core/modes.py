@@ -78,8 +78,7 @@ def thermal_displacement(
 
 def freeze(atoms: Atoms, displacement_a: np.ndarray) -> Atoms:
     """A copy of the structure with the displacement (Å) added to its positions."""
-    out = Atoms(atoms.numbers, positions=atoms.positions + displacement_a, cell=atoms.cell, pbc=True)
-    return out
+    return Atoms(atoms.numbers, positions=atoms.positions + displacement_a, cell=atoms.cell, pbc=True)
 
 
 def acoustic_modes(atoms: Atoms, eigenvectors: np.ndarray) -> list[int]:
@@ -149,8 +148,6 @@ def run_mode_stage(
     from capml_core.gnn import latest_ensemble, load_ensemble_by_id, predict_gaps_per_model
     from capml_core.harmonic import IMAGINARY_TOLERANCE_THZ, run_harmonic_phonons
     from capml_core.mlip import resolve_device
-    from capml_core.store import StructureRecord
-    from capml_core.structures import structure_hash
 
     gaps_config = config.gaps
     store.initialise()
@@ -218,20 +215,8 @@ def run_mode_stage(
                     "relative_change": float(delta.mean() / gap0.mean()),
                 }
             )
-        checked = any(np.isclose(result.composition_x, c, atol=1e-9) for c in config.gap_check_compositions())
-        if checked and temperature == check_temperature and gaps_config.reference_modes > 0:
-            _check_with_dft(
-                store,
-                config,
-                atoms,
-                rows,
-                frozen,
-                displaced,
-                run_id,
-                structure_hash,
-                StructureRecord,
-                reference_progress,
-            )
+        if config.is_gap_checked(result.composition_x) and temperature == check_temperature:
+            _check_with_dft(store, config, rows, frozen, displaced, run_id=run_id, progress=reference_progress)
         with store.write() as writer:
             writer.add_rows("gap_modes", rows)
         logger.info(
@@ -247,22 +232,27 @@ def run_mode_stage(
     return mode_results(store, ensemble_id, [h.structure_hash for h in harmonic])
 
 
-def _check_with_dft(  # noqa: PLR0913
-    store,
-    config,
-    atoms,
-    rows,
-    frozen,
-    displaced,
-    run_id,
-    structure_hash,
-    record_type,
-    progress,  # noqa: ANN001
+def _check_with_dft(
+    store,  # noqa: ANN001 - Store
+    config,  # noqa: ANN001 - RunConfig
+    rows: list[dict],
+    frozen: list[int],
+    displaced: list[Atoms],
+    *,
+    run_id: str | None,
+    progress: Callable[[int, int], None] | None,
 ) -> None:
-    """Reference-level ΔEg of ``gaps.reference_modes`` frozen modes spread over the frequency range."""
+    """Reference-level ΔEg of ``gaps.reference_modes`` frozen modes spread over the frequency range (into ``rows``).
+
+    ``frozen[k]`` is the row of the k-th frozen mode, ``displaced[2k]`` / ``displaced[2k + 1]`` its +u / −u cells.
+    """
     from capml_core.bandgaps import reference_gaps
+    from capml_core.store import StructureRecord
+    from capml_core.structures import structure_hash
 
     chosen = spread_over_frequencies([rows[i]["frequency_thz"] for i in frozen], config.gaps.reference_modes)
+    if not chosen:  # reference_modes = 0, or no mode frozen: no calculation at all
+        return
     records, hashes = [], {}
     origin = rows[0]["structure_hash"]
     for k in chosen:
@@ -271,7 +261,7 @@ def _check_with_dft(  # noqa: PLR0913
             digest = structure_hash(structure)
             hashes[(frozen[k], sign)] = digest
             records.append(
-                record_type(
+                StructureRecord(
                     atoms=structure,
                     structure_hash=digest,
                     kind="frozen-mode",

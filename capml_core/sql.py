@@ -14,7 +14,7 @@ from __future__ import annotations
 import duckdb
 import pandas as pd
 
-from capml_core.errors import InvalidInputError, NotComputedError
+from capml_core.errors import InvalidInputError
 
 #: Statement types a user query may have (DESCRIBE, SHOW, SUMMARIZE and FROM-first queries parse as SELECT).
 ALLOWED_STATEMENTS = ("SELECT", "EXPLAIN")
@@ -85,18 +85,12 @@ def run_user_query(store, sql: str, *, max_rows: int | None = None) -> pd.DataFr
         The SQL is wrong (DuckDB's message).
     """
     check_user_sql(sql)
-    if not store.exists():
-        raise NotComputedError(f"{store.path}: no store yet; run the pipeline first (capml run CONFIG)")
-    with store.read():  # waits for a writer and checks the schema version
-        pass
-    con = store.connect_sandboxed()
-    try:
-        result = con.execute(sql)
-        frame = result.fetch_df_chunk(max(1, -(-max_rows // 2048))) if max_rows else result.df()
-    except duckdb.PermissionException as err:
-        raise QueryRefused(f"refused: the query reaches outside the store ({err})") from err
-    except duckdb.Error as err:
-        raise InvalidInputError(f"SQL error: {err}") from err
-    finally:
-        con.close()
+    with store.read(sandboxed=True) as con:  # waits for a writer, checks the schema version
+        try:
+            result = con.execute(sql)
+            frame = result.fetch_df_chunk(-(-max_rows // 2048)) if max_rows else result.df()  # 2048-row vectors
+        except duckdb.PermissionException as err:
+            raise QueryRefused(f"refused: the query reaches outside the store ({err})") from err
+        except duckdb.Error as err:
+            raise InvalidInputError(f"SQL error: {err}") from err
     return frame.head(max_rows) if max_rows else frame

@@ -585,12 +585,12 @@ class Store:
         return cls(path.parent, lock_timeout_s=lock_timeout_s)
 
     # ------------------------------------------------------------------------------- connections
-    def _connect(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+    def _connect(self, *, read_only: bool, config: dict[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + self.lock_timeout_s
         delay = 0.01
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=read_only)
+                return duckdb.connect(str(self.path), read_only=read_only, config=config or {})
             except duckdb.IOException as err:
                 text = str(err).lower()
                 if "lock" not in text and "conflicting" not in text:
@@ -665,11 +665,15 @@ class Store:
             con.close()
 
     @contextmanager
-    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A short read-only connection (waits while a writer holds the file)."""
+    def read(self, *, sandboxed: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short read-only connection (waits while a writer holds the file).
+
+        ``sandboxed``: for users' SQL (:mod:`capml_core.sql`): no file access, no extensions, settings locked.
+        """
         if not self.exists():
             raise NotComputedError(f"{self.path}: no store yet; run the pipeline first (capml run CONFIG)")
-        con = self._connect(read_only=True)
+        sandbox = {"enable_external_access": False, "lock_configuration": True} if sandboxed else None
+        con = self._connect(read_only=True, config=sandbox)
         try:
             version = self._schema_version(con)
             if version != SCHEMA_VERSION:
@@ -680,24 +684,6 @@ class Store:
             yield con
         finally:
             con.close()
-
-    def connect_sandboxed(self) -> duckdb.DuckDBPyConnection:
-        """A read-only connection for users' SQL: no file access, no extensions, settings locked (close it).
-
-        See :mod:`capml_core.sql`, which checks the statement first.
-        """
-        deadline = time.monotonic() + self.lock_timeout_s
-        while True:
-            try:
-                return duckdb.connect(
-                    str(self.path),
-                    read_only=True,
-                    config={"enable_external_access": False, "lock_configuration": True},
-                )
-            except duckdb.IOException as err:
-                if time.monotonic() > deadline:
-                    raise StoreLockedError(f"{self.path}: the store stayed locked by a writer ({err})") from err
-                time.sleep(0.1)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
         """Run a read-only SQL query and return a DataFrame."""

@@ -16,7 +16,7 @@ StructureKind = Literal["thermal", "uniform", "equilibrium", "imported", "relaxe
 #: training data for the GNN or MACE, never counted in the dataset.
 DERIVED_KINDS = ("relaxed", "frozen-mode")
 #: SQL condition on ``structures.kind`` (alias ``s``) that keeps the dataset's structures only.
-DATASET_KIND_SQL = "s.kind NOT IN ('relaxed', 'frozen-mode')"
+DATASET_KIND_SQL = "s.kind NOT IN (" + ", ".join(f"'{kind}'" for kind in DERIVED_KINDS) + ")"
 #: Labels a reference level can provide.
 LabelName = Literal["energy", "forces", "stress", "gap"]
 #: Status of a pipeline stage or a labelling calculation.

@@ -101,3 +101,27 @@ def trained(tmp_path_factory: pytest.TempPathFactory, demo_store_dir: Path):
     epochs: list[int] = []
     result = fit_mlip(Store(project), config, on_epoch=lambda e, n, line: epochs.append(e))
     return project, config, result, epochs
+
+
+def project_copy(source: Path, parent: Path):  # noqa: ANN201 - (project dir, Store)
+    """A private copy of a fixture's project (``parent/project``) and its store, for a test that writes to it."""
+    from capml_core.store import Store
+
+    project = parent / "project"
+    shutil.copytree(source, project)
+    return project, Store(project)
+
+
+def md_config(config, temperatures_k: list[float], duration_ps: float, equilibration_ps: float):  # noqa: ANN001, ANN201
+    """A config for short stage tests: 2 relaxation and MD workers, the phonon gate on, a short MD."""
+    from capml_core.config import MDSection
+
+    return config.model_copy(
+        update={
+            "disorder": config.disorder.model_copy(update={"workers": 2}),
+            "phonons": config.phonons.model_copy(update={"gate": True}),
+            "md": MDSection(
+                temperatures_k=temperatures_k, duration_ps=duration_ps, equilibration_ps=equilibration_ps, workers=2
+            ),
+        }
+    )

@@ -6,7 +6,6 @@ the phonon verdicts that gate the stage are written directly (DynaPhoPy is teste
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from capml_core.bandgaps import (
 )
 from capml_core.errors import InvalidInputError
 from capml_core.store import Store
-from tests.conftest import REPO
+from tests.conftest import REPO, md_config, project_copy
 
 
 def _ar1(n: int, rho: float, rng: np.random.Generator) -> np.ndarray:
@@ -130,22 +129,14 @@ def test_reference_compositions_must_be_studied(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def gap_project(trained, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201 - (project, config)
     """Tiny MACE → disorder scan → 0.3 ps MD at 50 and 100 K → a 2-model GNN: what the gap stages start from."""
-    from capml_core.config import GNNSection, MDSection
+    from capml_core.config import GNNSection
     from capml_core.disorder import run_disorder_scan
     from capml_core.dynamics import run_dynamics
     from capml_core.gnn import train_two_stage
 
     source, config, _, _ = trained
-    project = tmp_path_factory.mktemp("gaps") / "project"
-    shutil.copytree(source, project)
-    store = Store(project)
-    config = config.model_copy(
-        update={
-            "disorder": config.disorder.model_copy(update={"workers": 2}),
-            "phonons": config.phonons.model_copy(update={"gate": True}),
-            "md": MDSection(temperatures_k=[50.0, 100.0], duration_ps=0.3, equilibration_ps=0.05, workers=2),
-        }
-    )
+    project, store = project_copy(source, tmp_path_factory.mktemp("gaps"))
+    config = md_config(config, [50.0, 100.0], duration_ps=0.3, equilibration_ps=0.05)
     run_disorder_scan(store, config)
     run_dynamics(store, config)
     gnn = GNNSection(epochs=8, fine_tune_epochs=4, batch_size=16, ensemble_size=2, learning_curve_fractions=[])
@@ -183,9 +174,7 @@ def test_bandgap_stage_averages_uncorrelated_snapshots_of_gated_runs(gap_project
     from capml_core.gnn import latest_ensemble, load_ensemble_by_id, predict_gaps_per_model
 
     source, config = gap_project
-    project = tmp_path / "project"
-    shutil.copytree(source, project)
-    store = Store(project)
+    project, store = project_copy(source, tmp_path)
     with pytest.raises(NotComputedError, match="no phonon stability verdict; run capml phonons first"):
         run_bandgap_stage(store, config)
     assert store.query("SELECT count(*) AS n FROM gap_thermal")["n"][0] == 0
@@ -259,9 +248,7 @@ def test_mode_stage_freezes_every_optical_mode_and_checks_one_with_dft(gap_proje
     from capml_core.modes import run_mode_stage, thermal_displacement
 
     source, config = gap_project
-    project = tmp_path / "project"
-    shutil.copytree(source, project)
-    store = Store(project)
+    project, store = project_copy(source, tmp_path)
     config = config.model_copy(
         update={
             "gaps": config.gaps.model_copy(

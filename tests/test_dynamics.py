@@ -20,7 +20,7 @@ from capml_core.dynamics import (
 )
 from capml_core.errors import ConfigError
 from capml_core.store import Store
-from tests.conftest import DEMO_CONFIG, REPO
+from tests.conftest import DEMO_CONFIG, REPO, md_config, project_copy
 
 
 @pytest.mark.parametrize(
@@ -127,15 +127,8 @@ def test_dynamics_stage_runs_every_composition_once(trained, tmp_path: Path) -> 
     from capml_core.dynamics import run_dynamics
 
     source, config, _, _ = trained
-    project = tmp_path / "project"
-    shutil.copytree(source, project)
-    store = Store(project)
-    config = config.model_copy(
-        update={
-            "disorder": config.disorder.model_copy(update={"workers": 2}),
-            "md": MDSection(temperatures_k=[100.0], duration_ps=0.1, equilibration_ps=0.02, workers=2),
-        }
-    )
+    project, store = project_copy(source, tmp_path)
+    config = md_config(config, [100.0], duration_ps=0.1, equilibration_ps=0.02)
     run_disorder_scan(store, config)
     results = run_dynamics(store, config)
     assert sorted(r.composition_x for r in results) == [0.0, 0.25, 0.5, 0.75, 1.0]

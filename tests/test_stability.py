@@ -7,14 +7,13 @@ gate, what a failed analysis becomes) is tested on MD runs of the tiny MACE.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from capml_core.stability import StabilityResult, stabilisation_temperatures
-from capml_core.store import Store
+from tests.conftest import md_config, project_copy
 
 
 def test_stabilisation_temperature_is_the_lowest_stable_temperature_of_an_unbroken_stable_ladder() -> None:
@@ -32,23 +31,14 @@ def test_stabilisation_temperature_is_the_lowest_stable_temperature_of_an_unbrok
 @pytest.mark.slow
 def test_stage_stores_a_verdict_per_md_run_gates_and_resumes(trained, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     import capml_core.anharmonic as anharmonic
-    from capml_core.config import MDSection
     from capml_core.disorder import run_disorder_scan
     from capml_core.dynamics import run_dynamics
     from capml_core.errors import CalculationFailed
     from capml_core.stability import run_phonon_stage
 
     source, config, _, _ = trained
-    project = tmp_path / "project"
-    shutil.copytree(source, project)
-    store = Store(project)
-    config = config.model_copy(
-        update={
-            "disorder": config.disorder.model_copy(update={"workers": 2}),
-            "phonons": config.phonons.model_copy(update={"gate": True}),
-            "md": MDSection(temperatures_k=[50.0], duration_ps=0.1, equilibration_ps=0.02, workers=2),
-        }
-    )
+    project, store = project_copy(source, tmp_path)
+    config = md_config(config, [50.0], duration_ps=0.1, equilibration_ps=0.02)
     run_disorder_scan(store, config)
     run_dynamics(store, config)
     calls: list[float] = []
