@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,8 +22,9 @@ def main() -> None:
 
     from capml_core.config import MDSection, load_config
     from capml_core.datasets import import_spec
-    from capml_core.dynamics import MDJob, _init_worker, _run_in_worker, run_md
+    from capml_core.dynamics import MDJob, md_job, run_md
     from capml_core.mlip import load_mace_calculator, train_mace
+    from capml_core.parallel import local_map
     from capml_core.store import Store
     from capml_core.structures import allowed_species
     from capml_core.training_sets import end_member_cell
@@ -52,13 +51,7 @@ def main() -> None:
         serial = time.perf_counter() - start
         steps = sum(job.n_steps for job in jobs("serial"))
         start = time.perf_counter()
-        with ProcessPoolExecutor(
-            max_workers=len(TEMPERATURES_K),
-            mp_context=get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(str(model.path), "cpu", md.dtype),
-        ) as pool:
-            list(pool.map(_run_in_worker, jobs("parallel")))
+        list(local_map(len(TEMPERATURES_K))(md_job, [(job, "cpu") for job in jobs("parallel")]))
         parallel = time.perf_counter() - start
     print(f"one after another: {steps} steps in {serial:.1f} s ({steps / serial:.0f} steps/s)")
     print(

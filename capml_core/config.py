@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -557,6 +558,37 @@ class GapsSection(Section):
     _check_experiment = field_validator("experiment")(_input_path)
 
 
+class ExecutionSection(Section):
+    """Where the fan-out stages (label, disorder, dynamics) run their jobs when the pipeline runs as a Prefect flow.
+
+    The number of workers is each stage's own ``workers``; the store is always written by the flow alone.
+    """
+
+    task_runner: Literal["processes", "dask"] = Field(
+        default="processes",
+        description="'processes': local worker processes (Prefect's process pool; one worker runs in the flow's "
+        "process); 'dask': a Dask cluster through prefect-dask (LocalCluster, SLURMCluster or a running scheduler).",
+    )
+    dask_address: str | None = Field(
+        default=None,
+        description="Address of a running Dask scheduler (e.g. 'tcp://10.1.2.3:8786'); None starts a cluster of "
+        "dask_cluster_class for each fan-out stage.",
+    )
+    dask_cluster_class: str = Field(
+        default="distributed.LocalCluster",
+        description="Dotted class of the Dask cluster to start, e.g. 'distributed.LocalCluster' (gets the stage's "
+        "workers, one thread each) or 'dask_jobqueue.SLURMCluster'.",
+    )
+    dask_cluster_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments of the cluster class (SLURMCluster: queue, account, cores, memory, walltime, "
+        "job_extra_directives, ...).",
+    )
+    dask_adapt_maximum: PositiveInt | None = Field(
+        default=None, description="Scale the cluster adaptively up to this many workers (None: fixed size)."
+    )
+
+
 class RunConfig(Section):
     """A whole capml run."""
 
@@ -570,6 +602,7 @@ class RunConfig(Section):
     phonons: PhononsSection = PhononsSection()
     md: MDSection = MDSection()
     gaps: GapsSection = GapsSection()
+    execution: ExecutionSection = ExecutionSection()
 
     @model_validator(mode="after")
     def _gap_checks_in_compositions(self) -> RunConfig:
@@ -619,7 +652,32 @@ class LoadedConfig:
     project_dir: Path
 
 
-def load_config(path: str | Path, *, project_dir: str | Path | None = None) -> LoadedConfig:
+def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a parsed TOML document with ``{"section.field": value}`` overrides set (validated later).
+
+    Raises
+    ------
+    ConfigError
+        A key that does not name a field inside a section (``md.workers``, ``gaps.device``, ...).
+    """
+    out = json.loads(json.dumps(raw, default=str))
+    for key, value in overrides.items():
+        parts = key.split(".")
+        if len(parts) < 2 or not all(parts):
+            raise ConfigError(f"overrides: key {key!r} must be 'section.field' (e.g. 'md.workers')")
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"overrides: key {key!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(
+    path: str | Path, *, project_dir: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> LoadedConfig:
     """Load and validate a run configuration from a TOML file.
 
     Parameters
@@ -628,6 +686,9 @@ def load_config(path: str | Path, *, project_dir: str | Path | None = None) -> L
         The TOML file.
     project_dir
         Overrides ``run.project_dir`` (relative to the current working directory).
+    overrides
+        ``{"section.field": value}`` set on top of the file (e.g. a deployment's stage options); validated
+        with the file, and part of the config hash.
 
     Raises
     ------
@@ -643,6 +704,8 @@ def load_config(path: str | Path, *, project_dir: str | Path | None = None) -> L
         raise ConfigError(f"{path}: not valid TOML: {err}") from err
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not a UTF-8 text file: {err}") from err
+    if overrides:
+        raw = apply_overrides(raw, overrides)
     try:
         config = RunConfig.model_validate(raw, context={"base_dir": path.parent})
     except ValidationError as err:

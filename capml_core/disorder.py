@@ -281,21 +281,12 @@ def relax_structure(atoms: Atoms, calculator, *, mode: str, fmax_ev_per_a: float
 
 
 # ------------------------------------------------------------------------------------------- the scan
-_WORKER_CALCULATOR: list = []
+def relax_job(model_path: str, device: str, atoms: Atoms, mode: str, fmax: float, max_steps: int) -> Relaxation:
+    """One relaxation with the MACE model at ``model_path`` (a fan-out job: loads the model once per worker)."""
+    from capml_core.parallel import cached_mace_calculator
 
-
-def _init_worker(model_path: str, device: str) -> None:
-    """Process-pool initialiser: one torch thread, the MACE calculator loaded once per worker."""
-    import torch
-
-    from capml_core.mlip import load_mace_calculator
-
-    torch.set_num_threads(1)
-    _WORKER_CALCULATOR.append(load_mace_calculator(model_path, device=device, dtype="float64"))
-
-
-def _relax_task(atoms: Atoms, mode: str, fmax: float, max_steps: int) -> Relaxation:
-    return relax_structure(atoms, _WORKER_CALCULATOR[0], mode=mode, fmax_ev_per_a=fmax, max_steps=max_steps)
+    calculator = cached_mace_calculator(model_path, device, "float64")
+    return relax_structure(atoms, calculator, mode=mode, fmax_ev_per_a=fmax, max_steps=max_steps)
 
 
 def scan_id_for(system: SystemSection, disorder: DisorderSection, model_id: str) -> str:
@@ -327,17 +318,17 @@ def run_disorder_scan(
     *,
     run_id: str | None = None,
     progress=None,  # noqa: ANN001 - progress(done, total)
+    job_map=None,  # noqa: ANN001 - capml_core.parallel.JobMap
 ) -> DisorderScanResult:
     """The disorder stage: plan, relax and rank every composition's arrangements with the project's MACE.
 
     Arrangements relaxed before (same scan id) are skipped; probabilities are written at 0 K and at
     ``md.temperatures_k``. Each relaxation is written to the store as it finishes (relaxed structure + row),
-    so an interrupted scan loses at most the relaxations in flight.
+    so an interrupted scan loses at most the relaxations in flight. The relaxations run through ``job_map``
+    (default: ``disorder.workers`` local processes); this process alone writes the results.
     """
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_context
-
-    from capml_core.mlip import latest_model, load_mace_calculator, resolve_device
+    from capml_core.mlip import latest_model, resolve_device
+    from capml_core.parallel import local_map
     from capml_core.store import StructureRecord
     from capml_core.structures import quantize, structure_hash
 
@@ -433,38 +424,24 @@ def run_disorder_scan(
                 ],
             )
 
-    settings = (disorder.relax, disorder.fmax_ev_per_a, disorder.max_steps)
     device = resolve_device(disorder.device)
-    if disorder.workers == 1 or len(todo) <= 1:
-        calculator = load_mace_calculator(model_path, device=device, dtype="float64") if todo else None
-        for x, arrangement in todo:
-            structure = arrangement_structure(system, x, arrangement)
-            record(
-                x,
-                arrangement,
-                relax_structure(
-                    structure, calculator, mode=settings[0], fmax_ev_per_a=settings[1], max_steps=settings[2]
-                ),
-            )
-            count += 1
-            if progress is not None:
-                progress(count, total)
-    else:
-        with ProcessPoolExecutor(
-            max_workers=disorder.workers,
-            mp_context=get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(str(model_path), device),
-        ) as pool:
-            futures = {
-                pool.submit(_relax_task, arrangement_structure(system, x, a), *settings): (x, a) for x, a in todo
-            }
-            for future in as_completed(futures):
-                x, arrangement = futures[future]
-                record(x, arrangement, future.result())
-                count += 1
-                if progress is not None:
-                    progress(count, total)
+    job_map = job_map or local_map(disorder.workers)
+    jobs = [
+        (
+            str(model_path),
+            device,
+            arrangement_structure(system, x, a),
+            disorder.relax,
+            disorder.fmax_ev_per_a,
+            disorder.max_steps,
+        )
+        for x, a in todo
+    ]
+    for index, relaxation in job_map(relax_job, jobs, name="relax"):
+        record(*todo[index], relaxation)
+        count += 1
+        if progress is not None:
+            progress(count, total)
 
     write_probabilities(store, scan_id, [0.0, *config.md.temperatures_k])
     return DisorderScanResult(scan_id, plans, len(todo), ranking(store, scan_id))

@@ -320,20 +320,11 @@ def trajectory_frame(trajectory: dict[str, Any], frame: int) -> Atoms:
 
 
 # ------------------------------------------------------------------------------------------- the stage
-_WORKER: dict[str, Any] = {}
+def md_job(job: MDJob, device: str) -> float:
+    """One MD run with the job's MACE model (a fan-out job: loads the model once per worker); wall time (s)."""
+    from capml_core.parallel import cached_mace_calculator
 
-
-def _init_worker(model_path: str, device: str, dtype: str) -> None:
-    import torch
-
-    from capml_core.mlip import load_mace_calculator
-
-    torch.set_num_threads(1)
-    _WORKER["calculator"] = load_mace_calculator(model_path, device=device, dtype=dtype)
-
-
-def _run_in_worker(job: MDJob) -> float:
-    return run_md(job, _WORKER["calculator"])
+    return run_md(job, cached_mace_calculator(job.model_path, device, job.md.dtype))
 
 
 @dataclass(frozen=True)
@@ -354,17 +345,17 @@ def run_dynamics(
     *,
     run_id: str | None = None,
     progress: ProgressCallback | None = None,
+    job_map=None,  # noqa: ANN001 - capml_core.parallel.JobMap
 ) -> list[MDResult]:
     """The ``dynamics`` stage: MD of each composition's lowest-energy structure at every ``md.temperatures_k``.
 
     Runs recorded complete in the store are not repeated; an unfinished trajectory file is continued.
-    Several runs go in parallel with ``md.workers`` > 1 (one process and torch thread each).
+    The runs go through ``job_map`` (default: ``md.workers`` local processes, one torch thread each); this
+    process alone writes the results.
     """
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_context
-
     from capml_core.disorder import latest_scan_id, lowest_energy_structures
-    from capml_core.mlip import latest_model, load_mace_calculator, resolve_device
+    from capml_core.mlip import latest_model, resolve_device
+    from capml_core.parallel import local_map
     from capml_core.structures import structure_hash
 
     md = config.md
@@ -422,26 +413,12 @@ def run_dynamics(
             )
 
     device = resolve_device(md.device)
-    if md.workers == 1 or len(todo) <= 1:
-        calculator = load_mace_calculator(model_path, device=device, dtype=md.dtype) if todo else None
-        for md_id in todo:
-            record(md_id, run_md(jobs[md_id][0], calculator))
-            count += 1
-            if progress is not None:
-                progress(count, len(jobs))
-    else:
-        with ProcessPoolExecutor(
-            max_workers=md.workers,
-            mp_context=get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(str(model_path), device, md.dtype),
-        ) as pool:
-            futures = {pool.submit(_run_in_worker, jobs[md_id][0]): md_id for md_id in todo}
-            for future in as_completed(futures):
-                record(futures[future], future.result())
-                count += 1
-                if progress is not None:
-                    progress(count, len(jobs))
+    job_map = job_map or local_map(md.workers)
+    for index, wall_s in job_map(md_job, [(jobs[md_id][0], device) for md_id in todo], name="md"):
+        record(todo[index], wall_s)
+        count += 1
+        if progress is not None:
+            progress(count, len(jobs))
     results = []
     for md_id, (job, x, digest) in jobs.items():
         row = store.query("SELECT * FROM md_runs WHERE md_id = ?", [md_id]).iloc[0]

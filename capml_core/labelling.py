@@ -9,19 +9,17 @@ reported; it is not retried unless asked (``include_failed``), never in a loop.
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
-import os
 import shutil
 import tempfile
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ase import Atoms
 
 from capml_core.errors import CalculationFailed
+from capml_core.parallel import JobMap, local_map
 from capml_core.reference import LabelResult, ReferenceLevel
 from capml_core.store import LabelRecord, Store
 
@@ -98,11 +96,6 @@ def _keep_log(workdir: Path, log_dir: str | None, structure_hash: str) -> None:
         shutil.copyfile(path, target)
 
 
-def _worker_init() -> None:
-    """One OpenMP/BLAS thread per worker process: parallelism comes from the processes."""
-    os.environ["OMP_NUM_THREADS"] = "1"
-
-
 def label_structures(
     store: Store,
     level: ReferenceLevel,
@@ -111,6 +104,7 @@ def label_structures(
     workers: int = 1,
     run_id: str | None = None,
     progress: ProgressCallback | None = None,
+    job_map: JobMap | None = None,
 ) -> LabellingReport:
     """Label structures at a level in ``workers`` processes; each result is stored as soon as it finishes.
 
@@ -128,6 +122,9 @@ def label_structures(
         Run credited with the labels.
     progress
         Called after each finished calculation.
+    job_map
+        Where the calculations run (default: ``workers`` local processes, a child process even for one);
+        the results come back here and this process alone writes them.
     """
     level_name = level.name
     structures = store.load_structures(structure_hashes)
@@ -138,35 +135,22 @@ def label_structures(
     n_ok = 0
     failures: list[tuple[str, str]] = []
     times: list[float] = []
-    context = mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=context, initializer=_worker_init) as pool:
-        queue = list(todo)
-        running: dict[Future, str] = {}
-
-        def submit_next() -> None:
-            if queue:
-                h = queue.pop(0)
-                running[pool.submit(_label_one, level, h, structures[h], log_dir)] = h
-
-        for _ in range(max(1, workers)):
-            submit_next()
-        while running:
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                h = running.pop(future)
-                record = future.result()
-                with store.write() as writer:
-                    writer.add_labels([record], run_id=run_id)
-                if record.status == "ok":
-                    n_ok += 1
-                    if record.wall_time_s is not None:
-                        times.append(record.wall_time_s)
-                else:
-                    failures.append((h, record.error or ""))
-                    logger.warning("%s failed on %s: %s", level_name, h, (record.error or "").splitlines()[0])
-                if progress is not None:
-                    progress(n_ok + len(failures), len(todo), record)
-                submit_next()
+    job_map = job_map or local_map(workers, isolate=True)
+    jobs = [(level, h, structures[h], log_dir) for h in todo]
+    for _, record in job_map(_label_one, jobs, name=f"label {level_name}"):
+        with store.write() as writer:
+            writer.add_labels([record], run_id=run_id)
+        if record.status == "ok":
+            n_ok += 1
+            if record.wall_time_s is not None:
+                times.append(record.wall_time_s)
+        else:
+            failures.append((record.structure_hash, record.error or ""))
+            logger.warning(
+                "%s failed on %s: %s", level_name, record.structure_hash, (record.error or "").splitlines()[0]
+            )
+        if progress is not None:
+            progress(n_ok + len(failures), len(todo), record)
     return LabellingReport(
         level=level_name,
         n_pending=len(todo),

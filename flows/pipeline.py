@@ -12,16 +12,21 @@ cheap level's energies, forces and stresses; evaluated; end-member phonons compa
 ``bandgaps`` (Eg(0) and Eg(T), ΔEg(T) with uncertainties from the GNN on uncorrelated MD snapshots of the runs the
 phonon gate passes) and ``modes`` (ΔEg/Eg of frozen Γ modes at thermal amplitudes, with DFT checks).
 
-Runs in Prefect's local ephemeral mode by default (no server needed); with ``PREFECT_API_URL`` set it
-reports to that server. Each task calls one capml_core function; the store records run and stage status.
+``pipeline`` runs them all (or the ``stages`` named); ``<stage>_flow`` runs one (the deployments of
+deploy/prefect.yaml). Runs in Prefect's local ephemeral mode by default (no server needed); with
+``PREFECT_API_URL`` set it reports to that server. Each task calls one capml_core function; the store records
+run and stage status. Labelling, relaxations and MD fan out to the task runner of ``[execution]`` (local
+processes or Dask, ``flows/fanout.py``); only the flow's process writes the store.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,16 +39,19 @@ from capml_core.config import ImportSpec, LoadedConfig, StructureSetSection, loa
 from capml_core.datasets import DatasetSummary, ImportReport, import_spec, summarise_dataset
 from capml_core.disorder import DisorderScanResult, run_disorder_scan
 from capml_core.dynamics import MDResult, run_dynamics
+from capml_core.errors import InvalidInputError
 from capml_core.gnn import GNNStageResult, fit_band_gap_model
 from capml_core.labelling import LabellingReport, label_structures
 from capml_core.mlip import MlipStageResult, fit_mlip, force_constants_cache_dir, force_function
 from capml_core.modes import ModeGap, run_mode_stage
+from capml_core.parallel import JobMap
 from capml_core.phonons import ForceConstants
 from capml_core.provenance import code_version, package_versions
 from capml_core.reference import LEVELS, get_level
 from capml_core.stability import StabilityResult, run_phonon_stage
 from capml_core.store import LabelRecord, Store
 from capml_core.training_sets import end_members_for, store_structure_set
+from flows.fanout import fan_out
 
 
 def new_run_id(name: str) -> str:
@@ -127,9 +135,11 @@ def generate_set(
     return new
 
 
-@task(name="label", task_run_name="label {level}", cache_policy=NO_CACHE)
 def label_level(loaded: LoadedConfig, store: Store, level: str, run_id: str) -> LabellingReport:
-    """Label pending structures of the sets at ``level`` (at most ``reference.max_calculations``)."""
+    """Label pending structures of the sets at ``level`` (at most ``reference.max_calculations``).
+
+    The calculations fan out to the configured task runner (``[execution]``, ``reference.workers``).
+    """
     reference = loaded.config.reference
     pending = store.pending_labels(level)
     chosen = pending if reference.max_calculations is None else pending[: reference.max_calculations]
@@ -137,13 +147,20 @@ def label_level(loaded: LoadedConfig, store: Store, level: str, run_id: str) -> 
     logger.info(
         "%s: %d structures pending, labelling %d with %d workers", level, len(pending), len(chosen), reference.workers
     )
+    if not chosen:
+        return label_structures(store, get_level(level, reference), [], run_id=run_id)
 
-    def progress(done: int, total: int, record: LabelRecord) -> None:
-        logger.info("%s: %d/%d done (%s %s)", level, done, total, record.structure_hash, record.status)
+    def body(job_map: JobMap) -> LabellingReport:
+        jobs_logger = get_run_logger()
 
-    return label_structures(
-        store, get_level(level, reference), chosen, workers=reference.workers, run_id=run_id, progress=progress
-    )
+        def progress(done: int, total: int, record: LabelRecord) -> None:
+            jobs_logger.info("%s: %d/%d done (%s %s)", level, done, total, record.structure_hash, record.status)
+
+        return label_structures(
+            store, get_level(level, reference), chosen, run_id=run_id, progress=progress, job_map=job_map
+        )
+
+    return fan_out(f"label-{level}", loaded.config.execution, reference.workers, body, isolate=True)
 
 
 @task(name="gnn", cache_policy=NO_CACHE)
@@ -199,15 +216,19 @@ def train_mlip(loaded: LoadedConfig, store: Store, run_id: str) -> MlipStageResu
     return result
 
 
-@task(name="disorder", cache_policy=NO_CACHE)
 def scan_disorder(loaded: LoadedConfig, store: Store, run_id: str) -> DisorderScanResult:
-    """Inequivalent arrangements per composition, relaxed with the run's MACE and ranked."""
+    """Inequivalent arrangements per composition, relaxed with the run's MACE and ranked (relaxations fan out)."""
     logger = get_run_logger()
 
-    def progress(done: int, total: int) -> None:
-        logger.info("disorder: %d/%d relaxations", done, total)
+    def body(job_map: JobMap) -> DisorderScanResult:
+        jobs_logger = get_run_logger()
 
-    result = run_disorder_scan(store, loaded.config, run_id=run_id, progress=progress)
+        def progress(done: int, total: int) -> None:
+            jobs_logger.info("disorder: %d/%d relaxations", done, total)
+
+        return run_disorder_scan(store, loaded.config, run_id=run_id, progress=progress, job_map=job_map)
+
+    result = fan_out("disorder", loaded.config.execution, loaded.config.disorder.workers, body)
     for plan in result.plans:
         best = result.ranking[plan.composition_x][0]
         logger.info(
@@ -224,15 +245,19 @@ def scan_disorder(loaded: LoadedConfig, store: Store, run_id: str) -> DisorderSc
     return result
 
 
-@task(name="dynamics", cache_policy=NO_CACHE)
 def molecular_dynamics(loaded: LoadedConfig, store: Store, run_id: str) -> list[MDResult]:
-    """Langevin MD with the run's MACE of each lowest-energy structure at every MD temperature."""
+    """Langevin MD with the run's MACE of each lowest-energy structure at every MD temperature (runs fan out)."""
     logger = get_run_logger()
 
-    def progress(done: int, total: int) -> None:
-        logger.info("MD: %d/%d runs", done, total)
+    def body(job_map: JobMap) -> list[MDResult]:
+        jobs_logger = get_run_logger()
 
-    results = run_dynamics(store, loaded.config, run_id=run_id, progress=progress)
+        def progress(done: int, total: int) -> None:
+            jobs_logger.info("MD: %d/%d runs", done, total)
+
+        return run_dynamics(store, loaded.config, run_id=run_id, progress=progress, job_map=job_map)
+
+    results = fan_out("dynamics", loaded.config.execution, loaded.config.md.workers, body)
     for r in results:
         logger.log(
             logging.WARNING if r.health.problems else logging.INFO,
@@ -353,99 +378,117 @@ def summarise(store: Store) -> DatasetSummary:
     return summary
 
 
-@flow(name="capml-pipeline")
-def pipeline(config_path: str, project_dir: str | None = None) -> dict[str, Any]:
-    """Run every stage that exists on one configuration; returns a JSON-ready summary.
+# ------------------------------------------------------------------------------------------- stages
+@dataclass(frozen=True)
+class StageContext:
+    """What every stage gets: the validated config, the store and the run that records it."""
 
-    Parameters
-    ----------
-    config_path
-        Run configuration (TOML).
-    project_dir
-        Overrides ``run.project_dir`` of the config (where the DuckDB store and artifacts go).
-    """
-    loaded = load_config(config_path, project_dir=project_dir)
-    store = Store(loaded.project_dir)
-    run_id = start_run(loaded, store)
-    try:
-        with stage(store, run_id, "dataset-import"):
-            reports = [import_dataset(loaded, spec, store, run_id) for spec in loaded.config.dataset.imports]
-        with stage(store, run_id, "dataset-generate"):
-            sets = loaded.config.dataset.sets
-            end_members = end_member_fcs(loaded, store)
-            for structure_set in sets:
-                generate_set(loaded, structure_set, end_members, store, run_id)
-        with stage(store, run_id, "label"):
-            labelling = []
-            for level in sorted({s.level for s in sets}):
-                reason = (
-                    "capml cannot compute it (import its labels)"
-                    if level not in LEVELS
-                    else get_level(level, loaded.config.reference).unavailable_reason()
-                )
-                if reason is None:
-                    labelling.append(label_level(loaded, store, level, run_id))
-                else:
-                    get_run_logger().warning("level %s not labelled here: %s", level, reason)
-        with stage(store, run_id, "dataset-summary"):
-            summary = summarise(store)
-        with stage(store, run_id, "gnn"):
-            gnn = train_gnn(loaded, store, run_id)
-        with stage(store, run_id, "mlip"):
-            mlip = train_mlip(loaded, store, run_id)
-        with stage(store, run_id, "disorder"):
-            disorder = scan_disorder(loaded, store, run_id)
-        with stage(store, run_id, "dynamics"):
-            dynamics = molecular_dynamics(loaded, store, run_id)
-        with stage(store, run_id, "phonons"):
-            harmonic, verdicts = phonon_stability(loaded, store, run_id)
-        with stage(store, run_id, "bandgaps"):
-            gaps = band_gaps(loaded, store, run_id)
-        with stage(store, run_id, "modes"):
-            modes = mode_gaps(loaded, store, run_id)
-    except BaseException as err:
-        with store.write() as writer:
-            writer.finish_run(run_id, status="failed", message=f"{type(err).__name__}: {err}")
-        raise
-    with store.write() as writer:
-        writer.finish_run(run_id, status="done")
+    loaded: LoadedConfig
+    store: Store
+    run_id: str
+
+
+def _dataset_import(ctx: StageContext) -> dict[str, Any]:
+    reports = [import_dataset(ctx.loaded, spec, ctx.store, ctx.run_id) for spec in ctx.loaded.config.dataset.imports]
     return {
-        "run_id": run_id,
-        "store": str(store.path),
         "imports": [
             {"file": r.path.name, "level": r.level, "frames": r.n_frames, "new_labels": r.new_labels} for r in reports
-        ],
+        ]
+    }
+
+
+def _dataset_generate(ctx: StageContext) -> dict[str, Any]:
+    sets = ctx.loaded.config.dataset.sets
+    if sets:
+        end_members = end_member_fcs(ctx.loaded, ctx.store)
+        for structure_set in sets:
+            generate_set(ctx.loaded, structure_set, end_members, ctx.store, ctx.run_id)
+    return {"generated_sets": [s.name for s in sets]}
+
+
+def _label(ctx: StageContext) -> dict[str, Any]:
+    labelling = []
+    for level in sorted({s.level for s in ctx.loaded.config.dataset.sets}):
+        reason = (
+            "capml cannot compute it (import its labels)"
+            if level not in LEVELS
+            else get_level(level, ctx.loaded.config.reference).unavailable_reason()
+        )
+        if reason is None:
+            labelling.append(label_level(ctx.loaded, ctx.store, level, ctx.run_id))
+        else:
+            get_run_logger().warning("level %s not labelled here: %s", level, reason)
+    return {
         "labelling": [
             {"level": r.level, "ok": r.n_ok, "failed": r.n_failed, "mean_s": r.mean_calculation_s} for r in labelling
-        ],
-        "dataset": summary.as_dict(),
+        ]
+    }
+
+
+def _dataset_summary(ctx: StageContext) -> dict[str, Any]:
+    return {"dataset": summarise(ctx.store).as_dict()}
+
+
+def _gnn(ctx: StageContext) -> dict[str, Any]:
+    gnn = train_gnn(ctx.loaded, ctx.store, ctx.run_id)
+    return {
         "gnn": {
             "ensemble_id": gnn.ensemble.ensemble_id,
             "test": {stage: vars(m) for stage, m in gnn.ensemble.ensemble_test_metrics.items()},
             "search": [(t.architecture, t.learning_rate, t.batch_size, t.valid.mae_ev) for t in gnn.search],
             "learning_curve": [(n, m.mae_ev) for n, m in gnn.curve],
-        },
+        }
+    }
+
+
+def _mlip(ctx: StageContext) -> dict[str, Any]:
+    mlip = train_mlip(ctx.loaded, ctx.store, ctx.run_id)
+    return {
         "mlip": {
             "model_id": mlip.model.model_id,
             "test": mlip.test_metrics,
             "phonons": {row["end_member"]: row["mae_thz"] for row in mlip.phonons},
-        },
+        }
+    }
+
+
+def _disorder(ctx: StageContext) -> dict[str, Any]:
+    disorder = scan_disorder(ctx.loaded, ctx.store, ctx.run_id)
+    return {
         "disorder": {
             "scan_id": disorder.scan_id,
             "relaxed": {x: len(rows) for x, rows in disorder.ranking.items()},
             "lowest_ev_per_atom": {x: rows[0][1] for x, rows in disorder.ranking.items()},
-        },
+        }
+    }
+
+
+def _dynamics(ctx: StageContext) -> dict[str, Any]:
+    dynamics = molecular_dynamics(ctx.loaded, ctx.store, ctx.run_id)
+    return {
         "dynamics": [
             {"x": r.composition_x, "temperature_k": r.temperature_k, "status": r.health.status, "md_id": r.md_id}
             for r in dynamics
-        ],
+        ]
+    }
+
+
+def _phonons(ctx: StageContext) -> dict[str, Any]:
+    harmonic, verdicts = phonon_stability(ctx.loaded, ctx.store, ctx.run_id)
+    return {
         "phonons": {
             "imaginary_at_0k": {h.composition_x: h.imaginary.n_gamma for h in harmonic},
             "verdicts": [
                 {"x": v.composition_x, "temperature_k": v.temperature_k, "stable": v.stable, "passes": v.passes_gate}
                 for v in verdicts
             ],
-        },
+        }
+    }
+
+
+def _bandgaps(ctx: StageContext) -> dict[str, Any]:
+    gaps = band_gaps(ctx.loaded, ctx.store, ctx.run_id)
+    return {
         "bandgaps": {
             "ensemble_id": gaps.ensemble_id,
             "level": gaps.level,
@@ -460,9 +503,126 @@ def pipeline(config_path: str, project_dir: str | None = None) -> dict[str, Any]
                 }
                 for t in gaps.thermal
             ],
-        },
+        }
+    }
+
+
+def _modes(ctx: StageContext) -> dict[str, Any]:
+    modes = mode_gaps(ctx.loaded, ctx.store, ctx.run_id)
+    return {
         "modes": {
             "frozen": sum(m.status == "frozen" for m in modes),
             "checked": sum(m.reference_delta_ev is not None for m in modes),
-        },
+        }
     }
+
+
+#: The pipeline's stages in order; each returns its JSON-ready part of the run summary.
+STAGES: dict[str, Callable[[StageContext], dict[str, Any]]] = {
+    "dataset-import": _dataset_import,
+    "dataset-generate": _dataset_generate,
+    "label": _label,
+    "dataset-summary": _dataset_summary,
+    "gnn": _gnn,
+    "mlip": _mlip,
+    "disorder": _disorder,
+    "dynamics": _dynamics,
+    "phonons": _phonons,
+    "bandgaps": _bandgaps,
+    "modes": _modes,
+}
+#: Config fields a ``device`` option (or ``CAPML_DEVICE``, e.g. set by a GPU work pool) sets.
+DEVICE_FIELDS = ("mlip.device", "disorder.device", "md.device", "gaps.device")
+
+
+def load_run_config(
+    config_path: str, project_dir: str | None, overrides: dict[str, Any] | None, device: str | None
+) -> LoadedConfig:
+    """The config with a flow's overrides; ``device`` (default: ``$CAPML_DEVICE``) sets every stage's device."""
+    device = device or os.environ.get("CAPML_DEVICE") or None
+    options = {field: device for field in DEVICE_FIELDS} if device else {}
+    return load_config(config_path, project_dir=project_dir, overrides={**options, **(overrides or {})})
+
+
+def run_stages(
+    config_path: str,
+    project_dir: str | None,
+    stages: list[str],
+    overrides: dict[str, Any] | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Record a run and execute ``stages`` (names of :data:`STAGES`, run in pipeline order) on one config."""
+    unknown = [name for name in stages if name not in STAGES]
+    if unknown:
+        raise InvalidInputError(f"stages: unknown {unknown}; allowed: {', '.join(STAGES)}")
+    loaded = load_run_config(config_path, project_dir, overrides, device)
+    store = Store(loaded.project_dir)
+    run_id = start_run(loaded, store)
+    context = StageContext(loaded, store, run_id)
+    summary: dict[str, Any] = {"run_id": run_id, "store": str(store.path)}
+    try:
+        for name in (name for name in STAGES if name in stages):
+            with stage(store, run_id, name):
+                summary.update(STAGES[name](context))
+    except BaseException as err:
+        with store.write() as writer:
+            writer.finish_run(run_id, status="failed", message=f"{type(err).__name__}: {err}")
+        raise
+    with store.write() as writer:
+        writer.finish_run(run_id, status="done")
+    return summary
+
+
+@flow(name="capml-pipeline")
+def pipeline(
+    config_path: str,
+    project_dir: str | None = None,
+    stages: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Run the pipeline's stages on one configuration; returns a JSON-ready summary.
+
+    Parameters
+    ----------
+    config_path
+        Run configuration (TOML).
+    project_dir
+        Overrides ``run.project_dir`` of the config (where the DuckDB store and artifacts go).
+    stages
+        Names of the stages to run (default: all, in order); each resumes from what the store holds.
+    overrides
+        ``{"section.field": value}`` on top of the config file (validated with it).
+    device
+        'cpu', 'cuda' or 'auto' for every stage that runs a model (default: ``$CAPML_DEVICE``, else the config's).
+    """
+    return run_stages(config_path, project_dir, list(stages or STAGES), overrides, device)
+
+
+def _stage_flow(name: str):  # noqa: ANN202 - a Prefect Flow
+    def run_stage(
+        config_path: str,
+        project_dir: str | None = None,
+        overrides: dict[str, Any] | None = None,
+        device: str | None = None,
+    ) -> dict[str, Any]:
+        return run_stages(config_path, project_dir, [name], overrides, device)
+
+    run_stage.__doc__ = (
+        f"The ``{name}`` stage alone, recorded as a run of its own; resumes from what the store holds. "
+        'Parameters: config_path (TOML), project_dir, overrides ({"section.field": value}), device.'
+    )
+    return flow(name=f"capml-{name}")(run_stage)
+
+
+# one flow per stage: entrypoints of the deployments in deploy/prefect.yaml
+dataset_import_flow = _stage_flow("dataset-import")
+dataset_generate_flow = _stage_flow("dataset-generate")
+label_flow = _stage_flow("label")
+gnn_flow = _stage_flow("gnn")
+mlip_flow = _stage_flow("mlip")
+disorder_flow = _stage_flow("disorder")
+dynamics_flow = _stage_flow("dynamics")
+phonons_flow = _stage_flow("phonons")
+bandgaps_flow = _stage_flow("bandgaps")
+modes_flow = _stage_flow("modes")

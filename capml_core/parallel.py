@@ -1,0 +1,84 @@
+"""Fan-out of independent jobs (labels, relaxations, MD runs) with one writer.
+
+A stage plans its jobs, hands them to a :data:`JobMap` and writes each result to the store as it comes back,
+in the calling process: the workers compute and never open the store, so DuckDB's single-writer rule holds
+however many workers run. A job is a module-level function and a tuple of picklable arguments, so the same
+job runs in a local process pool (:func:`local_map`, used by the CLI), a Prefect task runner (thread, process
+or Dask workers: ``flows/fanout.py``) or on a Slurm node through Dask.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class JobMap(Protocol):
+    """Runs ``fn(*args)`` for every argument tuple; yields ``(index into jobs, result)`` as each finishes."""
+
+    def __call__(
+        self, fn: Callable[..., Any], jobs: Sequence[tuple], *, name: str = "job"
+    ) -> Iterator[tuple[int, Any]]:
+        """Run the jobs; results in completion order."""
+        ...
+
+
+def single_threaded() -> None:
+    """Worker initialiser: one OpenMP/BLAS/torch thread per worker process (parallelism comes from processes)."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:  # otherwise torch reads OMP_NUM_THREADS when it is first imported
+        sys.modules["torch"].set_num_threads(1)
+
+
+def local_map(workers: int, *, isolate: bool = False) -> JobMap:
+    """A :data:`JobMap` on this machine: ``workers`` spawned processes, or this process when ``workers`` is 1.
+
+    ``isolate`` runs even a single worker in a child process (a crashing or leaking DFT code then cannot take
+    the caller down).
+    """
+
+    def run(fn: Callable[..., Any], jobs: Sequence[tuple], *, name: str = "job") -> Iterator[tuple[int, Any]]:
+        if not jobs:
+            return
+        if workers <= 1 and not isolate:
+            for index, args in enumerate(jobs):
+                yield index, fn(*args)
+            return
+        context = mp.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=context, initializer=single_threaded) as pool:
+            queue = list(enumerate(jobs))
+            running: dict[Future, int] = {}
+
+            def submit_next() -> None:
+                if queue:
+                    index, args = queue.pop(0)
+                    running[pool.submit(fn, *args)] = index
+
+            for _ in range(max(1, workers)):
+                submit_next()
+            while running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    index = running.pop(future)
+                    yield index, future.result()
+                    submit_next()
+
+    return run
+
+
+_CALCULATORS: dict[tuple[str, str, str], Any] = {}
+
+
+def cached_mace_calculator(model_path: str | Path, device: str, dtype: str):  # noqa: ANN201 - MACECalculator
+    """The MACE calculator of a model file, loaded once per worker process (keyed by path, device, dtype)."""
+    key = (str(model_path), device, dtype)
+    if key not in _CALCULATORS:
+        from capml_core.mlip import load_mace_calculator
+
+        _CALCULATORS[key] = load_mace_calculator(model_path, device=device, dtype=dtype)
+    return _CALCULATORS[key]
