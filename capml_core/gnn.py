@@ -420,14 +420,32 @@ class Trial:
     epochs_run: int
 
 
-def search_hyperparameters(store: Store, gnn: GNNSection, *, level: str, seed: int = 0) -> tuple[str, list[Trial]]:
+def search_hyperparameters(
+    store: Store, gnn: GNNSection, *, level: str, seed: int = 0, search_id: str | None = None
+) -> tuple[str, list[Trial]]:
     """Train every (architecture, learning rate, batch size) of the config's search on ``level``.
 
     Selection uses the validation split only (the test split stays unseen); every trial is recorded in
     ``gnn_trials`` with its rank. Returns the search id and the trials, best (lowest validation MAE) first.
+    A ``search_id`` already in the store (a content key, :func:`gnn_stage_key`) returns its stored trials.
     """
     import itertools
 
+    if search_id is not None:
+        stored = store.query("SELECT * FROM gnn_trials WHERE search_id = ? ORDER BY rank", [search_id])
+        if not stored.empty:
+            logger.info("GNN search %s already done: %d trials reused", search_id, len(stored))
+            return search_id, [
+                Trial(
+                    str(r.architecture),
+                    float(r.learning_rate),
+                    int(r.batch_size),
+                    # gnn_trials keeps MAE and RMSE of the validation split only
+                    Metrics(0, float("nan"), float(r.valid_mae_ev), float(r.valid_rmse_ev), float("nan")),
+                    int(r.epochs_run),
+                )
+                for r in stored.itertuples()
+            ]
     data = level_splits(store, level, gnn)
     _, train_graphs, train_gaps = data["train"]
     _, valid_graphs, valid_gaps = data["valid"]
@@ -441,7 +459,7 @@ def search_hyperparameters(store: Store, gnn: GNNSection, *, level: str, seed: i
         trials.append(Trial(name, learning_rate, batch_size, valid, model.history["stages"][-1]["epochs_run"]))
         logger.info("search %s lr %g batch %d: validation MAE %.4f eV", name, learning_rate, batch_size, valid.mae_ev)
     trials.sort(key=lambda t: t.valid.mae_ev)
-    search_id = f"search-{uuid.uuid4().hex[:10]}"
+    search_id = search_id or f"search-{uuid.uuid4().hex[:10]}"
     with store.write() as writer:
         writer.add_rows(
             "gnn_trials",
@@ -465,12 +483,23 @@ def search_hyperparameters(store: Store, gnn: GNNSection, *, level: str, seed: i
 
 
 def learning_curve(
-    store: Store, gnn: GNNSection, *, level: str, architecture: str, seed: int = 0
+    store: Store, gnn: GNNSection, *, level: str, architecture: str, seed: int = 0, curve_id: str | None = None
 ) -> tuple[str, list[tuple[int, Metrics]]]:
     """Test metrics of models trained on growing fractions of the training split (what more data buys).
 
     Recorded in ``gnn_learning_curve``; returns the curve id and (training-set size, test metrics) pairs.
+    A ``curve_id`` already in the store (a content key) returns the stored curve.
     """
+    if curve_id is not None:
+        stored = store.query("SELECT * FROM gnn_learning_curve WHERE curve_id = ? ORDER BY n_train", [curve_id])
+        if not stored.empty:
+            return curve_id, [
+                (
+                    int(r.n_train),
+                    Metrics(0, float(r.test_r2), float(r.test_mae_ev), float(r.test_rmse_ev), float("nan")),
+                )
+                for r in stored.itertuples()
+            ]
     data = level_splits(store, level, gnn)
     _, train_graphs, train_gaps = data["train"]
     _, valid_graphs, valid_gaps = data["valid"]
@@ -484,7 +513,7 @@ def learning_curve(
         settings = TrainingSettings(gnn.epochs, gnn.batch_size, gnn.learning_rate, gnn.patience, seed)
         train(model, graphs, gaps, valid_graphs, valid_gaps, settings, stage=f"curve {len(chosen)}")
         points.append((len(chosen), compute_metrics(test_gaps, model.predict_graphs(test_graphs))))
-    curve_id = f"curve-{uuid.uuid4().hex[:10]}"
+    curve_id = curve_id or f"curve-{uuid.uuid4().hex[:10]}"
     with store.write() as writer:
         writer.add_rows(
             "gnn_learning_curve",
@@ -525,6 +554,7 @@ def train_two_stage(
     architecture_name: str | None = None,
     learning_rate: float | None = None,
     batch_size: int | None = None,
+    ensemble_id: str | None = None,
 ) -> TwoStageResult:
     """Train an ensemble on ``cheap_level`` gaps, fine-tune each member on ``high_level`` gaps, store everything.
 
@@ -534,6 +564,8 @@ def train_two_stage(
     Splits are by structure (:func:`split_of`, seeded with ``gnn.split_seed``): the test split is used only to
     report metrics. Each model is saved under ``artifacts/gnn/<model_id>/`` and recorded in ``gnn_models``
     with its metrics per stage and split (``gnn_metrics``) and every prediction (``gnn_predictions``).
+    With an ``ensemble_id`` (a content key, :func:`gnn_stage_key`) the member ids follow from it and members
+    already stored are reused, not retrained: an interrupted ensemble resumes at the next member.
 
     Raises
     ------
@@ -552,15 +584,23 @@ def train_two_stage(
     stages: list[tuple[str, str]] = [("cheap", cheap_level)] + ([("high", high_level)] if high_level else [])
     data = {stage: level_splits(store, level, gnn) for stage, level in stages}
     model_ids, test_predictions, tests = [], {s: [] for s, _ in stages}, {}
-    ensemble_id = f"ensemble-{uuid.uuid4().hex[:10]}"
+    keyed = ensemble_id is not None
+    ensemble_id = ensemble_id or f"ensemble-{uuid.uuid4().hex[:10]}"
     for member in range(gnn.ensemble_size):
         member_seed = seed * 1000 + member
+        if keyed:
+            model_id = f"gnn-{gnn.architecture}-{ensemble_id.removeprefix('ensemble-')}-{member}"
+            if _reuse_member(store, model_id, data, test_predictions, tests, first=member == 0):
+                logger.info("GNN member %s already trained: reused", model_id)
+                model_ids.append(model_id)
+                continue
+        else:
+            model_id = f"gnn-{gnn.architecture}-{uuid.uuid4().hex[:10]}"
         _, train_graphs, train_gaps = data["cheap"]["train"]
         model = new_model(
             gnn.architecture, architecture, train_graphs, train_gaps, cutoff_a=gnn.cutoff_a, seed=member_seed
         )
         metrics_rows, prediction_rows = [], []
-        model_id = f"gnn-{gnn.architecture}-{uuid.uuid4().hex[:10]}"
         for stage, level in stages:
             _, train_graphs, train_gaps = data[stage]["train"]
             _, valid_graphs, valid_gaps = data[stage]["valid"]
@@ -617,6 +657,51 @@ def train_two_stage(
     return TwoStageResult(ensemble_id, model_ids, {s: tests[s][1] for s in tests}, ensemble)
 
 
+def _reuse_member(
+    store: Store, model_id: str, data: dict[str, Splits], test_predictions: dict, tests: dict, *, first: bool
+) -> bool:
+    """Put a stored member's test predictions where a freshly trained one's go; False if it is not stored."""
+    if store.query("SELECT 1 FROM gnn_models WHERE model_id = ?", [model_id]).empty:
+        return False
+    for stage, splits in data.items():
+        hashes, _, gaps = splits["test"]
+        if not hashes:
+            continue
+        rows = store.query(
+            """SELECT structure_hash, predicted_ev FROM gnn_predictions
+               WHERE model_id = ? AND stage = ? AND split = 'test'""",
+            [model_id, stage],
+        )
+        predicted_by_hash = dict(zip(rows["structure_hash"], rows["predicted_ev"], strict=True))
+        predicted = np.array([predicted_by_hash[h] for h in hashes])
+        test_predictions[stage].append(predicted)
+        if first:
+            tests[stage] = (gaps, compute_metrics(gaps, predicted))
+    return True
+
+
+def gnn_stage_key(store: Store, gnn: GNNSection, *, cheap_level: str, high_level: str | None, seed: int) -> str:
+    """Content key of the gnn stage: its settings, levels and seed, and every gap it trains and tests on.
+
+    The same key means the same search, ensemble and learning curve, so a re-run reuses them; a new label,
+    a changed gap or a changed setting gives a new key (12 hex digits of a SHA-256).
+    """
+    import hashlib
+
+    payload: dict[str, Any] = {
+        "gnn": gnn.model_dump(mode="json"),
+        "levels": [cheap_level, high_level],
+        "seed": seed,
+        "table": element_table().version,
+    }
+    for level in filter(None, (cheap_level, high_level)):
+        frame = store.labelled_gaps(level).sort_values("structure_hash")
+        payload[level] = [
+            [h, round(float(g), 8)] for h, g in zip(frame["structure_hash"], frame["gap_ev"], strict=True)
+        ]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def latest_ensemble(store: Store) -> tuple[str, str]:
     """The newest trained ensemble: (ensemble id, the level its gaps are at: high level if fine-tuned)."""
     rows = store.query(
@@ -668,11 +753,17 @@ def fit_band_gap_model(
     run_id: str | None = None,
     seed: int = 0,
 ) -> GNNStageResult:
-    """Search (if ``gnn.search_architectures``), train and fine-tune the ensemble, then the learning curve."""
+    """Search (if ``gnn.search_architectures``), train and fine-tune the ensemble, then the learning curve.
+
+    Content-keyed (:func:`gnn_stage_key`): the search, ensemble and curve ids derive from the settings and the
+    gaps, so a re-run on unchanged data reuses them (nothing retrained) and an interrupted run resumes at the
+    next ensemble member.
+    """
+    key = gnn_stage_key(store, gnn, cheap_level=cheap_level, high_level=high_level, seed=seed)
     trials: list[Trial] = []
     overrides: dict[str, Any] = {}
     if gnn.search_architectures:
-        _, trials = search_hyperparameters(store, gnn, level=cheap_level, seed=seed)
+        _, trials = search_hyperparameters(store, gnn, level=cheap_level, seed=seed, search_id=f"search-{key}")
         best = trials[0]
         overrides = {
             "architecture_name": best.architecture,
@@ -680,11 +771,23 @@ def fit_band_gap_model(
             "batch_size": best.batch_size,
         }
     ensemble = train_two_stage(
-        store, gnn, cheap_level=cheap_level, high_level=high_level, run_id=run_id, seed=seed, **overrides
+        store,
+        gnn,
+        cheap_level=cheap_level,
+        high_level=high_level,
+        run_id=run_id,
+        seed=seed,
+        ensemble_id=f"ensemble-{key}",
+        **overrides,
     )
     curve: list[tuple[int, Metrics]] = []
     if gnn.learning_curve_fractions:
         _, curve = learning_curve(
-            store, gnn, level=cheap_level, architecture=overrides.get("architecture_name", gnn.architecture), seed=seed
+            store,
+            gnn,
+            level=cheap_level,
+            architecture=overrides.get("architecture_name", gnn.architecture),
+            seed=seed,
+            curve_id=f"curve-{key}",
         )
     return GNNStageResult(trials, ensemble, curve)
