@@ -8,7 +8,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, get_args
+from typing import Annotated, Any, get_args
 
 import typer
 from rich.console import Console
@@ -57,29 +57,95 @@ def _project_dir(config: Path | None, project: Path | None) -> Path:
     raise CapmlError("give --config CONFIG.toml or --project DIR to say which store to use")
 
 
+def _parse_settings(settings: list[str] | None) -> dict[str, Any]:
+    """``section.field=value`` strings -> overrides; the value is read as TOML (``2``, ``[300, 600]``, ``'cuda'``)."""
+    import tomllib
+
+    overrides: dict[str, Any] = {}
+    for item in settings or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CapmlError(f"--set {item!r}: expected section.field=value, e.g. md.workers=2")
+        try:
+            overrides[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            overrides[key.strip()] = value  # a bare word: a string
+    return overrides
+
+
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="Run configuration (TOML).")],
     project: ProjectOption = None,
+    stage: Annotated[
+        list[str] | None, typer.Option("--stage", help="Run only this stage (repeatable); default: all, in order.")
+    ] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config field: section.field=value (TOML value; repeatable)."),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda or auto for every stage that runs a model (default: the config's).")
+    ] = None,
 ) -> None:
-    """Run the pipeline flow (Prefect, local ephemeral mode) on a configuration."""
+    """Run the pipeline flow (Prefect, local ephemeral mode unless PREFECT_API_URL is set) on a configuration."""
     from capml_core.config import load_config
 
     try:
-        loaded = load_config(config, project_dir=project)  # fail fast, before Prefect starts
+        overrides = _parse_settings(settings)
+        loaded = load_config(config, project_dir=project, overrides=overrides)  # fail fast, before Prefect starts
+        from flows.pipeline import STAGES
+
+        unknown = [name for name in stage or [] if name not in STAGES]
+        if unknown:
+            raise CapmlError(f"--stage {unknown[0]!r}: unknown; allowed: {', '.join(STAGES)}")
     except CapmlError as err:
         _fail(err)
     from flows.pipeline import pipeline
 
     try:
-        result = pipeline(config_path=str(loaded.path), project_dir=str(loaded.project_dir))
+        result = pipeline(
+            config_path=str(loaded.path),
+            project_dir=str(loaded.project_dir),
+            stages=stage or None,
+            overrides=overrides or None,
+            device=device,
+        )
     except CapmlError as err:
         _fail(err)
-    _print_summary(result["dataset"])
+    if "dataset" in result:
+        _print_summary(result["dataset"])
     exe = _own_command()
     console.print(f"\nrun [bold]{result['run_id']}[/] done; results in [bold]{result['store']}[/]")
     console.print(f"open the dashboard:  {exe} dashboard --project {loaded.project_dir}")
     console.print(f'query with SQL:      {exe} sql --project {loaded.project_dir} "SELECT * FROM labelled_structures"')
+
+
+@app.command()
+def deploy(
+    prefect_file: Annotated[
+        Path | None, typer.Option(help="Deployment file (default: deploy/prefect.yaml of this checkout).")
+    ] = None,
+) -> None:
+    """Register capml's Prefect deployments with the server at PREFECT_API_URL (creates the work pools first).
+
+    Then start a worker (prefect worker start --pool capml-local) and trigger a run
+    (prefect deployment run capml-pipeline/on-demand). See docs/operations.md.
+    """
+    from flows.deployments import WORK_POOLS, ensure_work_pools, register_deployments
+
+    try:
+        created = ensure_work_pools()
+        for name in WORK_POOLS:
+            console.print(f"work pool [bold]{name}[/]: {'created' if name in created else 'exists'}")
+        names = register_deployments(prefect_file)
+    except CapmlError as err:
+        _fail(err)
+    console.print(f"{len(names)} deployments registered:")
+    for name in names:
+        console.print(f"  {name}")
+    console.print("\nstart a worker:  prefect worker start --pool capml-local")
+    console.print("trigger a run:   prefect deployment run capml-pipeline/on-demand --param config_path=CONFIG.toml")
 
 
 def _own_command() -> str:
@@ -753,9 +819,12 @@ def sql(
 def dashboard(
     config: ConfigOption = None,
     project: ProjectOption = None,
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8501,
+    port: Annotated[int, typer.Option(help="Port.")] = 8501,
+    host: Annotated[
+        str, typer.Option(help="Address to bind (default loopback only; 0.0.0.0 exposes it to the network).")
+    ] = "127.0.0.1",
 ) -> None:
-    """Start the Streamlit dashboard on 127.0.0.1, reading the store read-only."""
+    """Start the Streamlit dashboard (on 127.0.0.1 unless --host says otherwise), reading the store read-only."""
     try:
         project_dir = _project_dir(config, project)
     except CapmlError as err:
@@ -769,7 +838,7 @@ def dashboard(
         "run",
         str(app_file),
         "--server.address",
-        "127.0.0.1",
+        host,
         "--server.port",
         str(port),
         "--server.headless",
@@ -779,7 +848,7 @@ def dashboard(
         "--client.toolbarMode",
         "viewer",
     ]
-    console.print(f"dashboard of {project_dir} at http://127.0.0.1:{port}  (Ctrl-C stops it)")
+    console.print(f"dashboard of {project_dir} at http://{host}:{port}  (Ctrl-C stops it)")
     raise typer.Exit(subprocess.call(command, env=env))
 
 
