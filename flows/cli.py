@@ -611,7 +611,7 @@ def md(
     config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration (TOML; uses md).")],
     project: ProjectOption = None,
 ) -> None:
-    """Langevin MD of each composition's lowest-energy structure at every [md] temperature; health checks."""
+    """Langevin MD of each composition's lowest-energy structure at every md.temperatures_k; health checks."""
     from capml_core.config import load_config
     from capml_core.dynamics import run_dynamics
     from capml_core.store import Store

@@ -6,8 +6,6 @@ Needs a server (``PREFECT_API_URL``): Prefect's ephemeral mode keeps no deployme
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from capml_core.errors import CapmlError
@@ -60,21 +58,60 @@ def ensure_work_pools(names: tuple[str, ...] = WORK_POOLS) -> list[str]:
 
 
 def register_deployments(prefect_file: Path | None = None) -> list[str]:
-    """``prefect deploy --all`` of a deployment file, run from the checkout; returns 'flow/deployment' names."""
+    """Create or update every deployment of a Prefect deployment file; returns 'flow/deployment' names.
+
+    Reads the file's ``deployments`` (name, entrypoint, parameters, work_pool name and job_variables,
+    schedules with cron/timezone/active, description) and registers them through Prefect's client with a
+    ``set_working_directory`` pull step to this checkout: what ``prefect deploy --all`` does, without its
+    interactive steps (and without a check of active workers that prefect 3.8.8's CLI sends malformed).
+    """
     import yaml
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.callables import parameter_schema
 
     _require_server()
     path = Path(prefect_file or PREFECT_FILE).resolve()
     if not path.is_file():
         raise CapmlError(f"{path}: deployment file not found")
-    command = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", str(path)]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise CapmlError(f"prefect deploy failed ({path}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    from prefect.flows import load_flow_from_entrypoint
-
+    try:
+        deployments = yaml.safe_load(path.read_text())["deployments"]
+    except (yaml.YAMLError, KeyError, TypeError) as err:
+        raise CapmlError(f"{path}: not a Prefect deployment file with a 'deployments' list: {err}") from err
+    pull_steps = [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
     names = []
-    for deployment in yaml.safe_load(path.read_text())["deployments"]:
-        flow = load_flow_from_entrypoint(str(REPO / deployment["entrypoint"]))
-        names.append(f"{flow.name}/{deployment['name']}")
+    with get_client(sync_client=True) as client:
+        for index, spec in enumerate(deployments):
+            where = f"{path}: deployments[{index}]"
+            try:
+                flow = load_flow_from_entrypoint(str(REPO / spec["entrypoint"]))
+                pool = spec["work_pool"]
+                schedules = [
+                    DeploymentScheduleCreate(
+                        schedule=CronSchedule(cron=s["cron"], timezone=s.get("timezone", "UTC")),
+                        active=s.get("active", True),
+                    )
+                    for s in spec.get("schedules") or []
+                ]
+            except (KeyError, TypeError, ValueError) as err:
+                raise CapmlError(
+                    f"{where}: {type(err).__name__}: {err} (needs name, entrypoint, work_pool.name)"
+                ) from err
+            client.create_deployment(
+                flow_id=client.create_flow_from_name(flow.name),
+                name=spec["name"],
+                description=spec.get("description") or flow.description,
+                entrypoint=spec["entrypoint"],
+                path=str(REPO),
+                pull_steps=pull_steps,
+                parameters=spec.get("parameters") or {},
+                parameter_openapi_schema=parameter_schema(flow).model_dump_for_openapi(),
+                enforce_parameter_schema=True,
+                work_pool_name=pool["name"],
+                job_variables=pool.get("job_variables") or {},
+                schedules=schedules,
+            )
+            names.append(f"{flow.name}/{spec['name']}")
     return names

@@ -121,11 +121,10 @@ def test_a_deployment_runs_on_a_local_server_and_worker_and_writes_the_store(pre
     assert store.query("SELECT count(*) AS n FROM labels")["n"][0] > 150  # the demo's bundled imports
     # the schedule of the nightly deployment is registered with the server
     from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PREFECT_API_URL", env["PREFECT_API_URL"])
-        with get_client(sync_client=True) as client:
-            nightly = client.read_deployment_by_name("capml-pipeline/nightly-gaps")
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
+        nightly = client.read_deployment_by_name("capml-pipeline/nightly-gaps")
     assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
     assert nightly.parameters["stages"] == ["dataset-import", "dataset-summary", "gnn", "bandgaps", "modes"]
 
