@@ -83,9 +83,16 @@ class RunSection(Section):
 
     name: Name = Field(description="Run name; also the default project directory runs/<name>.")
     project_dir: Path | None = Field(
-        default=None, description="Directory holding the DuckDB store and artifacts (relative to the CWD)."
+        default=None,
+        description="Directory holding the DuckDB store and artifacts (relative to the CWD; default: runs/<name>).",
     )
-    seed: int = Field(default=0, ge=0, description="Seed of every random draw of the run.")
+    seed: int = Field(
+        default=0,
+        ge=0,
+        description="Seed of the gnn stage only: weight initialisation and batch order of every GNN it trains "
+        "(ensemble member i: seed x 1000 + i) and the learning curve's subsets. Other draws have their own seeds "
+        "(dataset.sets seed, gnn/mlip split_seed, mlip.seed, disorder.seed, md.seed).",
+    )
 
 
 class ParentSection(Section):
@@ -100,7 +107,11 @@ class ParentSection(Section):
     species: dict[Literal["A", "B", "X"], Element] | None = Field(
         default=None, description="Builder only: element of each site role, e.g. {A='Ag', B='S', X='Br'}."
     )
-    lattice_a: PositiveFloat | None = Field(default=None, description="Builder only: cubic lattice parameter (Å).")
+    lattice_a: PositiveFloat | None = Field(
+        default=None,
+        description="Builder only: cubic lattice parameter (Å) of the built cell; every supercell is rescaled to "
+        "the Vegard a(x) of system.vegard_lattice_a, so it does not set the simulated lattice.",
+    )
 
     _check_file = field_validator("file")(_input_path)
 
@@ -137,15 +148,21 @@ class SystemSection(Section):
     """The solid solution: parent, substituted sublattice, supercell, Vegard end points, compositions."""
 
     name: str = Field(description="Human-readable name, e.g. 'Ag3SBr_xI_(1-x)'.")
-    parent: ParentSection
-    sublattice: SublatticeSection
-    supercell: tuple[PositiveInt, PositiveInt, PositiveInt] = (2, 2, 2)
+    parent: ParentSection = Field(description="The parent unit cell (builder or file).")
+    sublattice: SublatticeSection = Field(description="The substituted sublattice and its two species.")
+    supercell: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
+        default=(2, 2, 2),
+        description="Repeats of the parent cell along its three lattice vectors: the simulation cell of every "
+        "stage (e.g. 2x2x2 of a 5-atom cell = 40 atoms).",
+    )
     vegard_lattice_a: dict[Element, PositiveFloat] = Field(
         description="Lattice parameter (Å) of the parent cell for each end member, keyed by sublattice species; "
-        "a(x) is interpolated linearly (Vegard) and the parent cell scaled isotropically to it."
+        "a(x) is interpolated linearly (Vegard) and the parent cell scaled isotropically so that its first "
+        "lattice vector has length a(x)."
     )
     compositions: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
-        description="Compositions x (fraction of sublattice.species[0]) studied by the run."
+        description="Compositions x (fraction of sublattice.species[0]) studied by the run; each a multiple of "
+        "1/(number of sublattice sites in the supercell)."
     )
 
     @model_validator(mode="after")
@@ -200,12 +217,16 @@ class ImportSpec(Section):
     ``<label>`` without a prefix); only the labels listed in ``labels`` are expected.
     """
 
-    path: Path
+    path: Path = Field(description="Labelled extended-XYZ file (relative to the configuration file's directory).")
     level: LevelName = Field(description="Reference level the labels belong to, e.g. 'gpaw-pbesol'.")
     labels: list[LabelName] = Field(
-        default_factory=lambda: list(get_args(LabelName)), min_length=1, description="Labels the file carries."
+        default_factory=lambda: list(get_args(LabelName)),
+        min_length=1,
+        description="Labels every frame carries (any of energy, forces, stress, gap).",
     )
-    key_prefix: str | None = Field(default=None, description="Prefix of the label keys, e.g. 'pbesol'.")
+    key_prefix: str | None = Field(
+        default=None, description="Prefix of the label keys, e.g. 'pbesol' for pbesol_energy, pbesol_forces, ..."
+    )
     key_names: dict[LabelName, str] = Field(
         default_factory=dict, description="Explicit key per label, overriding the prefix rule."
     )
@@ -233,22 +254,33 @@ class StructureSetSection(Section):
 
     Per composition x of the system: ``thermal_per_point`` structures at each temperature,
     ``uniform_per_point`` at each uniform amplitude and ``equilibrium_per_composition`` undisplaced ones, each
-    with its own random Br/I arrangement and a seed derived from ``seed`` (so a set regenerates bit for bit
-    and two sets with different seeds are distinct).
+    with its own random arrangement of the sublattice species and a seed derived from ``seed`` (so a set
+    regenerates bit for bit and two sets with different seeds are distinct).
     """
 
-    name: Name
-    level: LevelName = Field(description="Reference level the set is labelled at, e.g. 'gpaw-pbesol'.")
+    name: Name = Field(description="Name of the set (unique among dataset.sets); its structures are stored under it.")
+    level: LevelName = Field(
+        description="Reference level the set is labelled at by the label stage, e.g. 'gpaw-pbesol' (a level capml "
+        "cannot compute is skipped there with a warning)."
+    )
     seed: int = Field(ge=0, description="Seed of the set; every structure's seed derives from it.")
     temperatures_k: list[Annotated[float, Field(gt=0.0, le=5000.0)]] = Field(
         default_factory=list, description="Temperatures (K) of thermal (phonon) displacements."
     )
-    thermal_per_point: Annotated[int, Field(ge=0)] = 0
-    uniform_amplitudes_a: list[Annotated[float, Field(gt=0.0, le=2.0)]] = Field(
-        default_factory=list, description="Maximum displacement (Å) of uniform random displacements."
+    thermal_per_point: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="Thermal structures per composition and temperature."
     )
-    uniform_per_point: Annotated[int, Field(ge=0)] = 0
-    equilibrium_per_composition: Annotated[int, Field(ge=0)] = 0
+    uniform_amplitudes_a: list[Annotated[float, Field(gt=0.0, le=2.0)]] = Field(
+        default_factory=list,
+        description="Amplitudes (Å) of uniform random displacements: every atom moves in a random direction by a "
+        "length drawn uniformly from [0, amplitude].",
+    )
+    uniform_per_point: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="Uniformly displaced structures per composition and amplitude."
+    )
+    equilibrium_per_composition: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="Undisplaced structures (Vegard cell, random arrangement) per composition."
+    )
 
     @model_validator(mode="after")
     def _something(self) -> StructureSetSection:
@@ -260,7 +292,9 @@ class StructureSetSection(Section):
 
 
 class DatasetSection(Section):
-    """Stage 1: training structures (paper: 150-600 K thermal, 0.2-0.8 Å uniform, a few equilibrium cells).
+    """Stages 1-2 (``dataset-import``, ``dataset-generate``): training structures, imported or generated.
+
+    Generated sets, the paper's: 150-600 K thermal, 0.2-0.8 Å uniform, a few equilibrium cells.
 
     Thermal displacements are drawn from the harmonic phonons of the end members (force constants of the
     supercell, interpolated linearly in x between the two end members, masses of the actual species).
@@ -271,16 +305,27 @@ class DatasetSection(Section):
         description="phonopy file (with force constants) of each end member's supercell, keyed by sublattice "
         "species; an end member without a file gets its force constants computed at force_constants_level.",
     )
-    force_constants_level: LevelName = "gpaw-pbesol"
-    displacement_a: PositiveFloat = Field(default=0.01, description="Finite displacement for force constants (Å).")
+    force_constants_level: LevelName = Field(
+        default="gpaw-pbesol",
+        description="Level whose forces give an end member's force constants when it has no file: a level capml "
+        "computes forces at (e.g. 'gpaw-pbesol', 'vasp-pbesol') or 'mace' (the project's latest MACE model); "
+        "computed once, kept under <project>/phonons/.",
+    )
+    displacement_a: PositiveFloat = Field(
+        default=0.01,
+        description="Finite displacement (Å) for the end members' force constants (and MACE's in the mlip "
+        "stage's phonon comparison).",
+    )
     cutoff_frequency_thz: Annotated[float, Field(ge=0.0)] = Field(
         default=0.1, description="Modes with |frequency| below this (THz) get no thermal amplitude."
     )
     max_displacement_a: PositiveFloat = Field(
         default=1.0, description="A thermal displacement longer than this (Å) is shortened to it."
     )
-    sets: list[StructureSetSection] = Field(default_factory=list)
-    imports: list[ImportSpec] = Field(default_factory=list, description="Labelled datasets to import.")
+    sets: list[StructureSetSection] = Field(
+        default_factory=list, description="Structure sets to generate, each labelled at its own level."
+    )
+    imports: list[ImportSpec] = Field(default_factory=list, description="Labelled extended-XYZ datasets to import.")
 
     @field_validator("force_constants")
     @classmethod
@@ -315,7 +360,9 @@ class GllbscSettings(GpawSettings):
     """Settings of the GPAW GLLB-SC level."""
 
     extra_bands: PositiveInt = Field(default=16, description="Empty bands beyond the occupied ones.")
-    eigenstates_tolerance: PositiveFloat = Field(default=1e-5, description="SCF target of the eigenstates.")
+    eigenstates_tolerance: PositiveFloat = Field(
+        default=1e-5, description="SCF convergence target of the occupied eigenstates (GPAW 'eigenstates')."
+    )
     maxiter: PositiveInt = Field(default=150, description="Maximum SCF iterations.")
 
 
@@ -335,66 +382,124 @@ class VaspSettings(Section):
     setups: dict[Element, str] = Field(
         default_factory=dict, description="POTCAR variants per element, ASE style, e.g. {Ag = '_pv'}."
     )
-    command: str | None = Field(default=None, description="Command that runs VASP in the input directory.")
+    command: str | None = Field(
+        default=None,
+        description="Shell command that runs VASP in the input directory; None: the level is not computed "
+        "(the label stage skips it with a warning).",
+    )
 
 
 class ReferenceSection(Section):
-    """Stage 2: reference levels (cheap: energies, forces, stresses, gaps; high: gaps) and their settings."""
+    """Stage 3 (``label``): reference levels and their settings.
 
-    cheap_level: LevelName = "gpaw-pbesol"
-    high_level: LevelName = "gpaw-gllbsc"
-    workers: PositiveInt = Field(default=1, description="Worker processes of the labelling stage (1 thread each).")
+    The label stage computes each structure set at the set's own level (levels capml computes: gpaw-pbesol,
+    gpaw-gllbsc, vasp-pbesol, vasp-hsesol; others are imported). ``cheap_level`` (energies, forces, stresses,
+    gaps) and ``high_level`` (gaps) say which labels the GNN and MACE learn.
+    """
+
+    cheap_level: LevelName = Field(
+        default="gpaw-pbesol",
+        description="Level whose gaps train the GNN (search, ensemble, learning curve) and whose energies, forces "
+        "and stresses train MACE unless mlip.level is set.",
+    )
+    high_level: LevelName = Field(
+        default="gpaw-gllbsc",
+        description="Level whose gaps fine-tune the GNN; also the level of the gap stages' DFT checks unless "
+        "gaps.reference_level is set.",
+    )
+    workers: PositiveInt = Field(
+        default=1,
+        description="Worker processes (one thread each) of the label stage and of the gap stages' DFT checks.",
+    )
     max_calculations: Annotated[int, Field(ge=0)] | None = Field(
         default=None,
         description="Most calculations one pipeline run starts per level (None: all pending; 0: label nothing).",
     )
-    gpaw_pbesol: GpawSettings = GpawSettings()
-    gpaw_gllbsc: GllbscSettings = GllbscSettings()
-    vasp_pbesol: VaspSettings = VaspSettings()
-    vasp_hsesol: VaspSettings = VaspSettings()
+    gpaw_pbesol: GpawSettings = Field(default=GpawSettings(), description="Settings of the level 'gpaw-pbesol'.")
+    gpaw_gllbsc: GllbscSettings = Field(
+        default=GllbscSettings(), description="Settings of the level 'gpaw-gllbsc' (band gaps only)."
+    )
+    vasp_pbesol: VaspSettings = Field(default=VaspSettings(), description="Settings of the level 'vasp-pbesol'.")
+    vasp_hsesol: VaspSettings = Field(
+        default=VaspSettings(), description="Settings of the level 'vasp-hsesol' (band gaps only)."
+    )
 
 
 GNNArchitectureName = Literal["paper", "three-layer", "four-layer", "mean-pool", "relu-output", "wide"]
 
 
 class GNNSection(Section):
-    """Stage 3: GNN band-gap model, trained on the cheap level's gaps then fine-tuned on the high level's.
+    """Stage 5 (``gnn``): GNN band-gap model, trained on the cheap level's gaps then fine-tuned on the high level's.
 
     ``architecture`` names one of :data:`capml_core.gnn.ARCHITECTURES` (paper: 2 GraphConv layers of 64, max
     pool, dropout 0.4, sigmoid output).
     """
 
-    architecture: GNNArchitectureName = "paper"
+    architecture: GNNArchitectureName = Field(
+        default="paper",
+        description="Model: 'paper', or a variant with 3 or 4 graph layers, mean pooling, ReLU output or 128 "
+        "channels ('wide'); the search's best replaces it when search_architectures is set.",
+    )
     cutoff_a: PositiveFloat = Field(default=5.5, description="Graph cutoff radius (Å).")
-    epochs: PositiveInt = 500
-    fine_tune_epochs: PositiveInt = 300
-    batch_size: PositiveInt = 32
-    learning_rate: PositiveFloat = 1e-3
-    fine_tune_learning_rate: PositiveFloat = 5e-4
+    epochs: PositiveInt = Field(
+        default=500,
+        description="Maximum epochs of the training on the cheap level's gaps (also of each search trial and "
+        "learning-curve model).",
+    )
+    fine_tune_epochs: PositiveInt = Field(
+        default=300, description="Maximum epochs of the fine-tuning on the high level."
+    )
+    batch_size: PositiveInt = Field(
+        default=32,
+        description="Batch size (graphs) of the ensemble's training and fine-tuning and of the learning curve; "
+        "the ensemble uses the search's best instead when searching.",
+    )
+    learning_rate: PositiveFloat = Field(
+        default=1e-3,
+        description="Adam learning rate on the cheap level (ensemble, learning curve); the ensemble uses the "
+        "search's best instead when searching.",
+    )
+    fine_tune_learning_rate: PositiveFloat = Field(
+        default=5e-4, description="Adam learning rate of the fine-tuning on the high level."
+    )
     patience: PositiveInt = Field(default=80, description="Epochs without validation improvement before stopping.")
-    valid_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
-    test_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
-    split_seed: Annotated[int, Field(ge=0)] = 0
+    valid_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = Field(
+        default=0.1,
+        description="Share of each level's structures in the validation split (early stopping, search selection).",
+    )
+    test_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = Field(
+        default=0.1, description="Share of each level's structures in the test split (used only for metrics)."
+    )
+    split_seed: Annotated[int, Field(ge=0)] = Field(
+        default=0,
+        description="Seed of the train/validation/test split (a hash of seed and structure, stable as data grow).",
+    )
     ensemble_size: PositiveInt = Field(default=1, description="Independently seeded models (prediction spread).")
     search_architectures: list[GNNArchitectureName] = Field(
-        default_factory=list, description="Architectures the hyperparameter search tries (empty: no search)."
+        default_factory=list,
+        description="Architectures the hyperparameter search tries on the cheap level, with every learning rate "
+        "and batch size below; best validation MAE wins (empty: no search).",
     )
-    search_learning_rates: list[PositiveFloat] = Field(default_factory=lambda: [1e-3, 3e-3])
-    search_batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [16, 32])
+    search_learning_rates: list[PositiveFloat] = Field(
+        default_factory=lambda: [1e-3, 3e-3], description="Learning rates the hyperparameter search tries."
+    )
+    search_batch_sizes: list[PositiveInt] = Field(
+        default_factory=lambda: [16, 32], description="Batch sizes (graphs) the hyperparameter search tries."
+    )
     learning_curve_fractions: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
         default_factory=lambda: [0.25, 0.5, 0.75, 1.0],
-        description="Fractions of the training split for the learning curve (empty: none).",
+        description="Fractions of the cheap level's training split for the learning curve (empty: none).",
     )
 
 
 class MLIPSection(Section):
-    """Stage 4: MACE on the cheap level's energies, forces and stresses, trained by MACE's own trainer.
+    """Stage 6 (``mlip``): MACE on the cheap level's energies, forces and stresses, trained by MACE's own trainer.
 
     Paper: fine-tune mace-mpa-0-medium on PBEsol; 256 channels, 8 Å, loss weights E 1 / F 150 / S 10, a 95/5
     train/validation split.
 
-    Structures labelled at ``level`` are split by structure hash: ``test_fraction`` is held out for
-    evaluation, ``valid_fraction`` of the rest is MACE's validation set. With ``foundation_model`` the model
+    Structures labelled at ``level`` are split by structure hash: ``test_fraction`` of them is held out for
+    evaluation, ``valid_fraction`` of them is MACE's validation set. With ``foundation_model`` the model
     is fine-tuned from that local file (its cutoff and size must match ``r_max_a`` and ``channels``), else a
     model of the given size is trained from scratch.
     """
@@ -405,82 +510,122 @@ class MLIPSection(Section):
     )
     channels: PositiveInt = Field(default=256, description="Channels of the hidden features (MACE num_channels).")
     max_l: Annotated[int, Field(ge=0, le=3)] = Field(default=1, description="Symmetry order of the messages (max_L).")
-    correlation: Annotated[int, Field(ge=1, le=4)] = Field(default=3, description="Body order minus one.")
-    num_interactions: Annotated[int, Field(ge=1, le=4)] = 2
+    correlation: Annotated[int, Field(ge=1, le=4)] = Field(
+        default=3, description="Correlation order of the messages (MACE correlation): body order minus one."
+    )
+    num_interactions: Annotated[int, Field(ge=1, le=4)] = Field(
+        default=2, description="Message-passing layers (MACE num_interactions)."
+    )
     r_max_a: PositiveFloat = Field(default=8.0, description="Cutoff radius (Å).")
     pair_repulsion: bool = Field(
         default=False, description="Add MACE's ZBL pair repulsion (keeps MD of a small model off short contacts)."
     )
-    energy_weight: Annotated[float, Field(ge=0.0)] = 1.0
-    forces_weight: Annotated[float, Field(ge=0.0)] = 150.0
-    stress_weight: Annotated[float, Field(ge=0.0)] = 10.0
-    valid_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    energy_weight: Annotated[float, Field(ge=0.0)] = Field(default=1.0, description="Loss weight of the energies.")
+    forces_weight: Annotated[float, Field(ge=0.0)] = Field(default=150.0, description="Loss weight of the forces.")
+    stress_weight: Annotated[float, Field(ge=0.0)] = Field(
+        default=10.0,
+        description="Loss weight of the stresses; > 0 needs a stress on every training structure, 0 trains "
+        "without stress.",
+    )
+    valid_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
+        default=0.05, description="Share of the structures in MACE's validation set (at least one structure)."
+    )
     test_fraction: Annotated[float, Field(ge=0.0, lt=0.5)] = Field(
         default=0.1, description="Structures held out of training for evaluation."
     )
-    split_seed: Annotated[int, Field(ge=0)] = 0
-    seed: Annotated[int, Field(ge=0)] = 1
-    max_epochs: PositiveInt = 200
+    split_seed: Annotated[int, Field(ge=0)] = Field(
+        default=0,
+        description="Seed of the train/validation/test split (a hash of seed and structure, stable as data grow).",
+    )
+    seed: Annotated[int, Field(ge=0)] = Field(default=1, description="Seed of MACE's trainer (MACE --seed).")
+    max_epochs: PositiveInt = Field(default=200, description="Maximum training epochs (MACE max_num_epochs).")
     patience: PositiveInt = Field(default=50, description="Epochs without validation improvement before stopping.")
-    batch_size: PositiveInt = 5
-    learning_rate: PositiveFloat = 0.01
+    batch_size: PositiveInt = Field(default=5, description="Batch size (structures) of training and validation.")
+    learning_rate: PositiveFloat = Field(default=0.01, description="Learning rate (MACE lr).")
     ema_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
         default=0.99, description="Exponential moving average of the weights (0: off)."
     )
     stage_two_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
         default=0.0,
         description="Last share of the epochs trained in MACE's stage two (energy weight 1000, forces 100, "
-        "learning rate 1e-3); 0: off (the paper's fixed weights).",
+        "stress weight unchanged, learning rate 1e-3); 0: off (the paper's fixed weights).",
     )
     dtype: Literal["float32", "float64"] = Field(default="float64", description="Training precision.")
-    device: Literal["cpu", "cuda", "auto"] = "auto"
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        default="auto",
+        description="Device of the training, the phonon comparison and the phonons stage's harmonic force "
+        "constants ('auto': CUDA when torch sees a GPU).",
+    )
     validate_phonons: bool = Field(
-        default=True, description="Compare the model's end-member phonons with the reference level's."
+        default=True,
+        description="Compare the model's Γ-point phonons of the end-member supercells with the training level's "
+        "(force constants from dataset.force_constants files, else computed at that level).",
     )
 
     _check_model = field_validator("foundation_model")(_input_path)
 
 
 class DisorderSection(Section):
-    """Stage 5: inequivalent arrangements of the sublattice species per composition, relaxed with MACE.
+    """Stage 7 (``disorder``): inequivalent arrangements of the sublattice species per composition, relaxed with MACE.
 
     All symmetry-inequivalent arrangements when a composition has at most ``max_enumerated``, else a random
     sample of ``sample_size`` distinct ones (the paper: all up to 100, about 100 above 1,000). ``relax``:
     "cell" relaxes the cell parameters with fractional positions fixed (the paper), "full" also the positions.
     """
 
-    max_enumerated: PositiveInt = 100
-    sample_size: PositiveInt = 100
-    seed: Annotated[int, Field(ge=0)] = 0
-    relax: Literal["cell", "full"] = "cell"
-    fmax_ev_per_a: PositiveFloat = Field(default=0.05, description="BFGS convergence: largest force (eV/Å).")
-    max_steps: PositiveInt = 300
+    max_enumerated: PositiveInt = Field(
+        default=100,
+        description="Enumerate all inequivalent arrangements of a composition when there are at most this many.",
+    )
+    sample_size: PositiveInt = Field(
+        default=100,
+        description="Otherwise: distinct arrangements sampled by random draws (at most 50 x this many draws; "
+        "fewer arrangements if they run out).",
+    )
+    seed: Annotated[int, Field(ge=0)] = Field(default=0, description="Seed of the random sampling (per composition).")
+    relax: Literal["cell", "full"] = Field(
+        default="cell",
+        description="'cell': cell parameters only, fractional positions fixed; 'full': cell and positions.",
+    )
+    fmax_ev_per_a: PositiveFloat = Field(
+        default=0.05, description="BFGS convergence: largest force, cell stress included (eV/Å)."
+    )
+    max_steps: PositiveInt = Field(
+        default=300, description="Maximum BFGS steps per relaxation (an unconverged one is recorded as such)."
+    )
     workers: PositiveInt = Field(default=1, description="Relaxations in parallel (processes, one thread each).")
-    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        default="cpu", description="Device of the MACE relaxations ('auto': CUDA when torch sees a GPU)."
+    )
 
 
 class PhononsSection(Section):
-    """Stage 6: harmonic phonons at 0 K and renormalised phonons at each MD temperature, with a verdict.
+    """Stage 9 (``phonons``): harmonic phonons at 0 K and renormalised phonons of each MD run, with a verdict.
 
     Harmonic: phonopy + MACE; renormalised: DynaPhoPy on the MD velocities. The dynamic-stability verdict gates
     the band-gap stage.
     """
 
-    displacement_a: PositiveFloat = Field(default=0.01, description="Finite displacement for force constants (Å).")
+    displacement_a: PositiveFloat = Field(
+        default=0.01,
+        description="Finite displacement (Å) for the MACE force constants of each lowest-energy structure.",
+    )
     resolution_thz: PositiveFloat = Field(
-        default=0.05, description="Power-spectrum resolution (THz); raised to 1/(production time) for short runs."
+        default=0.05,
+        description="Power-spectrum resolution (THz); raised to 1.05/(production time) for short runs.",
     )
     stability_tolerance_thz: PositiveFloat = Field(
-        default=0.1, description="A renormalised mode below this (THz) counts as unstable."
+        default=0.1, description="A non-acoustic renormalised mode at or below this (THz) counts as unstable."
     )
     gate: bool = Field(
         default=True,
-        description="Only (structure, temperature) pairs found dynamically stable go on to the band-gap stage.",
+        description="Only (structure, temperature) pairs found dynamically stable are averaged in the bandgaps "
+        "stage (every MD run then needs a verdict); false: all are.",
     )
 
 
 class MDSection(Section):
-    """Stage 7: Langevin MD with MACE of each composition's lowest-energy structure, one run per temperature.
+    """Stage 8 (``dynamics``): Langevin MACE MD of each composition's lowest-energy structure, one run per temperature.
 
     Paper: 1 fs, friction 5e-3 fs⁻¹, 40 ps, Maxwell-Boltzmann start. Frames (positions, velocities, energies)
     are saved every ``save_every_steps``: DynaPhoPy's power spectra need a sampling interval well below the
@@ -488,21 +633,33 @@ class MDSection(Section):
     """
 
     temperatures_k: list[Annotated[float, Field(gt=0.0, le=5000.0)]] = Field(
-        default=[100.0, 200.0, 300.0, 400.0, 500.0, 600.0], min_length=1, description="MD temperatures (K > 0)."
+        default=[100.0, 200.0, 300.0, 400.0, 500.0, 600.0],
+        min_length=1,
+        description="MD temperatures (K > 0); the disorder stage also gives its probabilities at these.",
     )
     timestep_fs: Annotated[float, Field(gt=0.0, le=4.0)] = Field(
         default=1.0, description="Time step (fs); above 4 fs the Ag and S vibrations are not integrated stably."
     )
-    friction_per_fs: PositiveFloat = 5e-3
-    duration_ps: PositiveFloat = 40.0
+    friction_per_fs: PositiveFloat = Field(default=5e-3, description="Langevin friction (fs⁻¹).")
+    duration_ps: PositiveFloat = Field(default=40.0, description="Length of each run, equilibration included (ps).")
     equilibration_ps: Annotated[float, Field(ge=0.0)] = Field(
         default=5.0, description="Discarded start of each run (ps)."
     )
-    save_every_steps: Annotated[int, Field(ge=1, le=1000)] = 5
-    seed: Annotated[int, Field(ge=0)] = 0
+    save_every_steps: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=5, description="Steps between saved frames (save_every_steps x timestep_fs ≤ 25 fs)."
+    )
+    seed: Annotated[int, Field(ge=0)] = Field(
+        default=0,
+        description="Seed of the runs: each run's seed (Maxwell-Boltzmann start, Langevin noise) derives from it "
+        "and the run's id.",
+    )
     dtype: Literal["float32", "float64"] = Field(default="float32", description="MACE precision during MD.")
-    device: Literal["cpu", "cuda", "auto"] = "cpu"
-    workers: PositiveInt = Field(default=1, description="Temperatures run in parallel (processes).")
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        default="cpu", description="Device of the MD ('auto': CUDA when torch sees a GPU)."
+    )
+    workers: PositiveInt = Field(
+        default=1, description="MD runs (compositions x temperatures) in parallel (processes, one thread each)."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> MDSection:
@@ -519,7 +676,7 @@ class MDSection(Section):
 
 
 class GapsSection(Section):
-    """Stages 8-9 (``bandgaps``, ``modes``): Eg(0) and thermal averages of GNN gaps; frozen Γ-mode ΔEg/Eg.
+    """Stages 10-11 (``bandgaps``, ``modes``): Eg(0) and thermal averages of GNN gaps; frozen Γ-mode ΔEg/Eg.
 
     The GNN is the latest trained ensemble (high level after fine-tuning). Thermal gaps use MD snapshots after
     equilibration, ``snapshot_spacing`` decorrelation times apart (the run's measured decorrelation time).
@@ -529,16 +686,22 @@ class GapsSection(Section):
     """
 
     mode_temperatures_k: list[Annotated[float, Field(gt=0.0, le=5000.0)]] = Field(
-        default=[300.0, 600.0], min_length=1, description="Temperatures (K) of the frozen-mode thermal amplitudes."
+        default=[300.0, 600.0],
+        min_length=1,
+        description="Temperatures (K) of the frozen-mode thermal amplitudes; DFT checks at the highest.",
     )
     snapshot_spacing: Annotated[float, Field(ge=1.0, le=20.0)] = Field(
         default=2.0, description="Snapshots are this many decorrelation times apart (≥ 1)."
     )
     min_snapshots: Annotated[int, Field(ge=2)] = Field(
-        default=4, description="Fewer uncorrelated snapshots than this: the run is reported, not averaged."
+        default=4,
+        description="Fewer uncorrelated snapshots than this: the run is still averaged, with a note in its reason "
+        "(run the MD longer).",
     )
     batch_size: PositiveInt = Field(default=16, description="Graphs per GNN forward pass.")
-    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        default="cpu", description="Device of the GNN in both stages ('auto': CUDA when torch sees a GPU)."
+    )
     reference_level: LevelName | None = Field(
         default=None, description="Level of the DFT checks (None: reference.high_level)."
     )
@@ -548,11 +711,14 @@ class GapsSection(Section):
         "x = 0 and 1 among system.compositions; [] for none).",
     )
     reference_modes: Annotated[int, Field(ge=0, le=50)] = Field(
-        default=3, description="Γ modes per checked structure, spread over the frequency range."
+        default=3,
+        description="Γ modes per checked structure, spread over the frequency range, whose ΔEg is also computed "
+        "with DFT (two calculations each, ±u; 0: none).",
     )
     experiment: Path | None = Field(
         default=None,
-        description="CSV of measured gaps (columns composition_x, temperature_k, gap_ev, uncertainty_ev, source).",
+        description="CSV of published gaps, stored for comparison by the bandgaps stage; columns composition_x, "
+        "temperature_k, gap_ev, uncertainty_ev, kind ('experiment' or 'calculation'), source.",
     )
 
     _check_experiment = field_validator("experiment")(_input_path)
@@ -566,8 +732,9 @@ class ExecutionSection(Section):
 
     task_runner: Literal["processes", "dask"] = Field(
         default="processes",
-        description="'processes': local worker processes (Prefect's process pool; one worker runs in the flow's "
-        "process); 'dask': a Dask cluster through prefect-dask (LocalCluster, SLURMCluster or a running scheduler).",
+        description="'processes': local worker processes (Prefect's process pool; with one worker, disorder and "
+        "dynamics run in the flow's process, labelling still in a child process); 'dask': a Dask cluster through "
+        "prefect-dask (LocalCluster, SLURMCluster or a running scheduler).",
     )
     dask_address: str | None = Field(
         default=None,
@@ -592,17 +759,17 @@ class ExecutionSection(Section):
 class RunConfig(Section):
     """A whole capml run."""
 
-    run: RunSection
-    system: SystemSection
-    dataset: DatasetSection = DatasetSection()
-    reference: ReferenceSection = ReferenceSection()
-    gnn: GNNSection = GNNSection()
-    mlip: MLIPSection = MLIPSection()
-    disorder: DisorderSection = DisorderSection()
-    phonons: PhononsSection = PhononsSection()
-    md: MDSection = MDSection()
-    gaps: GapsSection = GapsSection()
-    execution: ExecutionSection = ExecutionSection()
+    run: RunSection = Field(description="Identity of the run and where its results go.")
+    system: SystemSection = Field(description="The solid solution studied.")
+    dataset: DatasetSection = Field(default=DatasetSection(), description="Training structures (dataset stages).")
+    reference: ReferenceSection = Field(default=ReferenceSection(), description="Reference levels (label stage).")
+    gnn: GNNSection = Field(default=GNNSection(), description="Band-gap GNN (gnn stage).")
+    mlip: MLIPSection = Field(default=MLIPSection(), description="MACE potential (mlip stage).")
+    disorder: DisorderSection = Field(default=DisorderSection(), description="Arrangement scan (disorder stage).")
+    phonons: PhononsSection = Field(default=PhononsSection(), description="Phonons and stability gate (phonons stage).")
+    md: MDSection = Field(default=MDSection(), description="Molecular dynamics (dynamics stage).")
+    gaps: GapsSection = Field(default=GapsSection(), description="Band gaps (bandgaps and modes stages).")
+    execution: ExecutionSection = Field(default=ExecutionSection(), description="Where fan-out jobs run.")
 
     @model_validator(mode="after")
     def _gap_checks_in_compositions(self) -> RunConfig:
