@@ -313,6 +313,21 @@ def model_static_gaps(frame_row: Any) -> np.ndarray:
     return np.asarray(frame_row.model_gaps_ev, dtype=float)
 
 
+def thermal_settings_key(config) -> str:  # noqa: ANN001 - RunConfig
+    """Key of the settings an Eg(T) row depends on besides the ensemble and the MD run: snapshot choice, gate."""
+    from capml_core.provenance import content_key
+    from capml_core.stability import phonon_settings_key
+
+    return content_key(
+        {
+            "snapshot_spacing": config.gaps.snapshot_spacing,
+            "min_snapshots": config.gaps.min_snapshots,
+            "gate": config.phonons.gate,
+            "phonons": phonon_settings_key(config.phonons),
+        }
+    )
+
+
 def run_bandgap_stage(
     store,  # noqa: ANN001 - capml_core.store.Store
     config,  # noqa: ANN001 - RunConfig
@@ -354,11 +369,17 @@ def run_bandgap_stage(
            WHERE m.complete AND m.structure_hash IN (SELECT unnest(?)) ORDER BY m.composition_x, m.temperature_k""",
         [list(static_by_hash)],
     )
-    done = set(store.query("SELECT md_id FROM gap_thermal WHERE ensemble_id = ?", [ensemble_id])["md_id"])
+    key = thermal_settings_key(config)
+    done = set(
+        store.query("SELECT md_id FROM gap_thermal WHERE ensemble_id = ? AND settings_key = ?", [ensemble_id, key])[
+            "md_id"
+        ]
+    )
     for i, run in enumerate(runs.itertuples(index=False)):
         if run.md_id in done:
             continue
         row: dict[str, Any] = {
+            "settings_key": key,
             "md_id": run.md_id,
             "ensemble_id": ensemble_id,
             "structure_hash": run.structure_hash,
@@ -414,7 +435,9 @@ def run_bandgap_stage(
                     f"{gaps_config.min_snapshots}): run the MD longer",
                 )
             row["reason"] = "; ".join(notes) or "averaged"
-        with store.write() as writer:
+        with store.write() as writer:  # replacing a row computed with other settings, if any
+            for table in ("gap_snapshots", "gap_thermal"):
+                writer.delete_rows(table, {"md_id": run.md_id, "ensemble_id": ensemble_id})
             writer.add_rows("gap_snapshots", snapshot_rows)
             writer.add_rows("gap_thermal", [row])
         logger.info("gaps x = %.3f, %.0f K: %s", run.composition_x, run.temperature_k, row["reason"])

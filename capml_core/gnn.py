@@ -782,9 +782,10 @@ def fit_band_gap_model(
     )
     curve: list[tuple[int, Metrics]] = []
     if gnn.learning_curve_fractions:
+        best = {k: overrides[k] for k in ("learning_rate", "batch_size") if k in overrides}
         _, curve = learning_curve(
             store,
-            gnn,
+            gnn.model_copy(update=best),
             level=cheap_level,
             architecture=overrides.get("architecture_name", gnn.architecture),
             seed=seed,

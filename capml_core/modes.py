@@ -131,6 +131,21 @@ class ModeGap:
     reference_delta_ev: float | None
 
 
+def mode_settings_key(config) -> str:  # noqa: ANN001 - RunConfig
+    """Key of the settings mode rows depend on besides ensemble, structure and temperature: phonons, DFT checks."""
+    from capml_core.provenance import content_key
+
+    return content_key(
+        {
+            "displacement_a": config.phonons.displacement_a,
+            "check_temperature_k": max(config.gaps.mode_temperatures_k),
+            "reference_modes": config.gaps.reference_modes,
+            "reference_level": config.gaps.reference_level or config.reference.high_level,
+            "checked": config.gap_check_compositions(),
+        }
+    )
+
+
 def run_mode_stage(
     store,  # noqa: ANN001 - capml_core.store.Store
     config,  # noqa: ANN001 - RunConfig
@@ -156,8 +171,10 @@ def run_mode_stage(
     harmonic = run_harmonic_phonons(store, config, run_id=run_id)
     sublattice = list(config.system.sublattice.species)
     check_temperature = max(gaps_config.mode_temperatures_k)
+    key = mode_settings_key(config)
     done = store.query(
-        "SELECT DISTINCT structure_hash, temperature_k FROM gap_modes WHERE ensemble_id = ?", [ensemble_id]
+        "SELECT DISTINCT structure_hash, temperature_k FROM gap_modes WHERE ensemble_id = ? AND settings_key = ?",
+        [ensemble_id, key],
     )
     finished = {(h, float(t)) for h, t in zip(done["structure_hash"], done["temperature_k"], strict=True)}
     jobs = [(h, t) for h in harmonic for t in gaps_config.mode_temperatures_k]
@@ -180,6 +197,7 @@ def run_mode_stage(
                 "level": level,
                 "frequency_thz": float(frequency),
                 "run_id": run_id,
+                "settings_key": key,
             }
             if mode in acoustic:
                 row["status"] = "acoustic"
@@ -217,7 +235,15 @@ def run_mode_stage(
             )
         if config.is_gap_checked(result.composition_x) and temperature == check_temperature:
             _check_with_dft(store, config, rows, frozen, displaced, run_id=run_id, progress=reference_progress)
-        with store.write() as writer:
+        with store.write() as writer:  # replacing rows computed with other settings, if any
+            writer.delete_rows(
+                "gap_modes",
+                {
+                    "structure_hash": result.structure_hash,
+                    "ensemble_id": ensemble_id,
+                    "temperature_k": float(temperature),
+                },
+            )
             writer.add_rows("gap_modes", rows)
         logger.info(
             "modes x = %.3f at %.0f K: %d frozen, %d acoustic, %d imaginary",

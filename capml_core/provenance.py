@@ -6,6 +6,7 @@ import subprocess
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 from capml_core import __version__
 
@@ -48,6 +49,14 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return __version__
     return f"{__version__}+g{commit}{'.dirty' if dirty else ''}" if commit else __version__
+
+
+def content_key(payload: Any) -> str:
+    """12 hex digits of the SHA-256 of a JSON-ready payload (canonical: sorted keys): a settings/content key."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def package_versions() -> dict[str, str]:

@@ -37,6 +37,13 @@ class StabilityResult:
     reason: str
 
 
+def phonon_settings_key(phonons) -> str:  # noqa: ANN001 - PhononsSection
+    """Key of the settings a verdict depends on (all of ``[phonons]`` but the gate, which is applied on read)."""
+    from capml_core.provenance import content_key
+
+    return content_key(phonons.model_dump(mode="json", exclude={"gate"}))
+
+
 def run_phonon_stage(
     store,  # noqa: ANN001 - capml_core.store.Store
     config,  # noqa: ANN001 - RunConfig
@@ -46,7 +53,8 @@ def run_phonon_stage(
 ) -> tuple[list, list[StabilityResult]]:
     """Harmonic phonons of every lowest-energy structure, then DynaPhoPy and the verdict for every MD run.
 
-    Returns the harmonic results and one verdict per MD run; MD runs analysed before are not redone.
+    Returns the harmonic results and one verdict per MD run; MD runs analysed before with the same settings
+    (:func:`phonon_settings_key`) are not redone, those analysed with other settings are redone and replaced.
     """
     from capml_core.anharmonic import renormalised_phonons, stability_verdict
     from capml_core.config import MDSection
@@ -61,7 +69,8 @@ def run_phonon_stage(
         "temperature_k",
         [list(by_structure)],
     )
-    done = set(store.query("SELECT md_id FROM phonon_anharmonic")["md_id"])
+    key = phonon_settings_key(phonons)
+    done = set(store.query("SELECT md_id FROM phonon_anharmonic WHERE settings_key = ?", [key])["md_id"])
     for i, run in enumerate(runs.itertuples(index=False)):
         if run.md_id in done:
             continue
@@ -82,6 +91,7 @@ def run_phonon_stage(
             "thermostat_broadening_thz": thermostat,
             "n_harmonic_imaginary": int(np.sum(arrays["gamma_frequencies_thz"] < -IMAGINARY_TOLERANCE_THZ)),
             "run_id": run_id,
+            "settings_key": key,
         }
         try:
             result = renormalised_phonons(
@@ -126,6 +136,7 @@ def run_phonon_stage(
             reason += f" (MD health: {run.problems})"
         row.update({"stable": stable, "passes_gate": stable or not phonons.gate, "reason": reason})
         with store.write() as writer:
+            writer.delete_rows("phonon_anharmonic", {"md_id": run.md_id})  # one computed with other settings
             writer.add_rows("phonon_anharmonic", [row])
         logger.info("phonons x = %.3f, %.0f K: %s", run.composition_x, run.temperature_k, reason)
         if progress is not None:

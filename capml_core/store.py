@@ -72,7 +72,7 @@ logger = logging.getLogger(__name__)
 STORE_FILENAME = "capml.duckdb"
 ARTIFACTS_DIRNAME = "artifacts"
 #: Version of the schema this code writes. Bump it and append a migration to change the schema.
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 _SCHEMA_V1 = [
     "CREATE TABLE schema_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
@@ -243,6 +243,12 @@ _SCHEMA_V9 = [
         PRIMARY KEY (structure_hash, ensemble_id, temperature_k, mode))""",
 ]
 
+_SCHEMA_V10 = [  # the settings a derived row was computed with: other settings -> the row is recomputed
+    "ALTER TABLE phonon_anharmonic ADD COLUMN settings_key VARCHAR",
+    "ALTER TABLE gap_thermal ADD COLUMN settings_key VARCHAR",
+    "ALTER TABLE gap_modes ADD COLUMN settings_key VARCHAR",
+]
+
 #: MIGRATIONS[v] turns a store of version v - 1 into version v (v = 1: create from nothing).
 MIGRATIONS: dict[int, list[str]] = {
     1: _SCHEMA_V1,
@@ -254,6 +260,7 @@ MIGRATIONS: dict[int, list[str]] = {
     7: _SCHEMA_V7,
     8: _SCHEMA_V8,
     9: _SCHEMA_V9,
+    10: _SCHEMA_V10,
 }
 
 
@@ -508,6 +515,16 @@ class StoreWriter:
         if table not in _RESULT_TABLES:
             raise StoreError(f"add_rows: {table!r} is not a results table")
         self._insert_rows(table, [{**row, "created_at": _now()} for row in rows])
+
+    def delete_rows(self, table: str, where: Mapping[str, Any]) -> int:
+        """Delete the rows of a results table whose columns equal ``where`` (stale results being replaced)."""
+        if table not in _RESULT_TABLES:
+            raise StoreError(f"delete_rows: {table!r} is not a results table")
+        if not where or not all(column.isidentifier() for column in where):
+            raise StoreError(f"delete_rows: name the columns to match (got {list(where)})")
+        condition = " AND ".join(f"{column} = ?" for column in where)
+        rows = self.con.execute(f"DELETE FROM {table} WHERE {condition} RETURNING 1", list(where.values())).fetchall()
+        return len(rows)
 
     def save_arrays(
         self, kind: str, arrays: Mapping[str, np.ndarray], *, run_id: str | None, meta: Mapping[str, Any] | None = None

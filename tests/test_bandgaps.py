@@ -229,6 +229,19 @@ def test_bandgap_stage_averages_uncorrelated_snapshots_of_gated_runs(gap_project
     run_bandgap_stage(store, config)
     assert store.query("SELECT md_id, created_at FROM gap_thermal ORDER BY md_id").equals(stamps)
     assert store.query("SELECT count(*) AS n FROM gap_published")["n"][0] == 21
+    # other settings (snapshots 2 decorrelation times apart): every row recomputed and replaced, none duplicated
+    before = store.query("SELECT md_id, spacing_fs FROM gap_thermal ORDER BY md_id")
+    wider = config.model_copy(update={"gaps": config.gaps.model_copy(update={"snapshot_spacing": 2.0})})
+    run_bandgap_stage(store, wider)
+    after = store.query("SELECT md_id, created_at, spacing_fs, settings_key FROM gap_thermal ORDER BY md_id")
+    assert after["md_id"].tolist() == stamps["md_id"].tolist() and after["settings_key"].nunique() == 1
+    assert (after["created_at"] > stamps["created_at"].max()).all()
+    averaged = before["spacing_fs"].notna()
+    ratio = after["spacing_fs"][averaged] / before["spacing_fs"][averaged]
+    assert ((ratio > 1.4) & (ratio < 2.1)).all()  # twice as far apart, to the nearest saved frame
+    assert store.query("SELECT count(*) AS n FROM (SELECT DISTINCT md_id, frame FROM gap_snapshots)")["n"][0] == len(
+        store.query("SELECT * FROM gap_snapshots")
+    )
     # gate off: a new ensemble averages every run, the stored verdicts stay as they are
     from capml_core.config import GNNSection
     from capml_core.gnn import train_two_stage
