@@ -724,6 +724,31 @@ class GapsSection(Section):
     _check_experiment = field_validator("experiment")(_input_path)
 
 
+class ActiveLearningSection(Section):
+    """Stage active-learning (after dynamics): MD frames outside MACE's training data are labelled, MACE retrained.
+
+    Each round selects, per MD run of the current model, the first frames in which a species pair comes closer
+    than ``distance_fraction`` x the shortest distance of that pair in the training structures, labels them at
+    the level MACE trains on, retrains MACE, and redoes the disorder scan and the MD with the new model.
+    """
+
+    rounds: int = Field(default=0, ge=0, description="Rounds of select-label-retrain (0: the stage does nothing).")
+    distance_fraction: float = Field(
+        default=0.9,
+        gt=0.0,
+        le=1.0,
+        description="A frame is outside the training data when a pair of species is closer than this fraction of "
+        "the shortest distance of that pair in the training structures (pairs never within 4 Å in the training "
+        "data: of 4 Å).",
+    )
+    max_frames_per_run: PositiveInt = Field(
+        default=2, description="Frames selected per MD run and round (the first ones that leave the training data)."
+    )
+    min_separation_fs: float = Field(
+        default=200.0, ge=0.0, description="Frames selected from one run are at least this far apart (fs)."
+    )
+
+
 class ExecutionSection(Section):
     """Where the fan-out stages (label, disorder, dynamics) run their jobs when the pipeline runs as a Prefect flow.
 
@@ -769,6 +794,9 @@ class RunConfig(Section):
     phonons: PhononsSection = Field(default=PhononsSection(), description="Phonons and stability gate (phonons stage).")
     md: MDSection = Field(default=MDSection(), description="Molecular dynamics (dynamics stage).")
     gaps: GapsSection = Field(default=GapsSection(), description="Band gaps (bandgaps and modes stages).")
+    active_learning: ActiveLearningSection = Field(
+        default=ActiveLearningSection(), description="Active learning of MACE from MD frames."
+    )
     execution: ExecutionSection = Field(default=ExecutionSection(), description="Where fan-out jobs run.")
 
     @model_validator(mode="after")

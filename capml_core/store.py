@@ -247,6 +247,11 @@ _SCHEMA_V10 = [  # the settings a derived row was computed with: other settings 
     "ALTER TABLE phonon_anharmonic ADD COLUMN settings_key VARCHAR",
     "ALTER TABLE gap_thermal ADD COLUMN settings_key VARCHAR",
     "ALTER TABLE gap_modes ADD COLUMN settings_key VARCHAR",
+    """CREATE TABLE active_learning_frames (
+        model_id VARCHAR NOT NULL, md_id VARCHAR NOT NULL, frame INTEGER NOT NULL, round INTEGER NOT NULL,
+        time_fs DOUBLE, composition_x DOUBLE, temperature_k DOUBLE, pair VARCHAR, distance_a DOUBLE,
+        training_distance_a DOUBLE, structure_hash VARCHAR NOT NULL, level VARCHAR NOT NULL, run_id VARCHAR,
+        created_at TIMESTAMP NOT NULL, PRIMARY KEY (model_id, md_id, frame))""",
 ]
 
 #: MIGRATIONS[v] turns a store of version v - 1 into version v (v = 1: create from nothing).
@@ -289,6 +294,7 @@ _RESULT_TABLES = (
     "gap_snapshots",
     "gap_published",
     "gap_modes",
+    "active_learning_frames",
 )
 
 

@@ -11,7 +11,7 @@ FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 
 #: Kinds of structures in the store.
-StructureKind = Literal["thermal", "uniform", "equilibrium", "imported", "relaxed", "frozen-mode"]
+StructureKind = Literal["thermal", "uniform", "equilibrium", "imported", "md-snapshot", "relaxed", "frozen-mode"]
 #: Kinds the later stages derive (relaxed arrangements, frozen-mode distortions checked with DFT): never
 #: training data for the GNN or MACE, never counted in the dataset.
 DERIVED_KINDS = ("relaxed", "frozen-mode")

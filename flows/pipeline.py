@@ -135,14 +135,18 @@ def generate_set(
     return new
 
 
-def label_level(loaded: LoadedConfig, store: Store, level: str, run_id: str) -> LabellingReport:
+def label_level(
+    loaded: LoadedConfig, store: Store, level: str, run_id: str, *, set_name: str | None = None
+) -> LabellingReport:
     """Label pending structures of the sets at ``level`` (at most ``reference.max_calculations``).
 
+    With ``set_name``: every pending structure of that set (an active-learning selection is labelled whole).
     The calculations fan out to the configured task runner (``[execution]``, ``reference.workers``).
     """
     reference = loaded.config.reference
-    pending = store.pending_labels(level)
-    chosen = pending if reference.max_calculations is None else pending[: reference.max_calculations]
+    pending = store.pending_labels(level, set_name=set_name)
+    limited = set_name is None and reference.max_calculations is not None
+    chosen = pending[: reference.max_calculations] if limited else pending
     logger = get_run_logger()
     logger.info(
         "%s: %d structures pending, labelling %d with %d workers", level, len(pending), len(chosen), reference.workers
@@ -473,6 +477,48 @@ def _dynamics(ctx: StageContext) -> dict[str, Any]:
     }
 
 
+def _active_learning(ctx: StageContext) -> dict[str, Any]:
+    """Rounds of: select MD frames outside MACE's training data, label them, retrain MACE, redo disorder and MD."""
+    from capml_core.active_learning import ACTIVE_LEARNING_SET, completed_rounds, select_and_store
+    from capml_core.mlip import latest_model
+
+    config, store, logger = ctx.loaded.config, ctx.store, get_run_logger()
+    level = config.mlip.level or config.reference.cheap_level
+    rounds: list[dict[str, Any]] = []
+    while True:
+        model_id, _ = latest_model(store)
+        done, current = completed_rounds(store, model_id)
+        if current is None and done >= config.active_learning.rounds:
+            break
+        round_index = current or done + 1
+        selected = select_and_store(store, config, round_index=round_index, run_id=ctx.run_id)
+        if not selected:
+            logger.info("active learning: every MD run of model %s stays inside its training data", model_id)
+            break
+        report = label_level(ctx.loaded, store, level, ctx.run_id, set_name=ACTIVE_LEARNING_SET)
+        new_model = train_mlip(ctx.loaded, store, ctx.run_id).model.model_id
+        if new_model == model_id:
+            logger.warning("active learning: no new labels for model %s (failed calculations?); stopping", model_id)
+            break
+        scan_disorder(ctx.loaded, store, ctx.run_id)
+        runs = molecular_dynamics(ctx.loaded, store, ctx.run_id)
+        rounds.append(
+            {
+                "round": round_index,
+                "selected": len(selected),
+                "labelled": report.n_ok,
+                "model_id": new_model,
+                "healthy_md": sum(r.health.status == "ok" for r in runs),
+                "md_runs": len(runs),
+            }
+        )
+        logger.info(
+            "active learning round %d: %d frames, %d labelled, MACE %s, %d/%d MD runs healthy",
+            *rounds[-1].values(),
+        )
+    return {"active_learning": rounds}
+
+
 def _phonons(ctx: StageContext) -> dict[str, Any]:
     harmonic, verdicts = phonon_stability(ctx.loaded, ctx.store, ctx.run_id)
     return {
@@ -527,6 +573,7 @@ STAGES: dict[str, Callable[[StageContext], dict[str, Any]]] = {
     "mlip": _mlip,
     "disorder": _disorder,
     "dynamics": _dynamics,
+    "active-learning": _active_learning,
     "phonons": _phonons,
     "bandgaps": _bandgaps,
     "modes": _modes,
@@ -623,6 +670,7 @@ gnn_flow = _stage_flow("gnn")
 mlip_flow = _stage_flow("mlip")
 disorder_flow = _stage_flow("disorder")
 dynamics_flow = _stage_flow("dynamics")
+active_learning_flow = _stage_flow("active-learning")
 phonons_flow = _stage_flow("phonons")
 bandgaps_flow = _stage_flow("bandgaps")
 modes_flow = _stage_flow("modes")

@@ -1,0 +1,137 @@
+"""Active learning: MD frames outside the training data's contact distances are selected, labelled, trained on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import DEMO_CONFIG, TINY, project_copy
+
+
+def _brute_shortest(atoms, cutoff: float = 4.0) -> dict[tuple[str, str], float]:  # noqa: ANN001
+    """Shortest distance per species pair by minimum image over all pairs (valid for cells > 2 x cutoff)."""
+    distances = atoms.get_all_distances(mic=True)
+    symbols = atoms.get_chemical_symbols()
+    out: dict[tuple[str, str], float] = {}
+    for i in range(len(atoms)):
+        for j in range(i + 1, len(atoms)):
+            pair = tuple(sorted((symbols[i], symbols[j])))
+            if distances[i, j] < cutoff and distances[i, j] < out.get(pair, np.inf):
+                out[pair] = float(distances[i, j])
+    return out
+
+
+def _cell():  # noqa: ANN202 - Atoms
+    from capml_core.config import load_config
+    from capml_core.training_sets import end_member_cell
+
+    cell = end_member_cell(load_config(DEMO_CONFIG).config.system, "Br")
+    cell.rattle(0.15, seed=3)
+    return cell
+
+
+def test_shortest_distances_match_a_minimum_image_search() -> None:
+    from capml_core.active_learning import shortest_distances
+
+    cell = _cell()
+    found, expected = shortest_distances(cell), _brute_shortest(cell)
+    assert set(found) == set(expected) and {("Ag", "S"), ("Ag", "Br"), ("Ag", "Ag")} <= set(found)
+    for pair, distance in expected.items():
+        assert found[pair] == pytest.approx(distance, abs=1e-9)
+
+
+def test_the_first_frames_that_leave_the_training_contacts_are_selected() -> None:
+    from capml_core.active_learning import select_frames, shortest_distances
+
+    cell = _cell()
+    reference = shortest_distances(cell)
+    s_index = cell.get_chemical_symbols().index("S")
+    neighbours = np.argsort(cell.get_distances(s_index, range(len(cell)), mic=True))
+    ag = int(next(i for i in neighbours if cell[i].symbol == "Ag"))
+    start = cell.get_distance(s_index, ag, mic=True)
+    vector = cell.get_distance(s_index, ag, mic=True, vector=True) / start
+    positions = []
+    for k in range(40):  # the S atom walks towards its nearest Ag, 0.02 Å per 10 fs frame
+        frame = cell.positions.copy()
+        frame[s_index] += vector * 0.02 * k
+        positions.append(frame)
+    trajectory = {
+        "time_fs": np.arange(40) * 10.0,
+        "positions_a": np.array(positions),
+        "numbers": cell.numbers,
+        "cell_a": cell.cell[:],
+    }
+    threshold = 0.9 * reference[("Ag", "S")]
+    first = int(np.argmax([start - 0.02 * k < threshold for k in range(40)]))
+    chosen = select_frames(trajectory, reference, distance_fraction=0.9, max_frames=2, min_separation_fs=50.0)
+    assert [c[0] for c in chosen] == [first, first + 5]  # the first one out, then 50 fs later
+    assert all(pair == ("Ag", "S") and d < threshold for _, pair, d in chosen)
+    assert select_frames(trajectory, reference, distance_fraction=0.5, max_frames=2, min_separation_fs=0.0) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_a_round_labels_the_selected_frames_retrains_mace_and_reruns_md(trained, tmp_path: Path) -> None:
+    """x = 1 only, hot MD with the tiny MACE, one GPAW PBEsol label per run (250 eV): one real round."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from capml_core.active_learning import training_contact_distances
+    from capml_core.dynamics import read_trajectory, trajectory_frame
+    from flows.pipeline import pipeline
+
+    source, _, _, _ = trained
+    project, store = project_copy(source, tmp_path)
+    overrides = {
+        **{f"mlip.{key}": value for key, value in TINY.items()},
+        "system.compositions": [1.0],
+        "md.temperatures_k": [900.0],
+        "md.duration_ps": 0.4,
+        "md.equilibration_ps": 0.05,
+        "active_learning.rounds": 1,
+        "active_learning.distance_fraction": 1.0,
+        "active_learning.max_frames_per_run": 1,
+        "reference.gpaw_pbesol.cutoff_ev": 250.0,
+        "reference.max_calculations": 0,
+    }
+    models_before = store.query("SELECT model_id FROM mlip_models")["model_id"].tolist()
+    reference = training_contact_distances(store, "gpaw-pbesol")
+    stages = ["mlip", "disorder", "dynamics", "active-learning"]
+    with prefect_test_harness(server_startup_timeout=120):
+        first = pipeline(config_path=str(DEMO_CONFIG), project_dir=str(project), stages=stages, overrides=overrides)
+        rounds = first["active_learning"]
+        assert len(rounds) == 1 and rounds[0]["selected"] == rounds[0]["labelled"] == 1
+        frames = store.query("SELECT * FROM active_learning_frames")
+        assert len(frames) == 1 and frames["round"].tolist() == [1]
+        row = frames.iloc[0]
+        run = store.query("SELECT * FROM md_runs WHERE md_id = ?", [row["md_id"]]).iloc[0]
+        trajectory = read_trajectory(project / run["path"])
+        ratios = []
+        for frame in range(int(row["frame"]) + 1):  # the selected frame is the first one outside the data
+            distances = _brute_shortest(trajectory_frame(trajectory, frame))
+            ratios.append(min(d / reference.get(pair, 4.0) for pair, d in distances.items()))
+        assert ratios[-1] < 1.0 and min(ratios[:-1], default=1.0) >= 1.0
+        label = store.query(
+            "SELECT status, energy_ev, gap_ev FROM labels WHERE structure_hash = ? AND level = 'gpaw-pbesol'",
+            [row["structure_hash"]],
+        )
+        assert label["status"].tolist() == ["ok"] and np.isfinite(label["energy_ev"][0])
+        assert store.query("SELECT kind FROM structures WHERE structure_hash = ?", [row["structure_hash"]])[
+            "kind"
+        ].tolist() == ["md-snapshot"]
+        models = store.query("SELECT model_id, n_train, n_valid, n_test FROM mlip_models ORDER BY created_at")
+        new = models.iloc[-1]
+        assert new["model_id"] == rounds[0]["model_id"] and new["model_id"] not in models_before
+        old = models.set_index("model_id").loc[first["mlip"]["model_id"]]
+        assert new[["n_train", "n_valid", "n_test"]].sum() == old[["n_train", "n_valid", "n_test"]].sum() + 1
+        md = store.query("SELECT model_id, complete FROM md_runs WHERE model_id = ?", [new["model_id"]])
+        assert md["complete"].tolist() == [True]  # the MD redone with the retrained model
+        # the round is done: running the stage again selects, labels and trains nothing
+        n_labels = store.query("SELECT count(*) AS n FROM labels")["n"][0]
+        again = pipeline(
+            config_path=str(DEMO_CONFIG), project_dir=str(project), stages=["active-learning"], overrides=overrides
+        )
+    assert again["active_learning"] == []
+    assert store.query("SELECT count(*) AS n FROM labels")["n"][0] == n_labels
+    assert len(store.query("SELECT * FROM active_learning_frames")) == 1
