@@ -176,6 +176,7 @@ class LabelledStructure:
     energy_ev: float
     forces_ev_per_a: np.ndarray
     stress_ev_per_a3: np.ndarray | None
+    kind: str = "imported"
 
 
 def labelled_structures(store: Store, level: str, *, need_stress: bool) -> list[LabelledStructure]:
@@ -189,7 +190,7 @@ def labelled_structures(store: Store, level: str, *, need_stress: bool) -> list[
         ``need_stress`` and some structures have no stress (names them and their source).
     """
     rows = store.query(
-        f"""SELECT l.structure_hash, l.energy_ev, l.forces_ev_per_a, l.stress_ev_per_a3, l.source
+        f"""SELECT l.structure_hash, l.energy_ev, l.forces_ev_per_a, l.stress_ev_per_a3, l.source, s.kind
            FROM labels l JOIN structures s USING (structure_hash)
            WHERE l.level = ? AND l.status = 'ok' AND l.energy_ev IS NOT NULL
              AND l.forces_ev_per_a IS NOT NULL AND {DATASET_KIND_SQL} ORDER BY l.structure_hash""",
@@ -219,15 +220,23 @@ def labelled_structures(store: Store, level: str, *, need_stress: bool) -> list[
                 energy_ev=float(row.energy_ev),
                 forces_ev_per_a=np.reshape(np.asarray(row.forces_ev_per_a, dtype=float), (-1, 3)),
                 stress_ev_per_a3=None if stress is None or np.ndim(stress) == 0 else np.asarray(stress, dtype=float),
+                kind=str(row.kind),
             )
         )
     return out
 
 
 def split_structures(structures: Sequence[LabelledStructure], mlip: MLIPSection) -> dict[str, list[LabelledStructure]]:
-    """Train / valid / test by a hash of (split seed, structure): reproducible and stable as data grows."""
+    """Train / valid / test by a hash of (split seed, structure): reproducible and stable as data grows.
+
+    MD frames chosen by active learning (kind ``md-snapshot``) always go to training: they were chosen because
+    the model had not seen their region.
+    """
     out: dict[str, list[LabelledStructure]] = {name: [] for name in SPLITS}
     for item in structures:
+        if item.kind == "md-snapshot":
+            out["train"].append(item)
+            continue
         name = split_of(
             item.structure_hash,
             seed=mlip.split_seed,
