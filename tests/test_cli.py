@@ -18,9 +18,10 @@ def test_help_lists_only_the_working_commands() -> None:
     commands = set(typer.main.get_command(app).commands)
     # every listed command is exercised by a test (dashboard: test_dashboard.py, run: test_flow.py, mlip:
     # test_mlip.py, disorder: test_disorder.py, md and phonons: test_stability.py, gaps and modes: test_bandgaps.py,
-    # sql: test_sql.py)
+    # sql: test_sql.py, deploy: test_operations.py)
     assert commands == {
         "run",
+        "deploy",
         "runs",
         "sql",
         "dashboard",
@@ -223,3 +224,21 @@ def test_generate_then_export_roundtrip(tmp_path: Path) -> None:
     assert "0 new structures, 103 new labels" in back.output, back.output
     none = runner.invoke(app, ["data", "export", str(out), "--level", "nothing", "--project", str(project)])
     assert none.exit_code == 2 and "no structure labelled at level 'nothing'" in none.output
+
+
+def test_run_refuses_an_unknown_stage_or_field_before_anything_starts(tmp_path: Path) -> None:
+    project = tmp_path / "proj"
+    stage = runner.invoke(app, ["run", str(DEMO_CONFIG), "--project", str(project), "--stage", "phonon"])
+    assert stage.exit_code != 0 and "--stage 'phonon': unknown; allowed: dataset-import" in stage.output
+    field = runner.invoke(app, ["run", str(DEMO_CONFIG), "--project", str(project), "--set", "md.wrkers=2"])
+    assert field.exit_code != 0 and "field 'md.wrkers': unknown key" in field.output
+    value = runner.invoke(app, ["run", str(DEMO_CONFIG), "--project", str(project), "--set", "md.workers=0"])
+    assert value.exit_code != 0 and "md.workers" in value.output
+    assert not project.exists()  # refused before anything is written
+
+
+def test_settings_are_read_as_toml_values() -> None:
+    from flows.cli import _parse_settings
+
+    parsed = _parse_settings(["md.workers=2", "md.temperatures_k=[100, 300.5]", "gaps.device=cuda", "x.y='a=b'"])
+    assert parsed == {"md.workers": 2, "md.temperatures_k": [100, 300.5], "gaps.device": "cuda", "x.y": "a=b"}
