@@ -125,3 +125,21 @@ def md_config(config, temperatures_k: list[float], duration_ps: float, equilibra
             ),
         }
     )
+
+
+def wait_until_served(url: str, process, timeout_s: float, output) -> None:  # noqa: ANN001 - Popen, () -> str
+    """Poll ``url`` until it answers 200; fail with ``output()`` if ``process`` dies or ``timeout_s`` passes."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        assert process.poll() is None, output()
+        assert time.monotonic() < deadline, f"{url} did not answer in {timeout_s:.0f} s"
+        time.sleep(0.5)

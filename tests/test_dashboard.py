@@ -8,15 +8,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_until_served
 
 APP = REPO / "dashboard" / "app.py"
 CHROMIUM_ARGS = [
@@ -116,17 +114,8 @@ def test_real_browser_draws_the_charts(demo_store_copy: Path, tmp_path: Path) ->
         env={**os.environ},
     )
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, server.stdout.read().decode()
-            assert time.monotonic() < deadline, "dashboard did not start in 90 s"
-            time.sleep(0.5)
+        url = f"http://127.0.0.1:{port}/_stcore/health"
+        wait_until_served(url, server, 90, lambda: server.stdout.read().decode())
         shot = tmp_path / "overview.png"
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)

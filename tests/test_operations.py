@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from capml_core.store import Store
-from tests.conftest import DEMO_CONFIG, REPO, project_copy
+from tests.conftest import DEMO_CONFIG, REPO, project_copy, wait_until_served
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -46,8 +46,6 @@ def _stop(process: subprocess.Popen) -> None:
 @pytest.fixture()
 def prefect_server(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A Prefect server on 127.0.0.1 (free port, private PREFECT_HOME); yields the environment that uses it."""
-    import urllib.request
-
     port = _free_port()
     env = {
         **os.environ,
@@ -61,17 +59,8 @@ def prefect_server(tmp_path: Path) -> Iterator[dict[str, str]]:
         tmp_path / "server.log",
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "Prefect server did not start in 120 s"
-            time.sleep(1)
+        url = f"http://127.0.0.1:{port}/api/health"
+        wait_until_served(url, server, 120, lambda: (tmp_path / "server.log").read_text()[-3000:])
         yield env
     finally:
         _stop(server)
