@@ -38,6 +38,8 @@ _WHY = {
     "TRANSACTION": "it controls transactions",
     "VACUUM": "it writes",
     "UPDATE_EXTENSIONS": "it installs extensions",
+    "MULTI": "DuckDB runs it as several statements (a PIVOT without an IN list creates a type first); "
+    "name the pivoted values: PIVOT t ON col IN ('a', 'b') USING count(*)",
 }
 
 

@@ -30,6 +30,7 @@ def _digest(project: Path) -> str:
         ("SET enable_external_access = true", "SET statement refused: it changes a setting"),
         ("PRAGMA enable_profiling", "PRAGMA statement refused"),
         ("SELECT 1; DROP TABLE labels", "2 statements: give one query at a time"),
+        ("PIVOT labels ON level USING count(*)", "MULTI statement refused: .* name the pivoted values"),
         ("   ", "empty query"),
     ],
 )
@@ -64,6 +65,10 @@ def test_read_only_queries_run(demo_store_copy: Path) -> None:
     assert len(run_user_query(store, "DESCRIBE labels")) > 5
     assert len(run_user_query(store, "EXPLAIN SELECT * FROM labels")) >= 1
     assert len(run_user_query(store, "SELECT * FROM labelled_structures", max_rows=10)) == 10
+    pivot = run_user_query(
+        store, "PIVOT (SELECT level FROM labels) ON level IN ('gpaw-pbesol', 'gpaw-gllbsc') USING count(*)"
+    )
+    assert pivot.iloc[0].to_dict() == {"gpaw-pbesol": 103, "gpaw-gllbsc": 48}  # the advice of the refusal works
     with pytest.raises(Exception, match="SQL error"):
         run_user_query(store, "SELECT * FROM no_such_table")
 
