@@ -665,12 +665,14 @@ class MDSection(Section):
     def _consistent(self) -> MDSection:
         if self.equilibration_ps >= self.duration_ps:
             raise ValueError(
-                f"equilibration_ps = {self.equilibration_ps} must be shorter than duration_ps = {self.duration_ps}"
+                f"equilibration_ps: must be shorter than duration_ps = {self.duration_ps} "
+                f"(got {self.equilibration_ps})"
             )
         if self.save_every_steps * self.timestep_fs > 25.0:
             raise ValueError(
-                f"save_every_steps x timestep_fs = {self.save_every_steps * self.timestep_fs:g} fs: frames must be "
-                "at most 25 fs apart for the phonon power spectra (Nyquist 20 THz)"
+                f"save_every_steps: x timestep_fs = {self.save_every_steps * self.timestep_fs:g} fs; frames must be "
+                f"at most 25 fs apart for the phonon power spectra (Nyquist 20 THz): allowed save_every_steps ≤ "
+                f"{int(25.0 // self.timestep_fs)}"
             )
         return self
 

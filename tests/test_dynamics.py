@@ -28,8 +28,8 @@ from tests.conftest import DEMO_CONFIG, REPO, md_config, project_copy
     [
         ("temperatures_k = [0.0]", "md.temperatures_k.0"),
         ("timestep_fs = 5.0", "md.timestep_fs"),
-        ("save_every_steps = 40", "frames must be at most 25 fs apart"),
-        ("equilibration_ps = 3.0", "must be shorter than duration_ps"),
+        ("save_every_steps = 40", "field 'md.save_every_steps' = 40: .*frames must be at most 25 fs apart"),
+        ("equilibration_ps = 3.0", "field 'md.equilibration_ps' = 3.0: must be shorter than duration_ps"),
     ],
 )
 def test_bad_md_settings_are_refused_before_any_run(tmp_path: Path, line: str, message: str) -> None:
