@@ -398,6 +398,12 @@ def level_splits(store: Store, level: str, gnn: GNNSection) -> Splits:
         split_of(h, seed=gnn.split_seed, valid_fraction=gnn.valid_fraction, test_fraction=gnn.test_fraction)
         for h in hashes
     ]
+    if "valid" not in splits and splits.count("train") > 1:  # a small level: early stopping needs a validation set
+        moved = len(splits) - 1 - splits[::-1].index("train")
+        splits[moved] = "valid"
+        logger.warning(
+            "%s: no structure fell in the validation split; %s moved there from training", level, hashes[moved]
+        )
     out: Splits = {}
     for name in ("train", "valid", "test"):
         rows = [i for i, s in enumerate(splits) if s == name]

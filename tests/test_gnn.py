@@ -190,3 +190,24 @@ def test_models_move_between_devices(pbesol) -> None:
     assert model.to("auto").device.type == expected
     assert model.to("cpu").device.type == "cpu"
     assert model.predict_graphs(graphs[:3]).shape == (3,)
+
+
+def test_a_small_level_always_gets_a_validation_structure(tmp_path: Path) -> None:
+    """With tiny split fractions no structure may fall in validation; one moves there from training."""
+    from capml_core.config import GNNSection
+    from capml_core.gnn import level_splits
+    from capml_core.store import LabelRecord, Store, StructureRecord
+    from capml_core.structures import quantize, structure_hash
+
+    frames = read(PBESOL_FILE, index=":12")
+    store = Store(tmp_path / "project")
+    records = [StructureRecord(atoms=quantize(a.copy()), structure_hash="", kind="imported") for a in frames]
+    records = [StructureRecord(atoms=r.atoms, structure_hash=structure_hash(r.atoms), kind="imported") for r in records]
+    with store.write() as writer:
+        writer.add_structures(records, run_id=None)
+        writer.add_labels(
+            [LabelRecord(r.structure_hash, "lvl", gap_ev=1.0 + 0.1 * i) for i, r in enumerate(records)], run_id=None
+        )
+    gnn = GNNSection(valid_fraction=0.001, test_fraction=0.001)
+    splits = level_splits(store, "lvl", gnn)
+    assert len(splits["valid"][0]) == 1 and len(splits["train"][0]) == 11 and splits["test"][0] == []
