@@ -25,6 +25,8 @@ from capml_core.store import LabelRecord, Store
 
 logger = logging.getLogger(__name__)
 
+#: Output files of a failed calculation kept besides its ``*.txt`` logs (VASP's own logs).
+LOG_FILES = ("OUTCAR", "OSZICAR")
 #: progress(done, total, last) after each finished calculation; ``last`` is its record.
 ProgressCallback = Callable[[int, int, LabelRecord], None]
 
@@ -90,7 +92,8 @@ def _label_one(level: ReferenceLevel, structure_hash: str, atoms: Atoms, log_dir
 def _keep_log(workdir: Path, log_dir: str | None, structure_hash: str) -> None:
     if log_dir is None:
         return
-    for path in workdir.glob("*.txt"):
+    kept = [*workdir.glob("*.txt"), *(workdir / name for name in LOG_FILES if (workdir / name).is_file())]
+    for path in kept:
         target = Path(log_dir) / f"{structure_hash}-{path.name}"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)

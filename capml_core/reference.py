@@ -417,6 +417,9 @@ class VaspLevel(ReferenceLevel):
         self.write_inputs(atoms, directory)
         start = time.perf_counter()
         finished = subprocess.run(self.command, shell=True, cwd=directory, capture_output=True, text=True)
+        # kept with OUTCAR/OSZICAR in the project's logs/<level>/ when the calculation fails
+        (directory / "vasp-stdout.txt").write_text(finished.stdout)
+        (directory / "vasp-stderr.txt").write_text(finished.stderr)
         if finished.returncode != 0:
             raise CalculationFailed(
                 f"{self.name}: '{self.command}' exited {finished.returncode}: {finished.stderr[-500:]}"

@@ -156,3 +156,15 @@ def test_compute_runs_the_configured_command(potcars: Path, tmp_path: Path) -> N
 def test_vasp_runs_only_with_a_command() -> None:
     assert "no VASP command configured (reference.vasp_pbesol.command)" in VaspPbesol().unavailable_reason()
     assert VaspHsesol(command="srun vasp_std").unavailable_reason() is None
+
+
+def test_a_failed_vasp_run_keeps_its_output_in_the_logs(potcars: Path, tmp_path: Path) -> None:
+    from capml_core.labelling import _label_one
+
+    atoms = read(PBESOL_FILE, index=0)
+    command = "echo 'VERY BAD NEWS: ZBRENT' > OUTCAR; echo 'iteration 1'; echo 'out of memory' >&2; exit 3"
+    record = _label_one(VaspPbesol(command=command), "abc", atoms, str(tmp_path / "logs"))
+    assert record.status == "failed" and "exited 3" in (record.error or "")
+    kept = {p.name: p.read_text() for p in (tmp_path / "logs").iterdir()}
+    assert kept["abc-vasp-stdout.txt"] == "iteration 1\n" and kept["abc-vasp-stderr.txt"] == "out of memory\n"
+    assert "ZBRENT" in kept["abc-OUTCAR"]
