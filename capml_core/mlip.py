@@ -736,8 +736,12 @@ def calculator_forces(calculator) -> ForceFunction:  # noqa: ANN001
     return forces
 
 
-def force_function(level: str, reference, store: Store, *, device: str = "auto") -> ForceFunction:  # noqa: ANN001
+def force_function(  # noqa: ANN001 - reference: ReferenceSection
+    level: str, reference, store: Store, *, device: str = "auto", field: str = "dataset.force_constants_level"
+) -> ForceFunction:
     """Forces (eV/Å) at a reference level (``reference``: the config's section), or from MACE for ``"mace"``.
+
+    A level that gives no forces is refused, naming ``field`` (the config field that chose it).
 
     The MACE model is loaded when the first forces are asked for, so a level that is never used (force
     constants read from files) needs no trained model.
@@ -751,7 +755,15 @@ def force_function(level: str, reference, store: Store, *, device: str = "auto")
             return cache[0](atoms)
 
         return mace_forces
-    from capml_core.reference import get_level
+    from capml_core.reference import LEVELS, get_level
+
+    if level in LEVELS and "forces" not in LEVELS[level].provides:
+        forcing = sorted(name for name, cls in LEVELS.items() if "forces" in cls.provides)
+        provides = ", ".join(LEVELS[level].provides)
+        raise InvalidInputError(
+            f"{field} = {level!r} gives no forces (it provides {provides}); "
+            f"allowed: {', '.join([*forcing, MACE_LEVEL])}"
+        )
 
     def reference_forces(atoms: Atoms) -> np.ndarray:
         result = get_level(level, reference).compute(atoms)
@@ -803,7 +815,7 @@ def fit_mlip(
     phonons = store.query("SELECT * FROM mlip_phonons WHERE model_id = ? ORDER BY end_member", [model.model_id])
     if mlip.validate_phonons and phonons.empty:
         dataset = config.dataset.model_copy(update={"force_constants_level": level})
-        forces = force_function(level, config.reference, store)
+        forces = force_function(level, config.reference, store, field="mlip.level")
         reference_fcs = {
             species: end_member_force_constants(
                 config.system, dataset, species, cache_dir=store.project_dir / "phonons", forces=forces

@@ -157,3 +157,15 @@ def test_generated_structures_survive_an_extxyz_round_trip_with_their_hash(recip
     write(tmp_path / "set.extxyz", [r.atoms for r in records])
     back = read(tmp_path / "set.extxyz", index=":")
     assert [structure_hash(a) for a in back] == [r.structure_hash for r in records]
+
+
+def test_force_constants_need_a_level_that_gives_forces() -> None:
+    from capml_core.config import ReferenceSection
+    from capml_core.errors import InvalidInputError
+    from capml_core.mlip import force_function
+
+    with pytest.raises(InvalidInputError, match="force_constants_level = 'gpaw-gllbsc' gives no forces.*allowed: gpaw"):
+        force_function("gpaw-gllbsc", ReferenceSection(), None)
+    with pytest.raises(InvalidInputError, match="mlip.level = 'vasp-hsesol' gives no forces"):
+        force_function("vasp-hsesol", ReferenceSection(), None, field="mlip.level")
+    assert callable(force_function("gpaw-pbesol", ReferenceSection(), None))  # computes nothing until called
