@@ -665,8 +665,7 @@ class MDSection(Section):
     def _consistent(self) -> MDSection:
         if self.equilibration_ps >= self.duration_ps:
             raise ValueError(
-                f"equilibration_ps: must be shorter than duration_ps = {self.duration_ps} "
-                f"(got {self.equilibration_ps})"
+                f"equilibration_ps: must be shorter than duration_ps = {self.duration_ps} (got {self.equilibration_ps})"
             )
         if self.save_every_steps * self.timestep_fs > 25.0:
             raise ValueError(

@@ -810,6 +810,18 @@ class Store:
         )
         return trials, curve
 
+    def active_learning_results(self) -> pd.DataFrame:
+        """Every frame active learning selected, with its round, the model that ran the MD and its DFT label."""
+        return self.query(
+            """SELECT f.round, f.model_id, f.composition_x, f.temperature_k, f.md_id, f.frame, f.time_fs, f.pair,
+                      f.distance_a, f.training_distance_a, f.distance_a / f.training_distance_a AS ratio,
+                      f.structure_hash, l.status AS label_status, l.energy_ev / s.n_atoms AS energy_ev_per_atom,
+                      l.gap_ev
+               FROM active_learning_frames f JOIN structures s USING (structure_hash)
+               LEFT JOIN labels l ON l.structure_hash = f.structure_hash AND l.level = f.level
+               ORDER BY f.round, f.composition_x, f.temperature_k, f.frame"""
+        )
+
     def mlip_results(self, model_id: str | None = None) -> dict[str, pd.DataFrame]:
         """The latest trained MACE model (or ``model_id``) and its foundation, as four frames.
 

@@ -110,6 +110,12 @@ def mlip_results(path: str) -> dict[str, pd.DataFrame]:
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def active_learning_results(path: str) -> pd.DataFrame:
+    """Frames selected by active learning, per round, with their labels."""
+    return Store(path).active_learning_results()
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
 def arrays(path: str, artifact_id: str) -> dict:
     """Arrays of a stored artifact."""
     return Store(path).load_arrays(artifact_id)

@@ -71,9 +71,15 @@ def test_the_first_frames_that_leave_the_training_contacts_are_selected() -> Non
     assert select_frames(trajectory, reference, distance_fraction=0.5, max_frames=2, min_separation_fs=0.0) == []
 
 
+def _mlip_page() -> None:
+    from dashboard.views.mlip import render_mlip
+
+    render_mlip()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_a_round_labels_the_selected_frames_retrains_mace_and_reruns_md(trained, tmp_path: Path) -> None:
+def test_a_round_labels_the_selected_frames_retrains_mace_and_reruns_md(trained, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     """x = 1 only, hot MD with the tiny MACE, one GPAW PBEsol label per run (250 eV): one real round."""
     from prefect.testing.utilities import prefect_test_harness
 
@@ -134,5 +140,16 @@ def test_a_round_labels_the_selected_frames_retrains_mace_and_reruns_md(trained,
             config_path=str(DEMO_CONFIG), project_dir=str(project), stages=["active-learning"], overrides=overrides
         )
     assert again["active_learning"] == []
+    # the Interatomic potential page lists the round and its frame
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CAPML_PROJECT_DIR", str(project))
+    st.cache_data.clear()
+    at = AppTest.from_function(_mlip_page, default_timeout=60).run()
+    assert not at.exception
+    assert any("Active learning" in h.value for h in at.subheader)
+    rounds = next(d.value for d in at.dataframe if "labelled" in d.value.columns)
+    assert rounds[["round", "frames", "labelled"]].values.tolist() == [[1, 1, 1]] and rounds["closest"][0] < 1.0
     assert store.query("SELECT count(*) AS n FROM labels")["n"][0] == n_labels
     assert len(store.query("SELECT * FROM active_learning_frames")) == 1

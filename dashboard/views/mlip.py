@@ -89,6 +89,8 @@ def render_mlip() -> None:
         )
         column.plotly_chart(figure, width="stretch", key=f"parity_{quantity}_{kind}")
 
+    render_active_learning(path)
+
     st.subheader("Phonons of the end members: MACE vs the reference level")
     phonons = results["phonons"]
     if phonons.empty:
@@ -120,6 +122,42 @@ def render_mlip() -> None:
             width="stretch",
             key=f"dispersion_{row.end_member}",
         )
+
+
+def render_active_learning(path: str) -> None:
+    """Rounds of active learning: which MD frames left the training data, by how much, and their labels."""
+    frames = data.read_or_explain(lambda: data.active_learning_results(path))
+    if frames is None or frames.empty:
+        return
+    st.subheader("Active learning: MD frames outside the training data")
+    rounds = frames.groupby(["round", "model_id"], as_index=False).agg(
+        frames=("frame", "size"), labelled=("label_status", lambda s: int((s == "ok").sum())), closest=("ratio", "min")
+    )
+    st.caption(
+        "Per round, the MD runs of the model in `model_id` were scanned; a frame is selected when a pair of species "
+        "came closer than the configured fraction of the shortest distance of that pair in the training data "
+        "(`ratio` = distance / training distance). The labelled frames train the next model."
+    )
+    st.dataframe(rounds.round(3), hide_index=True, width="stretch")
+    st.dataframe(
+        frames[
+            [
+                "round",
+                "composition_x",
+                "temperature_k",
+                "time_fs",
+                "pair",
+                "distance_a",
+                "training_distance_a",
+                "ratio",
+                "label_status",
+                "energy_ev_per_atom",
+                "gap_ev",
+            ]
+        ].round(4),
+        hide_index=True,
+        width="stretch",
+    )
 
 
 def dispersion_figure(arrays: dict[str, np.ndarray], *, title: str, reference: str) -> go.Figure:
