@@ -291,15 +291,14 @@ def relax_job(model_path: str, device: str, atoms: Atoms, mode: str, fmax: float
 
 def scan_id_for(system: SystemSection, disorder: DisorderSection, model_id: str) -> str:
     """Content id of a scan: the system, the scan settings (not workers/device) and the MACE model."""
-    import hashlib
-    import json
+    from capml_core.provenance import content_key
 
     payload = {
         "system": system.model_dump(mode="json"),
         "disorder": disorder.model_dump(mode="json", exclude={"workers", "device"}),
         "model_id": model_id,
     }
-    return "disorder-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    return "disorder-" + content_key(payload)
 
 
 @dataclass(frozen=True)

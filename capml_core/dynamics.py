@@ -76,7 +76,9 @@ def md_job_id(structure_hash: str, temperature_k: float, md: MDSection, model_id
         "md": md.model_dump(mode="json", exclude={"workers", "device", "temperatures_k"}),
         "model_id": model_id,
     }
-    return "md-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    from capml_core.provenance import content_key
+
+    return "md-" + content_key(payload)
 
 
 # ------------------------------------------------------------------------------------------- trajectory file

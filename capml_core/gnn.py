@@ -692,7 +692,7 @@ def gnn_stage_key(store: Store, gnn: GNNSection, *, cheap_level: str, high_level
     The same key means the same search, ensemble and learning curve, so a re-run reuses them; a new label,
     a changed gap or a changed setting gives a new key (12 hex digits of a SHA-256).
     """
-    import hashlib
+    from capml_core.provenance import content_key
 
     payload: dict[str, Any] = {
         "gnn": gnn.model_dump(mode="json"),
@@ -705,7 +705,7 @@ def gnn_stage_key(store: Store, gnn: GNNSection, *, cheap_level: str, high_level
         payload[level] = [
             [h, round(float(g), 8)] for h, g in zip(frame["structure_hash"], frame["gap_ev"], strict=True)
         ]
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    return content_key(payload)
 
 
 def latest_ensemble(store: Store) -> tuple[str, str]:

@@ -31,6 +31,7 @@ from ase import Atoms
 from capml_core.config import MLIPSection
 from capml_core.errors import CalculationFailed, CapmlError, DatasetError, InvalidInputError, NotComputedError
 from capml_core.evaluation import error_metrics, split_of
+from capml_core.provenance import content_key
 from capml_core.store import Store
 from capml_core.types import DATASET_KIND_SQL
 
@@ -328,7 +329,7 @@ def model_id_for(
         "train": [s.structure_hash for s in splits["train"]],
         "valid": [s.structure_hash for s in splits["valid"]],
     }
-    return "mace-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    return "mace-" + content_key(payload)
 
 
 _EPOCH_LINE = re.compile(r"Epoch (\d+):")

@@ -7,6 +7,8 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, get_args
 
@@ -375,6 +377,17 @@ def _bar(what: str) -> Progress:
     )
 
 
+@contextmanager
+def _two_bars(first: str, second: str) -> Iterator[tuple[Callable[[int, int], None], Callable[[int, int], None]]]:
+    """Two progress bars (a stage's own work and its DFT checks); yields their ``progress(done, total)`` callbacks."""
+    with _bar("{task.description}") as bar:
+
+        def updater(task: int) -> Callable[[int, int], None]:
+            return lambda done, total: bar.update(task, completed=done, total=total)
+
+        yield updater(bar.add_task(first, total=None)), updater(bar.add_task(second, total=None))
+
+
 @data_app.command("summary")
 def data_summary(config: ConfigOption = None, project: ProjectOption = None) -> None:
     """Structures, labels per level and gap ranges in the store."""
@@ -696,13 +709,9 @@ def gaps(
 
     try:
         loaded = load_config(config, project_dir=project)
-        with _bar("{task.description}") as bar:
-            runs_id, dft_id = bar.add_task("MD runs", total=None), bar.add_task("DFT checks", total=None)
+        with _two_bars("MD runs", "DFT checks") as (runs_done, dft_done):
             result = run_bandgap_stage(
-                Store(loaded.project_dir),
-                loaded.config,
-                progress=lambda done, total: bar.update(runs_id, completed=done, total=total),
-                reference_progress=lambda done, total: bar.update(dft_id, completed=done, total=total),
+                Store(loaded.project_dir), loaded.config, progress=runs_done, reference_progress=dft_done
             )
     except CapmlError as err:
         _fail(err)
@@ -745,13 +754,9 @@ def modes(
 
     try:
         loaded = load_config(config, project_dir=project)
-        with _bar("{task.description}") as bar:
-            pairs_id, dft_id = bar.add_task("structures x T", total=None), bar.add_task("DFT checks", total=None)
+        with _two_bars("structures x T", "DFT checks") as (pairs_done, dft_done):
             result = run_mode_stage(
-                Store(loaded.project_dir),
-                loaded.config,
-                progress=lambda done, total: bar.update(pairs_id, completed=done, total=total),
-                reference_progress=lambda done, total: bar.update(dft_id, completed=done, total=total),
+                Store(loaded.project_dir), loaded.config, progress=pairs_done, reference_progress=dft_done
             )
     except CapmlError as err:
         _fail(err)
