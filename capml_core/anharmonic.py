@@ -497,7 +497,9 @@ def _run_dynaphopy(
 
 
 # ------------------------------------------------------------------------------------------- verdict
-def stability_verdict(result: AnharmonicPhonons, *, tolerance_thz: float = 0.1) -> tuple[bool, str]:
+def stability_verdict(
+    result: AnharmonicPhonons, *, tolerance_thz: float = 0.1, thermostat_broadening_thz: float = 0.0
+) -> tuple[bool, str]:
     """Is the structure dynamically stable at the MD temperature? Returns (stable, one-line reason).
 
     DynaPhoPy fits peaks of power spectra, which lie at |ω| ≥ 0: a harmonic-imaginary mode that anharmonicity
@@ -507,6 +509,11 @@ def stability_verdict(result: AnharmonicPhonons, *, tolerance_thz: float = 0.1) 
     lies above ``tolerance_thz`` (THz; a peak at ~0 or a negative fitted position means no restoring force) and
     (3) it is under-damped, FWHM < 2 × peak (a damped oscillator with γ ≥ 2ω0 does not oscillate; its spectrum
     is centred at zero). Stable when all are; the three acoustic modes are excluded.
+
+    ``thermostat_broadening_thz`` (THz) is the width a Langevin thermostat adds to every mode (γ/2π for a
+    friction γ): the damping test uses the anharmonic linewidth net of it, FWHM − γ/2π < 2 × peak, so that the
+    thermostat alone does not make a soft but real mode (peak below γ/4π, 0.4 THz for the paper's friction)
+    count as overdamped.
     """
     n = len(result.harmonic_thz)
     modes = np.array([i for i in range(n) if i not in set(result.acoustic_modes)], dtype=int)
@@ -515,7 +522,8 @@ def stability_verdict(result: AnharmonicPhonons, *, tolerance_thz: float = 0.1) 
     harmonic = result.harmonic_thz[modes]
     failed = ~np.isfinite(peaks)
     soft = ~failed & (peaks <= tolerance_thz)
-    overdamped = ~failed & ~soft & (widths >= 2.0 * peaks)
+    net_widths = widths - thermostat_broadening_thz
+    overdamped = ~failed & ~soft & (net_widths >= 2.0 * peaks)
     bad = failed | soft | overdamped
     t = f"{result.temperature_k:g} K"
 
@@ -524,7 +532,8 @@ def stability_verdict(result: AnharmonicPhonons, *, tolerance_thz: float = 0.1) 
         h_text = f"{abs(h):.2f}i" if h < 0 else f"{h:.2f}"
         if failed[k]:
             return f"mode {modes[k]} (harmonic {h_text} THz: no Lorentzian fitted)"
-        return f"mode {modes[k]} (harmonic {h_text} → {peaks[k]:.2f} THz, FWHM {widths[k]:.2f} THz)"
+        net = f", {net_widths[k]:.2f} net of the thermostat" if thermostat_broadening_thz else ""
+        return f"mode {modes[k]} (harmonic {h_text} → {peaks[k]:.2f} THz, FWHM {widths[k]:.2f} THz{net})"
 
     stabilised = int(np.sum((harmonic < -tolerance_thz) & ~bad))
     if np.any(bad):

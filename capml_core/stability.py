@@ -10,7 +10,8 @@ broke the structure, a fit failed everywhere) counts as unstable, with the error
 
 The spectral resolution is ``phonons.resolution_thz`` or, for a short run, 1.05 / (production time), the
 finest the trajectory allows. The Langevin thermostat adds about γ/2π to every linewidth; it is stored next to
-the linewidths (``thermostat_broadening_thz``) so they can be read net of it. Units: THz, K, ps.
+the linewidths (``thermostat_broadening_thz``) so they can be read net of it, and the verdict's damping test
+uses the net linewidths. Units: THz, K, ps.
 """
 
 from __future__ import annotations
@@ -37,11 +38,16 @@ class StabilityResult:
     reason: str
 
 
+#: Version of the verdict rule (:func:`capml_core.anharmonic.stability_verdict`); part of the settings key, so a
+#: new rule recomputes stored verdicts. 2: damping judged net of the thermostat's broadening.
+VERDICT_RULE = 2
+
+
 def phonon_settings_key(phonons) -> str:  # noqa: ANN001 - PhononsSection
-    """Key of the settings a verdict depends on (all of ``[phonons]`` but the gate, which is applied on read)."""
+    """Key of what a verdict depends on: all of ``[phonons]`` but the gate (applied on read), and the rule's version."""
     from capml_core.provenance import content_key
 
-    return content_key(phonons.model_dump(mode="json", exclude={"gate"}))
+    return content_key({**phonons.model_dump(mode="json", exclude={"gate"}), "verdict_rule": VERDICT_RULE})
 
 
 def run_phonon_stage(
@@ -102,7 +108,9 @@ def run_phonon_stage(
                 resolution_thz=resolution,
                 frames=frames,
             )
-            stable, reason = stability_verdict(result, tolerance_thz=phonons.stability_tolerance_thz)
+            stable, reason = stability_verdict(
+                result, tolerance_thz=phonons.stability_tolerance_thz, thermostat_broadening_thz=thermostat
+            )
             optical = np.setdiff1d(np.arange(len(result.harmonic_thz)), result.acoustic_modes)
             saved = {
                 "harmonic_thz": result.harmonic_thz,

@@ -206,6 +206,16 @@ def test_unstable_verdicts_name_the_modes() -> None:
     # over-damped: FWHM above twice the peak
     stable, reason = stability_verdict(result([0, 0, 0, 0.4, 2.1, 3.0, 4.1, 5.2], [0, 0, 0, 1.2, 0.2, 0.2, 0.3, 0.3]))
     assert not stable and "1 overdamped" in reason
+    # the same spectrum from Langevin MD with γ/2π = 0.8 THz: 0.4 THz net of the thermostat, under-damped
+    stable, reason = stability_verdict(
+        result([0, 0, 0, 0.4, 2.1, 3.0, 4.1, 5.2], [0, 0, 0, 1.2, 1.0, 1.0, 1.1, 1.1]), thermostat_broadening_thz=0.8
+    )
+    assert stable, reason
+    # ... but not when the net width still exceeds twice the peak
+    stable, reason = stability_verdict(
+        result([0, 0, 0, 0.4, 2.1, 3.0, 4.1, 5.2], [0, 0, 0, 1.7, 1.0, 1.0, 1.1, 1.1]), thermostat_broadening_thz=0.8
+    )
+    assert not stable and "1 overdamped" in reason and "0.90 net of the thermostat" in reason
     # a negative fitted peak position is soft too; the acoustic modes never count
     stable, reason = stability_verdict(result([9, 9, 9, -0.5, 2.1, 3.0, 4.1, 5.2], [9, 9, 9, 0.3, 0.2, 0.2, 0.3, 0.3]))
     assert not stable and "1 of 5 modes" in reason
