@@ -49,7 +49,10 @@ def test_bundled_frames_are_recipe_structures_with_sound_labels(level: str, reci
             forces = frame.arrays["REF_forces"]
             assert np.all(np.isfinite(forces)) and np.all(np.isfinite(frame.info["REF_stress"]))
             assert np.abs(forces.sum(axis=0)).max() < 0.05  # Newton's third law, up to plane-wave noise
-        assert {f.info["composition_x"] for f in frames} == {k / 8 for k in range(9)}  # every composition
+    # every composition and every temperature of the recipe is represented
+    assert {f.info["composition_x"] for f in frames} == {k / 8 for k in range(9)}
+    thermal = {f.info["temperature_k"] for f in frames if f.info["config_type"] == "thermal"}
+    assert thermal == {100.0, 200.0, 300.0, 400.0, 500.0, 600.0}
 
 
 @pytest.mark.slow
