@@ -490,6 +490,13 @@ class GNNSection(Section):
         default_factory=lambda: [0.25, 0.5, 0.75, 1.0],
         description="Fractions of the cheap level's training split for the learning curve (empty: none).",
     )
+    baseline_architecture: GNNArchitectureName | None = Field(
+        default=None,
+        description="With a search: also train this architecture (e.g. 'paper') with the config's learning rate "
+        "and batch size as a second ensemble on the same splits and seeds (id baseline-<key>), so the search's "
+        "best is compared with it on the same test structures; not trained when the search's best is that very "
+        "setting. None: no baseline.",
+    )
 
 
 class MLIPSection(Section):

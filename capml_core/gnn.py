@@ -24,6 +24,7 @@ from capml_core.config import GNNSection
 from capml_core.errors import InvalidInputError, NotComputedError
 from capml_core.evaluation import error_metrics, split_of
 from capml_core.graphs import Normaliser, PeriodicGraph, build_graph, element_table
+from capml_core.store import GNN_BASELINE_PREFIX as BASELINE_PREFIX
 from capml_core.store import Store
 
 logger = logging.getLogger(__name__)
@@ -595,7 +596,8 @@ def train_two_stage(
     for member in range(gnn.ensemble_size):
         member_seed = seed * 1000 + member
         if keyed:
-            model_id = f"gnn-{gnn.architecture}-{ensemble_id.removeprefix('ensemble-')}-{member}"
+            suffix = ensemble_id.removeprefix("ensemble-")
+            model_id = f"gnn-{gnn.architecture}-{suffix}-{member}"
             if _reuse_member(store, model_id, data, test_predictions, tests, first=member == 0):
                 logger.info("GNN member %s already trained: reused", model_id)
                 model_ids.append(model_id)
@@ -708,10 +710,17 @@ def gnn_stage_key(store: Store, gnn: GNNSection, *, cheap_level: str, high_level
     return content_key(payload)
 
 
+#: SQL condition on ``gnn_models`` rows: models of the project's ensembles, baselines excluded.
+_NOT_BASELINE = f"NOT starts_with(ensemble_id, '{BASELINE_PREFIX}')"
+
+
 def latest_ensemble(store: Store) -> tuple[str, str]:
-    """The newest trained ensemble: (ensemble id, the level its gaps are at: high level if fine-tuned)."""
+    """The newest trained ensemble: (ensemble id, the level its gaps are at: high level if fine-tuned).
+
+    Baseline ensembles (``gnn.baseline_architecture``) are comparisons, never the model later stages use.
+    """
     rows = store.query(
-        """SELECT ensemble_id, coalesce(high_level, cheap_level) AS level FROM gnn_models
+        f"""SELECT ensemble_id, coalesce(high_level, cheap_level) AS level FROM gnn_models WHERE {_NOT_BASELINE}
            ORDER BY created_at DESC LIMIT 1"""
     )
     if rows.empty:
@@ -731,8 +740,9 @@ def load_ensemble(store: Store, model_ids: Sequence[str] | None = None) -> list[
     """The models of the latest trained ensemble (or the given ids) from a store."""
     if model_ids is None:
         rows = store.query(
-            """SELECT relpath FROM gnn_models WHERE ensemble_id =
-                 (SELECT ensemble_id FROM gnn_models ORDER BY created_at DESC LIMIT 1) ORDER BY ensemble_index"""
+            f"""SELECT relpath FROM gnn_models WHERE ensemble_id =
+                 (SELECT ensemble_id FROM gnn_models WHERE {_NOT_BASELINE} ORDER BY created_at DESC LIMIT 1)
+               ORDER BY ensemble_index"""
         )
         if rows.empty:
             raise NotComputedError(f"{store.path}: no trained GNN yet (capml gnn train)")
@@ -743,11 +753,12 @@ def load_ensemble(store: Store, model_ids: Sequence[str] | None = None) -> list[
 
 @dataclass(frozen=True)
 class GNNStageResult:
-    """The gnn stage: optional search (best first), the two-stage ensemble, optional learning curve."""
+    """The gnn stage: optional search (best first), the two-stage ensemble, optional learning curve and baseline."""
 
     search: list[Trial]
     ensemble: TwoStageResult
     curve: list[tuple[int, Metrics]]
+    baseline: TwoStageResult | None = None
 
 
 def fit_band_gap_model(
@@ -760,6 +771,10 @@ def fit_band_gap_model(
     seed: int = 0,
 ) -> GNNStageResult:
     """Search (if ``gnn.search_architectures``), train and fine-tune the ensemble, then the learning curve.
+
+    With a search and ``gnn.baseline_architecture``, that architecture (with the config's learning rate and
+    batch size) is trained as a second ensemble ``baseline-<key>`` on the same splits with the same seeds, first,
+    so the newest ensemble stays the search's best; it is skipped when the search's best is that setting.
 
     Content-keyed (:func:`gnn_stage_key`): the search, ensemble and curve ids derive from the settings and the
     gaps, so a re-run on unchanged data reuses them (nothing retrained) and an interrupted run resumes at the
@@ -776,6 +791,23 @@ def fit_band_gap_model(
             "learning_rate": best.learning_rate,
             "batch_size": best.batch_size,
         }
+    baseline = None
+    name = gnn.baseline_architecture
+    if trials and name is not None:
+        best = trials[0]
+        if (best.architecture, best.learning_rate, best.batch_size) == (name, gnn.learning_rate, gnn.batch_size):
+            logger.info("GNN baseline %s is the search's best: no separate baseline", name)
+        else:
+            baseline = train_two_stage(
+                store,
+                gnn,
+                cheap_level=cheap_level,
+                high_level=high_level,
+                run_id=run_id,
+                seed=seed,
+                architecture_name=name,
+                ensemble_id=f"{BASELINE_PREFIX}{key}",
+            )
     ensemble = train_two_stage(
         store,
         gnn,
@@ -797,4 +829,4 @@ def fit_band_gap_model(
             seed=seed,
             curve_id=f"curve-{key}",
         )
-    return GNNStageResult(trials, ensemble, curve)
+    return GNNStageResult(trials, ensemble, curve, baseline)

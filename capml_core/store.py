@@ -73,6 +73,9 @@ STORE_FILENAME = "capml.duckdb"
 ARTIFACTS_DIRNAME = "artifacts"
 #: Version of the schema this code writes. Bump it and append a migration to change the schema.
 SCHEMA_VERSION = 10
+#: Ensemble ids of GNN baselines (``gnn.baseline_architecture``) start with this: comparisons, never the model
+#: later stages use.
+GNN_BASELINE_PREFIX = "baseline-"
 
 _SCHEMA_V1 = [
     "CREATE TABLE schema_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
@@ -776,9 +779,12 @@ class Store:
         )
 
     def gnn_results(self, ensemble_id: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Metrics and per-structure predictions of one GNN ensemble (default: the latest trained)."""
+        """Metrics and per-structure predictions of one GNN ensemble (default: the latest trained, not a baseline)."""
         if ensemble_id is None:
-            latest = self.query("SELECT ensemble_id FROM gnn_models ORDER BY created_at DESC LIMIT 1")
+            latest = self.query(
+                f"""SELECT ensemble_id FROM gnn_models WHERE NOT starts_with(ensemble_id, '{GNN_BASELINE_PREFIX}')
+                   ORDER BY created_at DESC LIMIT 1"""
+            )
             if latest.empty:
                 return pd.DataFrame(), pd.DataFrame()
             ensemble_id = latest["ensemble_id"][0]
@@ -795,6 +801,38 @@ class Store:
             [ensemble_id],
         )
         return metrics, predictions
+
+    def gnn_baseline_comparison(self) -> pd.DataFrame:
+        """Test metrics of the latest ensemble and of its baseline (``gnn.baseline_architecture``) side by side.
+
+        One row per (ensemble, stage): ``role`` ('search best' or 'baseline'), architecture, n, and the MAE, RMSE
+        (eV) and R² of the ensemble-mean predictions on the test split (the same structures for both). Empty
+        when the latest ensemble has no baseline.
+        """
+        latest = self.gnn_results()[1]
+        if latest.empty:
+            return pd.DataFrame()
+        ensemble_id = self.query(
+            f"""SELECT ensemble_id FROM gnn_models WHERE NOT starts_with(ensemble_id, '{GNN_BASELINE_PREFIX}')
+               ORDER BY created_at DESC LIMIT 1"""
+        )["ensemble_id"][0]
+        baseline_id = GNN_BASELINE_PREFIX + ensemble_id.removeprefix("ensemble-")
+        return self.query(
+            """WITH mean AS (
+                 SELECT g.ensemble_id, any_value(g.architecture) AS architecture, p.stage, p.structure_hash,
+                        any_value(p.reference_ev) AS reference_ev, avg(p.predicted_ev) AS predicted_ev
+                 FROM gnn_predictions p JOIN gnn_models g USING (model_id)
+                 WHERE g.ensemble_id IN (?, ?) AND p.split = 'test' GROUP BY g.ensemble_id, p.stage, p.structure_hash)
+               SELECT CASE WHEN ensemble_id = ? THEN 'search best' ELSE 'baseline' END AS role, ensemble_id,
+                      any_value(architecture) AS architecture, stage, count(*) AS n,
+                      avg(abs(predicted_ev - reference_ev)) AS mae_ev,
+                      sqrt(avg((predicted_ev - reference_ev) ^ 2)) AS rmse_ev,
+                      1 - sum((predicted_ev - reference_ev) ^ 2) / nullif(regr_sxx(reference_ev, reference_ev), 0) AS r2
+               FROM mean GROUP BY ensemble_id, stage
+               HAVING (SELECT count(DISTINCT ensemble_id) FROM mean) = 2
+               ORDER BY stage, role DESC""",
+            [ensemble_id, baseline_id, ensemble_id],
+        )
 
     def gnn_search_and_curve(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Trials of the latest hyperparameter search (by rank) and the latest learning curve."""

@@ -98,6 +98,12 @@ def gnn_results(path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def gnn_baseline_comparison(path: str) -> pd.DataFrame:
+    """Test metrics of the latest ensemble next to its baseline's (same test structures)."""
+    return Store(path).gnn_baseline_comparison()
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
 def gnn_search_and_curve(path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Latest hyperparameter search and learning curve."""
     return Store(path).gnn_search_and_curve()

@@ -456,6 +456,12 @@ def gnn_train(
             f"  {stage} level, test split (n = {m.n}): MAE {m.mae_ev:.3f} eV, RMSE {m.rmse_ev:.3f} eV, "
             f"R² {m.r2:.3f}, max error {m.max_error_ev:.3f} eV"
         )
+    if result.baseline is not None:
+        console.print(
+            f"baseline {result.baseline.ensemble_id} ({loaded.config.gnn.baseline_architecture}, same splits and seeds):"
+        )
+        for stage, m in result.baseline.ensemble_test_metrics.items():
+            console.print(f"  {stage} level, test split (n = {m.n}): MAE {m.mae_ev:.3f} eV, R² {m.r2:.3f}")
     for n, m in result.curve:
         console.print(f"learning curve: {n} training structures -> test MAE {m.mae_ev:.3f} eV")
 

@@ -192,6 +192,15 @@ def train_gnn(loaded: LoadedConfig, store: Store, run_id: str) -> GNNStageResult
         )
     for stage, m in result.ensemble.ensemble_test_metrics.items():
         logger.info("GNN %s level test: MAE %.3f eV, R² %.3f (n = %d)", stage, m.mae_ev, m.r2, m.n)
+    if result.baseline is not None:
+        for stage, m in result.baseline.ensemble_test_metrics.items():
+            logger.info(
+                "GNN baseline %s, %s level test: MAE %.3f eV, R² %.3f (same structures)",
+                loaded.config.gnn.baseline_architecture,
+                stage,
+                m.mae_ev,
+                m.r2,
+            )
     for n, m in result.curve:
         logger.info("GNN learning curve: %d training structures -> test MAE %.3f eV", n, m.mae_ev)
     return result

@@ -16,6 +16,7 @@ from capml_core.gnn import (
     TrainingSettings,
     build_model,
     compute_metrics,
+    latest_ensemble,
     new_model,
     predict_gaps,
     split_of,
@@ -166,6 +167,7 @@ def test_search_picks_by_validation_and_the_curve_records_what_data_buys(demo_st
             "patience": 20,
             "search_architectures": ["paper", "mean-pool"],
             "learning_curve_fractions": [0.3, 1.0],
+            "baseline_architecture": "three-layer",  # not searched: always trained as the comparison
         }
     )
     store = Store(demo_store_copy)
@@ -173,8 +175,25 @@ def test_search_picks_by_validation_and_the_curve_records_what_data_buys(demo_st
     assert [t.valid.mae_ev for t in result.search] == sorted(t.valid.mae_ev for t in result.search)
     trials = store.query("SELECT architecture, rank, valid_mae_ev FROM gnn_trials ORDER BY rank")
     assert trials["rank"].tolist() == [1, 2] and set(trials["architecture"]) == {"paper", "mean-pool"}
-    used = store.query("SELECT architecture FROM gnn_models")["architecture"].tolist()
-    assert used == [result.search[0].architecture]  # the ensemble uses the search's best
+    models = store.query("SELECT ensemble_id, architecture FROM gnn_models ORDER BY created_at")
+    assert models["architecture"].tolist() == ["three-layer", result.search[0].architecture]  # baseline first
+    assert models["ensemble_id"].tolist() == [result.baseline.ensemble_id, result.ensemble.ensemble_id]
+    assert result.baseline.ensemble_id.startswith("baseline-")
+    # the baseline is a comparison: later stages and the dashboard's metrics use the search's best
+    assert latest_ensemble(store)[0] == result.ensemble.ensemble_id
+    assert set(store.gnn_results()[0]["model_id"]) == set(result.ensemble.model_ids)
+    comparison = store.gnn_baseline_comparison().set_index(["role", "stage"])
+    for role, trained in (("search best", result.ensemble), ("baseline", result.baseline)):
+        for stage, m in trained.ensemble_test_metrics.items():
+            row = comparison.loc[(role, stage)]
+            assert row["n"] == m.n and row["mae_ev"] == pytest.approx(m.mae_ev, abs=1e-9)
+            assert row["r2"] == pytest.approx(m.r2, abs=1e-9)
+    # the same test structures for both
+    tests = store.query(
+        """SELECT g.ensemble_id, list(DISTINCT p.structure_hash ORDER BY p.structure_hash) AS hashes
+           FROM gnn_predictions p JOIN gnn_models g USING (model_id) WHERE p.split = 'test' GROUP BY ALL"""
+    )
+    assert len(tests) == 2 and list(tests["hashes"].iloc[0]) == list(tests["hashes"].iloc[1])
     sizes = [n for n, _ in result.curve]
     assert sizes == sorted(sizes) and sizes[-1] > 2 * sizes[0]
     curve = store.query("SELECT n_train, test_mae_ev FROM gnn_learning_curve ORDER BY n_train")
