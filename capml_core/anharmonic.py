@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from capml_core.errors import CalculationFailed, CapmlError, InvalidInputError
+from capml_core.errors import CalculationFailed, CapmlError, InvalidInputError, SitesLeftError
 
 logger = logging.getLogger(__name__)
 
@@ -249,9 +249,12 @@ def _validate(
         limit = SITE_TOLERANCE * float(distances.min())
         worst = int(np.argmax(offset))
         if offset[worst] > limit:
-            raise InvalidInputError(
+            raise SitesLeftError(
                 f"atom {worst} sits {offset[worst]:.2f} Å from its site in the force-constant cell on average (limit "
-                f"{limit:.2f} Å): the trajectory's atom order differs from the cell's, or atoms left their sites"
+                f"{limit:.2f} Å): the trajectory's atom order differs from the cell's, or atoms left their sites",
+                atom=worst,
+                offset_a=float(offset[worst]),
+                limit_a=limit,
             )
     return {
         "time_ps": time_fs * 1e-3,

@@ -33,3 +33,16 @@ class CalculationFailed(CapmlError):
 
 class NotComputedError(CapmlError):
     """A result was requested whose producing step has not run yet (the message says which)."""
+
+
+class SitesLeftError(InvalidInputError):
+    """An MD trajectory's mean positions are not the sites of the reference cell (distortion, diffusion, order).
+
+    Attributes: ``atom`` (index), ``offset_a`` (Å, mean distance from its site), ``limit_a`` (Å).
+    """
+
+    def __init__(self, message: str, *, atom: int, offset_a: float, limit_a: float):
+        super().__init__(message)
+        self.atom = atom
+        self.offset_a = offset_a
+        self.limit_a = limit_a

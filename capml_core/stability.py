@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from capml_core.errors import CapmlError
+from capml_core.errors import CapmlError, SitesLeftError
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +137,13 @@ def run_phonon_stage(
                     if np.isfinite(result.linewidths_thz[optical]).any()
                     else None,
                 }
+            )
+        except SitesLeftError as err:  # the run started from this very structure: the atom order is right
+            symbol = atoms[err.atom].symbol
+            stable, reason = False, (
+                f"unstable at {run.temperature_k:g} K: the structure does not oscillate about its 0 K sites: atom "
+                f"{err.atom} ({symbol}) sits {err.offset_a:.2f} Å from its site on average (limit {err.limit_a:.2f} "
+                "Å), so it distorts to another structure or atoms diffuse (no renormalised phonons about these sites)"
             )
         except CapmlError as err:  # a broken MD, a failed analysis: unstable, with the reason
             stable, reason = False, f"no renormalised phonons: {err}"

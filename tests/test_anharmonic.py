@@ -23,7 +23,7 @@ from capml_core.anharmonic import (
     renormalised_phonons,
     stability_verdict,
 )
-from capml_core.errors import CalculationFailed, InvalidInputError
+from capml_core.errors import CalculationFailed, InvalidInputError, SitesLeftError
 from capml_core.phonons import compute_force_constants, gamma_frequencies_thz
 
 TIMESTEP_FS = 5.0
@@ -308,6 +308,13 @@ def test_bad_inputs_are_rejected(copper, cold) -> None:
     )
     with pytest.raises(InvalidInputError, match="atom order differs"):
         renormalised_phonons(cell, fc, shuffled, **call)
+    # one atom displaced for good (a distortion): the error says which and how far, for the stage's verdict
+    moved = cold["positions_a"].copy()
+    moved[:, 7] += [1.2, 0.0, 0.0]
+    with pytest.raises(SitesLeftError) as caught:
+        renormalised_phonons(cell, fc, _with(cold, positions_a=moved), **call)
+    assert caught.value.atom == 7 and caught.value.offset_a == pytest.approx(1.2, abs=0.1)
+    assert caught.value.limit_a < 1.2
     with pytest.raises(InvalidInputError, match=r"cell differs from the force-constant cell"):
         renormalised_phonons(cell, fc, _with(cold, cell_a=cold["cell_a"] * 1.01), **call)
     with pytest.raises(InvalidInputError, match=r"500 frames 5 fs apart .* at least 2000 frames \(10 ps\)"):
