@@ -458,7 +458,8 @@ def gnn_train(
         )
     if result.baseline is not None:
         console.print(
-            f"baseline {result.baseline.ensemble_id} ({loaded.config.gnn.baseline_architecture}, same splits and seeds):"
+            f"baseline {result.baseline.ensemble_id} ({loaded.config.gnn.baseline_architecture}, "
+            "same splits and seeds):"
         )
         for stage, m in result.baseline.ensemble_test_metrics.items():
             console.print(f"  {stage} level, test split (n = {m.n}): MAE {m.mae_ev:.3f} eV, R² {m.r2:.3f}")
