@@ -139,14 +139,12 @@ def run_phonon_stage(
                 }
             )
         except SitesLeftError as err:  # the run started from this very structure: the atom order is right
-            symbol = atoms[err.atom].symbol
-            stable, reason = (
-                False,
-                (
-                    f"unstable at {run.temperature_k:g} K: the structure does not oscillate about its 0 K sites: atom "
-                    f"{err.atom} ({symbol}) sits {err.offset_a:.2f} Å from its site on average (limit {err.limit_a:.2f} "
-                    "Å), so it distorts to another structure or atoms diffuse (no renormalised phonons about these sites)"
-                ),
+            stable = False
+            reason = (
+                f"unstable at {run.temperature_k:g} K: the structure does not oscillate about its 0 K sites: "
+                f"atom {err.atom} ({atoms[err.atom].symbol}) sits {err.offset_a:.2f} Å from its site on average "
+                f"(limit {err.limit_a:.2f} Å), so it distorts to another structure or atoms diffuse (no renormalised "
+                "phonons about these sites)"
             )
         except CapmlError as err:  # a broken MD, a failed analysis: unstable, with the reason
             stable, reason = False, f"no renormalised phonons: {err}"
