@@ -778,16 +778,19 @@ class Store:
                ORDER BY l.created_at DESC"""
         )
 
+    def latest_gnn_ensemble_id(self) -> str | None:
+        """Id of the newest trained GNN ensemble, baselines excluded; None when there is none."""
+        latest = self.query(
+            f"""SELECT ensemble_id FROM gnn_models WHERE NOT starts_with(ensemble_id, '{GNN_BASELINE_PREFIX}')
+               ORDER BY created_at DESC LIMIT 1"""
+        )
+        return None if latest.empty else str(latest["ensemble_id"][0])
+
     def gnn_results(self, ensemble_id: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Metrics and per-structure predictions of one GNN ensemble (default: the latest trained, not a baseline)."""
+        ensemble_id = ensemble_id or self.latest_gnn_ensemble_id()
         if ensemble_id is None:
-            latest = self.query(
-                f"""SELECT ensemble_id FROM gnn_models WHERE NOT starts_with(ensemble_id, '{GNN_BASELINE_PREFIX}')
-                   ORDER BY created_at DESC LIMIT 1"""
-            )
-            if latest.empty:
-                return pd.DataFrame(), pd.DataFrame()
-            ensemble_id = latest["ensemble_id"][0]
+            return pd.DataFrame(), pd.DataFrame()
         metrics = self.query(
             """SELECT g.ensemble_index, m.* FROM gnn_metrics m JOIN gnn_models g USING (model_id)
                WHERE g.ensemble_id = ? ORDER BY m.stage, m.split, g.ensemble_index""",
@@ -809,13 +812,9 @@ class Store:
         (eV) and R² of the ensemble-mean predictions on the test split (the same structures for both). Empty
         when the latest ensemble has no baseline.
         """
-        latest = self.gnn_results()[1]
-        if latest.empty:
+        ensemble_id = self.latest_gnn_ensemble_id()
+        if ensemble_id is None:
             return pd.DataFrame()
-        ensemble_id = self.query(
-            f"""SELECT ensemble_id FROM gnn_models WHERE NOT starts_with(ensemble_id, '{GNN_BASELINE_PREFIX}')
-               ORDER BY created_at DESC LIMIT 1"""
-        )["ensemble_id"][0]
         baseline_id = GNN_BASELINE_PREFIX + ensemble_id.removeprefix("ensemble-")
         return self.query(
             """WITH mean AS (
