@@ -53,6 +53,11 @@ LORENTZIAN = 0
 #: Atoms whose mean position is farther than this fraction of the shortest interatomic distance from their site
 #: in the force-constant cell mean a different atom order (or atoms that left their sites).
 SITE_TOLERANCE = 0.35
+#: Above this time-averaged distance from its site (Å) an atom is named in a verdict: the structure sits in a
+#: distorted well (thermal motion about a site averages to ~0.1 Å or less over a few ps).
+SITE_OFFSET_CAUTION_A = 0.2
+#: Fits narrower than this fraction of the thermostat's broadening γ/2π are named in a verdict as uncertain.
+NARROW_FIT_FRACTION = 0.75
 #: Default upper limit of the spectra relative to the highest harmonic frequency (DynaPhoPy uses 1.2 too).
 FREQUENCY_MARGIN = 1.2
 #: (amu Å²/fs²) -> eV
@@ -90,6 +95,11 @@ class AnharmonicPhonons:
         (eV/Å²), shape (N, N, 3, 3); None when a fit failed or DynaPhoPy could not build them.
     acoustic_modes
         Indices of the three acoustic (rigid translation) modes.
+    site_offsets_a
+        Each atom's time-averaged distance from its site in the force-constant cell (Å), shape (N,), after
+        removing the drift of the centre of mass: ~0 for a structure that oscillates about its sites; a few tenths
+        of an Å for one that sits in a distorted well (or hops between distorted variants slower than the run
+        averages them). None when not computed.
     """
 
     temperature_k: float
@@ -98,6 +108,7 @@ class AnharmonicPhonons:
     linewidths_thz: np.ndarray
     renormalised_force_constants: np.ndarray | None
     acoustic_modes: tuple[int, ...] = (0, 1, 2)
+    site_offsets_a: np.ndarray | None = None
 
 
 # ------------------------------------------------------------------------------------------- power spectra
@@ -242,7 +253,9 @@ def _validate(
     drift = np.concatenate([np.zeros((1, 3)), np.cumsum(np.einsum("i,fij->fj", masses / masses.sum(), moves), axis=0)])
     frac = (positions - cell.positions[None]) @ inverse - drift[:, None, :]
     frac -= np.round(frac)
-    offset = np.linalg.norm(frac.mean(axis=0) @ reference, axis=1)
+    mean = frac.mean(axis=0)
+    mean -= masses @ mean / masses.sum()  # the centre of mass's own offset at the first frame: a rigid translation
+    offset = np.linalg.norm(mean @ reference, axis=1)
     if n > 1:
         distances = cell.get_all_distances(mic=True)
         np.fill_diagonal(distances, np.inf)
@@ -262,6 +275,7 @@ def _validate(
         "positions_a": positions,
         "masses_amu": masses,
         "step_ps": step_fs * 1e-3,
+        "site_offsets_a": offset,
         "kinetic_temperature_k": float(
             np.mean(np.einsum("i,fij->f", masses, velocities**2)) * _AMU_A2_PER_FS2_EV / (3 * n * _BOLTZMANN_EV_PER_K)
         ),
@@ -400,6 +414,7 @@ def renormalised_phonons(
         linewidths_thz=widths,
         renormalised_force_constants=renormalised_fc,
         acoustic_modes=acoustic,
+        site_offsets_a=data["site_offsets_a"],
     )
 
 
@@ -501,7 +516,12 @@ def _run_dynaphopy(
 
 # ------------------------------------------------------------------------------------------- verdict
 def stability_verdict(
-    result: AnharmonicPhonons, *, tolerance_thz: float = 0.1, thermostat_broadening_thz: float = 0.0
+    result: AnharmonicPhonons,
+    *,
+    tolerance_thz: float = 0.1,
+    thermostat_broadening_thz: float = 0.0,
+    max_site_offset_a: float | None = None,
+    symbols: list[str] | None = None,
 ) -> tuple[bool, str]:
     """Is the structure dynamically stable at the MD temperature? Returns (stable, one-line reason).
 
@@ -516,7 +536,14 @@ def stability_verdict(
     ``thermostat_broadening_thz`` (THz) is the width a Langevin thermostat adds to every mode (γ/2π for a
     friction γ): the damping test uses the anharmonic linewidth net of it, FWHM − γ/2π < 2 × peak, so that the
     thermostat alone does not make a soft but real mode (peak below γ/4π, 0.4 THz for the paper's friction)
-    count as overdamped.
+    count as overdamped. Fits narrower than :data:`NARROW_FIT_FRACTION` × γ/2π are named in the reason: the
+    thermostat broadens every mode by γ/2π, so such a fit does not describe its spectrum well.
+
+    ``result.site_offsets_a`` (Å) says where the atoms sit on average. Real renormalised frequencies of a structure
+    whose time-averaged positions are off its sites describe oscillations in a distorted well, not a stabilised
+    high-symmetry phase. With ``max_site_offset_a`` (Å) such a structure is unstable (4): every atom's mean position
+    must lie within it of its site; without, an offset above :data:`SITE_OFFSET_CAUTION_A` is named in the reason.
+    ``symbols`` (chemical symbols in atom order) only label the atom in the reason.
     """
     n = len(result.harmonic_thz)
     modes = np.array([i for i in range(n) if i not in set(result.acoustic_modes)], dtype=int)
@@ -538,6 +565,30 @@ def stability_verdict(
         net = f", {net_widths[k]:.2f} net of the thermostat" if thermostat_broadening_thz else ""
         return f"mode {modes[k]} (harmonic {h_text} → {peaks[k]:.2f} THz, FWHM {widths[k]:.2f} THz{net})"
 
+    notes = []
+    narrow = ~failed & (widths < NARROW_FIT_FRACTION * thermostat_broadening_thz)
+    if narrow.any():
+        notes.append(
+            f"{int(narrow.sum())} fits narrower than the thermostat's {thermostat_broadening_thz:.2f} THz allows "
+            f"(modes {', '.join(str(m) for m in modes[narrow][:6])}{', ...' if narrow.sum() > 6 else ''}): "
+            "their peaks are uncertain, run longer"
+        )
+    distorted = None
+    if result.site_offsets_a is not None and len(result.site_offsets_a):
+        atom = int(np.argmax(result.site_offsets_a))
+        offset = float(result.site_offsets_a[atom])
+        label = f"atom {atom}" + (f" ({symbols[atom]})" if symbols is not None else "")
+        if max_site_offset_a is not None and offset > max_site_offset_a:
+            distorted = (
+                f"{label} sits {offset:.2f} Å from its site on average (limit {max_site_offset_a:g} Å): the "
+                "time-averaged structure is distorted"
+            )
+        elif max_site_offset_a is None and offset > SITE_OFFSET_CAUTION_A:
+            notes.append(
+                f"{label} sits {offset:.2f} Å from its site on average: the time-averaged structure is distorted, "
+                "so these are the phonons of a distorted well"
+            )
+    caution = f" (caution: {'; '.join(notes)})" if notes else ""
     stabilised = int(np.sum((harmonic < -tolerance_thz) & ~bad))
     if np.any(bad):
         order = np.argsort(np.where(failed, -np.inf, peaks)[bad], kind="stable")
@@ -547,13 +598,19 @@ def stability_verdict(
             for m, name in ((failed, "without a fitted peak"), (soft, "soft"), (overdamped, "overdamped"))
             if m.any()
         ]
+        also = f"; {distorted}" if distorted else ""
         return False, (
             f"unstable at {t}: {int(bad.sum())} of {len(modes)} modes have no real renormalised frequency "
-            f"({', '.join(kinds)}); softest: {'; '.join(describe(k) for k in worst)}"
+            f"({', '.join(kinds)}); softest: {'; '.join(describe(k) for k in worst)}{also}{caution}"
         )
     worst = np.argsort(peaks, kind="stable")[:3]
+    if distorted:
+        return False, (
+            f"unstable at {t}: all {len(modes)} optical modes have real renormalised frequencies, but {distorted}; "
+            f"softest: {'; '.join(describe(k) for k in worst)}{caution}"
+        )
     extra = f"; {stabilised} harmonic-imaginary modes stabilised by anharmonicity" if stabilised else ""
     return True, (
         f"stable at {t}: all {len(modes)} optical modes have real renormalised frequencies{extra}; "
-        f"softest: {'; '.join(describe(k) for k in worst)}"
+        f"softest: {'; '.join(describe(k) for k in worst)}{caution}"
     )

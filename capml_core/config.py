@@ -624,6 +624,11 @@ class PhononsSection(Section):
     stability_tolerance_thz: PositiveFloat = Field(
         default=0.1, description="A non-acoustic renormalised mode at or below this (THz) counts as unstable."
     )
+    max_site_offset_a: PositiveFloat | None = Field(
+        default=None,
+        description="If set (Å): a structure is also unstable when an atom's time-averaged MD position lies farther "
+        "than this from its site (it sits in a distorted well); unset: the offset is stored and named in the reason.",
+    )
     gate: bool = Field(
         default=True,
         description="Only (structure, temperature) pairs found dynamically stable are averaged in the bandgaps "

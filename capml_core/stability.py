@@ -39,8 +39,9 @@ class StabilityResult:
 
 
 #: Version of the verdict rule (:func:`capml_core.anharmonic.stability_verdict`); part of the settings key, so a
-#: new rule recomputes stored verdicts. 2: damping judged net of the thermostat's broadening.
-VERDICT_RULE = 2
+#: new rule recomputes stored verdicts. 2: damping judged net of the thermostat's broadening. 3: the time-averaged
+#: site offsets (stored, named in the reason; a criterion with ``phonons.max_site_offset_a``) and too-narrow fits.
+VERDICT_RULE = 3
 
 
 def phonon_settings_key(phonons) -> str:  # noqa: ANN001 - PhononsSection
@@ -109,7 +110,11 @@ def run_phonon_stage(
                 frames=frames,
             )
             stable, reason = stability_verdict(
-                result, tolerance_thz=phonons.stability_tolerance_thz, thermostat_broadening_thz=thermostat
+                result,
+                tolerance_thz=phonons.stability_tolerance_thz,
+                thermostat_broadening_thz=thermostat,
+                max_site_offset_a=phonons.max_site_offset_a,
+                symbols=atoms.get_chemical_symbols(),
             )
             optical = np.setdiff1d(np.arange(len(result.harmonic_thz)), result.acoustic_modes)
             saved = {
@@ -127,6 +132,10 @@ def run_phonon_stage(
                 row["artifact_id"] = writer.save_arrays(
                     "phonons-anharmonic", saved, run_id=run_id, meta={"md_id": run.md_id}
                 )
+            if result.site_offsets_a is not None:
+                worst_atom = int(np.argmax(result.site_offsets_a))
+                row["max_site_offset_a"] = float(result.site_offsets_a[worst_atom])
+                row["site_offset_atom"] = f"{worst_atom} ({atoms[worst_atom].symbol})"
             row.update(
                 {
                     "n_modes": len(result.harmonic_thz),
@@ -140,6 +149,8 @@ def run_phonon_stage(
             )
         except SitesLeftError as err:  # the run started from this very structure: the atom order is right
             stable = False
+            row["max_site_offset_a"] = err.offset_a
+            row["site_offset_atom"] = f"{err.atom} ({atoms[err.atom].symbol})"
             reason = (
                 f"unstable at {run.temperature_k:g} K: the structure does not oscillate about its 0 K sites: "
                 f"atom {err.atom} ({atoms[err.atom].symbol}) sits {err.offset_a:.2f} Å from its site on average "

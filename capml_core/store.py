@@ -26,7 +26,8 @@ Tables (tidy; units in column names):
 - ``phonon_harmonic``: harmonic phonons (MACE, phonopy) of each lowest-energy structure: imaginary modes, and an
   artifact with force constants, Γ modes, dispersion and DOS (schema 7).
 - ``phonon_anharmonic``: DynaPhoPy's renormalised phonons of each MD run and the dynamic-stability verdict
-  that gates the band-gap stage (schema 8).
+  that gates the band-gap stage (schema 8), with how far the time-averaged structure sits from the analysed
+  one's sites (schema 11).
 - ``gap_static``, ``gap_thermal``, ``gap_snapshots``: Eg(0) of each relaxed lowest-energy structure (GNN
   ensemble, and the reference DFT gap where checked), Eg(T) and ΔEg(T) per MD run with uncertainties, and the
   GNN gap of every snapshot used; ``gap_published``: measured and published gaps for comparison;
@@ -72,7 +73,7 @@ logger = logging.getLogger(__name__)
 STORE_FILENAME = "capml.duckdb"
 ARTIFACTS_DIRNAME = "artifacts"
 #: Version of the schema this code writes. Bump it and append a migration to change the schema.
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 #: Ensemble ids of GNN baselines (``gnn.baseline_architecture``) start with this: comparisons, never the model
 #: later stages use.
 GNN_BASELINE_PREFIX = "baseline-"
@@ -257,6 +258,11 @@ _SCHEMA_V10 = [  # the settings a derived row was computed with: other settings 
         created_at TIMESTAMP NOT NULL, PRIMARY KEY (model_id, md_id, frame))""",
 ]
 
+_SCHEMA_V11 = [  # how far the MD's time-averaged structure sits from the analysed one's sites
+    "ALTER TABLE phonon_anharmonic ADD COLUMN max_site_offset_a DOUBLE",
+    "ALTER TABLE phonon_anharmonic ADD COLUMN site_offset_atom VARCHAR",
+]
+
 #: MIGRATIONS[v] turns a store of version v - 1 into version v (v = 1: create from nothing).
 MIGRATIONS: dict[int, list[str]] = {
     1: _SCHEMA_V1,
@@ -269,6 +275,7 @@ MIGRATIONS: dict[int, list[str]] = {
     8: _SCHEMA_V8,
     9: _SCHEMA_V9,
     10: _SCHEMA_V10,
+    11: _SCHEMA_V11,
 }
 
 

@@ -223,6 +223,49 @@ def test_unstable_verdicts_name_the_modes() -> None:
     assert not stable
 
 
+def test_verdict_names_a_distorted_structure_and_narrow_fits() -> None:
+    """Time-averaged site offsets: named above 0.2 Å, a criterion with max_site_offset_a; fits narrower than γ/2π."""
+    harmonic = np.array([0.0, 0.0, 0.0, -1.2, 2.0, 3.0])
+    peaks, widths = np.array([0, 0, 0, 1.2, 2.1, 3.0]), np.array([0, 0, 0, 1.0, 1.0, 1.1])
+    symbols = ["Ag", "S", "I"]
+
+    def result(offsets):
+        return AnharmonicPhonons(100.0, harmonic, peaks, widths, None, (0, 1, 2), np.array(offsets))
+
+    stable, reason = stability_verdict(result([0.05, 0.08, 0.04]), thermostat_broadening_thz=0.8, symbols=symbols)
+    assert stable and "caution" not in reason
+    # a distorted well: still stable by the frequencies, but named
+    stable, reason = stability_verdict(result([0.1, 0.52, 0.3]), thermostat_broadening_thz=0.8, symbols=symbols)
+    assert stable and "caution: atom 1 (S) sits 0.52 Å from its site on average" in reason
+    # ... and unstable when the offset is a criterion
+    stable, reason = stability_verdict(
+        result([0.1, 0.52, 0.3]), thermostat_broadening_thz=0.8, max_site_offset_a=0.3, symbols=symbols
+    )
+    assert not stable and reason.startswith("unstable at 100 K: all 3 optical modes have real renormalised")
+    assert "atom 1 (S) sits 0.52 Å from its site on average (limit 0.3 Å)" in reason
+    stable, _ = stability_verdict(result([0.1, 0.25, 0.3]), thermostat_broadening_thz=0.8, max_site_offset_a=0.35)
+    assert stable
+    # a Lorentzian narrower than the thermostat's broadening: named, verdict unchanged
+    narrow = AnharmonicPhonons(100.0, harmonic, peaks, np.array([0, 0, 0, 0.36, 1.0, 1.1]), None, (0, 1, 2))
+    stable, reason = stability_verdict(narrow, thermostat_broadening_thz=0.8)
+    assert stable and "1 fits narrower than the thermostat's 0.80 THz allows (modes 3)" in reason
+    stable, reason = stability_verdict(narrow)  # no thermostat: nothing to compare with
+    assert "narrower" not in reason
+
+
+def test_site_offsets_measure_the_time_averaged_structure(copper, cold, cold_result) -> None:
+    """Cu at 30 K oscillates about its sites (mean offsets ≲ 0.02 Å); an atom held 0.3 Å off its site is seen."""
+    cell, fc = copper
+    assert cold_result.site_offsets_a.shape == (len(cell),)
+    assert cold_result.site_offsets_a.max() < 0.03
+    shifted = dict(cold, positions_a=cold["positions_a"].copy())
+    shifted["positions_a"][:, 5] += np.array([0.3, 0.0, 0.0])
+    result = renormalised_phonons(cell, fc, shifted, temperature_k=30.0, resolution_thz=RESOLUTION_THZ)
+    assert result.site_offsets_a[5] == pytest.approx(0.3 * (1 - 1 / len(cell)), abs=0.03)  # less the c.o.m. shift
+    others = np.delete(result.site_offsets_a, 5)
+    assert others.max() < 0.03
+
+
 # ------------------------------------------------------------------------------------------- DynaPhoPy traps
 def test_fft_spectra_identical_to_dynaphopy_numpy_algorithm() -> None:
     _import_dynaphopy()  # without phonopy's DeprecationWarning

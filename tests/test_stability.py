@@ -53,8 +53,11 @@ def test_stage_stores_a_verdict_per_md_run_gates_and_resumes(trained, tmp_path: 
         harmonic = np.linspace(-1.0, 5.0, 120)
         renormalised = np.abs(harmonic) + 0.5 if x != 0.5 else harmonic  # x = 0.5 stays soft
         renormalised_fc = force_constants if x == 1.0 else None  # x = 1: "renormalised" = harmonic
+        offsets = np.full(40, 0.02)  # x = 0.75: one S atom sits in a distorted well
+        if x == 0.75:
+            offsets[cell.get_chemical_symbols().index("S")] = 0.4
         return anharmonic.AnharmonicPhonons(
-            temperature_k, harmonic, renormalised, np.full(120, 0.3), renormalised_fc, (20, 21, 22)
+            temperature_k, harmonic, renormalised, np.full(120, 0.3), renormalised_fc, (20, 21, 22), offsets
         )
 
     monkeypatch.setattr(anharmonic, "renormalised_phonons", stand_in)
@@ -73,6 +76,9 @@ def test_stage_stores_a_verdict_per_md_run_gates_and_resumes(trained, tmp_path: 
     rows = store.query("SELECT * FROM phonon_anharmonic ORDER BY composition_x")
     assert rows["thermostat_broadening_thz"].iloc[0] == pytest.approx(5e-3 * 1000 / (2 * np.pi))
     assert rows["artifact_id"].isna().tolist() == [False, True, False, False, False]
+    assert rows["max_site_offset_a"].round(3).tolist()[3:] == [0.4, 0.02]
+    assert rows["site_offset_atom"].iloc[3].endswith("(S)") and "sits 0.40 Å from its site" in rows["reason"].iloc[3]
+    assert "caution" not in rows["reason"].iloc[4]
     bromide = store.load_arrays(rows["artifact_id"].iloc[4])
     harmonic_bands = store.load_arrays(harmonic[4].artifact_id)["dispersion_thz"]
     assert np.allclose(bromide["renormalised_dispersion_thz"], harmonic_bands, atol=1e-8)

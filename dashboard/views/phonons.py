@@ -42,8 +42,9 @@ def render_phonons() -> None:
     summary["stable from (K)"] = [onsets.get(x) for x in summary["composition_x"]]
     st.dataframe(summary, hide_index=True, width="stretch")
     if not verdicts.empty:
-        st.dataframe(
-            verdicts[["composition_x", "temperature_k", "stable", "passes_gate", "reason"]],
+        columns = ["composition_x", "temperature_k", "stable", "passes_gate", "max_site_offset_a", "reason"]
+        st.dataframe(  # max_site_offset_a (Å): how far the time-averaged structure sits from the cubic sites
+            verdicts[columns].rename(columns={"max_site_offset_a": "largest mean site offset (Å)"}),
             hide_index=True,
             width="stretch",
         )
