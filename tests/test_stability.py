@@ -78,7 +78,7 @@ def test_stage_stores_a_verdict_per_md_run_gates_and_resumes(trained, tmp_path: 
     assert rows["artifact_id"].isna().tolist() == [False, True, False, False, False]
     assert rows["max_site_offset_a"].round(3).tolist()[3:] == [0.4, 0.02]
     assert rows["site_offset_atom"].iloc[3].endswith("(S)") and "sits 0.40 Å from its site" in rows["reason"].iloc[3]
-    assert "caution" not in rows["reason"].iloc[4]
+    assert "from its site" not in rows["reason"].iloc[4]  # 0.02 Å: oscillates about its sites
     bromide = store.load_arrays(rows["artifact_id"].iloc[4])
     harmonic_bands = store.load_arrays(harmonic[4].artifact_id)["dispersion_thz"]
     assert np.allclose(bromide["renormalised_dispersion_thz"], harmonic_bands, atol=1e-8)
