@@ -349,6 +349,7 @@ def label(
         if (reason := reference_level.unavailable_reason()) is not None:
             raise CapmlError(f"level {level} cannot compute here: {reason}")
         store = Store(loaded.project_dir)
+        store.initialise()  # a write command: a store of an older capml is migrated first
         pending = store.pending_labels(level, set_name=set_name, include_failed=retry_failed)
     except CapmlError as err:
         _fail(err)

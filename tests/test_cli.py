@@ -172,6 +172,18 @@ def test_generate_then_export_roundtrip(tmp_path: Path) -> None:
         app, ["label", "-c", str(DEMO_CONFIG), "-p", str(project), "--level", "gpaw-pbesol", "--limit", "0"]
     )
     assert pending.exit_code == 0 and "15 structures pending, labelling 0" in pending.output
+    # a store written by the previous capml (schema 10) is migrated by `capml label`, a write command
+    import duckdb
+
+    con = duckdb.connect(str(project / "capml.duckdb"))
+    for column in ("max_site_offset_a", "site_offset_atom"):
+        con.execute(f"ALTER TABLE phonon_anharmonic DROP COLUMN {column}")
+    con.execute("UPDATE schema_meta SET value = '10' WHERE key = 'schema_version'")
+    con.close()
+    migrated = runner.invoke(
+        app, ["label", "-c", str(DEMO_CONFIG), "-p", str(project), "--level", "gpaw-pbesol", "--limit", "0"]
+    )
+    assert migrated.exit_code == 0 and "15 structures pending" in migrated.output, migrated.output
     unknown = runner.invoke(app, ["label", "-c", str(DEMO_CONFIG), "-p", str(project), "--level", "dft-magic"])
     assert unknown.exit_code == 2 and "known: gpaw-gllbsc, gpaw-pbesol, vasp-hsesol, vasp-pbesol" in unknown.output
     vasp = runner.invoke(app, ["label", "-c", str(DEMO_CONFIG), "-p", str(project), "--level", "vasp-pbesol"])
