@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from pydantic import (
     model_validator,
 )
 
-from capml_core.errors import ConfigError
+from capml_core.errors import ConfigError, InvalidInputError
 from capml_core.types import LabelName, ParentBuilder
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -907,9 +908,10 @@ def load_config(
     if not path.is_file():
         raise ConfigError(f"{path}: configuration file not found")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML: {err}") from err
+        raise ConfigError(f"{path}: not valid TOML: {toml_error_message(text, err)}") from err
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not a UTF-8 text file: {err}") from err
     if overrides:
@@ -917,7 +919,7 @@ def load_config(
     try:
         config = RunConfig.model_validate(raw, context={"base_dir": path.parent})
     except ValidationError as err:
-        raise ConfigError(format_validation_error(path, err, raw)) from err
+        raise ConfigError(format_validation_error(path, err, raw, overrides=overrides)) from err
     _check_system_consistency(path, config)
     canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
     out = Path(project_dir) if project_dir is not None else config.run.project_dir or Path("runs") / config.run.name
@@ -936,8 +938,8 @@ def _check_system_consistency(path: Path, config: RunConfig) -> None:
     system = config.system
     try:
         parent = build_parent(system.parent)
-    except Exception as err:  # ASE raises many types on unreadable CIF/POSCAR
-        raise ConfigError(f"{path}: field 'system.parent.file' = {system.parent.file}: not readable: {err}") from err
+    except InvalidInputError as err:
+        raise ConfigError(f"{path}: field 'system.parent.file' = '{system.parent.file}': {err}") from err
     symbols = sorted(set(parent.get_chemical_symbols()))
     if system.sublattice.site_species not in symbols:
         raise ConfigError(
@@ -961,16 +963,104 @@ def _check_system_consistency(path: Path, config: RunConfig) -> None:
         )
 
 
+_TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)$")
+_TOML_UNCLOSED = ("Unclosed array", "Unclosed inline table", "Expected ']'", "Expected '}'", "Expected ','")
+
+
+def _open_brackets(text: str, end: int) -> list[tuple[str, int, int]]:
+    """Brackets ``[``/``{`` opened before offset ``end`` and not yet closed: (bracket, line, column), 1-based.
+
+    Strings (basic, literal, multi-line) and comments are skipped.
+    """
+    stack: list[tuple[str, int, int]] = []
+    line, column, i = 1, 1, 0
+    while i < min(end, len(text)):
+        char = text[i]
+        if char in "\"'":
+            quote = text[i : i + 3] if text[i : i + 3] in ('"""', "'''") else char
+            j = i + len(quote)
+            while j < len(text) and not text.startswith(quote, j):
+                if len(quote) == 1 and text[j] == "\n":
+                    break  # an unclosed one-line string ends at the line's end
+                j += 2 if (text[j] == "\\" and quote[0] == '"') else 1
+            else:
+                j += len(quote)
+            j = min(j, len(text))
+        elif char == "#":
+            j = text.find("\n", i)
+            j = len(text) if j < 0 else j
+        else:
+            if char in "[{":
+                stack.append((char, line, column))
+            elif char in "]}" and stack:
+                stack.pop()
+            j = i + 1
+        for skipped in text[i:j]:
+            line, column = (line + 1, 1) if skipped == "\n" else (line, column + 1)
+        i = j
+    return stack
+
+
+def toml_error_message(text: str, err: Exception) -> str:
+    """Tomllib's message, pointing at the opening bracket when an array, inline table or header is unclosed.
+
+    tomllib reports where it gave up, which for an unclosed ``[`` is the next line or later.
+    """
+    message = str(err)
+    found = _TOML_POSITION.search(message)
+    if not found or not message.startswith(_TOML_UNCLOSED):
+        return message
+    line, column = int(found.group(1)), int(found.group(2))
+    lines = text.split("\n")
+    offset = sum(len(x) + 1 for x in lines[: line - 1]) + column - 1
+    stack = _open_brackets(text, offset)
+    if not stack:
+        return message
+    bracket, open_line, open_column = stack[-1]
+    closing = "]" if bracket == "[" else "}"
+    return (
+        f"{message.removesuffix(found.group(0)).strip()}: the {bracket!r} opened at line {open_line}, column "
+        f"{open_column} is not closed with {closing!r} (parsing stopped at line {line}, column {column})"
+    )
+
+
 def format_validation_error(
-    path: Path | str, err: ValidationError, raw: dict[str, Any], *, model: type[BaseModel] | None = None
+    path: Path | str,
+    err: ValidationError,
+    raw: dict[str, Any],
+    *,
+    model: type[BaseModel] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> str:
     """One readable message from a pydantic error: file, dotted field, value given, what is allowed.
 
-    ``model`` is the model that was validated (default: :class:`RunConfig`); ``raw`` the input it got.
+    ``model`` is the model that was validated (default: :class:`RunConfig`); ``raw`` the input it got;
+    ``overrides`` the ``section.field`` values set on top of the file (``--set``): a bad one is named as such.
     """
     root = model or RunConfig
-    lines = [f"{path}: {err.error_count()} invalid field(s)"]
+    overridden = set(overrides or {})
+    fields = [_dotted(item["loc"]) for item in err.errors(include_url=False)]
+
+    def from_override(field: str) -> str | None:
+        return next((key for key in overridden if field == key or field.startswith((key + ".", key + "["))), None)
+
+    if fields and all(from_override(f) for f in fields):
+        lines = [f"--set (on top of {path}): {err.error_count()} invalid value(s)"]
+    else:
+        lines = [f"{path}: {err.error_count()} invalid field(s)"]
     for item in err.errors(include_url=False):
+        key = from_override(_dotted(item["loc"]))
+        if key is not None:
+            value = item.get("input")
+            message = item["msg"].removeprefix("Value error, ")
+            if item["type"] == "extra_forbidden":
+                allowed = _allowed_keys(root, item["loc"][:-1])
+                message = f"field '{_dotted(item['loc'])}': unknown key; allowed keys here: {', '.join(allowed)}"
+                lines.append(f"  --set {key}={overrides[key]!r}: {message}")
+                continue
+            where = "" if _dotted(item["loc"]) == key else f" (field '{_dotted(item['loc'])}' = {value!r})"
+            lines.append(f"  --set {key}={overrides[key]!r}{where}: {message}")
+            continue
         loc = item["loc"]
         field = _dotted(loc)
         if item["type"] == "extra_forbidden":

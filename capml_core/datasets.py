@@ -202,6 +202,23 @@ def validate_frame(
     )
 
 
+def _find_symbol(path: Path, symbol: str) -> str:
+    """'frame N (line L): ' of the first atom line whose symbol is ``symbol`` ('' if not found)."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    start, frame = 0, 0
+    while start < len(lines):
+        try:
+            n_atoms = int(lines[start].split()[0])
+        except (ValueError, IndexError):
+            return ""
+        for offset in range(start + 2, min(start + 2 + n_atoms, len(lines))):
+            fields = lines[offset].split()
+            if fields and fields[0] == symbol:
+                return f"frame {frame} (line {offset + 1}): "
+        start, frame = start + 2 + n_atoms, frame + 1
+    return ""
+
+
 def load_labelled_extxyz(
     path: str | Path,
     *,
@@ -238,8 +255,16 @@ def load_labelled_extxyz(
         raise DatasetError(f"{path}: file not found")
     try:
         frames = read(path, index=":", format="extxyz")
+    except KeyError as err:  # ASE's parser: a symbol that names no element
+        symbol = str(err.args[0]) if err.args else ""
+        where = _find_symbol(path, symbol)
+        allowed = ", ".join(sorted(allowed_species)) if allowed_species else "element symbols (H ... Og)"
+        raise DatasetError(
+            f"{path}: {where}unknown element symbol {symbol!r}; allowed species: {allowed}; nothing was imported"
+        ) from err
     except Exception as err:  # ASE's extxyz parser raises several types on malformed input
-        raise DatasetError(f"{path}: not a readable extended-XYZ file: {err}") from err
+        detail = str(err).strip() or type(err).__name__
+        raise DatasetError(f"{path}: not a readable extended-XYZ file: {detail}; nothing was imported") from err
     if not frames:
         raise DatasetError(f"{path}: no structures in the file")
     records: list[LabelledStructure] = []
@@ -472,6 +497,10 @@ def _present(value: Any) -> bool:
     return not (isinstance(value, float) and math.isnan(value))
 
 
+#: ``md_frames`` columns an exported MD frame carries in ``info``.
+_MD_FRAME_COLUMNS = ("md_id", "frame", "time_fs", "model_id", "held_out", "selection", "round")
+
+
 def export_labelled_extxyz(
     store: Store,
     path: str | Path,
@@ -484,7 +513,8 @@ def export_labelled_extxyz(
 
     Labels go to ``<prefix>_energy`` (eV), ``<prefix>_forces`` (eV/Å, per atom), ``<prefix>_stress``
     (eV/Å³, Voigt xx yy zz yz xz xy) and ``<prefix>_gap`` (eV), each only when present; ``config_type`` is
-    the structure's kind. MACE's trainer reads such a file directly
+    the structure's kind; an MD frame (kind ``md-frame``) also carries its provenance (``md_id``, ``frame``,
+    ``time_fs``, ``model_id``, ``held_out``, ``selection``, ``round``). MACE's trainer reads such a file directly
     (``--energy_key REF_energy --forces_key REF_forces --stress_key REF_stress``).
 
     Parameters
@@ -503,8 +533,9 @@ def export_labelled_extxyz(
     from ase.io import write
 
     sql = """SELECT l.structure_hash, l.energy_ev, l.forces_ev_per_a, l.stress_ev_per_a3, l.gap_ev, l.wall_time_s,
-                    s.kind, s.composition_x, s.temperature_k, s.amplitude_a, s.seed
-             FROM labels l JOIN structures s USING (structure_hash)
+                    s.kind, s.composition_x, s.temperature_k, s.amplitude_a, s.seed,
+                    f.md_id, f.frame, f.time_fs, f.model_id, f.held_out, f.selection, f."round"
+             FROM labels l JOIN structures s USING (structure_hash) LEFT JOIN md_frames f USING (structure_hash)
              WHERE l.level = ? AND l.status = 'ok'
                AND (? IS NULL OR l.structure_hash IN (SELECT structure_hash FROM structure_sets WHERE set_name = ?))
              ORDER BY s.composition_x, s.kind, l.structure_hash"""
@@ -514,9 +545,10 @@ def export_labelled_extxyz(
     for row in rows.itertuples(index=False):
         atoms = structures[row.structure_hash].copy()
         atoms.info.update({"structure_hash": row.structure_hash, "config_type": row.kind, "level": level})
-        for key in ("composition_x", "temperature_k", "amplitude_a", "seed"):
+        for key in ("composition_x", "temperature_k", "amplitude_a", "seed", *_MD_FRAME_COLUMNS):
             if _present(value := getattr(row, key)):
-                atoms.info[key] = value.item() if isinstance(value, np.generic) else value
+                value = value.item() if isinstance(value, np.generic) else value
+                atoms.info[key] = int(value) if key in ("seed", "frame", "round") else value
         if _present(row.energy_ev):
             atoms.info[f"{prefix}_energy"] = float(row.energy_ev)
         if _present(row.forces_ev_per_a):

@@ -145,6 +145,52 @@ class TrainingSettings:
     seed: int = 0
 
 
+def _read_state_dict(weights: Path, architecture: Architecture, module: Any) -> dict[str, Any]:
+    """The tensors of a ``model.pt`` that fit ``module``; never unpickles anything but tensors.
+
+    Raises
+    ------
+    InvalidInputError
+        A truncated or foreign file, pickled objects other than tensors, or weights of another architecture.
+    """
+    import pickle
+    import re
+    import zipfile
+
+    import torch
+
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # torch's weights-only unpickler met a class or function
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f"pickled Python object {found.group(1)}" if found else "pickled Python objects"
+        raise InvalidInputError(
+            f"{weights}: holds {what}, not only tensors; refused (capml never runs code from a model file). "
+            "A capml GNN weights file is the state_dict that capml gnn train writes"
+        ) from err
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InvalidInputError(
+            f"{weights}: not a readable capml GNN weights file (truncated or not a torch file: {reason[:200]})"
+        ) from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InvalidInputError(f"{weights}: holds a {type(state).__name__}, not a state_dict of tensors")
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshapen = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or misshapen:
+        problems = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", misshapen)):
+            if keys:
+                problems.append(f"{len(keys)} {label} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
+        raise InvalidInputError(
+            f"{weights}: weights of another architecture than model.json's ({architecture}): "
+            f"{'; '.join(problems)}; use the model.json written with these weights"
+        )
+    return state
+
+
 @dataclass
 class GapModel:
     """A trained model: architecture, weights, normalisation, element table version and its training record."""
@@ -183,29 +229,39 @@ class GapModel:
         InvalidInputError
             Missing files, another format version, or an element table other than this capml's.
         """
-        import torch
-
         directory = Path(directory)
         meta_file, weights = directory / "model.json", directory / "model.pt"
         if not meta_file.is_file() or not weights.is_file():
             raise InvalidInputError(f"{directory}: not a capml GNN model (need model.json and model.pt)")
-        meta = json.loads(meta_file.read_text())
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise InvalidInputError(f"{meta_file}: not a capml GNN model description (not valid JSON: {err})") from err
+        if not isinstance(meta, dict):
+            raise InvalidInputError(f"{meta_file}: not a capml GNN model description (a JSON object is expected)")
         if meta.get("format_version") != MODEL_FORMAT_VERSION:
             raise InvalidInputError(
                 f"{meta_file}: model format version {meta.get('format_version')}, this capml reads "
                 f"{MODEL_FORMAT_VERSION}; retrain the model"
             )
-        normaliser = Normaliser.from_json(json.dumps(meta["normaliser"]))
+        try:
+            normaliser = Normaliser.from_json(json.dumps(meta["normaliser"]))
+            architecture = Architecture(**meta["architecture"])
+            name, cutoff_a, history = str(meta["name"]), float(meta["cutoff_a"]), meta["history"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise InvalidInputError(
+                f"{meta_file}: not a capml GNN model description ({type(err).__name__}: {err}); it needs name, "
+                "architecture, normaliser, cutoff_a and history as written by capml gnn train"
+            ) from err
         if normaliser.element_table_version != element_table().version:
             raise InvalidInputError(
                 f"{meta_file}: trained with element table {normaliser.element_table_version}, this capml has "
                 f"{element_table().version}; retrain the model"
             )
-        architecture = Architecture(**meta["architecture"])
         module = build_model(architecture)
-        module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        module.load_state_dict(_read_state_dict(weights, architecture, module))
         module.eval()
-        return cls(meta["name"], architecture, normaliser, meta["cutoff_a"], module, meta["history"])
+        return cls(name, architecture, normaliser, cutoff_a, module, history)
 
     def predict_graphs(self, graphs: Sequence[PeriodicGraph], *, batch_size: int = 8) -> np.ndarray:
         """Gaps (eV) of prebuilt graphs, ``batch_size`` graphs per forward pass."""

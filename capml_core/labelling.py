@@ -8,7 +8,9 @@ reported; it is not retried unless asked (``include_failed``), never in a loop.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import tempfile
 import traceback
@@ -21,7 +23,7 @@ from ase import Atoms
 from capml_core.errors import CalculationFailed
 from capml_core.parallel import JobMap, local_map
 from capml_core.reference import LabelResult, ReferenceLevel
-from capml_core.store import LabelRecord, Store
+from capml_core.store import LabelRecord, Store, process_alive, this_host
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +47,10 @@ class LabellingReport:
         Calculations that finished with labels / with an error.
     failures
         (structure hash, error) of the failed ones.
-    wall_time_s
+    mean_calculation_s
         Mean wall time of one successful calculation (s), None if none succeeded.
+    n_skipped
+        Structures left to another capml process that had claimed them.
     """
 
     level: str
@@ -55,15 +59,50 @@ class LabellingReport:
     n_failed: int
     failures: list[tuple[str, str]] = field(default_factory=list)
     mean_calculation_s: float | None = None
+    n_skipped: int = 0
 
 
-def _label_one(level: ReferenceLevel, structure_hash: str, atoms: Atoms, log_dir: str | None) -> LabelRecord:
+#: Sub-folder of the project directory where calculations run (one folder each, removed when it ends).
+SCRATCH_DIRNAME = "scratch"
+#: File in each scratch folder naming the process that owns it (JSON: pid, host).
+OWNER_FILE = "capml-owner.json"
+
+
+def _scratch_folder(scratch_dir: str | None, level_name: str) -> Path:
+    """A new folder for one calculation under ``scratch_dir`` (the system's temporary folder if None)."""
+    if scratch_dir is not None:
+        Path(scratch_dir).mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{level_name}-", dir=scratch_dir))
+    (workdir / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "host": this_host()}))
+    return workdir
+
+
+def clean_scratch(scratch_dir: str | Path) -> int:
+    """Remove scratch folders of processes of this host that have gone (killed runs); returns how many."""
+    removed = 0
+    for folder in Path(scratch_dir).glob("*/"):
+        try:
+            owner = json.loads((folder / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # not one of capml's, or being created
+        if not process_alive(owner.get("pid"), owner.get("host")):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    if removed:
+        logger.info("removed %d scratch folder(s) of interrupted calculations in %s", removed, scratch_dir)
+    return removed
+
+
+def _label_one(
+    level: ReferenceLevel, structure_hash: str, atoms: Atoms, log_dir: str | None, scratch_dir: str | None = None
+) -> LabelRecord:
     """Worker: one calculation -> a label record (status 'failed' with the error on failure).
 
-    The code's text output goes to a temporary directory, kept in ``log_dir`` only when the calculation fails.
+    The code's text output goes to a scratch folder under ``scratch_dir``, kept in ``log_dir`` only when the
+    calculation fails.
     """
     level_name = level.name
-    workdir = Path(tempfile.mkdtemp(prefix=f"capml-{level_name}-"))
+    workdir = _scratch_folder(scratch_dir, level_name)
     try:
         try:
             result: LabelResult = level.compute(atoms, workdir=workdir)
@@ -131,29 +170,43 @@ def label_structures(
     """
     level_name = level.name
     structures = store.load_structures(structure_hashes)
-    todo = [h for h in structure_hashes if h in structures]
+    wanted = [h for h in structure_hashes if h in structures]
+    scratch_dir = store.project_dir / SCRATCH_DIRNAME
     with store.write() as writer:
         writer.register_level(level.name, backend=level.backend, settings=level.settings())
+        todo = writer.claim_labels(level_name, wanted)  # another live process's claims are left to it
+    if scratch_dir.is_dir():
+        clean_scratch(scratch_dir)
+    if len(todo) < len(wanted):
+        logger.warning(
+            "%s: %d of %d structures are being labelled by another capml process on this project; skipped",
+            level_name,
+            len(wanted) - len(todo),
+            len(wanted),
+        )
     log_dir = str(store.project_dir / "logs" / level_name)
     n_ok = 0
     failures: list[tuple[str, str]] = []
     times: list[float] = []
     job_map = job_map or local_map(workers, isolate=True)
-    jobs = [(level, h, structures[h], log_dir) for h in todo]
-    for _, record in job_map(_label_one, jobs, name=f"label {level_name}"):
+    jobs = [(level, h, structures[h], log_dir, str(scratch_dir)) for h in todo]
+    try:
+        for _, record in job_map(_label_one, jobs, name=f"label {level_name}"):
+            _store_label(store, record, run_id)
+            if record.status == "ok":
+                n_ok += 1
+                if record.wall_time_s is not None:
+                    times.append(record.wall_time_s)
+            else:
+                failures.append((record.structure_hash, record.error or ""))
+                logger.warning(
+                    "%s failed on %s: %s", level_name, record.structure_hash, (record.error or "").splitlines()[0]
+                )
+            if progress is not None:
+                progress(n_ok + len(failures), len(todo), record)
+    finally:
         with store.write() as writer:
-            writer.add_labels([record], run_id=run_id)
-        if record.status == "ok":
-            n_ok += 1
-            if record.wall_time_s is not None:
-                times.append(record.wall_time_s)
-        else:
-            failures.append((record.structure_hash, record.error or ""))
-            logger.warning(
-                "%s failed on %s: %s", level_name, record.structure_hash, (record.error or "").splitlines()[0]
-            )
-        if progress is not None:
-            progress(n_ok + len(failures), len(todo), record)
+            writer.release_labels(level_name)
     return LabellingReport(
         level=level_name,
         n_pending=len(todo),
@@ -161,4 +214,11 @@ def label_structures(
         n_failed=len(failures),
         failures=failures,
         mean_calculation_s=sum(times) / len(times) if times else None,
+        n_skipped=len(wanted) - len(todo),
     )
+
+
+def _store_label(store: Store, record: LabelRecord, run_id: str | None) -> None:
+    with store.write() as writer:
+        writer.add_labels([record], run_id=run_id)
+        writer.release_labels(record.level, [record.structure_hash])

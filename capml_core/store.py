@@ -32,6 +32,11 @@ Tables (tidy; units in column names):
   ensemble, and the reference DFT gap where checked), Eg(T) and ΔEg(T) per MD run with uncertainties, and the
   GNN gap of every snapshot used; ``gap_published``: measured and published gaps for comparison;
   ``gap_modes``: ΔEg of frozen Γ-mode distortions at thermal amplitudes, with DFT checks (schema 9).
+- ``md_frames``: MD frames stored as structures (kind 'md-frame'): trajectory, frame, time, composition,
+  temperature, the MACE model that ran the MD, how the frame was chosen, and whether it is held out (a held-out
+  frame is never trained on) (schema 12).
+- ``label_claims``: structures being labelled now, by which process (pid, host): a second run on the same
+  project skips them; ``runs.pid``/``runs.host`` tell a run whose process has gone ('interrupted') (schema 13).
 - ``artifacts``: large arrays (trajectories, force constants) live in files under ``artifacts/``; this table
   points to them (path relative to the project directory, SHA-256, size).
 - view ``labelled_structures``: structures joined with labels, without the arrays, for SQL users.
@@ -52,6 +57,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -73,7 +79,7 @@ logger = logging.getLogger(__name__)
 STORE_FILENAME = "capml.duckdb"
 ARTIFACTS_DIRNAME = "artifacts"
 #: Version of the schema this code writes. Bump it and append a migration to change the schema.
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 13
 #: Ensemble ids of GNN baselines (``gnn.baseline_architecture``) start with this: comparisons, never the model
 #: later stages use.
 GNN_BASELINE_PREFIX = "baseline-"
@@ -263,6 +269,22 @@ _SCHEMA_V11 = [  # how far the MD's time-averaged structure sits from the analys
     "ALTER TABLE phonon_anharmonic ADD COLUMN site_offset_atom VARCHAR",
 ]
 
+_SCHEMA_V12 = [  # MD frames as data: provenance of each frame, held-out frames never trained on
+    """CREATE TABLE md_frames (
+        structure_hash VARCHAR PRIMARY KEY, md_id VARCHAR NOT NULL, frame INTEGER NOT NULL, time_fs DOUBLE,
+        composition_x DOUBLE, temperature_k DOUBLE, model_id VARCHAR NOT NULL, held_out BOOLEAN NOT NULL,
+        selection VARCHAR NOT NULL, round INTEGER NOT NULL, seed BIGINT, run_id VARCHAR,
+        created_at TIMESTAMP NOT NULL)""",
+]
+
+_SCHEMA_V13 = [  # who runs what: a run's process (pid, host), claims of structures being labelled
+    "ALTER TABLE runs ADD COLUMN pid INTEGER",
+    "ALTER TABLE runs ADD COLUMN host VARCHAR",
+    """CREATE TABLE label_claims (
+        structure_hash VARCHAR NOT NULL, level VARCHAR NOT NULL, pid INTEGER NOT NULL, host VARCHAR NOT NULL,
+        claimed_at TIMESTAMP NOT NULL, PRIMARY KEY (structure_hash, level))""",
+]
+
 #: MIGRATIONS[v] turns a store of version v - 1 into version v (v = 1: create from nothing).
 MIGRATIONS: dict[int, list[str]] = {
     1: _SCHEMA_V1,
@@ -276,6 +298,8 @@ MIGRATIONS: dict[int, list[str]] = {
     9: _SCHEMA_V9,
     10: _SCHEMA_V10,
     11: _SCHEMA_V11,
+    12: _SCHEMA_V12,
+    13: _SCHEMA_V13,
 }
 
 
@@ -305,7 +329,55 @@ _RESULT_TABLES = (
     "gap_published",
     "gap_modes",
     "active_learning_frames",
+    "md_frames",
 )
+
+
+def this_host() -> str:
+    """The machine's host name (recorded with a run's pid: a pid means something only on its own host)."""
+    import socket
+
+    return socket.gethostname()
+
+
+def process_alive(pid: int | None, host: str | None) -> bool:
+    """Whether process ``pid`` of ``host`` still runs (a process of another host is assumed to)."""
+    if pid is None or pd.isna(pid):
+        return False  # written by a capml that did not record its process: cannot be running now
+    if host != this_host():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def check_project_dir(project_dir: str | Path) -> None:
+    """Refuse a project directory that cannot be created or written to, naming what is in the way.
+
+    Raises
+    ------
+    StoreError
+        A path above it is a regular file, or the nearest existing folder is not writable.
+    """
+    path = Path(project_dir).expanduser().resolve()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise StoreError(
+            f"project directory {path}: {existing} is a file, not a folder; choose another project directory "
+            "(--project DIR or run.project_dir)"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
+        raise StoreError(
+            f"project directory {path} {what} (permission denied); choose a folder you can write to "
+            "(--project DIR or run.project_dir)"
+        )
 
 
 @dataclass(frozen=True)
@@ -395,11 +467,87 @@ class StoreWriter:
         code_version: str,
         packages: Mapping[str, str],
     ) -> None:
-        """Record a new run (status 'running'); a run_id already present is left as it is."""
+        """Record a new run (status 'running', with this process's pid and host); an existing run_id is kept.
+
+        Runs left 'running' by a process of this host that is gone (killed) are marked 'interrupted' first.
+        """
+        self.mark_interrupted_runs()
         self.con.execute(
-            "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, NULL, NULL) ON CONFLICT DO NOTHING",
-            [run_id, name, config_path, config_hash, config_json, code_version, json.dumps(dict(packages)), _now()],
+            "INSERT INTO runs (run_id, name, config_path, config_hash, config_json, code_version, packages_json, "
+            "status, started_at, pid, host) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?) ON CONFLICT DO NOTHING",
+            [
+                run_id,
+                name,
+                config_path,
+                config_hash,
+                config_json,
+                code_version,
+                json.dumps(dict(packages)),
+                _now(),
+                os.getpid(),
+                this_host(),
+            ],
         )
+
+    def mark_interrupted_runs(self) -> int:
+        """Set runs (and their running stages) whose process has gone to 'interrupted'; returns how many."""
+        rows = self.con.execute("SELECT run_id, pid, host FROM runs WHERE status = 'running'").fetchall()
+        gone = [run_id for run_id, pid, host in rows if not process_alive(pid, host)]
+        for run_id in gone:
+            message = "interrupted: its process ended without finishing the run (killed?)"
+            self.con.execute("UPDATE runs SET status = 'interrupted', message = ? WHERE run_id = ?", [message, run_id])
+            self.con.execute(
+                "UPDATE stages SET status = 'interrupted' WHERE run_id = ? AND status = 'running'", [run_id]
+            )
+        return len(gone)
+
+    def claim_labels(self, level: str, structure_hashes: Sequence[str]) -> list[str]:
+        """Claim structures for labelling at ``level`` by this process; returns those claimed (in order).
+
+        A structure claimed by a live process (this host: its pid exists; another host: it is assumed alive)
+        is not claimed again; a claim of a process that is gone is taken over. Release with
+        :meth:`release_labels` (finished labels release themselves when stored).
+        """
+        wanted = list(dict.fromkeys(structure_hashes))
+        if not wanted:
+            return []
+        held = self.con.execute(
+            "SELECT structure_hash, pid, host FROM label_claims WHERE level = ? "
+            "AND structure_hash IN (SELECT unnest(?))",
+            [level, wanted],
+        ).fetchall()
+        me = (os.getpid(), this_host())
+        busy = {h for h, pid, host in held if (pid, host) != me and process_alive(pid, host)}
+        done = {
+            row[0]
+            for row in self.con.execute(
+                "SELECT structure_hash FROM labels WHERE level = ? AND status = 'ok' AND structure_hash IN "
+                "(SELECT unnest(?))",
+                [level, wanted],
+            ).fetchall()
+        }
+        mine = [h for h in wanted if h not in busy and h not in done]
+        self.con.execute(
+            "DELETE FROM label_claims WHERE level = ? AND structure_hash IN (SELECT unnest(?))", [level, mine]
+        )
+        self._insert_rows(
+            "label_claims",
+            [{"structure_hash": h, "level": level, "pid": me[0], "host": me[1], "claimed_at": _now()} for h in mine],
+        )
+        return mine
+
+    def release_labels(self, level: str, structure_hashes: Sequence[str] | None = None) -> None:
+        """Release this process's claims at ``level`` (all of them, or those of ``structure_hashes``)."""
+        if structure_hashes is None:
+            self.con.execute(
+                "DELETE FROM label_claims WHERE level = ? AND pid = ? AND host = ?", [level, os.getpid(), this_host()]
+            )
+        else:
+            self.con.execute(
+                "DELETE FROM label_claims WHERE level = ? AND pid = ? AND host = ? AND structure_hash IN "
+                "(SELECT unnest(?))",
+                [level, os.getpid(), this_host(), list(structure_hashes)],
+            )
 
     def finish_run(self, run_id: str, *, status: StageStatus, message: str | None = None) -> None:
         """Set a run's final status."""
@@ -638,7 +786,11 @@ class Store:
 
     def initialise(self) -> None:
         """Create the store (or migrate it to :data:`SCHEMA_VERSION`); safe to call again."""
-        self.project_dir.mkdir(parents=True, exist_ok=True)
+        check_project_dir(self.project_dir)
+        try:
+            self.project_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"project directory {self.project_dir}: cannot be created: {err.strerror or err}") from err
         con = self._connect(read_only=False)
         try:
             version = self._schema_version(con)
@@ -725,24 +877,34 @@ class Store:
 
     # ---------------------------------------------------------------------------------- reads
     def runs(self) -> pd.DataFrame:
-        """All runs, newest first."""
-        return self.query(
-            "SELECT run_id, name, status, started_at, finished_at, config_hash, code_version, message "
+        """All runs, newest first; a 'running' run whose process is gone reads 'interrupted'."""
+        frame = self.query(
+            "SELECT run_id, name, status, started_at, finished_at, config_hash, code_version, message, pid, host "
             "FROM runs ORDER BY started_at DESC"
         )
+        alive = [process_alive(pid, host) for pid, host in zip(frame["pid"], frame["host"], strict=True)]
+        gone = (frame["status"] == "running") & ~pd.Series(alive, index=frame.index, dtype=bool)
+        frame.loc[gone, "status"] = "interrupted"
+        frame.loc[gone, "message"] = "interrupted: its process ended without finishing the run (killed?)"
+        return frame.drop(columns=["pid", "host"])
 
     def stages(self, run_id: str | None = None) -> pd.DataFrame:
-        """Stage status of one run (default: the latest run)."""
+        """Stage status of one run (default: the latest run); a running stage of an interrupted run reads so."""
         if run_id is None:
-            return self.query(
+            frame = self.query(
                 "SELECT stage, status, started_at, finished_at, message, run_id FROM stages WHERE run_id = "
                 "(SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1) ORDER BY started_at"
             )
-        return self.query(
-            "SELECT stage, status, started_at, finished_at, message, run_id FROM stages WHERE run_id = ? "
-            "ORDER BY started_at",
-            [run_id],
-        )
+        else:
+            frame = self.query(
+                "SELECT stage, status, started_at, finished_at, message, run_id FROM stages WHERE run_id = ? "
+                "ORDER BY started_at",
+                [run_id],
+            )
+        runs = self.runs().set_index("run_id")["status"]
+        interrupted = frame["run_id"].map(runs).eq("interrupted") & frame["status"].eq("running")
+        frame.loc[interrupted, "status"] = "interrupted"
+        return frame
 
     def label_counts(self) -> pd.DataFrame:
         """Labelled structures per level and status, with which labels they carry."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -71,12 +72,37 @@ def build_parent(parent: ParentSection) -> Atoms:
         assert parent.species is not None and parent.lattice_a is not None  # guaranteed by the model
         builder = build_cubic_antiperovskite if parent.builder == "antiperovskite" else build_cubic_perovskite
         return builder(parent.species["A"], parent.species["B"], parent.species["X"], parent.lattice_a)
+    atoms = read_structure_file(parent.file)
+    atoms.pbc = True
+    return atoms
+
+
+def read_structure_file(path: str | Path) -> Atoms:
+    """The first structure of a file ASE reads (CIF, POSCAR, extended XYZ, ...).
+
+    Raises
+    ------
+    InvalidInputError
+        The file cannot be read as a structure, or holds no atoms or no cell; the message says why.
+    """
     from ase.io import read
 
-    atoms = read(parent.file)
+    path = Path(path)
+    try:
+        atoms = read(path)
+    except Exception as err:  # ASE's readers raise many types (often bare asserts) on a malformed file
+        detail = str(err).strip()
+        reason = f"{type(err).__name__}: {detail}" if detail else f"{type(err).__name__} in ASE's reader"
+        raise InvalidInputError(
+            f"not a structure file ASE can read ({reason}); give a CIF, POSCAR or extended-XYZ file of the "
+            "parent unit cell"
+        ) from err
     if isinstance(atoms, list):  # pragma: no cover - read() of one file returns one frame by default
         atoms = atoms[0]
-    atoms.pbc = True
+    if len(atoms) == 0:
+        raise InvalidInputError("the file holds no atoms; give a CIF, POSCAR or extended-XYZ file of the parent cell")
+    if atoms.cell.rank < 3:
+        raise InvalidInputError(f"the structure has no 3D cell (cell rank {atoms.cell.rank}); a parent needs one")
     return atoms
 
 

@@ -101,11 +101,16 @@ def run(
         unknown = [name for name in stage or [] if name not in STAGES]
         if unknown:
             raise CapmlError(f"--stage {unknown[0]!r}: unknown; allowed: {', '.join(STAGES)}")
+        from capml_core.store import check_project_dir
+
+        check_project_dir(loaded.project_dir)  # before Prefect starts: a clear message, no flow-run traceback
     except CapmlError as err:
         _fail(err)
     from flows.pipeline import pipeline
+    from flows.prefect_api import ensure_prefect_api
 
     try:
+        ensure_prefect_api()  # one API for this run and its worker processes
         result = pipeline(
             config_path=str(loaded.path),
             project_dir=str(loaded.project_dir),
@@ -265,11 +270,12 @@ def data_generate(
     """Build the structure sets of a configuration (thermal, uniform, equilibrium) and store them."""
     from capml_core.config import load_config
     from capml_core.mlip import force_constants_cache_dir, force_function
-    from capml_core.store import Store
+    from capml_core.store import Store, check_project_dir
     from capml_core.training_sets import end_members_for, store_structure_set
 
     try:
         loaded = load_config(config, project_dir=project)
+        check_project_dir(loaded.project_dir)
         store = Store(loaded.project_dir)
         system, dataset = loaded.config.system, loaded.config.dataset
         if not dataset.sets:
@@ -325,6 +331,80 @@ def data_export(
         f"{n} structures -> {output}  (MACE: --energy_key {prefix}_energy --forces_key {prefix}_forces "
         f"--stress_key {prefix}_stress)"
     )
+
+
+def _frame_levels(loaded, levels: str | None) -> list[str]:  # noqa: ANN001 - LoadedConfig
+    """The levels MD frames are to be labelled at: ``--levels`` or the config's cheap and high level."""
+    if levels:
+        return [item.strip() for item in levels.split(",") if item.strip()]
+    reference = loaded.config.reference
+    return list(dict.fromkeys(level for level in (reference.cheap_level, reference.high_level) if level))
+
+
+@data_app.command("sample-frames")
+def data_sample_frames(
+    output: Annotated[Path, typer.Argument(help="Pool file (extended XYZ) to write the frames and provenance to.")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration (TOML; md.equilibration_ps).")],
+    project: ProjectOption = None,
+    per_run: Annotated[int, typer.Option(min=1, help="Frames drawn per MD run.")] = 1,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the random draw.")] = 0,
+    set_name: Annotated[str, typer.Option("--set", help="Name of the selection (sets <name>@<level>).")] = "md-heldout",
+    levels: Annotated[
+        str | None, typer.Option(help="Comma-separated levels to label them at (default: cheap and high level).")
+    ] = None,
+    trainable: Annotated[
+        bool, typer.Option("--trainable", help="Frames may be trained on (default: a held-out set, never trained on).")
+    ] = False,
+) -> None:
+    """Draw MD frames at random from every MD run's production part, store them as sets to label, write a pool file.
+
+    The runs are the latest MACE model's; a selection drawn before under the same --set is reused.
+    """
+    from capml_core.config import load_config
+    from capml_core.md_frames import sample_random_frames, write_frame_pool
+    from capml_core.store import Store
+
+    try:
+        loaded = load_config(config, project_dir=project)
+        chosen_levels = _frame_levels(loaded, levels)
+        frames = sample_random_frames(
+            Store(loaded.project_dir),
+            loaded.config.md,
+            levels=chosen_levels,
+            per_run=per_run,
+            seed=seed,
+            set_name=set_name,
+            held_out=not trainable,
+        )
+        write_frame_pool(frames, output)
+    except CapmlError as err:
+        _fail(err)
+    sets = ", ".join(f"{set_name}@{level}" for level in chosen_levels)
+    console.print(f"{len(frames)} MD frames -> {output}; sets {sets} (label with: capml label --set NAME --level L)")
+
+
+@data_app.command("restore-frames")
+def data_restore_frames(
+    pool: Annotated[Path, typer.Argument(help="Pool file written by capml data sample-frames.")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration (TOML).")],
+    project: ProjectOption = None,
+    set_name: Annotated[str, typer.Option("--set", help="Name of the selection (sets <name>@<level>).")] = "md-heldout",
+    levels: Annotated[
+        str | None, typer.Option(help="Comma-separated levels to label them at (default: cheap and high level).")
+    ] = None,
+) -> None:
+    """Store the MD frames of a pool file (with their provenance) as a set to label: resume on a new store."""
+    from capml_core.config import load_config
+    from capml_core.md_frames import restore_frame_pool
+    from capml_core.store import Store
+
+    try:
+        loaded = load_config(config, project_dir=project)
+        chosen_levels = _frame_levels(loaded, levels)
+        n = restore_frame_pool(Store(loaded.project_dir), pool, levels=chosen_levels, set_name=set_name)
+    except CapmlError as err:
+        _fail(err)
+    console.print(f"{n} MD frames from {pool} -> sets " + ", ".join(f"{set_name}@{lv}" for lv in chosen_levels))
 
 
 @app.command()
@@ -473,15 +553,22 @@ def gnn_predict(
     structures: Annotated[Path, typer.Argument(help="Structures to predict (any file ASE reads; all frames).")],
     config: ConfigOption = None,
     project: ProjectOption = None,
+    model: Annotated[
+        list[Path] | None,
+        typer.Option(help="A GNN model directory (model.json + model.pt) or its model.pt; repeat for an ensemble."),
+    ] = None,
 ) -> None:
-    """Band gaps (eV) of structures with the latest trained ensemble: mean and spread, one line per frame."""
+    """Band gaps (eV) of structures with the latest trained ensemble (or --model): mean and spread, per frame."""
     from ase.io import read
 
-    from capml_core.gnn import load_ensemble, predict_gaps
+    from capml_core.gnn import GapModel, load_ensemble, predict_gaps
     from capml_core.store import Store
 
     try:
-        models = load_ensemble(Store(_project_dir(config, project)))
+        if model:
+            models = [GapModel.load(path.parent if path.suffix == ".pt" else path) for path in model]
+        else:
+            models = load_ensemble(Store(_project_dir(config, project)))
         try:
             frames = read(structures, index=":")
         except Exception as err:  # ASE raises many types on unreadable files

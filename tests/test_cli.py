@@ -176,6 +176,10 @@ def test_generate_then_export_roundtrip(tmp_path: Path) -> None:
     import duckdb
 
     con = duckdb.connect(str(project / "capml.duckdb"))
+    for table in ("md_frames", "label_claims"):  # schema 12, 13
+        con.execute(f"DROP TABLE {table}")
+    for column in ("pid", "host"):
+        con.execute(f"ALTER TABLE runs DROP COLUMN {column}")
     for column in ("max_site_offset_a", "site_offset_atom"):
         con.execute(f"ALTER TABLE phonon_anharmonic DROP COLUMN {column}")
     con.execute("UPDATE schema_meta SET value = '10' WHERE key = 'schema_version'")
