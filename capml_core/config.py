@@ -175,6 +175,11 @@ class SystemSection(Section):
             )
         if not self.compositions:
             raise ValueError("compositions: list at least one x in [0, 1]")
+        repeated = sorted(
+            {x for x in self.compositions if sum(math.isclose(x, y, abs_tol=1e-9) for y in self.compositions) > 1}
+        )
+        if repeated:
+            raise ValueError(f"compositions: {repeated} listed more than once; list each composition x once")
         return self
 
 
@@ -1038,50 +1043,43 @@ def format_validation_error(
     ``overrides`` the ``section.field`` values set on top of the file (``--set``): a bad one is named as such.
     """
     root = model or RunConfig
-    overridden = set(overrides or {})
-    fields = [_dotted(item["loc"]) for item in err.errors(include_url=False)]
+    problems = [_problem(root, item, raw) for item in err.errors(include_url=False)]
 
     def from_override(field: str) -> str | None:
-        return next((key for key in overridden if field == key or field.startswith((key + ".", key + "["))), None)
+        return next((key for key in overrides or {} if field == key or field.startswith((key + ".", key + "["))), None)
 
-    if fields and all(from_override(f) for f in fields):
+    keys = [from_override(field) for field, _ in problems]
+    if keys and all(keys):
         lines = [f"--set (on top of {path}): {err.error_count()} invalid value(s)"]
     else:
         lines = [f"{path}: {err.error_count()} invalid field(s)"]
-    for item in err.errors(include_url=False):
-        key = from_override(_dotted(item["loc"]))
-        if key is not None:
-            value = item.get("input")
-            message = item["msg"].removeprefix("Value error, ")
-            if item["type"] == "extra_forbidden":
-                allowed = _allowed_keys(root, item["loc"][:-1])
-                message = f"field '{_dotted(item['loc'])}': unknown key; allowed keys here: {', '.join(allowed)}"
-                lines.append(f"  --set {key}={overrides[key]!r}: {message}")
-                continue
-            where = "" if _dotted(item["loc"]) == key else f" (field '{_dotted(item['loc'])}' = {value!r})"
-            lines.append(f"  --set {key}={overrides[key]!r}{where}: {message}")
-            continue
-        loc = item["loc"]
-        field = _dotted(loc)
-        if item["type"] == "extra_forbidden":
-            allowed = _allowed_keys(root, loc[:-1])
-            lines.append(f"  field '{field}': unknown key; allowed keys here: {', '.join(allowed)}")
-            continue
-        if item["type"] == "missing":
-            lines.append(f"  field '{field}': required but missing")
-            continue
-        value = item.get("input")
-        message = item["msg"].removeprefix("Value error, ")
-        # model-level checks start their message with the field they concern: "<field>: ..."
-        head, sep, rest = message.partition(": ")
-        here = _value_at(raw, loc)
-        first = head.split(".")[0]
-        if sep and (first in _allowed_keys(root, loc) or (isinstance(here, dict) and first in here)):
-            loc, message = (*loc, *head.split(".")), rest
-            field, value = _dotted(loc), _value_at(raw, loc)
-        shown = "{...}" if isinstance(value, dict) and len(str(value)) > 80 else repr(value)
-        lines.append(f"  field '{field}' = {shown}: {message}")
+    for (field, text), key in zip(problems, keys, strict=True):
+        if key is None:
+            lines.append(f"  field '{field}'{text}")
+        else:
+            lines.append(f"  --set {key}={overrides[key]!r}: field '{field}'{text}")
     return "\n".join(lines)
+
+
+def _problem(root: type[BaseModel], item: Mapping[str, Any], raw: dict[str, Any]) -> tuple[str, str]:
+    """(dotted field, the rest of its line: ' = value: what is wrong') of one pydantic error."""
+    loc = item["loc"]
+    field = _dotted(loc)
+    if item["type"] == "extra_forbidden":
+        return field, f": unknown key; allowed keys here: {', '.join(_allowed_keys(root, loc[:-1]))}"
+    if item["type"] == "missing":
+        return field, ": required but missing"
+    value = item.get("input")
+    message = item["msg"].removeprefix("Value error, ")
+    # model-level checks start their message with the field they concern: "<field>: ..."
+    head, sep, rest = message.partition(": ")
+    here = _value_at(raw, loc)
+    first = head.split(".")[0]
+    if sep and (first in _allowed_keys(root, loc) or (isinstance(here, dict) and first in here)):
+        loc, message = (*loc, *head.split(".")), rest
+        field, value = _dotted(loc), _value_at(raw, loc)
+    shown = "{...}" if isinstance(value, dict) and len(str(value)) > 80 else repr(value)
+    return field, f" = {shown}: {message}"
 
 
 def _value_at(raw: Any, loc: tuple[Any, ...]) -> Any:

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,9 @@ class ImportReport:
         Labels that were already stored (re-import) and kept.
     sha256
         Checksum of the file.
+    differing
+        Already stored structures whose stored labels differ from the file's: (hash, label names, description
+        of the first difference); the stored labels were kept.
     """
 
     path: Path
@@ -79,6 +82,7 @@ class ImportReport:
     new_labels: int
     existing_labels: int
     sha256: str
+    differing: list[tuple[str, list[str], str]] = field(default_factory=list)
 
 
 def _show(value: Any) -> str:
@@ -301,6 +305,56 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+#: Stored and imported labels closer than this are the same (eV, eV/Å, eV/Å³, eV).
+LABEL_TOLERANCE = {"energy": 1e-5, "forces": 1e-5, "stress": 1e-7, "gap": 1e-5}
+
+
+def _differing_labels(store: Store, labels: Sequence[LabelRecord], level: str) -> list[tuple[str, list[str], str]]:
+    """Labels of ``labels`` whose structure is already labelled 'ok' at ``level`` with other values."""
+    stored = store.query(
+        """SELECT structure_hash, energy_ev, forces_ev_per_a, stress_ev_per_a3, gap_ev FROM labels
+           WHERE level = ? AND status = 'ok' AND structure_hash IN (SELECT unnest(?))""",
+        [level, [r.structure_hash for r in labels]],
+    ).set_index("structure_hash")
+    out: list[tuple[str, list[str], str]] = []
+    for record in labels:
+        if record.structure_hash not in stored.index:
+            continue
+        row = stored.loc[record.structure_hash]
+        names: list[str] = []
+        first = ""
+        for name, new, old in (
+            ("energy", record.energy_ev, row["energy_ev"]),
+            ("forces", record.forces_ev_per_a, row["forces_ev_per_a"]),
+            ("stress", record.stress_ev_per_a3, row["stress_ev_per_a3"]),
+            ("gap", record.gap_ev, row["gap_ev"]),
+        ):
+            if new is None or not _present_array(old):
+                continue
+            a, b = np.ravel(np.asarray(new, dtype=float)), np.ravel(np.asarray(old, dtype=float))
+            if a.shape != b.shape or np.max(np.abs(a - b)) > LABEL_TOLERANCE[name]:
+                names.append(name)
+                if not first:
+                    if a.size == 1 and b.size == 1:
+                        detail = f"stored {b[0]:.4f}, file {a[0]:.4f}"
+                    elif a.shape == b.shape:
+                        detail = f"largest difference {np.max(np.abs(a - b)):.3g}"
+                    else:
+                        detail = f"{b.size} stored values, {a.size} in the file"
+                    first = f"{record.structure_hash[:12]} {name}: {detail}"
+        if names:
+            out.append((record.structure_hash, names, first))
+    return out
+
+
+def _present_array(value: Any) -> bool:
+    if value is None or value is pd.NA:
+        return False
+    if isinstance(value, float):
+        return not math.isnan(value)
+    return True
+
+
 def import_labelled_dataset(
     store: Store,
     path: str | Path,
@@ -380,6 +434,7 @@ def import_labelled_dataset(
         )
         for h, r in unique.items()
     ]
+    differing = _differing_labels(store, labels, level) if store.exists() else []
     with store.write() as writer:
         writer.register_level(level, backend="import", settings={"file": source, "sha256": sha, "keys": keys.present()})
         structure_counts = writer.add_structures(structures, run_id=run_id)
@@ -393,7 +448,16 @@ def import_labelled_dataset(
         new_labels=label_counts.new,
         existing_labels=label_counts.existing,
         sha256=sha,
+        differing=differing,
     )
+    if differing:
+        logger.warning(
+            "%s: %d structures were already stored at level %s with other labels (%s); the stored labels were kept",
+            path.name,
+            len(differing),
+            level,
+            differing[0][2],
+        )
     logger.info(
         "imported %s at level %s: %d frames, %d duplicates, %d new structures, %d new labels",
         path.name,

@@ -11,6 +11,11 @@ that off again: DuckDB refuses and capml reports it.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
 import duckdb
 import pandas as pd
 
@@ -74,25 +79,121 @@ def check_user_sql(sql: str) -> None:
         )
 
 
-def run_user_query(store, sql: str, *, max_rows: int | None = None) -> pd.DataFrame:  # noqa: ANN001 - Store
+#: Seconds a user's query may run before it is stopped (DuckDB interrupts it).
+DEFAULT_TIMEOUT_S = 60.0
+#: Rows fetched from DuckDB at a time while streaming or counting.
+CHUNK_ROWS = 8192
+
+
+@dataclass(frozen=True)
+class QueryPreview:
+    """The first rows of a query's result and how many rows it has in all."""
+
+    frame: pd.DataFrame
+    n_rows: int
+
+    @property
+    def n_left_out(self) -> int:
+        """Rows of the result not in ``frame``."""
+        return self.n_rows - len(self.frame)
+
+
+@contextmanager
+def _user_query(store, sql: str, timeout_s: float | None) -> Iterator[duckdb.DuckDBPyConnection]:  # noqa: ANN001
+    """A sandboxed connection whose queries are interrupted after ``timeout_s``; DuckDB errors made readable."""
+    check_user_sql(sql)
+    with store.read(sandboxed=True) as con:  # waits for a writer, checks the schema version
+        timer = threading.Timer(timeout_s, con.interrupt) if timeout_s else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        try:
+            yield con
+        except duckdb.InterruptException as err:
+            raise QueryTimeout(
+                f"query stopped after {timeout_s:g} s, its time limit (capml sql --timeout S): narrow it (WHERE, "
+                "LIMIT) or allow longer"
+            ) from err
+        except duckdb.PermissionException as err:
+            raise QueryRefused(f"refused: the query reaches outside the store ({err})") from err
+        except duckdb.Error as err:
+            raise InvalidInputError(f"SQL error: {err}") from err
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+
+class QueryTimeout(InvalidInputError):
+    """A user's query ran longer than its time limit and was stopped."""
+
+
+def run_user_query(
+    store,  # noqa: ANN001 - Store
+    sql: str,
+    *,
+    max_rows: int | None = None,
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
+) -> pd.DataFrame:
     """Run a user's read-only query on the store (checked, then sandboxed); at most ``max_rows`` rows.
 
     Raises
     ------
     QueryRefused
         The query is not a single read-only query, or it tried to reach files or extensions.
+    QueryTimeout
+        It ran longer than ``timeout_s`` seconds (None: no limit).
     NotComputedError
         No store yet.
     InvalidInputError
         The SQL is wrong (DuckDB's message).
     """
-    check_user_sql(sql)
-    with store.read(sandboxed=True) as con:  # waits for a writer, checks the schema version
-        try:
-            result = con.execute(sql)
-            frame = result.fetch_df_chunk(-(-max_rows // 2048)) if max_rows else result.df()  # 2048-row vectors
-        except duckdb.PermissionException as err:
-            raise QueryRefused(f"refused: the query reaches outside the store ({err})") from err
-        except duckdb.Error as err:
-            raise InvalidInputError(f"SQL error: {err}") from err
+    with _user_query(store, sql, timeout_s) as con:
+        result = con.execute(sql)
+        frame = result.fetch_df_chunk(-(-max_rows // 2048)) if max_rows else result.df()  # 2048-row vectors
     return frame.head(max_rows) if max_rows else frame
+
+
+def preview_user_query(
+    store,  # noqa: ANN001 - Store
+    sql: str,
+    *,
+    max_rows: int,
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
+) -> QueryPreview:
+    """The first ``max_rows`` rows of a user's query and the number of rows in all (counted, not kept)."""
+    with _user_query(store, sql, timeout_s) as con:
+        result = con.execute(sql)
+        columns = [d[0] for d in result.description]
+        first = result.fetchmany(max_rows) if max_rows > 0 else []
+        n_rows = len(first)
+        while chunk := result.fetchmany(CHUNK_ROWS):
+            n_rows += len(chunk)
+    return QueryPreview(pd.DataFrame.from_records(first, columns=columns), n_rows)
+
+
+def stream_user_query(
+    store,  # noqa: ANN001 - Store
+    sql: str,
+    write: Callable[[pd.DataFrame, bool], None],
+    *,
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
+) -> int:
+    """Run a user's query and hand its rows to ``write(chunk, first)`` chunk by chunk; returns the row count.
+
+    Memory stays at one chunk (:data:`CHUNK_ROWS` rows) whatever the size of the result.
+    """
+    n_rows = 0
+    with _user_query(store, sql, timeout_s) as con:
+        result = con.execute(sql)
+        columns = [d[0] for d in result.description]
+        first = True
+        while True:
+            chunk = result.fetchmany(CHUNK_ROWS)
+            if not chunk and not first:
+                break
+            write(pd.DataFrame.from_records(chunk, columns=columns), first)
+            n_rows += len(chunk)
+            first = False
+            if not chunk:
+                break
+    return n_rows

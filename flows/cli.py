@@ -258,6 +258,14 @@ def data_import(
         f"({report.n_duplicate_frames} repeated in the file), {report.new_structures} new structures, "
         f"{report.new_labels} new labels, {report.existing_labels} already stored; store {loaded.project_dir}"
     )
+    if report.differing:
+        names = sorted({name for _, labels, _ in report.differing for name in labels})
+        err_console.print(
+            f"[bold yellow]warning:[/] {len(report.differing)} of the already stored structures have other labels "
+            f"at {report.level} in the store than in this file ({', '.join(names)}; e.g. {report.differing[0][2]}): "
+            "the stored labels were kept. Import the file under another --level name to keep both",
+            highlight=False,
+        )
 
 
 @data_app.command("generate")
@@ -896,15 +904,48 @@ def sql(
     config: ConfigOption = None,
     project: ProjectOption = None,
     output: Annotated[str, typer.Option(help="Output format: table, csv or json.")] = "table",
+    max_rows: Annotated[
+        int, typer.Option(min=0, help="Rows printed at most (the rest are counted and said); 0: all.")
+    ] = 1000,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="Write every row to this CSV file, streamed (any size).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(min=0.0, help="Stop the query after this many seconds (0: never).")] = 60.0,
 ) -> None:
     """Query the store with SQL: one read-only query; writes, files, extensions refused (tables: docs/store.md)."""
-    from capml_core.sql import run_user_query
+    from capml_core.sql import preview_user_query, run_user_query, stream_user_query
     from capml_core.store import Store
 
     if output not in ("table", "csv", "json"):
         _fail(CapmlError(f"--output {output!r}: allowed: table, csv, json"))
+    limit = timeout or None
     try:
-        frame = run_user_query(Store(_project_dir(config, project)), query)
+        store = Store(_project_dir(config, project))
+        if file is not None:
+            if file.exists() and file.is_dir():
+                raise CapmlError(f"--file {file}: is a folder; give a file name")
+            partial = file.with_name(file.name + ".partial")
+            try:
+                with open(partial, "w", encoding="utf-8", newline="") as handle:
+                    n = stream_user_query(
+                        store,
+                        query,
+                        lambda chunk, first: chunk.to_csv(handle, index=False, header=first),
+                        timeout_s=limit,
+                    )
+            except OSError as err:
+                raise CapmlError(f"--file {file}: cannot write: {err.strerror or err}") from err
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
+            partial.replace(file)
+            console.print(f"{n} rows -> {file}")
+            return
+        if max_rows == 0:
+            frame, left_out = run_user_query(store, query, timeout_s=limit), 0
+        else:
+            preview = preview_user_query(store, query, max_rows=max_rows, timeout_s=limit)
+            frame, left_out = preview.frame, preview.n_left_out
     except CapmlError as err:
         _fail(err)
     if output == "csv":
@@ -913,6 +954,11 @@ def sql(
         sys.stdout.write(frame.to_json(orient="records", date_format="iso") + "\n")
     else:
         console.print(frame.to_string(index=False))
+    if left_out:
+        err_console.print(
+            f"{left_out} more rows left out (first {len(frame)} shown): --max-rows N (0: all) or --file OUT.csv "
+            "for every row"
+        )
 
 
 @app.command()
