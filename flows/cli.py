@@ -265,6 +265,7 @@ def data_import(
             f"at {report.level} in the store than in this file ({', '.join(names)}; e.g. {report.differing[0][2]}): "
             "the stored labels were kept. Import the file under another --level name to keep both",
             highlight=False,
+            soft_wrap=True,
         )
 
 
@@ -957,7 +958,8 @@ def sql(
     if left_out:
         err_console.print(
             f"{left_out} more rows left out (first {len(frame)} shown): --max-rows N (0: all) or --file OUT.csv "
-            "for every row"
+            "for every row",
+            soft_wrap=True,
         )
 
 

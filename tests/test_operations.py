@@ -181,7 +181,11 @@ def test_a_killed_pipeline_resumes_without_recomputing_or_duplicating(trained, t
         process.wait(timeout=30)
     before = _relaxations(store)
     assert 3 <= len(before) < 14  # killed in the middle
-    assert store.runs()["status"].tolist() == ["running"]  # the killed run never finished
+    assert store.runs()["status"].tolist() == ["interrupted"]  # its process is gone: not "running" for ever
+    listed = subprocess.run(
+        [str(BIN / "capml"), "runs", "--project", str(project)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert listed.returncode == 0 and "interrupted" in listed.stdout, listed.stdout + listed.stderr
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     after = _relaxations(store)
@@ -198,4 +202,5 @@ def test_a_killed_pipeline_resumes_without_recomputing_or_duplicating(trained, t
     assert set(reference) == set(after)
     for key, (energy, digest, _) in reference.items():
         assert after[key][0] == pytest.approx(energy, abs=1e-6) and after[key][1] == digest
-    assert sorted(store.runs()["status"]) == ["done", "running"]  # the killed run stays marked as it died
+    assert sorted(store.runs()["status"]) == ["done", "interrupted"]  # the next run marked the killed one
+    assert store.query("SELECT status FROM runs ORDER BY started_at")["status"].tolist() == ["interrupted", "done"]
