@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -251,3 +252,58 @@ def convert_trusted_pickle(source: str | Path, target: str | Path) -> Path:
     if not isinstance(model, torch.nn.Module):
         raise InvalidInputError(f"{source}: holds a {type(model).__name__}, not a MACE model")
     return write_safe_model(model, target)
+
+
+def write_trusted_pickle(model: Any, path: str | Path) -> Path:
+    """Write a module capml built (from its own form) as the pickle MACE's trainer reads (``--foundation_model``)."""
+    torch = _import_torch()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model, path)
+    return path
+
+
+@dataclass(frozen=True)
+class MaceModelInfo:
+    """What capml needs to know about a MACE model file (capml's form): cutoff (Å), size, elements, checksum."""
+
+    path: Path
+    sha256: str
+    r_max_a: float
+    channels: int | None
+    max_l: int | None
+    correlation: int | None
+    atomic_numbers: tuple[int, ...]
+
+
+def inspect_mace_model(path: str | Path) -> MaceModelInfo:
+    """Open a MACE file in capml's form (never a pickle) and read its cutoff, size and elements.
+
+    Raises
+    ------
+    InvalidInputError
+        The file does not exist, is a pickle, or is not a MACE model in capml's form.
+    """
+    path = Path(path)
+    model = load_safe_model(path)
+    channels = max_l = correlation = None
+    try:
+        from e3nn import o3
+        from mace.tools.scripts_utils import extract_config_mace_model
+
+        settings = extract_config_mace_model(model)
+        hidden = o3.Irreps(str(settings["hidden_irreps"]))
+        channels = sum(mul for mul, irrep in hidden if irrep.l == 0)
+        max_l = max(irrep.l for _, irrep in hidden)
+        correlation = int(np.max(settings["correlation"]))
+    except Exception:  # noqa: S110 - an unusual MACE variant: size unknown, cutoff still checked
+        pass
+    return MaceModelInfo(
+        path=path,
+        sha256=file_sha256(path),
+        r_max_a=float(model.r_max),
+        channels=channels,
+        max_l=max_l,
+        correlation=correlation,
+        atomic_numbers=tuple(int(z) for z in model.atomic_numbers),
+    )

@@ -169,6 +169,14 @@ def config_check(config: Annotated[Path, typer.Argument(help="Run configuration 
 
     try:
         loaded = load_config(config)
+        foundation = loaded.config.mlip.foundation_model
+        if foundation is not None:  # read in capml's form only (a pickle is refused, never run)
+            from capml_core.mace_files import inspect_mace_model
+            from capml_core.mlip import check_foundation
+            from capml_core.structures import allowed_species
+
+            info = inspect_mace_model(foundation)
+            check_foundation(info, loaded.config.mlip, allowed_species(loaded.config.system), source=str(loaded.path))
     except CapmlError as err:
         _fail(err)
     system = loaded.config.system
@@ -185,6 +193,8 @@ def config_check(config: Annotated[Path, typer.Argument(help="Run configuration 
     console.print(
         f"imports     {', '.join(f'{s.path.name} ({s.level})' for s in loaded.config.dataset.imports) or '-'}"
     )
+    if foundation is not None:
+        console.print(f"foundation  {foundation}: MACE, cutoff {info.r_max_a:g} Å, {info.channels} channels")
     console.print(f"project dir {loaded.project_dir}")
 
 
@@ -674,6 +684,34 @@ def mlip_evaluate(
     except CapmlError as err:
         _fail(err)
     _print_mlip_tables(store, [model_id])
+
+
+@mlip_app.command("convert")
+def mlip_convert(
+    source: Annotated[Path, typer.Argument(help="A MACE .model file (a pickle) that you trust.")],
+    target: Annotated[Path, typer.Argument(help="Output file in capml's form (*.capml-mace.pt).")],
+    trust: Annotated[
+        bool, typer.Option("--trust", help="Confirm you trust the file: converting unpickles it, running its code.")
+    ] = False,
+) -> None:
+    """Convert a MACE .model pickle you trust to capml's form, the only MACE form capml loads."""
+    from capml_core.mace_files import SAFE_SUFFIX, convert_trusted_pickle, inspect_mace_model
+
+    try:
+        if not trust:
+            raise CapmlError(
+                f"{source}: converting a .model file unpickles it, which runs any code it holds; only for a file "
+                "whose source you trust: add --trust"
+            )
+        if not target.name.endswith(SAFE_SUFFIX):
+            raise CapmlError(f"{target}: name the output *{SAFE_SUFFIX}")
+        info = inspect_mace_model(convert_trusted_pickle(source, target))
+    except CapmlError as err:
+        _fail(err)
+    console.print(
+        f"{source} -> {target}: MACE, cutoff {info.r_max_a:g} Å, {info.channels} channels, L = {info.max_l}, "
+        f"elements {list(info.atomic_numbers)}"
+    )
 
 
 @app.command()

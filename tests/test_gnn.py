@@ -143,6 +143,49 @@ def test_gnn_train_and_predict_commands(demo_store_copy: Path, tmp_path: Path) -
     assert lines[0] == "frame,formula,gap_ev,gap_std_ev" and len(lines) == 4
     gaps = [float(line.split(",")[2]) for line in lines[1:]]
     assert all(1.0 < g < 2.5 for g in gaps)  # fine-tuned: GLLB-SC scale, not PBEsol's
+    _bad_model_files_are_refused(runner, app, store, tmp_path / "three.extxyz", tmp_path)
+
+
+def _bad_model_files_are_refused(runner, app, store, structures: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    """A truncated, foreign-architecture or pickled model.pt: exit 2, one message naming the file, nothing run."""
+    import shutil
+
+    import torch
+
+    from tests.test_hostile_inputs import crafted_pickle
+
+    relpath = store.query("SELECT relpath FROM gnn_models ORDER BY created_at DESC LIMIT 1")["relpath"][0]
+    good = store.project_dir / relpath
+    same = runner.invoke(app, ["gnn", "predict", str(structures), "--model", str(good)])
+    assert same.exit_code == 0 and len(same.output.strip().splitlines()) == 4
+    marker = tmp_path / "side-effect"
+    cases = {}
+    for name in ("truncated", "foreign", "pickle"):
+        folder = tmp_path / name
+        shutil.copytree(good, folder)
+        cases[name] = folder
+    data = (good / "model.pt").read_bytes()
+    (cases["truncated"] / "model.pt").write_bytes(data[: len(data) // 2])
+    from capml_core.gnn import Architecture
+
+    foreign = Architecture(conv_layers=5, hidden_channels=7)  # no named architecture has this shape
+    torch.save(build_model(foreign).state_dict(), cases["foreign"] / "model.pt")
+    crafted_pickle(cases["pickle"] / "model.pt", marker)
+    expected = {
+        "truncated": "not a readable capml GNN weights file (truncated or not a torch file",
+        "foreign": "weights of another architecture than model.json's",
+        "pickle": "holds pickled Python object posix.system, not only tensors; refused",
+    }
+    for name, folder in cases.items():
+        result = runner.invoke(app, ["gnn", "predict", str(structures), "--model", str(folder / "model.pt")])
+        assert result.exit_code == 2, (name, result.output)
+        message = " ".join(result.output.split())
+        assert str(folder / "model.pt") in message and expected[name] in message, (name, message)
+        assert "weights_only=False" not in message and "Traceback" not in message
+    (good / "model.pt").write_bytes((cases["pickle"] / "model.pt").read_bytes())  # planted in the project
+    planted = runner.invoke(app, ["gnn", "predict", str(structures), "-p", str(store.project_dir)])
+    assert planted.exit_code == 2 and "refused" in planted.output
+    assert not marker.exists()
 
 
 def test_config_names_exactly_the_known_architectures() -> None:
