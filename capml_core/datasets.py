@@ -305,6 +305,28 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def md_frame_row(info: dict[str, Any], structure_hash: str) -> dict[str, Any] | None:
+    """The ``md_frames`` row of a frame whose ``info`` says it is an MD frame (``config_type=md-frame``), else None.
+
+    Such a frame keeps its provenance on import, and a held-out one (``held_out``) stays out of training.
+    """
+    if info.get("config_type") != "md-frame" or "md_id" not in info or "model_id" not in info:
+        return None
+    return {
+        "structure_hash": structure_hash,
+        "md_id": str(info["md_id"]),
+        "frame": int(info.get("frame", -1)),
+        "time_fs": float(info["time_fs"]) if "time_fs" in info else None,
+        "composition_x": float(info["composition_x"]) if "composition_x" in info else None,
+        "temperature_k": float(info["temperature_k"]) if "temperature_k" in info else None,
+        "model_id": str(info["model_id"]),
+        "held_out": bool(info.get("held_out", False)),
+        "selection": str(info.get("selection", "imported")),
+        "round": int(info.get("round", 0)),
+        "seed": int(info["seed"]) if isinstance(info.get("seed"), int) else None,
+    }
+
+
 #: Stored and imported labels closer than this are the same (eV, eV/Å, eV/Å³, eV).
 LABEL_TOLERANCE = {"energy": 1e-5, "forces": 1e-5, "stress": 1e-7, "gap": 1e-5}
 
@@ -408,13 +430,14 @@ def import_labelled_dataset(
     sha = file_sha256(path)
     unique = {r.structure_hash: r for r in reversed(records)}  # first occurrence wins
     source = path.name
+    frames = {h: md_frame_row(r.extras, h) for h, r in unique.items()}
     structures = [
         StructureRecord(
             atoms=r.atoms,
             structure_hash=h,
-            kind="imported",
+            kind="md-frame" if frames[h] else "imported",
             composition_x=substituted_fraction(r.atoms, sublattice_species) if sublattice_species else None,
-            temperature_k=r.temperature_k,
+            temperature_k=frames[h]["temperature_k"] if frames[h] else r.temperature_k,
             amplitude_a=r.amplitude_a,
             seed=int(r.extras["seed"]) if isinstance(r.extras.get("seed"), int) else None,
             source=source,
@@ -439,6 +462,7 @@ def import_labelled_dataset(
         writer.register_level(level, backend="import", settings={"file": source, "sha256": sha, "keys": keys.present()})
         structure_counts = writer.add_structures(structures, run_id=run_id)
         label_counts = writer.add_labels(labels, run_id=run_id)
+        writer.add_rows("md_frames", [{**row, "run_id": run_id} for row in frames.values() if row])
     report = ImportReport(
         path=path,
         level=level,

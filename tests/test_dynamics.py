@@ -138,3 +138,46 @@ def test_dynamics_stage_runs_every_composition_once(trained, tmp_path: Path) -> 
     stamps = {r.md_id: r.path.stat().st_mtime_ns for r in results}
     again = run_dynamics(store, config)
     assert {r.md_id: r.path.stat().st_mtime_ns for r in again} == stamps  # nothing rerun
+    _held_out_frames_round_trip(store, config, tmp_path)
+
+
+def _held_out_frames_round_trip(store, config, tmp_path: Path) -> None:  # noqa: ANN001
+    """Frames drawn at random from production MD, a pool file, a new store, labels exported and imported: the
+    provenance survives and held-out frames never enter a training set."""
+    from capml_core.config import ImportSpec
+    from capml_core.datasets import export_labelled_extxyz, import_spec
+    from capml_core.md_frames import read_frame_pool, restore_frame_pool, sample_random_frames, write_frame_pool
+    from capml_core.store import LabelRecord, Store
+
+    levels = ["gpaw-pbesol", "gpaw-gllbsc"]
+    frames = sample_random_frames(store, config.md, levels=levels, per_run=2, seed=3)
+    assert len(frames) == 10 and len({f.structure_hash for f in frames}) == 10
+    assert all(f.time_fs >= 20.0 and f.held_out and f.selection == "random" for f in frames)  # production only
+    assert [f.structure_hash for f in sample_random_frames(store, config.md, levels=levels, per_run=2, seed=9)] == [
+        f.structure_hash for f in frames
+    ]  # a stored draw is reused, not redrawn
+    assert store.pending_labels("gpaw-gllbsc", set_name="md-heldout@gpaw-gllbsc") == [f.structure_hash for f in frames]
+    pool = write_frame_pool(frames, tmp_path / "pool.extxyz")
+    assert [f.structure_hash for f in read_frame_pool(tmp_path / "pool.extxyz")] == [f.structure_hash for f in frames]
+    fresh = Store(tmp_path / "fresh")
+    assert restore_frame_pool(fresh, tmp_path / "pool.extxyz", levels=levels) == pool == 10
+    columns = "structure_hash, md_id, frame, time_fs, temperature_k, model_id, held_out"
+    assert fresh.query(f"SELECT {columns} FROM md_frames ORDER BY 1").equals(
+        store.query(f"SELECT {columns} FROM md_frames ORDER BY 1")
+    )
+    gaps = [LabelRecord(f.structure_hash, "gpaw-gllbsc", gap_ev=1.0 + 0.01 * i) for i, f in enumerate(frames)]
+    with fresh.write() as writer:
+        writer.add_labels(gaps, run_id=None)
+    assert fresh.labelled_gaps("gpaw-gllbsc").empty  # labelled, but held out: no training set sees them
+    exported = tmp_path / "heldout-gllbsc.extxyz"
+    assert export_labelled_extxyz(fresh, exported, level="gpaw-gllbsc", set_name="md-heldout@gpaw-gllbsc") == 10
+    third = Store(tmp_path / "third")
+    spec = ImportSpec.model_validate(
+        {"path": exported, "level": "gpaw-gllbsc", "labels": ["gap"], "key_prefix": "REF"},
+        context={"base_dir": tmp_path},
+    )
+    import_spec(third, spec, config.system)
+    kinds = third.query("SELECT DISTINCT kind FROM structures")["kind"].tolist()
+    assert kinds == ["md-frame"] and third.query("SELECT bool_and(held_out) AS h FROM md_frames")["h"][0]
+    assert third.labelled_gaps("gpaw-gllbsc").empty
+    assert len(third.query("SELECT * FROM labels")) == 10

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ase.io import read
 from typer.testing import CliRunner
 
 from capml_core.config import MLIPSection, load_config
@@ -23,7 +24,7 @@ from capml_core.mlip import (
     split_structures,
 )
 from capml_core.store import LabelRecord, Store
-from tests.conftest import DEMO_CONFIG, REPO, TINY, _tiny_config
+from tests.conftest import DEMO_CONFIG, PBESOL_FILE, REPO, TINY, _tiny_config
 
 
 # ------------------------------------------------------------------------------------------- fast
@@ -54,7 +55,7 @@ def test_a_model_file_that_is_missing_or_not_mace_is_refused_with_its_path(tmp_p
     import torch
 
     torch.save({"weights": [1, 2]}, tmp_path / "dict.model")
-    with pytest.raises(InvalidInputError, match="holds a dict, not a MACE model"):
+    with pytest.raises(InvalidInputError, match="dict.model: not a capml MACE file"):
         inspect_mace_model(tmp_path / "dict.model")
 
 
@@ -310,3 +311,69 @@ def test_dashboard_page_draws_parity_and_both_dispersions(trained, monkeypatch: 
     dispersion = specs[3]
     assert len(dispersion["data"]) == 30  # 15 branches from the reference and 15 from MACE
     assert {t["name"] for t in dispersion["data"]} == {"gpaw-pbesol", "MACE"}
+
+
+@pytest.mark.slow
+def test_a_crafted_mace_pickle_runs_nothing_through_any_entry_point(trained, tmp_path: Path) -> None:
+    """mlip evaluate, mlip.foundation_model (config check, mlip train), a model planted in the project: refused."""
+    from capml_core.mlip import load_mace_calculator
+    from flows.cli import app
+    from tests.test_hostile_inputs import crafted_pickle
+
+    project, _, scratch, _ = trained
+    marker = tmp_path / "side-effect"
+    evil = crafted_pickle(tmp_path / "mace-foundation.model", marker)
+    config = _tiny_toml(tmp_path / "demo.toml")
+    runner = CliRunner()
+    refused = "loading it would run code it names, so capml refuses it"
+    fresh = tmp_path / "fresh-project"
+    result = runner.invoke(app, ["mlip", "evaluate", str(evil), "-c", str(config), "-p", str(fresh)])
+    assert result.exit_code == 2 and refused in " ".join(result.output.split()) and not fresh.exists()
+    with_foundation = _tiny_toml(tmp_path / "foundation.toml", foundation_model=str(evil))
+    checked = runner.invoke(app, ["config", "check", str(with_foundation)])
+    assert checked.exit_code == 2 and refused in " ".join(checked.output.split())
+    trained_fresh = runner.invoke(app, ["mlip", "train", "-c", str(with_foundation), "-p", str(fresh)])
+    assert trained_fresh.exit_code == 2 and refused in " ".join(trained_fresh.output.split())
+    assert not fresh.exists()  # validated before anything was written
+    target = tmp_path / "planted"
+    shutil.copytree(project, target)
+    planted = target / scratch.model.path.relative_to(project)
+    planted.write_bytes(evil.read_bytes())
+    for other in (target / "mlip").rglob("*.model"):
+        other.write_bytes(evil.read_bytes())
+    with pytest.raises(InvalidInputError, match=refused):
+        load_mace_calculator(planted)
+    scan = runner.invoke(app, ["disorder", "-c", str(config), "-p", str(target)])
+    assert scan.exit_code == 2 and refused in " ".join(scan.output.split()), scan.output
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_capml_form_gives_the_trainers_energies_and_convert_needs_trust(trained, tmp_path: Path) -> None:
+    import torch
+    from mace.calculators import MACECalculator
+
+    from capml_core.mace_files import SAFE_SUFFIX
+    from capml_core.mlip import load_mace_calculator
+    from flows.cli import app
+
+    _, _, scratch, _ = trained
+    assert scratch.model.path.name.endswith(SAFE_SUFFIX)
+    pickles = sorted(scratch.model.path.parent.glob("capml*.model"))
+    trainer_output = [p for p in pickles if "compiled" not in p.name][-1]
+    runner = CliRunner()
+    untrusted = runner.invoke(app, ["mlip", "convert", str(trainer_output), str(tmp_path / f"m{SAFE_SUFFIX}")])
+    assert untrusted.exit_code == 2 and "add --trust" in untrusted.output
+    assert not (tmp_path / f"m{SAFE_SUFFIX}").exists()
+    converted = runner.invoke(
+        app, ["mlip", "convert", str(trainer_output), str(tmp_path / f"m{SAFE_SUFFIX}"), "--trust"]
+    )
+    assert converted.exit_code == 0 and "cutoff 4.5 Å" in converted.output
+    atoms = read(PBESOL_FILE, index=3)
+    reference = MACECalculator(model_paths=str(trainer_output), device="cpu", default_dtype="float64")
+    for path in (scratch.model.path, tmp_path / f"m{SAFE_SUFFIX}"):
+        ours, theirs = atoms.copy(), atoms.copy()
+        ours.calc, theirs.calc = load_mace_calculator(path, device="cpu"), reference
+        assert ours.get_potential_energy() == pytest.approx(theirs.get_potential_energy(), abs=1e-9)
+        np.testing.assert_allclose(ours.get_forces(), theirs.get_forces(), atol=1e-9)
+    assert torch.load(scratch.model.path, weights_only=True)["format"] == "capml-mace-1"
