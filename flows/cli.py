@@ -922,6 +922,70 @@ def modes(
 
 
 @app.command()
+def evaluate(
+    config: ConfigOption = None,
+    project: ProjectOption = None,
+    set_name: Annotated[str, typer.Option("--set", help="Selection of MD frames to measure on.")] = "md-heldout",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON list of the errors.")] = False,
+) -> None:
+    """Errors of the project's latest MACE and GNN ensemble on held-out MD frames labelled so far (per level)."""
+    from capml_core.config import load_config
+    from capml_core.gnn import latest_ensemble, load_ensemble_by_id, predict_gaps
+    from capml_core.heldout import errors_table, gap_errors, labelled_frames, mace_errors
+    from capml_core.mlip import latest_model, load_mace_calculator
+    from capml_core.store import Store
+
+    errors = []
+    try:
+        if config is None:
+            raise CapmlError("give --config CONFIG.toml (its reference levels say what to measure)")
+        loaded = load_config(config, project_dir=project)
+        store = Store(loaded.project_dir)
+        reference = loaded.config.reference
+        cheap = loaded.config.mlip.level or reference.cheap_level
+        rows = labelled_frames(store, cheap, set_name=set_name)
+        rows = rows[rows["energy_ev"].notna() & rows["forces_ev_per_a"].notna()]
+        if len(rows):
+            model_id, path = latest_model(store)
+            atoms = store.load_structures(rows["structure_hash"].tolist())
+            stresses = [None if s is None or (isinstance(s, float) and s != s) else s for s in rows["stress_ev_per_a3"]]
+            errors += mace_errors(
+                load_mace_calculator(path, device="cpu", dtype="float64"),
+                [atoms[h] for h in rows["structure_hash"]],
+                rows["energy_ev"].tolist(),
+                rows["forces_ev_per_a"].tolist(),
+                stresses,
+                model=f"mace {model_id}",
+                level=cheap,
+            )
+        try:
+            ensemble_id, gap_level = latest_ensemble(store)
+        except CapmlError:
+            ensemble_id = None
+        if ensemble_id is not None:
+            gaps = labelled_frames(store, gap_level, set_name=set_name)
+            gaps = gaps[gaps["gap_ev"].notna()]
+            if len(gaps):
+                atoms = store.load_structures(gaps["structure_hash"].tolist())
+                mean, _ = predict_gaps(
+                    [atoms[h] for h in gaps["structure_hash"]], load_ensemble_by_id(store, ensemble_id)
+                )
+                errors.append(gap_errors(mean, gaps["gap_ev"].to_numpy(), model=f"gnn {ensemble_id}", level=gap_level))
+        if not errors:
+            raise CapmlError(
+                f"no frame of the selection {set_name!r} is labelled yet (capml label --set {set_name}@LEVEL)"
+            )
+    except CapmlError as err:
+        _fail(err)
+    table = errors_table(errors)
+    if as_json:
+        sys.stdout.write(table.to_json(orient="records") + "\n")
+        return
+    console.print(f"errors on the {set_name} frames (model - DFT):")
+    console.print(table.round(4).to_string(index=False))
+
+
+@app.command()
 def runs(config: ConfigOption = None, project: ProjectOption = None) -> None:
     """Runs recorded in the store and the stages of the latest one."""
     from capml_core.store import Store

@@ -36,10 +36,13 @@ def test_help_lists_only_the_working_commands() -> None:
         "phonons",
         "gaps",
         "modes",
+        "evaluate",
     }
     assert all(name in result.output for name in commands)
     data_help = runner.invoke(app, ["data", "--help"]).output
-    assert all(word in data_help for word in ("import", "generate", "export", "summary"))
+    assert all(
+        word in data_help for word in ("import", "generate", "export", "summary", "sample-frames", "restore-frames")
+    )
 
 
 def test_data_import_then_summary_then_sql(tmp_path: Path) -> None:

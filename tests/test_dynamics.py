@@ -157,6 +157,7 @@ def _held_out_frames_round_trip(store, config, tmp_path: Path) -> None:  # noqa:
         f.structure_hash for f in frames
     ]  # a stored draw is reused, not redrawn
     assert store.pending_labels("gpaw-gllbsc", set_name="md-heldout@gpaw-gllbsc") == [f.structure_hash for f in frames]
+    _evaluate_measures_known_offsets(store, frames)
     pool = write_frame_pool(frames, tmp_path / "pool.extxyz")
     assert [f.structure_hash for f in read_frame_pool(tmp_path / "pool.extxyz")] == [f.structure_hash for f in frames]
     fresh = Store(tmp_path / "fresh")
@@ -181,3 +182,33 @@ def _held_out_frames_round_trip(store, config, tmp_path: Path) -> None:  # noqa:
     assert kinds == ["md-frame"] and third.query("SELECT bool_and(held_out) AS h FROM md_frames")["h"][0]
     assert third.labelled_gaps("gpaw-gllbsc").empty
     assert len(third.query("SELECT * FROM labels")) == 10
+
+
+def _evaluate_measures_known_offsets(store, frames) -> None:  # noqa: ANN001
+    """`capml evaluate` on frames whose 'DFT' labels are the MACE model's own values shifted by known amounts."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from capml_core.mlip import latest_model, load_mace_calculator
+    from capml_core.store import LabelRecord
+    from flows.cli import app
+
+    _, path = latest_model(store)
+    calculator = load_mace_calculator(path, device="cpu", dtype="float64")
+    labels = []
+    for f in frames:
+        atoms = f.atoms.copy()
+        atoms.calc = calculator
+        energy = atoms.get_potential_energy() + 0.010 * len(atoms)  # DFT 10 meV/atom above the model
+        forces = atoms.get_forces() - 0.02  # every component 0.02 eV/Å below
+        labels.append(LabelRecord(f.structure_hash, "gpaw-pbesol", energy_ev=energy, forces_ev_per_a=forces))
+    with store.write() as writer:
+        writer.add_labels(labels, run_id=None)
+    result = CliRunner().invoke(app, ["evaluate", "-c", str(DEMO_CONFIG), "-p", str(store.project_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    errors = {row["quantity"]: row for row in json.loads(result.stdout)}
+    assert errors["energy"]["n"] == 10 and errors["energy"]["unit"] == "meV/atom"
+    assert errors["energy"]["mean_error"] == pytest.approx(-10.0, abs=1e-6)
+    assert errors["energy"]["mae"] == pytest.approx(10.0, abs=1e-6)
+    assert errors["forces"]["mean_error"] == pytest.approx(0.02, abs=1e-9) and errors["forces"]["n"] == 10 * 40 * 3
