@@ -84,3 +84,34 @@ def test_a_failed_calculation_is_stored_with_its_error_and_not_retried(tmp_path:
 def test_unknown_level_is_refused_with_the_known_ones() -> None:
     with pytest.raises(ValueError, match="known: gpaw-gllbsc, gpaw-pbesol, vasp-hsesol, vasp-pbesol"):
         get_level("vasp-r2scan")
+
+
+def test_a_structure_another_live_process_claimed_is_skipped_and_scratch_stays_in_the_project(tmp_path: Path) -> None:
+    """Two labelling processes on one project: the second leaves the first's claim alone; nothing in /tmp."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from capml_core.store import this_host
+
+    records = _cells(2)
+    store = _store_with_set(tmp_path, records, "gpaw-pbesol")
+    pending = store.pending_labels("gpaw-pbesol")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    temporary = set(Path(tempfile.gettempdir()).glob("capml-gpaw-*"))
+    try:
+        with store.write() as writer:
+            writer.con.execute(
+                "INSERT INTO label_claims VALUES (?, 'gpaw-pbesol', ?, ?, now())", [pending[0], other.pid, this_host()]
+            )
+        report = label_structures(store, FAST_PBESOL, pending, workers=1)
+    finally:
+        other.kill()
+        other.wait()
+    assert (report.n_ok, report.n_skipped) == (1, 1)
+    assert store.pending_labels("gpaw-pbesol") == pending[:1]  # left to the process that claimed it
+    assert store.query("SELECT structure_hash FROM label_claims")["structure_hash"].tolist() == [pending[0]]
+    assert set(Path(tempfile.gettempdir()).glob("capml-gpaw-*")) == temporary  # no scratch folder in /tmp
+    assert (store.project_dir / "scratch").is_dir() and not any((store.project_dir / "scratch").iterdir())
+    again = label_structures(store, FAST_PBESOL, store.pending_labels("gpaw-pbesol"), workers=1)
+    assert again.n_ok == 1 and store.pending_labels("gpaw-pbesol") == []  # its process is gone: taken over
