@@ -161,9 +161,13 @@ def _read_state_dict(weights: Path, architecture: Architecture, module: Any) -> 
 
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:  # torch's weights-only unpickler met a class or function
+    except pickle.UnpicklingError as err:  # torch's weights-only unpickler met a class or function, or garbage
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        what = f"pickled Python object {found.group(1)}" if found else "pickled Python objects"
+        if found is None:
+            raise InvalidInputError(
+                f"{weights}: not a readable capml GNN weights file (truncated or not a torch file)"
+            ) from err
+        what = f"pickled Python object {found.group(1)}"
         raise InvalidInputError(
             f"{weights}: holds {what}, not only tensors; refused (capml never runs code from a model file). "
             "A capml GNN weights file is the state_dict that capml gnn train writes"

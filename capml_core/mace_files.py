@@ -43,7 +43,8 @@ BLOCK_MODULES = ("mace.modules.blocks",)
 GATE_FUNCTIONS = ("silu", "tanh", "sigmoid", "relu", "gelu", "softplus", "abs")
 
 
-def _import_torch():  # noqa: ANN202 - torch imported lazily
+def import_torch():  # noqa: ANN202 - torch imported lazily
+    """torch, with mace imported first (e3nn's constants load under torch 2.13 only after mace is)."""
     import mace  # noqa: F401  (before e3nn: its constants load under torch 2.13 only after mace is imported)
     import torch
 
@@ -62,7 +63,7 @@ def file_sha256(path: str | Path) -> str:
 # ------------------------------------------------------------------------------------------- encoding
 def _encode(value: Any, field: str) -> Any:
     """A construction argument as JSON: classes/functions by name, irreps as text, arrays as lists."""
-    torch = _import_torch()
+    torch = import_torch()
     from e3nn import o3
 
     if value is None or isinstance(value, bool | int | float | str):
@@ -85,7 +86,7 @@ def _encode(value: Any, field: str) -> Any:
 
 
 def _allowed_class(name: str, field: str) -> type:
-    torch = _import_torch()
+    torch = import_torch()
     import importlib
 
     module_name, _, class_name = name.rpartition(".")
@@ -101,7 +102,7 @@ def _allowed_class(name: str, field: str) -> type:
 
 def _decode(value: Any, field: str) -> Any:
     """Inverse of :func:`_encode`, resolving names only against the allow-lists."""
-    torch = _import_torch()
+    torch = import_torch()
     from e3nn import o3
 
     if value is None or isinstance(value, bool | int | float | str):
@@ -131,7 +132,7 @@ def _decode(value: Any, field: str) -> Any:
 # ------------------------------------------------------------------------------------------- reading and writing
 def write_safe_model(model: Any, path: str | Path) -> Path:
     """Write a MACE module in capml's form (construction arguments + state dict); returns the path."""
-    torch = _import_torch()
+    torch = import_torch()
     from mace.tools.scripts_utils import extract_config_mace_model
 
     class_name = type(model).__name__
@@ -158,7 +159,7 @@ def _pickled_globals(path: Path) -> list[str]:
     """Classes and functions a pickle (torch zip or plain pickle) names, read without running anything."""
     import pickletools
 
-    torch = _import_torch()
+    torch = import_torch()
     try:
         return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
     except Exception:  # a plain pickle: read its opcodes
@@ -187,7 +188,7 @@ def load_safe_model(path: str | Path) -> Any:
     InvalidInputError
         The file is missing, unreadable, a pickle (names what it would run), or not capml's form.
     """
-    torch = _import_torch()
+    torch = import_torch()
     import pickle
 
     path = Path(path)
@@ -197,6 +198,11 @@ def load_safe_model(path: str | Path) -> Any:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         names = _pickled_globals(path)
+        if not names and "GLOBAL" not in str(err):  # no class or function named: not a pickle of objects
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise InvalidInputError(
+                f"{path}: not a MACE model file (not a readable torch file: {first[:200]})"
+            ) from err
         shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
         raise InvalidInputError(
             f"{path}: a pickled Python file ({shown or 'objects other than tensors'}); loading it would run code "
@@ -241,7 +247,7 @@ def convert_trusted_pickle(source: str | Path, target: str | Path) -> Path:
     capml calls it on its own trainer's output, written moments before in the same run, and the command
     ``capml mlip convert --trust`` on a user's file; nothing else in capml unpickles a model.
     """
-    torch = _import_torch()
+    torch = import_torch()
     source = Path(source)
     if not source.is_file():
         raise InvalidInputError(f"{source}: MACE model file not found")
@@ -256,7 +262,7 @@ def convert_trusted_pickle(source: str | Path, target: str | Path) -> Path:
 
 def write_trusted_pickle(model: Any, path: str | Path) -> Path:
     """Write a module capml built (from its own form) as the pickle MACE's trainer reads (``--foundation_model``)."""
-    torch = _import_torch()
+    torch = import_torch()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model, path)

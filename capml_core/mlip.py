@@ -12,7 +12,6 @@ Units: energies eV (errors per atom), forces eV/Å, stress eV/Å³ (Voigt xx yy 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,6 +30,15 @@ from ase import Atoms
 from capml_core.config import MLIPSection
 from capml_core.errors import CalculationFailed, CapmlError, DatasetError, InvalidInputError, NotComputedError
 from capml_core.evaluation import error_metrics, split_of
+from capml_core.mace_files import (
+    SAFE_SUFFIX,
+    MaceModelInfo,
+    convert_trusted_pickle,
+    import_torch,
+    inspect_mace_model,
+    load_safe_model,
+    write_trusted_pickle,
+)
 from capml_core.provenance import content_key
 from capml_core.store import Store
 from capml_core.types import DATASET_KIND_SQL
@@ -48,79 +56,6 @@ EpochCallback = Callable[[int, int, str], None]
 
 
 # ------------------------------------------------------------------------------------------- model files
-@dataclass(frozen=True)
-class MaceModelInfo:
-    """What capml needs to know about a MACE model file."""
-
-    path: Path
-    sha256: str
-    r_max_a: float
-    channels: int | None
-    max_l: int | None
-    correlation: int | None
-    atomic_numbers: tuple[int, ...]
-
-
-def _import_torch():  # noqa: ANN202 - torch imported lazily
-    import mace  # noqa: F401  (before e3nn: its constants load under torch 2.13 only after mace is imported)
-    import torch
-
-    return torch
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def inspect_mace_model(path: str | Path) -> MaceModelInfo:
-    """Open a MACE ``.model`` file and read its cutoff, size and elements.
-
-    Raises
-    ------
-    InvalidInputError
-        The file does not exist, is not a torch file, or holds something other than a MACE model.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidInputError(f"{path}: MACE model file not found")
-    torch = _import_torch()
-    try:
-        model = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types on a file that is not a pickle/zip
-        raise InvalidInputError(f"{path}: not a MACE model file (torch.load failed: {err})") from err
-    if not isinstance(model, torch.nn.Module) or not hasattr(model, "r_max") or not hasattr(model, "atomic_numbers"):
-        raise InvalidInputError(
-            f"{path}: holds a {type(model).__name__}, not a MACE model (no r_max / atomic_numbers); give a .model "
-            "file written by MACE's trainer"
-        )
-    channels = max_l = correlation = None
-    try:
-        from e3nn import o3
-        from mace.tools.scripts_utils import extract_config_mace_model
-
-        settings = extract_config_mace_model(model)
-        hidden = o3.Irreps(str(settings["hidden_irreps"]))
-        channels = sum(mul for mul, irrep in hidden if irrep.l == 0)
-        max_l = max(irrep.l for _, irrep in hidden)
-        correlation = int(np.max(settings["correlation"]))
-    except Exception as err:  # an unusual MACE variant: size unknown, cutoff still checked
-        logger.warning("%s: could not read the model size (%s)", path, err)
-    return MaceModelInfo(
-        path=path,
-        sha256=file_sha256(path),
-        r_max_a=float(model.r_max),
-        channels=channels,
-        max_l=max_l,
-        correlation=correlation,
-        atomic_numbers=tuple(int(z) for z in model.atomic_numbers),
-    )
-
-
 def check_foundation(info: MaceModelInfo, mlip: MLIPSection, species: Sequence[str], *, source: str = "") -> None:
     """Refuse a foundation model whose cutoff or size differs from the config, or that lacks an element.
 
@@ -148,8 +83,8 @@ def check_foundation(info: MaceModelInfo, mlip: MLIPSection, species: Sequence[s
 def resolve_device(device: str) -> str:
     """'cpu' or 'cuda' ('auto': CUDA when torch sees a GPU)."""
     if device == "auto":
-        return "cuda" if _import_torch().cuda.is_available() else "cpu"
-    if device == "cuda" and not _import_torch().cuda.is_available():
+        return "cuda" if import_torch().cuda.is_available() else "cpu"
+    if device == "cuda" and not import_torch().cuda.is_available():
         raise InvalidInputError("mlip.device = 'cuda' but torch sees no CUDA device here; allowed: cpu, auto")
     return device
 
@@ -161,10 +96,10 @@ def load_mace_calculator(path: str | Path, *, device: str = "auto", dtype: str =
     """
     if dtype not in ("float32", "float64"):
         raise InvalidInputError(f"MACE dtype {dtype!r}; allowed: float32, float64")
-    info = inspect_mace_model(path)
+    model = load_safe_model(path)  # capml's form only: a pickled .model file is refused, never unpickled
     from mace.calculators import MACECalculator
 
-    return MACECalculator(model_paths=str(info.path), device=resolve_device(device), default_dtype=dtype)
+    return MACECalculator(models=model, device=resolve_device(device), default_dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------- training data
@@ -418,11 +353,11 @@ def train_mace(
     CalculationFailed
         MACE's trainer failed.
     """
-    store.initialise()
     foundation = None
-    if mlip.foundation_model is not None:
+    if mlip.foundation_model is not None:  # checked before anything is written
         foundation = inspect_mace_model(mlip.foundation_model)
         check_foundation(foundation, mlip, species, source="mlip.foundation_model")
+    store.initialise()
     structures = labelled_structures(store, level, need_stress=mlip.stress_weight > 0)
     splits = split_structures(structures, mlip)
     model_id = model_id_for(mlip, level, splits, foundation.sha256 if foundation else None)
@@ -439,9 +374,10 @@ def train_mace(
     for name in SPLITS:
         write_extxyz(files[name], splits[name])
     device = resolve_device(mlip.device)
-    argv = mace_arguments(
-        mlip, work_dir=work_dir, files=files, device=device, foundation=foundation and foundation.path
-    )
+    trainer_foundation = None
+    if foundation is not None:  # MACE's trainer unpickles its foundation: give it one capml built itself
+        trainer_foundation = write_trusted_pickle(load_safe_model(foundation.path), work_dir / "foundation.model")
+    argv = mace_arguments(mlip, work_dir=work_dir, files=files, device=device, foundation=trainer_foundation)
     logger.info(
         "MACE %s: %s on %d train / %d valid structures of %s (%d held out), %s",
         model_id,
@@ -458,9 +394,11 @@ def train_mace(
     )
     seconds = time.perf_counter() - start
     # with stage two MACE writes both models; the stage-two one is the final one
-    model_path = work_dir / f"{MACE_RUN_NAME}{'_stagetwo' if mlip.stage_two_fraction > 0 else ''}.model"
-    if not model_path.is_file():
-        raise CalculationFailed(f"MACE's trainer finished without writing {model_path}")
+    trainer_output = work_dir / f"{MACE_RUN_NAME}{'_stagetwo' if mlip.stage_two_fraction > 0 else ''}.model"
+    if not trainer_output.is_file():
+        raise CalculationFailed(f"MACE's trainer finished without writing {trainer_output}")
+    # the trainer's pickle, written moments ago by this training, becomes capml's form; only that is ever loaded
+    model_path = convert_trusted_pickle(trainer_output, work_dir / f"{MACE_RUN_NAME}{SAFE_SUFFIX}")
     info = inspect_mace_model(model_path)
     rows = []
     if foundation is not None:
@@ -845,8 +783,10 @@ def evaluate_file(store: Store, config, model_file: str | Path, *, device: str =
     """
     mlip = config.mlip
     level = mlip.level or config.reference.cheap_level
+    info = inspect_mace_model(model_file)  # before anything is written: a bad file leaves no store behind
+    if not store.exists():
+        raise NotComputedError(f"{store.path}: no store yet; import labelled data first (capml data import)")
     store.initialise()
-    info = inspect_mace_model(model_file)
     structures = labelled_structures(store, level, need_stress=False)
     splits = split_structures(structures, mlip)
     model_id = foundation_model_id(info)
