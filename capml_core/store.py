@@ -333,6 +333,10 @@ _RESULT_TABLES = (
 )
 
 
+#: Hours after which a claim of a process on another host (whose liveness cannot be checked) is stale.
+CLAIM_MAX_AGE_H = 48.0
+
+
 def this_host() -> str:
     """The machine's host name (recorded with a run's pid: a pid means something only on its own host)."""
     import socket
@@ -504,20 +508,25 @@ class StoreWriter:
     def claim_labels(self, level: str, structure_hashes: Sequence[str]) -> list[str]:
         """Claim structures for labelling at ``level`` by this process; returns those claimed (in order).
 
-        A structure claimed by a live process (this host: its pid exists; another host: it is assumed alive)
-        is not claimed again; a claim of a process that is gone is taken over. Release with
-        :meth:`release_labels` (finished labels release themselves when stored).
+        A structure claimed by a live process (this host: its pid exists; another host: it is assumed alive
+        for :data:`CLAIM_MAX_AGE_H` hours) is not claimed again; a claim of a process that is gone is taken
+        over. Release with :meth:`release_labels` (finished labels release themselves when stored).
         """
         wanted = list(dict.fromkeys(structure_hashes))
         if not wanted:
             return []
         held = self.con.execute(
-            "SELECT structure_hash, pid, host FROM label_claims WHERE level = ? "
+            "SELECT structure_hash, pid, host, claimed_at FROM label_claims WHERE level = ? "
             "AND structure_hash IN (SELECT unnest(?))",
             [level, wanted],
         ).fetchall()
         me = (os.getpid(), this_host())
-        busy = {h for h, pid, host in held if (pid, host) != me and process_alive(pid, host)}
+        oldest = _now() - pd.Timedelta(hours=CLAIM_MAX_AGE_H)
+        busy = {
+            h
+            for h, pid, host, claimed_at in held
+            if (pid, host) != me and process_alive(pid, host) and claimed_at > oldest
+        }
         done = {
             row[0]
             for row in self.con.execute(
