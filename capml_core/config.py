@@ -519,7 +519,9 @@ class MLIPSection(Section):
 
     level: LevelName | None = Field(default=None, description="Level of the training labels (default: cheap level).")
     foundation_model: Path | None = Field(
-        default=None, description="Local MACE foundation .model file to fine-tune; None trains from scratch."
+        default=None,
+        description="Local MACE foundation model to fine-tune, in capml's form (capml mlip convert FILE.model "
+        "OUT.capml-mace.pt --trust); None trains from scratch.",
     )
     channels: PositiveInt = Field(default=256, description="Channels of the hidden features (MACE num_channels).")
     max_l: Annotated[int, Field(ge=0, le=3)] = Field(default=1, description="Symmetry order of the messages (max_L).")
