@@ -11,7 +11,6 @@ xx yy zz yz xz xy, or a 3x3 matrix; positive = tensile, as ASE), band gap eV.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from ase import Atoms
 
 from capml_core.config import ImportSpec, LabelKeys, SystemSection
 from capml_core.errors import DatasetError
+from capml_core.provenance import file_sha256
 from capml_core.store import LabelRecord, Store, StructureRecord
 from capml_core.structures import allowed_species, structure_hash, substituted_fraction
 from capml_core.types import DATASET_KIND_SQL
@@ -294,15 +294,6 @@ def load_labelled_extxyz(
             f"{shown}{more}"
         )
     return records
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 (hex) of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def md_frame_row(info: dict[str, Any], structure_hash: str) -> dict[str, Any] | None:

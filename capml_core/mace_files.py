@@ -20,7 +20,6 @@ foundation model) is converted once, by a user who trusts it, with ``capml mlip 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import zipfile
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from capml_core.errors import InvalidInputError
+from capml_core.provenance import file_sha256
 
 #: Value of the ``format`` entry of a capml MACE file.
 SAFE_FORMAT = "capml-mace-1"
@@ -49,15 +49,6 @@ def import_torch():  # noqa: ANN202 - torch imported lazily
     import torch
 
     return torch
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------- encoding

@@ -51,6 +51,17 @@ def code_version() -> str:
     return f"{__version__}+g{commit}{'.dirty' if dirty else ''}" if commit else __version__
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes (read in 1 MiB blocks)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def content_key(payload: Any) -> str:
     """12 hex digits of the SHA-256 of a JSON-ready payload (canonical: sorted keys): a settings/content key."""
     import hashlib
