@@ -83,3 +83,28 @@ def test_a_random_bundled_structure_recomputes_to_its_label(level: str, calculat
     if level == "gpaw-pbesol":
         assert abs(result.energy_ev - frame.info["REF_energy"]) / len(frame) < 1e-3
         assert np.abs(result.forces_ev_per_a - frame.arrays["REF_forces"]).max() < 0.01
+
+
+def test_held_out_md_frames_cover_every_composition_and_temperature_and_stay_held_out() -> None:
+    """The held-out yardstick: one random production frame per (x, T), labelled at both levels as GPAW finishes."""
+    from capml_core.md_frames import read_frame_pool
+
+    pool = read_frame_pool(DATASETS / "capml-md-heldout-pool.extxyz")
+    points = {(f.composition_x, f.temperature_k) for f in pool}
+    assert len(pool) == 54 and len(points) == 54  # 9 compositions x 100, 200, ..., 600 K
+    assert {x for x, _ in points} == {k / 8 for k in range(9)} and {t for _, t in points} == {
+        100.0 * k for k in range(1, 7)
+    }
+    assert all(f.held_out and f.selection == "random" and f.time_fs >= 500.0 for f in pool)  # production part only
+    hashes = {f.structure_hash for f in pool}
+    for level in ("gpaw-pbesol", "gpaw-gllbsc"):
+        labelled = read(DATASETS / f"capml-md-heldout-{level}.extxyz", index=":")
+        assert labelled and all(a.info["config_type"] == "md-frame" and a.info["held_out"] for a in labelled)
+        assert {a.info["structure_hash"] for a in labelled} <= hashes
+        assert {structure_hash(a) for a in labelled} <= hashes  # the geometry is the pool's, to the last digit
+        gaps = np.array([a.info["REF_gap"] for a in labelled])
+        assert np.all(np.isfinite(gaps)) and np.all((gaps > 0.0) & (gaps < 3.0))
+        if level == "gpaw-pbesol":
+            assert all(
+                np.isfinite(a.arrays["REF_forces"]).all() and np.isfinite(a.info["REF_energy"]) for a in labelled
+            )
