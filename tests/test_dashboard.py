@@ -38,6 +38,31 @@ def _decoded(array_spec) -> np.ndarray:  # noqa: ANN001 - plotly 7 stores arrays
     return np.asarray(array_spec)
 
 
+def test_a_run_whose_process_died_shows_as_interrupted(demo_store_copy: Path, monkeypatch) -> None:  # noqa: ANN001
+    from capml_core.store import Store
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    store = Store(demo_store_copy)
+    with store.write() as w:
+        w.start_run(
+            run_id="killed",
+            name="demo",
+            config_hash="abc",
+            config_json=None,
+            config_path=None,
+            code_version="t",
+            packages={},
+        )
+        w.set_stage("killed", "label", "running")
+        w.con.execute("UPDATE runs SET pid = ? WHERE run_id = 'killed'", [dead.pid])  # as if SIGKILLed
+    at = _run_app(demo_store_copy, monkeypatch)
+    assert not at.exception
+    assert {m.label: m.value for m in at.metric}["latest run"] == "interrupted"
+    assert at.dataframe[0].value["status"].tolist() == ["interrupted"]
+    assert at.dataframe[1].value["status"].tolist() == ["interrupted"]
+
+
 def test_overview_shows_runs_coverage_and_gap_histograms(demo_store_copy: Path, monkeypatch) -> None:  # noqa: ANN001
     from capml_core.store import Store
     from flows.pipeline import new_run_id
