@@ -171,6 +171,11 @@ def _pickled_globals(path: Path) -> list[str]:
     return sorted(names)
 
 
+def _unreadable(path: Path, err: Exception) -> InvalidInputError:
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return InvalidInputError(f"{path}: not a MACE model file (not a readable torch file: {reason[:200]})")
+
+
 def load_safe_model(path: str | Path) -> Any:
     """The MACE module of a capml MACE file; never unpickles anything but tensors (float64 or as stored).
 
@@ -190,10 +195,7 @@ def load_safe_model(path: str | Path) -> Any:
     except pickle.UnpicklingError as err:
         names = _pickled_globals(path)
         if not names and "GLOBAL" not in str(err):  # no class or function named: not a pickle of objects
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise InvalidInputError(
-                f"{path}: not a MACE model file (not a readable torch file: {first[:200]})"
-            ) from err
+            raise _unreadable(path, err) from err
         shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
         raise InvalidInputError(
             f"{path}: a pickled Python file ({shown or 'objects other than tensors'}); loading it would run code "
@@ -201,8 +203,7 @@ def load_safe_model(path: str | Path) -> Any:
             f"'capml mlip convert {path} OUT{SAFE_SUFFIX} --trust' and use OUT{SAFE_SUFFIX} (docs/operations.md)"
         ) from err
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InvalidInputError(f"{path}: not a MACE model file (not a readable torch file: {reason[:200]})") from err
+        raise _unreadable(path, err) from err
     if not isinstance(payload, dict) or payload.get("format") != SAFE_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise InvalidInputError(
