@@ -23,21 +23,23 @@ REPO = Path(__file__).resolve().parent.parent
 def main() -> None:
     import torch
 
-    from capml_core.config import DisorderSection, load_config
-    from capml_core.datasets import import_spec
-    from capml_core.disorder import (
+    from capml_core.config.loading import load_config
+    from capml_core.config.schema import DisorderSection
+    from capml_core.models.mace import load_mace_calculator
+    from capml_core.physics.relax import relax_structure
+    from capml_core.stages.datasets import import_spec
+    from capml_core.stages.mlip import train_mace
+    from capml_core.store.database import Store
+    from capml_core.system.arrangements import (
         Arrangement,
         arrangement_structure,
         count_inequivalent,
         plan_composition,
         plan_scan,
-        relax_structure,
         site_permutations,
         sublattice_sites,
     )
-    from capml_core.mlip import load_mace_calculator, train_mace
-    from capml_core.store import Store
-    from capml_core.structures import allowed_species, build_supercell
+    from capml_core.system.structures import allowed_species, build_supercell
 
     torch.set_num_threads(1)
     config = load_config(REPO / "data" / "configs" / "ag3sbri-demo.toml").config

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from ase.io import read
 
-from capml_core.graphs import build_graph, element_table
+from capml_core.models.graphs import build_graph, element_table
 
 CUTOFF_A = 5.5
 REPO = Path(__file__).resolve().parent.parent

@@ -60,12 +60,13 @@ def main() -> None:
 
     import torch
 
-    from capml_core.config import load_config
-    from capml_core.datasets import import_spec
-    from capml_core.mlip import load_mace_calculator, train_mace
-    from capml_core.store import Store
-    from capml_core.structures import allowed_species
-    from capml_core.training_sets import end_member_cell
+    from capml_core.config.loading import load_config
+    from capml_core.models.mace import load_mace_calculator
+    from capml_core.stages.datasets import import_spec
+    from capml_core.stages.mlip import train_mace
+    from capml_core.store.database import Store
+    from capml_core.system.structures import allowed_species
+    from capml_core.system.training_sets import end_member_cell
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from ase.io import read
 
-from capml_core.gnn import ARCHITECTURES, GapModel, build_model, predict_gaps
-from capml_core.graphs import Normaliser, PeriodicGraph, build_graph, element_table
+from capml_core.models.gnn import ARCHITECTURES, GapModel, build_model, predict_gaps
+from capml_core.models.graphs import Normaliser, PeriodicGraph, build_graph, element_table
 
 REPO = Path(__file__).resolve().parent.parent
 ENSEMBLE = 3

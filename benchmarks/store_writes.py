@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from capml_core.config import load_config
-from capml_core.store import LabelRecord, Store, StructureRecord
-from capml_core.structures import build_supercell, structure_hash
+from capml_core.config.loading import load_config
+from capml_core.store.database import Store
+from capml_core.store.records import LabelRecord, StructureRecord
+from capml_core.system.structures import build_supercell, structure_hash
 
 N = 2200
 REPO = Path(__file__).resolve().parent.parent

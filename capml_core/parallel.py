@@ -14,7 +14,6 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -69,16 +68,3 @@ def local_map(workers: int, *, isolate: bool = False) -> JobMap:
                     submit_next()
 
     return run
-
-
-_CALCULATORS: dict[tuple[str, str, str], Any] = {}
-
-
-def cached_mace_calculator(model_path: str | Path, device: str, dtype: str):  # noqa: ANN201 - MACECalculator
-    """The MACE calculator of a model file, loaded once per worker process (keyed by path, device, dtype)."""
-    key = (str(model_path), device, dtype)
-    if key not in _CALCULATORS:
-        from capml_core.mlip import load_mace_calculator
-
-        _CALCULATORS[key] = load_mace_calculator(model_path, device=device, dtype=dtype)
-    return _CALCULATORS[key]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
+from ase import Atoms
 from numpy.typing import NDArray
 
 FloatArray = NDArray[np.float64]
@@ -31,3 +33,7 @@ StageStatus = Literal["running", "done", "failed", "skipped", "interrupted"]
 LabelStatus = Literal["ok", "failed"]
 #: Parent structure builders built into capml.
 ParentBuilder = Literal["antiperovskite", "perovskite"]
+#: Forces (eV/Å, shape (n_atoms, 3)) of a structure.
+ForceFunction = Callable[[Atoms], np.ndarray]
+#: Called as work advances: (done, total).
+ProgressCallback = Callable[[int, int], None]

@@ -1,6 +1,6 @@
 """Read access for the dashboard: the store of ``CAPML_PROJECT_DIR``, cached for a few seconds.
 
-Every read opens a short read-only DuckDB connection (see capml_core.store), so the dashboard keeps working
+Every read opens a short read-only DuckDB connection (see capml_core.store.database), so the dashboard keeps working
 while a flow writes: a read waits for the writer's current transaction, then sees what it committed.
 """
 
@@ -15,9 +15,9 @@ from typing import TypeVar
 import pandas as pd
 import streamlit as st
 
-from capml_core.datasets import DatasetSummary, summarise_dataset
 from capml_core.errors import CapmlError, NotComputedError
-from capml_core.store import Store
+from capml_core.stages.datasets import DatasetSummary, summarise_dataset
+from capml_core.store.database import Store
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -53,7 +53,7 @@ def _project_dir(config: Path | None, project: Path | None) -> Path:
     if project is not None:
         return project.expanduser().resolve()
     if config is not None:
-        from capml_core.config import load_config
+        from capml_core.config.loading import load_config
 
         return load_config(config).project_dir
     raise CapmlError("give --config CONFIG.toml or --project DIR to say which store to use")
@@ -91,7 +91,7 @@ def run(
     ] = None,
 ) -> None:
     """Run the pipeline flow (Prefect, local ephemeral mode unless PREFECT_API_URL is set) on a configuration."""
-    from capml_core.config import load_config
+    from capml_core.config.loading import load_config
 
     try:
         overrides = _parse_settings(settings)
@@ -101,7 +101,7 @@ def run(
         unknown = [name for name in stage or [] if name not in STAGES]
         if unknown:
             raise CapmlError(f"--stage {unknown[0]!r}: unknown; allowed: {', '.join(STAGES)}")
-        from capml_core.store import check_project_dir
+        from capml_core.store.hosts import check_project_dir
 
         check_project_dir(loaded.project_dir)  # before Prefect starts: a clear message, no flow-run traceback
     except CapmlError as err:
@@ -164,16 +164,16 @@ def _own_command() -> str:
 @config_app.command("check")
 def config_check(config: Annotated[Path, typer.Argument(help="Run configuration (TOML).")]) -> None:
     """Validate a configuration and show what it describes; writes nothing."""
-    from capml_core.config import load_config
-    from capml_core.structures import build_parent, build_supercell, sublattice_site_count
+    from capml_core.config.loading import load_config
+    from capml_core.system.structures import build_parent, build_supercell, sublattice_site_count
 
     try:
         loaded = load_config(config)
         foundation = loaded.config.mlip.foundation_model
         if foundation is not None:  # read in capml's form only (a pickle is refused, never run)
-            from capml_core.mace_files import inspect_mace_model
-            from capml_core.mlip import check_foundation
-            from capml_core.structures import allowed_species
+            from capml_core.models.mace import check_foundation
+            from capml_core.models.mace_files import inspect_mace_model
+            from capml_core.system.structures import allowed_species
 
             info = inspect_mace_model(foundation)
             check_foundation(info, loaded.config.mlip, allowed_species(loaded.config.system), source=str(loaded.path))
@@ -215,9 +215,10 @@ def data_import(
     """Validate a labelled extended-XYZ file and load it into the store (all or nothing)."""
     from pydantic import ValidationError
 
-    from capml_core.config import ImportSpec, format_validation_error, load_config
-    from capml_core.datasets import import_spec
-    from capml_core.store import Store
+    from capml_core.config.loading import format_validation_error, load_config
+    from capml_core.config.schema import ImportSpec
+    from capml_core.stages.datasets import import_spec
+    from capml_core.store.database import Store
 
     try:
         loaded = load_config(config, project_dir=project)
@@ -287,10 +288,12 @@ def data_generate(
     project: ProjectOption = None,
 ) -> None:
     """Build the structure sets of a configuration (thermal, uniform, equilibrium) and store them."""
-    from capml_core.config import load_config
-    from capml_core.mlip import force_constants_cache_dir, force_function
-    from capml_core.store import Store, check_project_dir
-    from capml_core.training_sets import end_members_for, store_structure_set
+    from capml_core.config.loading import load_config
+    from capml_core.stages.mlip import force_constants_cache_dir, force_function
+    from capml_core.stages.training_sets import store_structure_set
+    from capml_core.store.database import Store
+    from capml_core.store.hosts import check_project_dir
+    from capml_core.system.training_sets import end_members_for
 
     try:
         loaded = load_config(config, project_dir=project)
@@ -335,8 +338,8 @@ def data_export(
     prefix: Annotated[str, typer.Option(help="Label keys <prefix>_energy, _forces, _stress, _gap.")] = "REF",
 ) -> None:
     """Write labelled structures to extended XYZ that MACE's trainer reads directly."""
-    from capml_core.datasets import export_labelled_extxyz
-    from capml_core.store import Store
+    from capml_core.stages.datasets import export_labelled_extxyz
+    from capml_core.store.database import Store
 
     try:
         n = export_labelled_extxyz(
@@ -379,9 +382,9 @@ def data_sample_frames(
 
     The runs are the latest MACE model's; a selection drawn before under the same --set is reused.
     """
-    from capml_core.config import load_config
-    from capml_core.md_frames import sample_random_frames, write_frame_pool
-    from capml_core.store import Store
+    from capml_core.config.loading import load_config
+    from capml_core.stages.md_frames import sample_random_frames, write_frame_pool
+    from capml_core.store.database import Store
 
     try:
         loaded = load_config(config, project_dir=project)
@@ -413,9 +416,9 @@ def data_restore_frames(
     ] = None,
 ) -> None:
     """Store the MD frames of a pool file (with their provenance) as a set to label: resume on a new store."""
-    from capml_core.config import load_config
-    from capml_core.md_frames import restore_frame_pool
-    from capml_core.store import Store
+    from capml_core.config.loading import load_config
+    from capml_core.stages.md_frames import restore_frame_pool
+    from capml_core.store.database import Store
 
     try:
         loaded = load_config(config, project_dir=project)
@@ -437,10 +440,10 @@ def label(
     retry_failed: Annotated[bool, typer.Option(help="Also retry calculations that failed before.")] = False,
 ) -> None:
     """Label every structure of the sets at LEVEL that has no label there yet (resumable; Ctrl-C safe)."""
-    from capml_core.config import load_config
-    from capml_core.labelling import label_structures
-    from capml_core.reference import get_level
-    from capml_core.store import Store
+    from capml_core.config.loading import load_config
+    from capml_core.dft.levels import get_level
+    from capml_core.stages.labelling import label_structures
+    from capml_core.store.database import Store
 
     try:
         loaded = load_config(config, project_dir=project)
@@ -491,8 +494,8 @@ def _two_bars(first: str, second: str) -> Iterator[tuple[Callable[[int, int], No
 @data_app.command("summary")
 def data_summary(config: ConfigOption = None, project: ProjectOption = None) -> None:
     """Structures, labels per level and gap ranges in the store."""
-    from capml_core.datasets import summarise_dataset
-    from capml_core.store import Store
+    from capml_core.stages.datasets import summarise_dataset
+    from capml_core.store.database import Store
 
     try:
         summary = summarise_dataset(Store(_project_dir(config, project)))
@@ -528,9 +531,9 @@ def gnn_train(
     project: ProjectOption = None,
 ) -> None:
     """Search (if configured), train the GNN ensemble on the cheap level, fine-tune on the high level, curve."""
-    from capml_core.config import load_config
-    from capml_core.gnn import fit_band_gap_model
-    from capml_core.store import Store
+    from capml_core.config.loading import load_config
+    from capml_core.stages.gnn import fit_band_gap_model
+    from capml_core.store.database import Store
 
     try:
         loaded = load_config(config, project_dir=project)
@@ -580,8 +583,9 @@ def gnn_predict(
     """Band gaps (eV) of structures with the latest trained ensemble (or --model): mean and spread, per frame."""
     from ase.io import read
 
-    from capml_core.gnn import GapModel, load_ensemble, predict_gaps
-    from capml_core.store import Store
+    from capml_core.models.gnn import GapModel, predict_gaps
+    from capml_core.stages.gnn import load_ensemble
+    from capml_core.store.database import Store
 
     try:
         if model:
@@ -610,9 +614,9 @@ def mlip_train(
     project: ProjectOption = None,
 ) -> None:
     """Train MACE (or fine-tune mlip.foundation_model) on the level's energies, forces, stresses; evaluate it."""
-    from capml_core.config import load_config
-    from capml_core.mlip import fit_mlip
-    from capml_core.store import Store
+    from capml_core.config.loading import load_config
+    from capml_core.stages.mlip import fit_mlip
+    from capml_core.store.database import Store
 
     try:
         loaded = load_config(config, project_dir=project)
@@ -673,9 +677,9 @@ def mlip_evaluate(
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
 ) -> None:
     """Errors of any MACE model file on the project's labelled structures (same splits as training)."""
-    from capml_core.config import load_config
-    from capml_core.mlip import evaluate_file
-    from capml_core.store import Store
+    from capml_core.config.loading import load_config
+    from capml_core.stages.mlip import evaluate_file
+    from capml_core.store.database import Store
 
     try:
         loaded = load_config(config, project_dir=project)
@@ -695,7 +699,7 @@ def mlip_convert(
     ] = False,
 ) -> None:
     """Convert a MACE .model pickle you trust to capml's form, the only MACE form capml loads."""
-    from capml_core.mace_files import SAFE_SUFFIX, convert_trusted_pickle, inspect_mace_model
+    from capml_core.models.mace_files import SAFE_SUFFIX, convert_trusted_pickle, inspect_mace_model
 
     try:
         if not trust:
@@ -723,9 +727,10 @@ def disorder(
     ] = False,
 ) -> None:
     """Inequivalent arrangements per composition (with multiplicities), relaxed with the project's MACE, ranked."""
-    from capml_core.config import load_config
-    from capml_core.disorder import plan_scan, run_disorder_scan
-    from capml_core.store import Store
+    from capml_core.config.loading import load_config
+    from capml_core.stages.disorder import run_disorder_scan
+    from capml_core.store.database import Store
+    from capml_core.system.arrangements import plan_scan
 
     try:
         loaded = load_config(config, project_dir=project)
@@ -767,9 +772,9 @@ def md(
     project: ProjectOption = None,
 ) -> None:
     """Langevin MD of each composition's lowest-energy structure at every md.temperatures_k; health checks."""
-    from capml_core.config import load_config
-    from capml_core.dynamics import run_dynamics
-    from capml_core.store import Store
+    from capml_core.config.loading import load_config
+    from capml_core.stages.dynamics import run_dynamics
+    from capml_core.store.database import Store
 
     try:
         loaded = load_config(config, project_dir=project)
@@ -805,9 +810,9 @@ def phonons(
     project: ProjectOption = None,
 ) -> None:
     """Harmonic phonons (0 K) of the lowest-energy structures; DynaPhoPy and stability verdict per MD run."""
-    from capml_core.config import load_config
-    from capml_core.stability import run_phonon_stage, stabilisation_temperatures
-    from capml_core.store import Store
+    from capml_core.config.loading import load_config
+    from capml_core.stages.phonons import run_phonon_stage, stabilisation_temperatures
+    from capml_core.store.database import Store
 
     try:
         loaded = load_config(config, project_dir=project)
@@ -845,9 +850,9 @@ def gaps(
     project: ProjectOption = None,
 ) -> None:
     """Eg(0) of the lowest-energy structures and Eg(T), ΔEg(T) from GNN gaps of uncorrelated MD snapshots."""
-    from capml_core.bandgaps import run_bandgap_stage
-    from capml_core.config import load_config
-    from capml_core.store import Store
+    from capml_core.config.loading import load_config
+    from capml_core.stages.bandgaps import run_bandgap_stage
+    from capml_core.store.database import Store
 
     try:
         loaded = load_config(config, project_dir=project)
@@ -890,9 +895,9 @@ def modes(
     top: Annotated[int, typer.Option(help="Modes listed per composition and temperature (largest |ΔEg|).")] = 5,
 ) -> None:
     """ΔEg/Eg of each Γ mode frozen in at its thermal amplitude (GNN), with DFT checks of a few modes."""
-    from capml_core.config import load_config
-    from capml_core.modes import run_mode_stage
-    from capml_core.store import Store
+    from capml_core.config.loading import load_config
+    from capml_core.stages.modes import run_mode_stage
+    from capml_core.store.database import Store
 
     try:
         loaded = load_config(config, project_dir=project)
@@ -929,11 +934,13 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON list of the errors.")] = False,
 ) -> None:
     """Errors of the project's latest MACE and GNN ensemble on held-out MD frames labelled so far (per level)."""
-    from capml_core.config import load_config
-    from capml_core.gnn import latest_ensemble, load_ensemble_by_id, predict_gaps
-    from capml_core.heldout import errors_table, gap_errors, labelled_frames, mace_errors
-    from capml_core.mlip import latest_model, load_mace_calculator
-    from capml_core.store import Store
+    from capml_core.config.loading import load_config
+    from capml_core.models.gnn import predict_gaps
+    from capml_core.models.mace import load_mace_calculator
+    from capml_core.stages.gnn import load_ensemble_by_id
+    from capml_core.stages.heldout import errors_table, gap_errors, labelled_frames, mace_errors
+    from capml_core.store.database import Store
+    from capml_core.store.queries import latest_ensemble, latest_model
 
     errors = []
     try:
@@ -988,7 +995,7 @@ def evaluate(
 @app.command()
 def runs(config: ConfigOption = None, project: ProjectOption = None) -> None:
     """Runs recorded in the store and the stages of the latest one."""
-    from capml_core.store import Store
+    from capml_core.store.database import Store
 
     try:
         store = Store(_project_dir(config, project))
@@ -1016,8 +1023,8 @@ def sql(
     timeout: Annotated[float, typer.Option(min=0.0, help="Stop the query after this many seconds (0: never).")] = 60.0,
 ) -> None:
     """Query the store with SQL: one read-only query; writes, files, extensions refused (tables: docs/store.md)."""
-    from capml_core.sql import preview_user_query, run_user_query, stream_user_query
-    from capml_core.store import Store
+    from capml_core.store.database import Store
+    from capml_core.store.sql import preview_user_query, run_user_query, stream_user_query
 
     if output not in ("table", "csv", "json"):
         _fail(CapmlError(f"--output {output!r}: allowed: table, csv, json"))

@@ -34,23 +34,26 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from capml_core.bandgaps import BandGapResult, run_bandgap_stage
-from capml_core.config import ImportSpec, LoadedConfig, StructureSetSection, load_config
-from capml_core.datasets import DatasetSummary, ImportReport, import_spec, summarise_dataset
-from capml_core.disorder import DisorderScanResult, run_disorder_scan
-from capml_core.dynamics import MDResult, run_dynamics
+from capml_core.config.loading import LoadedConfig, load_config
+from capml_core.config.schema import ImportSpec, StructureSetSection
+from capml_core.dft.levels import LEVELS, get_level
 from capml_core.errors import InvalidInputError
-from capml_core.gnn import GNNStageResult, fit_band_gap_model
-from capml_core.labelling import LabellingReport, label_structures
-from capml_core.mlip import MlipStageResult, fit_mlip, force_constants_cache_dir, force_function
-from capml_core.modes import ModeGap, run_mode_stage
 from capml_core.parallel import JobMap
-from capml_core.phonons import ForceConstants
+from capml_core.physics.phonons import ForceConstants
 from capml_core.provenance import code_version, package_versions
-from capml_core.reference import LEVELS, get_level
-from capml_core.stability import StabilityResult, run_phonon_stage
-from capml_core.store import LabelRecord, Store
-from capml_core.training_sets import end_members_for, store_structure_set
+from capml_core.stages.bandgaps import BandGapResult, run_bandgap_stage
+from capml_core.stages.datasets import DatasetSummary, ImportReport, import_spec, summarise_dataset
+from capml_core.stages.disorder import DisorderScanResult, run_disorder_scan
+from capml_core.stages.dynamics import MDResult, run_dynamics
+from capml_core.stages.gnn import GNNStageResult, fit_band_gap_model
+from capml_core.stages.labelling import LabellingReport, label_structures
+from capml_core.stages.mlip import MlipStageResult, fit_mlip, force_constants_cache_dir, force_function
+from capml_core.stages.modes import ModeGap, run_mode_stage
+from capml_core.stages.phonons import StabilityResult, run_phonon_stage
+from capml_core.stages.training_sets import store_structure_set
+from capml_core.store.database import Store
+from capml_core.store.records import LabelRecord
+from capml_core.system.training_sets import end_members_for
 from flows.fanout import fan_out
 
 
@@ -488,8 +491,8 @@ def _dynamics(ctx: StageContext) -> dict[str, Any]:
 
 def _active_learning(ctx: StageContext) -> dict[str, Any]:
     """Rounds of: select MD frames outside MACE's training data, label them, retrain MACE, redo disorder and MD."""
-    from capml_core.active_learning import ACTIVE_LEARNING_SET, completed_rounds, select_and_store
-    from capml_core.mlip import latest_model
+    from capml_core.stages.active_learning import ACTIVE_LEARNING_SET, completed_rounds, select_and_store
+    from capml_core.store.queries import latest_model
 
     config, store, logger = ctx.loaded.config, ctx.store, get_run_logger()
     level = config.mlip.level or config.reference.cheap_level

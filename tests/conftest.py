@@ -44,9 +44,9 @@ def demo_store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Only the shipped files, not capml's own growing ones, so that counts in tests stay fixed.
     """
-    from capml_core.config import load_config
-    from capml_core.datasets import import_spec
-    from capml_core.store import Store
+    from capml_core.config.loading import load_config
+    from capml_core.stages.datasets import import_spec
+    from capml_core.store.database import Store
 
     project = tmp_path_factory.mktemp("demo-project")
     loaded = load_config(DEMO_CONFIG, project_dir=project)
@@ -83,7 +83,8 @@ TINY = {
 
 
 def _tiny_config(project: Path, **mlip):  # noqa: ANN202 - RunConfig
-    from capml_core.config import MLIPSection, load_config
+    from capml_core.config.loading import load_config
+    from capml_core.config.schema import MLIPSection
 
     loaded = load_config(DEMO_CONFIG, project_dir=project)
     return loaded.config.model_copy(update={"mlip": MLIPSection(**{**TINY, **mlip})})
@@ -92,8 +93,8 @@ def _tiny_config(project: Path, **mlip):  # noqa: ANN202 - RunConfig
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory, demo_store_dir: Path):
     """A tiny MACE trained from scratch on the bundled PBEsol labels (shared by the slow tests)."""
-    from capml_core.mlip import fit_mlip
-    from capml_core.store import Store
+    from capml_core.stages.mlip import fit_mlip
+    from capml_core.store.database import Store
 
     project = tmp_path_factory.mktemp("mlip") / "project"
     shutil.copytree(demo_store_dir, project)
@@ -105,7 +106,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, demo_store_dir: Path):
 
 def project_copy(source: Path, parent: Path):  # noqa: ANN201 - (project dir, Store)
     """A private copy of a fixture's project (``parent/project``) and its store, for a test that writes to it."""
-    from capml_core.store import Store
+    from capml_core.store.database import Store
 
     project = parent / "project"
     shutil.copytree(source, project)
@@ -114,7 +115,7 @@ def project_copy(source: Path, parent: Path):  # noqa: ANN201 - (project dir, St
 
 def md_config(config, temperatures_k: list[float], duration_ps: float, equilibration_ps: float):  # noqa: ANN001, ANN201
     """A config for short stage tests: 2 relaxation and MD workers, the phonon gate on, a short MD."""
-    from capml_core.config import MDSection
+    from capml_core.config.schema import MDSection
 
     return config.model_copy(
         update={

@@ -24,8 +24,8 @@ def _brute_shortest(atoms, cutoff: float = 4.0) -> dict[tuple[str, str], float]:
 
 
 def _cell():  # noqa: ANN202 - Atoms
-    from capml_core.config import load_config
-    from capml_core.training_sets import end_member_cell
+    from capml_core.config.loading import load_config
+    from capml_core.system.training_sets import end_member_cell
 
     cell = end_member_cell(load_config(DEMO_CONFIG).config.system, "Br")
     cell.rattle(0.15, seed=3)
@@ -33,7 +33,7 @@ def _cell():  # noqa: ANN202 - Atoms
 
 
 def test_shortest_distances_match_a_minimum_image_search() -> None:
-    from capml_core.active_learning import shortest_distances
+    from capml_core.stages.active_learning import shortest_distances
 
     cell = _cell()
     found, expected = shortest_distances(cell), _brute_shortest(cell)
@@ -43,7 +43,7 @@ def test_shortest_distances_match_a_minimum_image_search() -> None:
 
 
 def test_the_first_frames_that_leave_the_training_contacts_are_selected() -> None:
-    from capml_core.active_learning import select_frames, shortest_distances
+    from capml_core.stages.active_learning import select_frames, shortest_distances
 
     cell = _cell()
     reference = shortest_distances(cell)
@@ -83,8 +83,8 @@ def test_a_round_labels_the_selected_frames_retrains_mace_and_reruns_md(trained,
     """x = 1 only, hot MD with the tiny MACE, one GPAW PBEsol label per run (250 eV): one real round."""
     from prefect.testing.utilities import prefect_test_harness
 
-    from capml_core.active_learning import training_contact_distances
-    from capml_core.dynamics import read_trajectory, trajectory_frame
+    from capml_core.physics.md import read_trajectory, trajectory_frame
+    from capml_core.stages.active_learning import training_contact_distances
     from flows.pipeline import pipeline
 
     source, _, _, _ = trained

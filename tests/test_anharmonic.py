@@ -15,7 +15,8 @@ from ase import Atoms, units
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
-from capml_core.anharmonic import (
+from capml_core.errors import CalculationFailed, InvalidInputError, SitesLeftError
+from capml_core.physics.anharmonic import (
     FFT_ALGORITHM,
     AnharmonicPhonons,
     _import_dynaphopy,
@@ -23,8 +24,7 @@ from capml_core.anharmonic import (
     renormalised_phonons,
     stability_verdict,
 )
-from capml_core.errors import CalculationFailed, InvalidInputError, SitesLeftError
-from capml_core.phonons import compute_force_constants, gamma_frequencies_thz
+from capml_core.physics.phonons import compute_force_constants, gamma_frequencies_thz
 
 TIMESTEP_FS = 5.0
 FRICTION_PER_FS = 2e-3
@@ -46,7 +46,7 @@ def copper() -> tuple[Atoms, np.ndarray]:
 
 
 def _langevin(cell: Atoms, temperature_k: float, *, seed: int = 1) -> dict:
-    """A trajectory dict in capml_core.dynamics.read_trajectory's format (production frames only)."""
+    """A trajectory dict in capml_core.physics.md.read_trajectory's format (production frames only)."""
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import Stationary, thermalize_momenta
 

@@ -11,14 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from capml_core.bandgaps import (
-    PUBLISHED_COLUMNS,
-    average_gaps,
-    block_average_error,
-    load_published_gaps,
-)
 from capml_core.errors import InvalidInputError
-from capml_core.store import Store
+from capml_core.physics.statistics import average_gaps, block_average_error
+from capml_core.stages.bandgaps import PUBLISHED_COLUMNS, load_published_gaps
+from capml_core.store.database import Store
 from tests.conftest import REPO, md_config, project_copy
 
 
@@ -108,7 +104,7 @@ def test_bad_published_gaps_are_refused(tmp_path: Path, body: str, message: str)
 
 
 def test_reference_compositions_must_be_studied(tmp_path: Path) -> None:
-    from capml_core.config import load_config
+    from capml_core.config.loading import load_config
     from capml_core.errors import ConfigError
     from tests.conftest import DEMO_CONFIG
 
@@ -129,10 +125,10 @@ def test_reference_compositions_must_be_studied(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def gap_project(trained, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201 - (project, config)
     """Tiny MACE → disorder scan → 0.3 ps MD at 50 and 100 K → a 2-model GNN: what the gap stages start from."""
-    from capml_core.config import GNNSection
-    from capml_core.disorder import run_disorder_scan
-    from capml_core.dynamics import run_dynamics
-    from capml_core.gnn import train_two_stage
+    from capml_core.config.schema import GNNSection
+    from capml_core.stages.disorder import run_disorder_scan
+    from capml_core.stages.dynamics import run_dynamics
+    from capml_core.stages.gnn_training import train_two_stage
 
     source, config, _, _ = trained
     project, store = project_copy(source, tmp_path_factory.mktemp("gaps"))
@@ -167,11 +163,12 @@ def _verdicts(store: Store, unstable: set[tuple[float, float]]) -> None:
 
 @pytest.mark.slow
 def test_bandgap_stage_averages_uncorrelated_snapshots_of_gated_runs(gap_project, tmp_path: Path) -> None:  # noqa: ANN001
-    from capml_core.bandgaps import run_bandgap_stage
-    from capml_core.disorder import lowest_energy_structures
-    from capml_core.dynamics import read_trajectory, trajectory_frame, uncorrelated_frames
     from capml_core.errors import NotComputedError
-    from capml_core.gnn import latest_ensemble, load_ensemble_by_id, predict_gaps_per_model
+    from capml_core.models.gnn import predict_gaps_per_model
+    from capml_core.physics.md import read_trajectory, trajectory_frame, uncorrelated_frames
+    from capml_core.stages.bandgaps import run_bandgap_stage
+    from capml_core.stages.gnn import load_ensemble_by_id
+    from capml_core.store.queries import latest_ensemble, lowest_energy_structures
 
     source, config = gap_project
     project, store = project_copy(source, tmp_path)
@@ -243,8 +240,8 @@ def test_bandgap_stage_averages_uncorrelated_snapshots_of_gated_runs(gap_project
         store.query("SELECT * FROM gap_snapshots")
     )
     # gate off: a new ensemble averages every run, the stored verdicts stay as they are
-    from capml_core.config import GNNSection
-    from capml_core.gnn import train_two_stage
+    from capml_core.config.schema import GNNSection
+    from capml_core.stages.gnn_training import train_two_stage
 
     gnn = GNNSection(epochs=2, fine_tune_epochs=2, ensemble_size=1, learning_curve_fractions=[])
     train_two_stage(store, gnn, cheap_level="gpaw-pbesol", high_level="gpaw-gllbsc", seed=2)
@@ -256,9 +253,12 @@ def test_bandgap_stage_averages_uncorrelated_snapshots_of_gated_runs(gap_project
 
 @pytest.mark.slow
 def test_mode_stage_freezes_every_optical_mode_and_checks_one_with_dft(gap_project, tmp_path: Path) -> None:  # noqa: ANN001
-    from capml_core.config import GpawSettings
-    from capml_core.gnn import latest_ensemble, load_ensemble_by_id, predict_gaps_per_model
-    from capml_core.modes import run_mode_stage, thermal_displacement
+    from capml_core.config.schema import GpawSettings
+    from capml_core.models.gnn import predict_gaps_per_model
+    from capml_core.physics.modes import thermal_displacement
+    from capml_core.stages.gnn import load_ensemble_by_id
+    from capml_core.stages.modes import run_mode_stage
+    from capml_core.store.queries import latest_ensemble
 
     source, config = gap_project
     project, store = project_copy(source, tmp_path)

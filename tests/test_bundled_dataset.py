@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from ase.io import read
 
-from capml_core.config import load_config
-from capml_core.reference import GpawGllbsc, GpawPbesol
-from capml_core.structures import structure_hash
-from capml_core.training_sets import end_members_for, generate_structure_set
+from capml_core.config.loading import load_config
+from capml_core.dft.levels import GpawGllbsc, GpawPbesol
+from capml_core.system.structures import structure_hash
+from capml_core.system.training_sets import end_members_for, generate_structure_set
 from tests.conftest import CONFIGS, DATASETS
 
 RECIPE = CONFIGS / "ag3sbri-reference-dataset.toml"
@@ -87,7 +87,7 @@ def test_a_random_bundled_structure_recomputes_to_its_label(level: str, calculat
 
 def test_held_out_md_frames_cover_every_composition_and_temperature_and_stay_held_out() -> None:
     """The held-out yardstick: one random production frame per (x, T), labelled at both levels as GPAW finishes."""
-    from capml_core.md_frames import read_frame_pool
+    from capml_core.stages.md_frames import read_frame_pool
 
     pool = read_frame_pool(DATASETS / "capml-md-heldout-pool.extxyz")
     points = {(f.composition_x, f.temperature_k) for f in pool}

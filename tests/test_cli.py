@@ -5,7 +5,7 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from capml_core.store import Store
+from capml_core.store.database import Store
 from flows.cli import app
 from tests.conftest import DEMO_CONFIG, PBESOL_FILE
 

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from capml_core.config import LabelKeys, load_config
+from capml_core.config.loading import load_config
+from capml_core.config.schema import LabelKeys
 from capml_core.errors import ConfigError
 from tests.conftest import DEMO_CONFIG, PAPER_CONFIG, PBESOL_FILE, REPO
 
@@ -16,7 +17,7 @@ def test_paper_config_reproduces_the_papers_settings() -> None:
     assert cfg.system.vegard_lattice_a == {"Br": 4.793, "I": 4.869}
     assert cfg.system.supercell == (2, 2, 2)
     assert cfg.system.compositions == [k / 8 for k in range(9)]
-    from capml_core.gnn import ARCHITECTURES
+    from capml_core.models.gnn import ARCHITECTURES
 
     paper = ARCHITECTURES[cfg.gnn.architecture]
     assert cfg.gnn.cutoff_a == 5.5 and (paper.conv_layers, paper.hidden_channels) == (2, 64)
@@ -147,7 +148,7 @@ def test_unreadable_files(tmp_path: Path) -> None:
 def test_parent_from_a_cif_file_works_like_the_builder(tmp_path: Path) -> None:
     from ase.io import write
 
-    from capml_core.structures import build_cubic_perovskite
+    from capml_core.system.structures import build_cubic_perovskite
 
     write(tmp_path / "CsPbBr3.cif", build_cubic_perovskite("Cs", "Pb", "Br", 5.87))
     text = """

@@ -11,8 +11,8 @@ from typing import Annotated, Literal, get_args, get_origin
 import pytest
 from pydantic import BaseModel, Field, PositiveFloat
 
-from capml_core.config import RunConfig, Section
-from capml_core.config_reference import REGENERATE_COMMAND, config_reference_markdown, main
+from capml_core.config.reference import REGENERATE_COMMAND, config_reference_markdown, main
+from capml_core.config.schema import RunConfig, Section
 from tests.conftest import REPO
 
 COMMITTED = REPO / "docs" / "configuration-reference.md"
@@ -137,7 +137,7 @@ def test_a_new_section_and_field_appear_without_code_change() -> None:
 def test_check_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str], generated: str) -> None:
     target = tmp_path / "reference.md"
     assert main(["--check", str(target)]) == 1  # missing
-    assert f"{target} is out of date: run python -m capml_core.config_reference {target}" in capsys.readouterr().err
+    assert f"{target} is out of date: run python -m capml_core.config.reference {target}" in capsys.readouterr().err
     assert main([str(target)]) == 0
     assert target.read_text(encoding="utf-8") == generated
     assert main(["--check", str(target)]) == 0
@@ -147,7 +147,7 @@ def test_check_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str], generate
 
 def test_command_line_check_of_the_committed_file_without_prefect_or_streamlit() -> None:
     code = (
-        "import sys, capml_core.config_reference as m; "
+        "import sys, capml_core.config.reference as m; "
         "bad = [n for n in ('prefect', 'streamlit') if n in sys.modules]; "
         "assert not bad, bad; sys.exit(m.main(['--check', 'docs/configuration-reference.md']))"
     )

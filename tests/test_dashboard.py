@@ -39,7 +39,7 @@ def _decoded(array_spec) -> np.ndarray:  # noqa: ANN001 - plotly 7 stores arrays
 
 
 def test_a_run_whose_process_died_shows_as_interrupted(demo_store_copy: Path, monkeypatch) -> None:  # noqa: ANN001
-    from capml_core.store import Store
+    from capml_core.store.database import Store
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -64,7 +64,7 @@ def test_a_run_whose_process_died_shows_as_interrupted(demo_store_copy: Path, mo
 
 
 def test_overview_shows_runs_coverage_and_gap_histograms(demo_store_copy: Path, monkeypatch) -> None:  # noqa: ANN001
-    from capml_core.store import Store
+    from capml_core.store.database import Store
     from flows.pipeline import new_run_id
 
     store = Store(demo_store_copy)
@@ -182,9 +182,10 @@ def _dataset_page() -> None:
 def test_dataset_page_shows_sets_coverage_gaps_and_failures(demo_store_copy: Path, monkeypatch) -> None:  # noqa: ANN001
     import json
 
-    from capml_core.config import load_config
-    from capml_core.store import LabelRecord, Store
-    from capml_core.training_sets import end_member_force_constants, generate_structure_set
+    from capml_core.config.loading import load_config
+    from capml_core.store.database import Store
+    from capml_core.store.records import LabelRecord
+    from capml_core.system.training_sets import end_member_force_constants, generate_structure_set
     from tests.conftest import DEMO_CONFIG
 
     config = load_config(DEMO_CONFIG).config
@@ -228,9 +229,9 @@ def _gnn_page() -> None:
 def test_band_gap_model_page_draws_parity_and_errors(demo_store_copy: Path, monkeypatch) -> None:  # noqa: ANN001
     import json
 
-    from capml_core.config import load_config
-    from capml_core.gnn import train_two_stage
-    from capml_core.store import Store
+    from capml_core.config.loading import load_config
+    from capml_core.stages.gnn_training import train_two_stage
+    from capml_core.store.database import Store
     from tests.conftest import DEMO_CONFIG
 
     monkeypatch.setenv("CAPML_PROJECT_DIR", str(demo_store_copy))

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from ase.io import read, write
 
-from capml_core.config import LabelKeys, load_config
-from capml_core.datasets import import_labelled_dataset, load_labelled_extxyz, summarise_dataset
+from capml_core.config.loading import load_config
+from capml_core.config.schema import LabelKeys
 from capml_core.errors import DatasetError
-from capml_core.store import Store
-from capml_core.structures import allowed_species
+from capml_core.stages.datasets import import_labelled_dataset, load_labelled_extxyz, summarise_dataset
+from capml_core.store.database import Store
+from capml_core.system.structures import allowed_species
 from tests.conftest import DEMO_CONFIG, GLLBSC_FILE, PBESOL_FILE
 
 PBESOL_KEYS = LabelKeys.build(prefix="pbesol")

@@ -13,8 +13,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from capml_core.config import DisorderSection, load_config
-from capml_core.disorder import (
+from capml_core.config.loading import load_config
+from capml_core.config.schema import DisorderSection
+from capml_core.errors import InvalidInputError
+from capml_core.store.database import Store
+from capml_core.system.arrangements import (
     Arrangement,
     arrangement_structure,
     configurational_probabilities,
@@ -25,9 +28,7 @@ from capml_core.disorder import (
     site_permutations,
     sublattice_sites,
 )
-from capml_core.errors import InvalidInputError
-from capml_core.store import Store
-from capml_core.structures import build_supercell
+from capml_core.system.structures import build_supercell
 from tests.conftest import DEMO_CONFIG, REPO
 
 
@@ -162,8 +163,10 @@ def test_cli_plan_prints_counts_and_multiplicities(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------- slow
 @pytest.mark.slow
 def test_scan_relaxes_each_class_once_ranks_and_resumes(trained, tmp_path: Path) -> None:
-    from capml_core.disorder import lowest_energy_structures, relax_structure, run_disorder_scan
-    from capml_core.mlip import run_calculator
+    from capml_core.physics.relax import relax_structure
+    from capml_core.stages.disorder import run_disorder_scan
+    from capml_core.stages.mlip import run_calculator
+    from capml_core.store.queries import lowest_energy_structures
 
     source, config, _, _ = trained
     project = tmp_path / "project"
@@ -233,7 +236,7 @@ def test_dashboard_page_ranks_shows_the_structure_and_mixing(trained, tmp_path: 
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    from capml_core.disorder import run_disorder_scan
+    from capml_core.stages.disorder import run_disorder_scan
 
     source, config, _, _ = trained
     project = tmp_path / "project"

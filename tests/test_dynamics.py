@@ -8,18 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from capml_core.config import MDSection, load_config
-from capml_core.dynamics import (
-    FRAME_DATASETS,
-    MDJob,
-    check_health,
-    integrated_autocorrelation_time,
-    read_trajectory,
-    run_md,
-    uncorrelated_frames,
-)
+from capml_core.config.loading import load_config
+from capml_core.config.schema import MDSection
 from capml_core.errors import ConfigError
-from capml_core.store import Store
+from capml_core.physics.md import FRAME_DATASETS, MDJob, check_health, read_trajectory, run_md, uncorrelated_frames
+from capml_core.physics.statistics import integrated_autocorrelation_time
+from capml_core.store.database import Store
 from tests.conftest import DEMO_CONFIG, REPO, md_config, project_copy
 
 
@@ -92,8 +86,8 @@ def test_health_checks_flag_temperature_drift_and_diffusion() -> None:
 def test_md_file_resumes_after_a_kill_without_gaps(trained, tmp_path: Path) -> None:
     import h5py
 
-    from capml_core.mlip import run_calculator
-    from capml_core.training_sets import end_member_cell
+    from capml_core.stages.mlip import run_calculator
+    from capml_core.system.training_sets import end_member_cell
 
     project, config, _, _ = trained
     calculator = run_calculator(Store(project), device="cpu", dtype="float32")
@@ -123,8 +117,8 @@ def test_md_file_resumes_after_a_kill_without_gaps(trained, tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_dynamics_stage_runs_every_composition_once(trained, tmp_path: Path) -> None:
-    from capml_core.disorder import run_disorder_scan
-    from capml_core.dynamics import run_dynamics
+    from capml_core.stages.disorder import run_disorder_scan
+    from capml_core.stages.dynamics import run_dynamics
 
     source, config, _, _ = trained
     project, store = project_copy(source, tmp_path)
@@ -144,10 +138,11 @@ def test_dynamics_stage_runs_every_composition_once(trained, tmp_path: Path) -> 
 def _held_out_frames_round_trip(store, config, tmp_path: Path) -> None:  # noqa: ANN001
     """Frames drawn at random from production MD, a pool file, a new store, labels exported and imported: the
     provenance survives and held-out frames never enter a training set."""
-    from capml_core.config import ImportSpec
-    from capml_core.datasets import export_labelled_extxyz, import_spec
-    from capml_core.md_frames import read_frame_pool, restore_frame_pool, sample_random_frames, write_frame_pool
-    from capml_core.store import LabelRecord, Store
+    from capml_core.config.schema import ImportSpec
+    from capml_core.stages.datasets import export_labelled_extxyz, import_spec
+    from capml_core.stages.md_frames import read_frame_pool, restore_frame_pool, sample_random_frames, write_frame_pool
+    from capml_core.store.database import Store
+    from capml_core.store.records import LabelRecord
 
     levels = ["gpaw-pbesol", "gpaw-gllbsc"]
     frames = sample_random_frames(store, config.md, levels=levels, per_run=2, seed=3)
@@ -190,8 +185,9 @@ def _evaluate_measures_known_offsets(store, frames) -> None:  # noqa: ANN001
 
     from typer.testing import CliRunner
 
-    from capml_core.mlip import latest_model, load_mace_calculator
-    from capml_core.store import LabelRecord
+    from capml_core.models.mace import load_mace_calculator
+    from capml_core.store.queries import latest_model
+    from capml_core.store.records import LabelRecord
     from flows.cli import app
 
     _, path = latest_model(store)

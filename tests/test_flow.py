@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from capml_core.store import Store
+from capml_core.store.database import Store
 from tests.conftest import DEMO_CONFIG, REPO
 
 pytestmark = pytest.mark.slow
@@ -27,8 +27,8 @@ def _expected_new_labels() -> list[int]:
     """New labels each of the demo's imports adds to an empty store (files may share structures)."""
     from ase.io import read
 
-    from capml_core.config import load_config
-    from capml_core.structures import structure_hash
+    from capml_core.config.loading import load_config
+    from capml_core.system.structures import structure_hash
 
     seen: set[tuple[str, str]] = set()
     counts = []

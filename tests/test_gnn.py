@@ -10,20 +10,20 @@ import pytest
 from ase.io import read
 
 from capml_core.errors import InvalidInputError
-from capml_core.gnn import (
+from capml_core.models.gnn import (
     ARCHITECTURES,
     GapModel,
     TrainingSettings,
     build_model,
     compute_metrics,
-    latest_ensemble,
     new_model,
     predict_gaps,
     split_of,
     to_data,
     train,
 )
-from capml_core.graphs import build_graph
+from capml_core.models.graphs import build_graph
+from capml_core.store.queries import latest_ensemble
 from tests.conftest import PBESOL_FILE
 
 
@@ -118,7 +118,7 @@ def test_gnn_train_and_predict_commands(demo_store_copy: Path, tmp_path: Path) -
     from ase.io import write
     from typer.testing import CliRunner
 
-    from capml_core.store import Store
+    from capml_core.store.database import Store
     from flows.cli import app
     from tests.conftest import DEMO_CONFIG, GLLBSC_FILE, REPO
 
@@ -166,7 +166,7 @@ def _bad_model_files_are_refused(runner, app, store, structures: Path, tmp_path:
         cases[name] = folder
     data = (good / "model.pt").read_bytes()
     (cases["truncated"] / "model.pt").write_bytes(data[: len(data) // 2])
-    from capml_core.gnn import Architecture
+    from capml_core.models.gnn import Architecture
 
     foreign = Architecture(conv_layers=5, hidden_channels=7)  # no named architecture has this shape
     torch.save(build_model(foreign).state_dict(), cases["foreign"] / "model.pt")
@@ -191,15 +191,15 @@ def _bad_model_files_are_refused(runner, app, store, structures: Path, tmp_path:
 def test_config_names_exactly_the_known_architectures() -> None:
     from typing import get_args
 
-    from capml_core.config import GNNArchitectureName
+    from capml_core.config.schema import GNNArchitectureName
 
     assert set(get_args(GNNArchitectureName)) == set(ARCHITECTURES)
 
 
 def test_search_picks_by_validation_and_the_curve_records_what_data_buys(demo_store_copy: Path) -> None:
-    from capml_core.config import load_config
-    from capml_core.gnn import fit_band_gap_model
-    from capml_core.store import Store
+    from capml_core.config.loading import load_config
+    from capml_core.stages.gnn import fit_band_gap_model
+    from capml_core.store.database import Store
     from tests.conftest import DEMO_CONFIG
 
     gnn = load_config(DEMO_CONFIG).config.gnn.model_copy(
@@ -256,10 +256,11 @@ def test_models_move_between_devices(pbesol) -> None:
 
 def test_a_small_level_always_gets_a_validation_structure(tmp_path: Path) -> None:
     """With tiny split fractions no structure may fall in validation; one moves there from training."""
-    from capml_core.config import GNNSection
-    from capml_core.gnn import level_splits
-    from capml_core.store import LabelRecord, Store, StructureRecord
-    from capml_core.structures import quantize, structure_hash
+    from capml_core.config.schema import GNNSection
+    from capml_core.stages.gnn_training import level_splits
+    from capml_core.store.database import Store
+    from capml_core.store.records import LabelRecord, StructureRecord
+    from capml_core.system.structures import quantize, structure_hash
 
     frames = read(PBESOL_FILE, index=":12")
     store = Store(tmp_path / "project")

@@ -9,7 +9,7 @@ from ase.build import bulk
 from ase.io import read
 
 from capml_core.errors import InvalidInputError
-from capml_core.graphs import Normaliser, build_graph, element_table
+from capml_core.models.graphs import Normaliser, build_graph, element_table
 from tests.conftest import PBESOL_FILE
 
 
@@ -45,7 +45,7 @@ def test_graphs_of_the_reference_cells() -> None:
     assert graph.edge_distance_a.max() < 5.5 and graph.edge_distance_a.min() > 2.0
     assert not np.any(source == target)  # own images are 9.7 Å away in the 2x2x2 cell
     # the 5-atom unit cell (4.793 Å): each atom's 6 nearest own images are self-edges
-    from capml_core.structures import build_cubic_antiperovskite
+    from capml_core.system.structures import build_cubic_antiperovskite
 
     unit = build_graph(build_cubic_antiperovskite("Ag", "S", "Br", 4.793), cutoff_a=5.5)
     self_edges = unit.edge_index[0] == unit.edge_index[1]

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from capml_core.config import load_config
-from capml_core.harmonic import cell_dispersion, find_imaginary_modes, gamma_modes, phonon_dos
-from capml_core.phonons import dispersion
-from capml_core.store import Store
-from capml_core.training_sets import end_member_force_constants
+from capml_core.config.loading import load_config
+from capml_core.physics.harmonic import cell_dispersion, find_imaginary_modes, gamma_modes, phonon_dos
+from capml_core.physics.phonons import dispersion
+from capml_core.store.database import Store
+from capml_core.system.training_sets import end_member_force_constants
 from tests.conftest import DEMO_CONFIG
 
 
@@ -55,8 +55,8 @@ def test_folded_dispersion_matches_the_primitive_one_at_gamma_and_marks_the_unst
 
 @pytest.mark.slow
 def test_stage_computes_each_lowest_structure_once(trained, tmp_path: Path) -> None:
-    from capml_core.disorder import run_disorder_scan
-    from capml_core.harmonic import run_harmonic_phonons
+    from capml_core.stages.disorder import run_disorder_scan
+    from capml_core.stages.phonons import run_harmonic_phonons
 
     source, config, _, _ = trained
     project = tmp_path / "project"

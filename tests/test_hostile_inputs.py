@@ -18,9 +18,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from capml_core.config import load_config
+from capml_core.config.loading import load_config
 from capml_core.errors import ConfigError, StoreError
-from capml_core.store import Store, StructureRecord, check_project_dir
+from capml_core.store.database import Store
+from capml_core.store.hosts import check_project_dir
+from capml_core.store.records import StructureRecord
 from flows.cli import app
 from tests.conftest import DEMO_CONFIG, GLLBSC_FILE, REPO
 
@@ -223,7 +225,7 @@ def test_check_project_dir_names_the_file_in_the_way(tmp_path: Path) -> None:
 def _store_with_pending(tmp_path: Path, n: int) -> tuple[Store, list[str]]:
     from ase.build import bulk
 
-    from capml_core.structures import structure_hash
+    from capml_core.system.structures import structure_hash
 
     store = Store(tmp_path / "proj")
     records = []
@@ -259,7 +261,7 @@ def test_work_claimed_by_a_live_process_is_left_to_it_and_a_dead_ones_is_taken_o
 
 
 def _host() -> str:
-    from capml_core.store import this_host
+    from capml_core.store.hosts import this_host
 
     return this_host()
 
@@ -267,7 +269,7 @@ def _host() -> str:
 def test_scratch_folders_of_killed_calculations_are_cleaned_and_live_ones_kept(tmp_path: Path) -> None:
     import json
 
-    from capml_core.labelling import OWNER_FILE, clean_scratch
+    from capml_core.stages.labelling import OWNER_FILE, clean_scratch
 
     scratch = tmp_path / "scratch"
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -345,7 +347,7 @@ def test_reimporting_other_labels_for_stored_structures_says_which_were_kept(tmp
 # ------------------------------------------------------------------------------------------- model files
 def test_a_crafted_pickle_is_refused_by_the_safe_mace_loader_and_runs_nothing(tmp_path: Path) -> None:
     from capml_core.errors import InvalidInputError
-    from capml_core.mace_files import load_safe_model
+    from capml_core.models.mace_files import load_safe_model
 
     marker = tmp_path / SIDE_EFFECT
     for path in (crafted_pickle(tmp_path / "evil.model", marker), tmp_path / "plain.model"):

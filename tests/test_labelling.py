@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from capml_core.labelling import label_structures
-from capml_core.reference import GpawGllbsc, GpawPbesol, get_level
-from capml_core.store import Store, StructureRecord
-from capml_core.structures import build_cubic_antiperovskite, structure_hash
+from capml_core.dft.levels import GpawGllbsc, GpawPbesol, get_level
+from capml_core.stages.labelling import label_structures
+from capml_core.store.database import Store
+from capml_core.store.records import StructureRecord
+from capml_core.system.structures import build_cubic_antiperovskite, structure_hash
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +93,7 @@ def test_a_structure_another_live_process_claimed_is_skipped_and_scratch_stays_i
     import sys
     import tempfile
 
-    from capml_core.store import this_host
+    from capml_core.store.hosts import this_host
 
     records = _cells(2)
     store = _store_with_set(tmp_path, records, "gpaw-pbesol")

@@ -15,15 +15,13 @@ import pytest
 from ase.io import read
 from typer.testing import CliRunner
 
-from capml_core.config import MLIPSection, load_config
+from capml_core.config.loading import load_config
+from capml_core.config.schema import MLIPSection
 from capml_core.errors import ConfigError, DatasetError, InvalidInputError
-from capml_core.mlip import (
-    inspect_mace_model,
-    labelled_structures,
-    mace_arguments,
-    split_structures,
-)
-from capml_core.store import LabelRecord, Store
+from capml_core.models.mace import mace_arguments
+from capml_core.stages.mlip import inspect_mace_model, labelled_structures, split_structures
+from capml_core.store.database import Store
+from capml_core.store.records import LabelRecord
 from tests.conftest import DEMO_CONFIG, PBESOL_FILE, REPO, TINY, _tiny_config
 
 
@@ -113,8 +111,8 @@ def test_missing_stress_is_a_clear_error_and_the_split_is_reproducible(demo_stor
 
 
 def test_dispersion_contains_the_supercell_gamma_modes_and_three_acoustic_zeros() -> None:
-    from capml_core.phonons import dispersion, gamma_frequencies_thz
-    from capml_core.training_sets import end_member_force_constants
+    from capml_core.physics.phonons import dispersion, gamma_frequencies_thz
+    from capml_core.system.training_sets import end_member_force_constants
 
     config = load_config(DEMO_CONFIG).config
     fc = end_member_force_constants(config.system, config.dataset, "Br", cache_dir=Path("unused"))
@@ -148,7 +146,7 @@ def test_training_from_scratch_records_model_errors_and_predictions(trained) -> 
     assert result.test_metrics["forces"]["mae"] < 0.5 * mean_abs_force
     assert store.query("SELECT count(*) AS n FROM mlip_predictions")["n"][0] == 103
     # same settings and data: nothing retrained
-    from capml_core.mlip import fit_mlip
+    from capml_core.stages.mlip import fit_mlip
 
     again = fit_mlip(store, config)
     assert not again.model.newly_trained and again.model.model_id == result.model.model_id
@@ -156,7 +154,7 @@ def test_training_from_scratch_records_model_errors_and_predictions(trained) -> 
 
 @pytest.mark.slow
 def test_calculator_is_translation_invariant_and_float64(trained) -> None:
-    from capml_core.mlip import run_calculator
+    from capml_core.stages.mlip import run_calculator
 
     project, _, _, _ = trained
     store = Store(project)
@@ -191,7 +189,7 @@ def test_phonon_validation_compares_all_supercell_modes_of_both_end_members(trai
 
 @pytest.mark.slow
 def test_fine_tuning_from_a_capml_model_file_and_its_foundation_table(trained, tmp_path: Path) -> None:
-    from capml_core.mlip import fit_mlip
+    from capml_core.stages.mlip import fit_mlip
 
     project, _, scratch, _ = trained
     foundation = tmp_path / "foundation.model"
@@ -253,9 +251,9 @@ def test_cli_trains_evaluates_a_model_file_and_refuses_a_bad_one(trained, tmp_pa
 @pytest.mark.slow
 def test_thermal_structures_from_force_constants_of_the_trained_mace(trained) -> None:
     """dataset.force_constants_level = "mace": the end members' phonons come from the project's MACE."""
-    from capml_core.config import StructureSetSection
-    from capml_core.mlip import force_constants_cache_dir, force_function
-    from capml_core.training_sets import end_members_for, generate_structure_set
+    from capml_core.config.schema import StructureSetSection
+    from capml_core.stages.mlip import force_constants_cache_dir, force_function
+    from capml_core.system.training_sets import end_members_for, generate_structure_set
 
     project, config, result, _ = trained
     store = Store(project)
@@ -270,7 +268,7 @@ def test_thermal_structures_from_force_constants_of_the_trained_mace(trained) ->
     assert len(records) == len(config.system.compositions)
     from ase.geometry import find_mic
 
-    from capml_core.training_sets import end_member_cell
+    from capml_core.system.training_sets import end_member_cell
 
     iodide = next(r for r in records if r.composition_x == 0.0)
     ideal = end_member_cell(config.system, "I")
@@ -316,7 +314,7 @@ def test_dashboard_page_draws_parity_and_both_dispersions(trained, monkeypatch: 
 @pytest.mark.slow
 def test_a_crafted_mace_pickle_runs_nothing_through_any_entry_point(trained, tmp_path: Path) -> None:
     """mlip evaluate, mlip.foundation_model (config check, mlip train), a model planted in the project: refused."""
-    from capml_core.mlip import load_mace_calculator
+    from capml_core.models.mace import load_mace_calculator
     from flows.cli import app
     from tests.test_hostile_inputs import crafted_pickle
 
@@ -353,8 +351,8 @@ def test_capml_form_gives_the_trainers_energies_and_convert_needs_trust(trained,
     import torch
     from mace.calculators import MACECalculator
 
-    from capml_core.mace_files import SAFE_SUFFIX
-    from capml_core.mlip import load_mace_calculator
+    from capml_core.models.mace import load_mace_calculator
+    from capml_core.models.mace_files import SAFE_SUFFIX
     from flows.cli import app
 
     _, _, scratch, _ = trained

@@ -12,8 +12,8 @@ import pytest
 from ase import Atoms, units
 
 from capml_core.errors import InvalidInputError
-from capml_core.harmonic import gamma_modes
-from capml_core.modes import (
+from capml_core.physics.harmonic import gamma_modes
+from capml_core.physics.modes import (
     acoustic_modes,
     bose_einstein,
     displacement_shares,
@@ -22,7 +22,7 @@ from capml_core.modes import (
     spread_over_frequencies,
     thermal_displacement,
 )
-from capml_core.phonons import load_force_constants
+from capml_core.physics.phonons import load_force_constants
 from tests.conftest import REPO
 
 J_PER_EV = units._e

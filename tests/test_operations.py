@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from capml_core.store import Store
+from capml_core.store.database import Store
 from tests.conftest import DEMO_CONFIG, REPO, project_copy, wait_until_served
 
 pytestmark = pytest.mark.slow
@@ -133,7 +133,7 @@ def test_disorder_fans_out_to_a_dask_cluster_and_matches_the_in_process_scan(tra
     """Relaxations as Prefect tasks on a Dask LocalCluster (2 workers) give the in-process scan's results."""
     from prefect.testing.utilities import prefect_test_harness
 
-    from capml_core.disorder import run_disorder_scan
+    from capml_core.stages.disorder import run_disorder_scan
     from flows.pipeline import disorder_flow
 
     source, config, _, _ = trained
@@ -157,7 +157,7 @@ def test_disorder_fans_out_to_a_dask_cluster_and_matches_the_in_process_scan(tra
 @pytest.mark.timeout(1200)
 def test_a_killed_pipeline_resumes_without_recomputing_or_duplicating(trained, tmp_path: Path) -> None:
     """SIGKILL the `capml run` process in the middle of the disorder stage, run it again, compare with no kill."""
-    from capml_core.disorder import run_disorder_scan
+    from capml_core.stages.disorder import run_disorder_scan
 
     source, config, _, _ = trained
     reference_project, reference_store = project_copy(source, tmp_path / "reference")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from ase.io import read
 
-from capml_core.reference import GpawGllbsc, GpawPbesol
+from capml_core.dft.levels import GpawGllbsc, GpawPbesol
 from tests.conftest import GLLBSC_FILE, PBESOL_FILE
 
 pytestmark = pytest.mark.slow

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from capml_core.sql import QueryRefused, check_user_sql, run_user_query
-from capml_core.store import Store
+from capml_core.store.database import Store
+from capml_core.store.sql import QueryRefused, check_user_sql, run_user_query
 
 
 def _digest(project: Path) -> str:

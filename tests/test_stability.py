@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from capml_core.stability import StabilityResult, stabilisation_temperatures
+from capml_core.stages.phonons import StabilityResult, stabilisation_temperatures
 from tests.conftest import md_config, project_copy
 
 
@@ -30,11 +30,11 @@ def test_stabilisation_temperature_is_the_lowest_stable_temperature_of_an_unbrok
 
 @pytest.mark.slow
 def test_stage_stores_a_verdict_per_md_run_gates_and_resumes(trained, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
-    import capml_core.anharmonic as anharmonic
-    from capml_core.disorder import run_disorder_scan
-    from capml_core.dynamics import run_dynamics
+    import capml_core.physics.anharmonic as anharmonic
     from capml_core.errors import CalculationFailed
-    from capml_core.stability import run_phonon_stage
+    from capml_core.stages.disorder import run_disorder_scan
+    from capml_core.stages.dynamics import run_dynamics
+    from capml_core.stages.phonons import run_phonon_stage
 
     source, config, _, _ = trained
     project, store = project_copy(source, tmp_path)

@@ -10,8 +10,10 @@ import pytest
 from ase.build import bulk
 
 from capml_core.errors import NotComputedError, StoreError, StoreLockedError
-from capml_core.store import SCHEMA_VERSION, LabelRecord, Store, StructureRecord
-from capml_core.structures import structure_hash
+from capml_core.store.database import Store
+from capml_core.store.records import LabelRecord, StructureRecord
+from capml_core.store.schema import SCHEMA_VERSION
+from capml_core.system.structures import structure_hash
 
 
 def _records(n: int, offset: float = 0.0) -> list[StructureRecord]:
@@ -166,7 +168,7 @@ def _hold_lock(path: str, ready) -> None:  # noqa: ANN001 - multiprocessing Even
 
 
 def test_an_older_store_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
-    from capml_core.store import MIGRATIONS
+    from capml_core.store.schema import MIGRATIONS
 
     tmp_path.mkdir(exist_ok=True)
     con = duckdb.connect(str(tmp_path / "capml.duckdb"))

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from ase.io import read, write
 
-from capml_core.config import load_config
-from capml_core.structures import (
+from capml_core.config.loading import load_config
+from capml_core.system.structures import (
     build_cubic_antiperovskite,
     build_supercell,
     structure_hash,

@@ -7,17 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from capml_core.config import load_config
+from capml_core.config.loading import load_config
 from capml_core.errors import InvalidInputError, NotComputedError
-from capml_core.phonons import gamma_frequencies_thz
-from capml_core.structures import (
+from capml_core.physics.phonons import gamma_frequencies_thz
+from capml_core.system.structures import (
     build_supercell,
     occupy_sublattice,
     structure_hash,
     thermal_displacements,
     uniform_displacements,
 )
-from capml_core.training_sets import (
+from capml_core.system.training_sets import (
     end_member_cell,
     end_member_force_constants,
     force_constants_at,
@@ -142,7 +142,7 @@ def test_bad_inputs(recipe, tmp_path: Path) -> None:
         end_member_force_constants(recipe.system, without_files, "Br", cache_dir=tmp_path)
     broken = tmp_path / "broken.yaml"
     broken.write_text("phonopy:\n  version: [oops\n")
-    from capml_core.phonons import load_force_constants
+    from capml_core.physics.phonons import load_force_constants
 
     with pytest.raises(InvalidInputError, match="not a readable phonopy file"):
         load_force_constants(broken)
@@ -160,9 +160,9 @@ def test_generated_structures_survive_an_extxyz_round_trip_with_their_hash(recip
 
 
 def test_force_constants_need_a_level_that_gives_forces() -> None:
-    from capml_core.config import ReferenceSection
+    from capml_core.config.schema import ReferenceSection
     from capml_core.errors import InvalidInputError
-    from capml_core.mlip import force_function
+    from capml_core.stages.mlip import force_function
 
     with pytest.raises(InvalidInputError, match="force_constants_level = 'gpaw-gllbsc' gives no forces.*allowed: gpaw"):
         force_function("gpaw-gllbsc", ReferenceSection(), None)

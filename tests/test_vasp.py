@@ -13,8 +13,8 @@ import pytest
 from ase.io import read
 from ase.units import GPa
 
+from capml_core.dft.levels import VaspHsesol, VaspPbesol
 from capml_core.errors import CalculationFailed, InvalidInputError
-from capml_core.reference import VaspHsesol, VaspPbesol
 from tests.conftest import PBESOL_FILE
 
 
@@ -159,7 +159,7 @@ def test_vasp_runs_only_with_a_command() -> None:
 
 
 def test_a_failed_vasp_run_keeps_its_output_in_the_logs(potcars: Path, tmp_path: Path) -> None:
-    from capml_core.labelling import _label_one
+    from capml_core.stages.labelling import _label_one
 
     atoms = read(PBESOL_FILE, index=0)
     command = "echo 'VERY BAD NEWS: ZBRENT' > OUTCAR; echo 'iteration 1'; echo 'out of memory' >&2; exit 3"

@@ -1,6 +1,6 @@
 """Band gaps page: Eg(x) per temperature with experiment, Eg(T) per composition, relative-change heat map.
 
-Reads ``gap_static``, ``gap_thermal``, ``gap_snapshots`` and ``gap_published`` (capml_core.bandgaps). Error bars
+Reads ``gap_static``, ``gap_thermal``, ``gap_snapshots`` and ``gap_published`` (capml_core.stages.bandgaps). Error bars
 are the stored combined uncertainties (block-averaged snapshot statistics and the GNN ensemble spread).
 """
 

@@ -12,7 +12,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from capml_core.disorder import mixing_energies
+from capml_core.stages.disorder import mixing_energies
 from dashboard import data
 
 #: Marker colours of the species in the 3D view.

@@ -1,6 +1,6 @@
 """Modes page: ΔEg/Eg of each frozen Γ mode vs its frequency, coloured by the species that moves most.
 
-Reads ``gap_modes`` (capml_core.modes) and, for the displacement pattern of a chosen mode, the Γ eigenvectors in
+Reads ``gap_modes`` (capml_core.stages.modes) and, for the displacement pattern of a chosen mode, the Γ eigenvectors in
 the harmonic-phonon artifact of the structure. GNN vs reference DFT for the modes checked with DFT.
 """
 
@@ -11,7 +11,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from capml_core.modes import thermal_displacement
+from capml_core.physics.modes import thermal_displacement
 from dashboard import data
 
 

@@ -13,7 +13,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from capml_core.stability import StabilityResult, stabilisation_temperatures
+from capml_core.stages.phonons import StabilityResult, stabilisation_temperatures
 from dashboard import data
 
 

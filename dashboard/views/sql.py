@@ -1,12 +1,12 @@
-"""SQL page: users' own read-only queries on the store, with examples (capml_core.sql does the checking)."""
+"""SQL page: users' own read-only queries on the store, with examples (capml_core.store.sql does the checking)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from capml_core.errors import CapmlError
-from capml_core.sql import QueryRefused, run_user_query
-from capml_core.store import Store
+from capml_core.store.database import Store
+from capml_core.store.sql import QueryRefused, run_user_query
 from dashboard import data
 
 #: Rows shown at most (the query runs in full on the store; only this many come back).

@@ -1,0 +1,1 @@
+"""Run configuration: the TOML schema (schema.py), loading and its errors (loading.py)."""

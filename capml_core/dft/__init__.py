@@ -1,0 +1,1 @@
+"""Reference levels (DFT): GPAW PBEsol / GLLB-SC, VASP PBEsol / HSEsol."""

@@ -1,0 +1,1 @@
+"""Pipeline stages: the only place that joins store, config and science."""

@@ -1,0 +1,255 @@
+"""Disorder scan: symmetry-inequivalent arrangements of two species on a sublattice, relaxed and ranked.
+
+The symmetry group is the full space group of the undecorated parent supercell (all sublattice sites alike):
+its rotations and the supercell's internal translations, found by spglib, act on the sublattice sites as
+permutations. Two arrangements are equivalent when a permutation maps one onto the other; an arrangement's
+multiplicity is the size of its orbit, and the multiplicities of a composition sum to the binomial count.
+
+Counting uses Burnside's lemma (the number of orbits is the mean number of arrangements a permutation leaves
+unchanged, computed from each permutation's cycle lengths), so the decision "all or a sample" never needs
+the 2^N labellings. Enumeration visits the k-subsets once and each orbit once; sampling draws random
+k-subsets and keeps distinct orbits. An arrangement is written as a string of '1' (``species[0]``) and '0'
+(``species[1]``) over the sublattice sites in the supercell's atom order; its key is the lexicographically
+largest string of its orbit. Energies eV, lengths Å, temperatures K.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from ase import Atoms
+
+from capml_core.config.schema import DisorderSection, SystemSection
+from capml_core.physics.relax import Relaxation, relax_structure
+from capml_core.system.arrangements import (
+    Arrangement,
+    CompositionPlan,
+    arrangement_structure,
+    configurational_probabilities,
+    plan_scan,
+    site_permutations,
+    sublattice_sites,
+)
+from capml_core.system.structures import build_supercell
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------- the scan
+def relax_job(model_path: str, device: str, atoms: Atoms, mode: str, fmax: float, max_steps: int) -> Relaxation:
+    """One relaxation with the MACE model at ``model_path`` (a fan-out job: loads the model once per worker)."""
+    from capml_core.models.mace import cached_mace_calculator
+
+    calculator = cached_mace_calculator(model_path, device, "float64")
+    return relax_structure(atoms, calculator, mode=mode, fmax_ev_per_a=fmax, max_steps=max_steps)
+
+
+def scan_id_for(system: SystemSection, disorder: DisorderSection, model_id: str) -> str:
+    """Content id of a scan: the system, the scan settings (not workers/device) and the MACE model."""
+    from capml_core.provenance import content_key
+
+    payload = {
+        "system": system.model_dump(mode="json"),
+        "disorder": disorder.model_dump(mode="json", exclude={"workers", "device"}),
+        "model_id": model_id,
+    }
+    return "disorder-" + content_key(payload)
+
+
+@dataclass(frozen=True)
+class DisorderScanResult:
+    """A finished scan: its id and, per composition, the ranking (lowest energy first)."""
+
+    scan_id: str
+    plans: list[CompositionPlan]
+    n_relaxed_now: int
+    ranking: dict[float, list[tuple[str, float, int]]]  # x -> [(arrangement, eV/atom, multiplicity)]
+
+
+def run_disorder_scan(
+    store,  # noqa: ANN001 - capml_core.store.database.Store
+    config,  # noqa: ANN001 - RunConfig
+    *,
+    run_id: str | None = None,
+    progress=None,  # noqa: ANN001 - progress(done, total)
+    job_map=None,  # noqa: ANN001 - capml_core.parallel.JobMap
+) -> DisorderScanResult:
+    """The disorder stage: plan, relax and rank every composition's arrangements with the project's MACE.
+
+    Arrangements relaxed before (same scan id) are skipped; probabilities are written at 0 K and at
+    ``md.temperatures_k``. Each relaxation is written to the store as it finishes (relaxed structure + row),
+    so an interrupted scan loses at most the relaxations in flight. The relaxations run through ``job_map``
+    (default: ``disorder.workers`` local processes); this process alone writes the results.
+    """
+    from capml_core.models.mace import resolve_device
+    from capml_core.parallel import local_map
+    from capml_core.store.queries import latest_model
+    from capml_core.store.records import StructureRecord
+    from capml_core.system.structures import quantize, structure_hash
+
+    disorder, system = config.disorder, config.system
+    store.initialise()
+    model_id, model_path = latest_model(store)
+    plans = list(plan_scan(system, disorder))
+    scan_id = scan_id_for(system, disorder, model_id)
+    cell = build_supercell(system, system.compositions[0])
+    sites = sublattice_sites(cell, system.sublattice.site_species)
+    with store.write() as writer:
+        writer.add_rows(
+            "disorder_scans",
+            [
+                {
+                    "scan_id": scan_id,
+                    "run_id": run_id,
+                    "model_id": model_id,
+                    "relax": disorder.relax,
+                    "n_sites": len(sites),
+                    "n_permutations": len(site_permutations(cell, sites)),
+                    "settings_json": disorder.model_dump_json(),
+                }
+            ],
+        )
+        writer.add_rows(
+            "disorder_compositions",
+            [
+                {
+                    "scan_id": scan_id,
+                    "composition_x": p.composition_x,
+                    "n_first": p.n_first,
+                    "n_labellings": float(p.n_labellings),
+                    "n_inequivalent": float(p.n_inequivalent),
+                    "selection": p.selection,
+                    "n_selected": len(p.arrangements),
+                }
+                for p in plans
+            ],
+        )
+        writer.add_rows(
+            "disorder_arrangements",
+            [
+                {
+                    "scan_id": scan_id,
+                    "composition_x": p.composition_x,
+                    "arrangement": a.key,
+                    "multiplicity": a.multiplicity,
+                }
+                for p in plans
+                for a in p.arrangements
+            ],
+        )
+    done = store.query("SELECT composition_x, arrangement FROM disorder_relaxations WHERE scan_id = ?", [scan_id])
+    finished = set(zip(done["composition_x"].round(12), done["arrangement"], strict=True))
+    todo = [
+        (p.composition_x, a)
+        for p in plans
+        for a in p.arrangements
+        if (round(p.composition_x, 12), a.key) not in finished
+    ]
+    total, count = len(todo) + len(finished), len(finished)
+    logger.info("disorder scan %s: %d relaxations to do, %d done before", scan_id, len(todo), len(finished))
+    if progress is not None:
+        progress(count, total)
+
+    def record(x: float, arrangement: Arrangement, result: Relaxation) -> None:
+        atoms = quantize(result.atoms)
+        digest = structure_hash(atoms)
+        with store.write() as writer:
+            writer.add_structures(
+                [StructureRecord(atoms=atoms, structure_hash=digest, kind="relaxed", composition_x=x, source=scan_id)],
+                run_id=run_id,
+            )
+            writer.add_rows(
+                "disorder_relaxations",
+                [
+                    {
+                        "scan_id": scan_id,
+                        "composition_x": x,
+                        "arrangement": arrangement.key,
+                        "structure_hash": digest,
+                        "n_atoms": len(atoms),
+                        "energy_ev": result.energy_ev,
+                        "energy_ev_per_atom": result.energy_ev / len(atoms),
+                        "converged": result.converged,
+                        "steps": result.steps,
+                        "max_force_ev_per_a": result.max_force_ev_per_a,
+                        "volume_a3": float(atoms.get_volume()),
+                        "cell_a": np.asarray(atoms.cell[:]).ravel().tolist(),
+                        "wall_time_s": result.wall_time_s,
+                    }
+                ],
+            )
+
+    device = resolve_device(disorder.device)
+    job_map = job_map or local_map(disorder.workers)
+    jobs = [
+        (
+            str(model_path),
+            device,
+            arrangement_structure(system, x, a),
+            disorder.relax,
+            disorder.fmax_ev_per_a,
+            disorder.max_steps,
+        )
+        for x, a in todo
+    ]
+    for index, relaxation in job_map(relax_job, jobs, name="relax"):
+        record(*todo[index], relaxation)
+        count += 1
+        if progress is not None:
+            progress(count, total)
+
+    write_probabilities(store, scan_id, [0.0, *config.md.temperatures_k])
+    return DisorderScanResult(scan_id, plans, len(todo), ranking(store, scan_id))
+
+
+def write_probabilities(store, scan_id: str, temperatures_k) -> None:  # noqa: ANN001
+    """Configurational probabilities of each composition's relaxed arrangements at each temperature."""
+    frame = store.query(
+        """SELECT r.composition_x, r.arrangement, r.energy_ev, a.multiplicity FROM disorder_relaxations r
+           JOIN disorder_arrangements a USING (scan_id, composition_x, arrangement) WHERE r.scan_id = ?""",
+        [scan_id],
+    )
+    rows = []
+    for x, group in frame.groupby("composition_x"):
+        for temperature in temperatures_k:
+            p = configurational_probabilities(
+                group["energy_ev"].to_numpy(), group["multiplicity"].to_numpy(), temperature
+            )
+            rows += [
+                {
+                    "scan_id": scan_id,
+                    "composition_x": x,
+                    "arrangement": key,
+                    "temperature_k": float(temperature),
+                    "probability": float(v),
+                }
+                for key, v in zip(group["arrangement"], p, strict=True)
+            ]
+    with store.write() as writer:
+        writer.add_rows("disorder_probabilities", rows)
+
+
+def ranking(store, scan_id: str) -> dict[float, list[tuple[str, float, int]]]:  # noqa: ANN001
+    """Per composition: (arrangement, energy eV/atom, multiplicity), lowest energy first."""
+    frame = store.query(
+        """SELECT r.composition_x, r.arrangement, r.energy_ev_per_atom, a.multiplicity FROM disorder_relaxations r
+           JOIN disorder_arrangements a USING (scan_id, composition_x, arrangement)
+           WHERE r.scan_id = ? ORDER BY r.composition_x, r.energy_ev_per_atom, r.arrangement""",
+        [scan_id],
+    )
+    out: dict[float, list[tuple[str, float, int]]] = {}
+    for row in frame.itertuples(index=False):
+        out.setdefault(float(row.composition_x), []).append(
+            (row.arrangement, float(row.energy_ev_per_atom), int(row.multiplicity))
+        )
+    return out
+
+
+def mixing_energies(lowest_ev_per_atom: dict[float, float]) -> dict[float, float]:
+    """E_mix(x) = E(x) − [x E(1) + (1 − x) E(0)] (eV/atom) from the lowest energy per composition (needs x = 0, 1)."""
+    if 0.0 not in lowest_ev_per_atom or 1.0 not in lowest_ev_per_atom:
+        return {}
+    e0, e1 = lowest_ev_per_atom[0.0], lowest_ev_per_atom[1.0]
+    return {x: e - (x * e1 + (1.0 - x) * e0) for x, e in sorted(lowest_ev_per_atom.items())}

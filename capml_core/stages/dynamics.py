@@ -1,0 +1,158 @@
+"""Langevin molecular dynamics with MACE: resumable HDF5 trajectories, health checks, decorrelation time.
+
+One run = one structure at one temperature. Frames (positions Å, velocities Å/fs, potential and kinetic
+energies eV, temperature K, time fs) are appended to an HDF5 file every ``save_every_steps``; a killed run
+restarts from its last saved frame (positions and velocities; the Langevin noise after the restart differs
+from an uninterrupted run's, which is statistically equivalent). The cell is fixed (NVT).
+
+Health checks on the production part (after ``equilibration_ps``): the mean temperature within 5 % (plus
+three standard errors) of the target; the drift of the potential energy (meV/atom/ps); the mean-squared
+displacement of each species from its mean position (atoms leaving their sites: diffusion or melting); the
+shortest interatomic distance and finite energies (a broken cell). The decorrelation time is the integrated
+autocorrelation time of the potential energy (Sokal's automatic window), so later stages can pick
+uncorrelated snapshots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from capml_core.config.schema import MDSection
+from capml_core.physics.md import MDHealth, MDJob, check_health, read_trajectory, run_md
+from capml_core.types import ProgressCallback
+
+logger = logging.getLogger(__name__)
+
+
+def md_job_id(structure_hash: str, temperature_k: float, md: MDSection, model_id: str) -> str:
+    """Content id of a run: structure, temperature, MD settings (not workers/device) and MACE model."""
+    payload = {
+        "structure": structure_hash,
+        "temperature_k": temperature_k,
+        "md": md.model_dump(mode="json", exclude={"workers", "device", "temperatures_k"}),
+        "model_id": model_id,
+    }
+    from capml_core.provenance import content_key
+
+    return "md-" + content_key(payload)
+
+
+# ------------------------------------------------------------------------------------------- the stage
+def md_job(job: MDJob, device: str) -> float:
+    """One MD run with the job's MACE model (a fan-out job: loads the model once per worker); wall time (s)."""
+    from capml_core.models.mace import cached_mace_calculator
+
+    return run_md(job, cached_mace_calculator(job.model_path, device, job.md.dtype))
+
+
+@dataclass(frozen=True)
+class MDResult:
+    """A finished run: its id, what it simulated and its health."""
+
+    md_id: str
+    composition_x: float
+    temperature_k: float
+    structure_hash: str
+    path: Path
+    health: MDHealth
+
+
+def run_dynamics(
+    store,  # noqa: ANN001 - capml_core.store.database.Store
+    config,  # noqa: ANN001 - RunConfig
+    *,
+    run_id: str | None = None,
+    progress: ProgressCallback | None = None,
+    job_map=None,  # noqa: ANN001 - capml_core.parallel.JobMap
+) -> list[MDResult]:
+    """The ``dynamics`` stage: MD of each composition's lowest-energy structure at every ``md.temperatures_k``.
+
+    Runs recorded complete in the store are not repeated; an unfinished trajectory file is continued.
+    The runs go through ``job_map`` (default: ``md.workers`` local processes, one torch thread each); this
+    process alone writes the results.
+    """
+    from capml_core.models.mace import resolve_device
+    from capml_core.parallel import local_map
+    from capml_core.store.queries import latest_model, latest_scan_id, lowest_energy_structures
+    from capml_core.system.structures import structure_hash
+
+    md = config.md
+    store.initialise()
+    model_id, model_path = latest_model(store)
+    structures = lowest_energy_structures(store, latest_scan_id(store))
+    jobs: dict[str, tuple[MDJob, float, str]] = {}
+    for x, atoms in structures.items():
+        digest = structure_hash(atoms)
+        for temperature in md.temperatures_k:
+            md_id = md_job_id(digest, temperature, md, model_id)
+            path = store.project_dir / "md" / f"{md_id}.h5"
+            seed = int(hashlib.sha256(f"{md.seed}|{md_id}".encode()).hexdigest()[:8], 16)
+            jobs[md_id] = (MDJob(atoms, temperature, md, model_path, path, seed), x, digest)
+    done = set(store.query("SELECT md_id FROM md_runs WHERE complete")["md_id"])
+    todo = [md_id for md_id in jobs if md_id not in done]
+    logger.info("MD: %d runs, %d to do (%d steps each)", len(jobs), len(todo), next(iter(jobs.values()))[0].n_steps)
+    count = len(jobs) - len(todo)
+    if progress is not None:
+        progress(count, len(jobs))
+
+    def record(md_id: str, wall_s: float) -> None:
+        job, x, digest = jobs[md_id]
+        trajectory = read_trajectory(job.path)
+        health = check_health(trajectory, md)
+        with store.write() as writer:
+            writer.add_rows(
+                "md_runs",
+                [
+                    {
+                        "md_id": md_id,
+                        "run_id": run_id,
+                        "model_id": model_id,
+                        "structure_hash": digest,
+                        "composition_x": x,
+                        "temperature_k": job.temperature_k,
+                        "path": str(job.path.relative_to(store.project_dir)),
+                        "n_steps": job.n_steps,
+                        "n_frames": int(len(trajectory["time_fs"])),
+                        "complete": True,
+                        "wall_time_s": wall_s,
+                        "steps_per_s": job.n_steps / wall_s if wall_s > 0 else None,
+                        "mean_temperature_k": health.mean_temperature_k,
+                        "std_temperature_k": health.std_temperature_k,
+                        "drift_mev_per_atom_per_ps": health.drift_mev_per_atom_per_ps,
+                        "msd_json": json.dumps(health.msd_a2),
+                        "max_msd_a2": max(health.msd_a2.values()),
+                        "min_distance_a": health.min_distance_a,
+                        "decorrelation_fs": health.decorrelation_fs,
+                        "status": health.status,
+                        "problems": "; ".join(health.problems) or None,
+                        "settings_json": md.model_dump_json(),
+                    }
+                ],
+            )
+
+    device = resolve_device(md.device)
+    job_map = job_map or local_map(md.workers)
+    for index, wall_s in job_map(md_job, [(jobs[md_id][0], device) for md_id in todo], name="md"):
+        record(todo[index], wall_s)
+        count += 1
+        if progress is not None:
+            progress(count, len(jobs))
+    results = []
+    for md_id, (job, x, digest) in jobs.items():
+        row = store.query("SELECT * FROM md_runs WHERE md_id = ?", [md_id]).iloc[0]
+        health = MDHealth(
+            n_frames=int(row["n_frames"]),
+            mean_temperature_k=float(row["mean_temperature_k"]),
+            std_temperature_k=float(row["std_temperature_k"]),
+            drift_mev_per_atom_per_ps=float(row["drift_mev_per_atom_per_ps"]),
+            msd_a2=json.loads(row["msd_json"]),
+            min_distance_a=float(row["min_distance_a"]),
+            decorrelation_fs=float(row["decorrelation_fs"]),
+            problems=[p for p in (row["problems"] or "").split("; ") if p],
+        )
+        results.append(MDResult(md_id, x, job.temperature_k, digest, job.path, health))
+    return results

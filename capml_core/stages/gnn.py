@@ -1,0 +1,151 @@
+"""GNN stage: train the band-gap ensemble from the store and record it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from capml_core.config.schema import GNNSection
+from capml_core.errors import NotComputedError
+from capml_core.models.gnn import GapModel, Metrics
+from capml_core.models.graphs import element_table
+from capml_core.stages.gnn_training import (
+    Trial,
+    TwoStageResult,
+    learning_curve,
+    search_hyperparameters,
+    train_two_stage,
+)
+from capml_core.store.database import Store
+from capml_core.store.queries import NOT_BASELINE_SQL
+from capml_core.store.schema import GNN_BASELINE_PREFIX as BASELINE_PREFIX
+
+logger = logging.getLogger(__name__)
+
+
+def gnn_stage_key(store: Store, gnn: GNNSection, *, cheap_level: str, high_level: str | None, seed: int) -> str:
+    """Content key of the gnn stage: its settings, levels and seed, and every gap it trains and tests on.
+
+    The same key means the same search, ensemble and learning curve, so a re-run reuses them; a new label,
+    a changed gap or a changed setting gives a new key (12 hex digits of a SHA-256).
+    """
+    from capml_core.provenance import content_key
+
+    payload: dict[str, Any] = {
+        "gnn": gnn.model_dump(mode="json"),
+        "levels": [cheap_level, high_level],
+        "seed": seed,
+        "table": element_table().version,
+    }
+    for level in filter(None, (cheap_level, high_level)):
+        frame = store.labelled_gaps(level).sort_values("structure_hash")
+        payload[level] = [
+            [h, round(float(g), 8)] for h, g in zip(frame["structure_hash"], frame["gap_ev"], strict=True)
+        ]
+    return content_key(payload)
+
+
+def load_ensemble_by_id(store: Store, ensemble_id: str) -> list[GapModel]:
+    """The models of one ensemble, in ensemble order."""
+    rows = store.query("SELECT relpath FROM gnn_models WHERE ensemble_id = ? ORDER BY ensemble_index", [ensemble_id])
+    if rows.empty:
+        raise NotComputedError(f"{store.path}: no GNN ensemble {ensemble_id}")
+    return [GapModel.load(store.project_dir / p) for p in rows["relpath"]]
+
+
+def load_ensemble(store: Store, model_ids: Sequence[str] | None = None) -> list[GapModel]:
+    """The models of the latest trained ensemble (or the given ids) from a store."""
+    if model_ids is None:
+        rows = store.query(
+            f"""SELECT relpath FROM gnn_models WHERE ensemble_id =
+                 (SELECT ensemble_id FROM gnn_models WHERE {NOT_BASELINE_SQL} ORDER BY created_at DESC LIMIT 1)
+               ORDER BY ensemble_index"""
+        )
+        if rows.empty:
+            raise NotComputedError(f"{store.path}: no trained GNN yet (capml gnn train)")
+    else:
+        rows = store.query("SELECT relpath FROM gnn_models WHERE model_id IN (SELECT unnest(?))", [list(model_ids)])
+    return [GapModel.load(store.project_dir / p) for p in rows["relpath"]]
+
+
+@dataclass(frozen=True)
+class GNNStageResult:
+    """The gnn stage: optional search (best first), the two-stage ensemble, optional learning curve and baseline."""
+
+    search: list[Trial]
+    ensemble: TwoStageResult
+    curve: list[tuple[int, Metrics]]
+    baseline: TwoStageResult | None = None
+
+
+def fit_band_gap_model(
+    store: Store,
+    gnn: GNNSection,
+    *,
+    cheap_level: str,
+    high_level: str | None,
+    run_id: str | None = None,
+    seed: int = 0,
+) -> GNNStageResult:
+    """Search (if ``gnn.search_architectures``), train and fine-tune the ensemble, then the learning curve.
+
+    With a search and ``gnn.baseline_architecture``, that architecture (with the config's learning rate and
+    batch size) is trained as a second ensemble ``baseline-<key>`` on the same splits with the same seeds, first,
+    so the newest ensemble stays the search's best; it is skipped when the search's best is that setting.
+
+    Content-keyed (:func:`gnn_stage_key`): the search, ensemble and curve ids derive from the settings and the
+    gaps, so a re-run on unchanged data reuses them (nothing retrained) and an interrupted run resumes at the
+    next ensemble member.
+    """
+    key = gnn_stage_key(store, gnn, cheap_level=cheap_level, high_level=high_level, seed=seed)
+    trials: list[Trial] = []
+    overrides: dict[str, Any] = {}
+    if gnn.search_architectures:
+        _, trials = search_hyperparameters(store, gnn, level=cheap_level, seed=seed, search_id=f"search-{key}")
+        best = trials[0]
+        overrides = {
+            "architecture_name": best.architecture,
+            "learning_rate": best.learning_rate,
+            "batch_size": best.batch_size,
+        }
+    baseline = None
+    name = gnn.baseline_architecture
+    if trials and name is not None:
+        best = trials[0]
+        if (best.architecture, best.learning_rate, best.batch_size) == (name, gnn.learning_rate, gnn.batch_size):
+            logger.info("GNN baseline %s is the search's best: no separate baseline", name)
+        else:
+            baseline = train_two_stage(
+                store,
+                gnn,
+                cheap_level=cheap_level,
+                high_level=high_level,
+                run_id=run_id,
+                seed=seed,
+                architecture_name=name,
+                ensemble_id=f"{BASELINE_PREFIX}{key}",
+            )
+    ensemble = train_two_stage(
+        store,
+        gnn,
+        cheap_level=cheap_level,
+        high_level=high_level,
+        run_id=run_id,
+        seed=seed,
+        ensemble_id=f"ensemble-{key}",
+        **overrides,
+    )
+    curve: list[tuple[int, Metrics]] = []
+    if gnn.learning_curve_fractions:
+        best = {k: overrides[k] for k in ("learning_rate", "batch_size") if k in overrides}
+        _, curve = learning_curve(
+            store,
+            gnn.model_copy(update=best),
+            level=cheap_level,
+            architecture=overrides.get("architecture_name", gnn.architecture),
+            seed=seed,
+            curve_id=f"curve-{key}",
+        )
+    return GNNStageResult(trials, ensemble, curve, baseline)

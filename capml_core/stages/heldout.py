@@ -1,0 +1,106 @@
+"""Errors of the models on held-out MD frames: the yardstick of where the pipeline actually evaluates them.
+
+The held-out frames (:mod:`capml_core.stages.md_frames`) are drawn at random from production MD and labelled at the
+cheap and the high level; no model is trained on them. This module measures, on the frames labelled so far:
+
+- MACE against the cheap level: energy per atom (meV/atom, the absolute energies MACE is trained on), forces
+  (eV/Å, per component) and stress (eV/Å³, Voigt);
+- the GNN ensemble against the level its gaps are at (the high level once fine-tuned): gap MAE, mean error
+  (prediction minus DFT, eV: a systematic offset is what shifts every thermal average) and the ensemble's
+  spread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from ase import Atoms
+
+from capml_core.stages.md_frames import HELD_OUT_SET, set_name_for
+
+
+@dataclass(frozen=True)
+class FrameErrors:
+    """Errors of one model on labelled frames: n, MAE, mean signed error (model - DFT), RMSE, in ``unit``."""
+
+    model: str
+    level: str
+    quantity: str
+    unit: str
+    n: int
+    mae: float
+    mean_error: float
+    rmse: float
+    max_error: float
+
+
+def _errors(model: str, level: str, quantity: str, unit: str, predicted: np.ndarray, reference: np.ndarray):  # noqa: ANN202
+    difference = np.asarray(predicted, dtype=float).ravel() - np.asarray(reference, dtype=float).ravel()
+    return FrameErrors(
+        model=model,
+        level=level,
+        quantity=quantity,
+        unit=unit,
+        n=int(len(reference)),
+        mae=float(np.mean(np.abs(difference))),
+        mean_error=float(np.mean(difference)),
+        rmse=float(np.sqrt(np.mean(difference**2))),
+        max_error=float(np.max(np.abs(difference))),
+    )
+
+
+def labelled_frames(store, level: str, *, set_name: str = HELD_OUT_SET) -> pd.DataFrame:  # noqa: ANN001 - Store
+    """Frames of the selection ``set_name`` labelled 'ok' at ``level``, with their provenance and labels."""
+    return store.query(
+        """SELECT f.structure_hash, f.composition_x, f.temperature_k, f.md_id, f.frame, l.energy_ev,
+                  l.forces_ev_per_a, l.stress_ev_per_a3, l.gap_ev
+           FROM md_frames f JOIN structure_sets m USING (structure_hash)
+           JOIN labels l ON l.structure_hash = f.structure_hash AND l.level = m.level
+           WHERE m.set_name = ? AND l.status = 'ok' ORDER BY f.composition_x, f.temperature_k""",
+        [set_name_for(set_name, level)],
+    )
+
+
+def mace_errors(
+    calculator,  # noqa: ANN001 - ASE calculator
+    frames: Sequence[Atoms],
+    energies_ev: Sequence[float],
+    forces_ev_per_a: Sequence[np.ndarray],
+    stresses_ev_per_a3: Sequence[np.ndarray | None],
+    *,
+    model: str,
+    level: str,
+) -> list[FrameErrors]:
+    """Energy (meV/atom), force (eV/Å) and stress (eV/Å³) errors of a MACE calculator on labelled frames."""
+    predicted_e, reference_e, predicted_f, reference_f, predicted_s, reference_s = [], [], [], [], [], []
+    for atoms, energy, forces, stress in zip(frames, energies_ev, forces_ev_per_a, stresses_ev_per_a3, strict=True):
+        work = atoms.copy()
+        work.calc = calculator
+        n = len(atoms)
+        predicted_e.append(work.get_potential_energy() / n * 1000.0)
+        reference_e.append(energy / n * 1000.0)
+        predicted_f.append(np.asarray(work.get_forces()).ravel())
+        reference_f.append(np.reshape(np.asarray(forces, dtype=float), -1))
+        if stress is not None and len(np.ravel(stress)) == 6:
+            predicted_s.append(np.asarray(work.get_stress(voigt=True)))
+            reference_s.append(np.asarray(stress, dtype=float))
+    out = [
+        _errors(model, level, "energy", "meV/atom", np.array(predicted_e), np.array(reference_e)),
+        _errors(model, level, "forces", "eV/Å", np.concatenate(predicted_f), np.concatenate(reference_f)),
+    ]
+    if predicted_s:
+        out.append(_errors(model, level, "stress", "eV/Å³", np.concatenate(predicted_s), np.concatenate(reference_s)))
+    return out
+
+
+def gap_errors(predicted_ev: np.ndarray, reference_ev: np.ndarray, *, model: str, level: str) -> FrameErrors:
+    """Gap errors (eV) of an ensemble's mean prediction against DFT gaps of the same frames."""
+    return _errors(model, level, "gap", "eV", predicted_ev, reference_ev)
+
+
+def errors_table(errors: Sequence[FrameErrors]) -> pd.DataFrame:
+    """The errors as a table (one row per model, level and quantity)."""
+    return pd.DataFrame([e.__dict__ for e in errors])

@@ -1,0 +1,312 @@
+"""MD frames as data: drawn from production MD, stored with their provenance, labelled, exported.
+
+The held-out yardstick of the active-learning loop is a set of frames drawn **at random** (never by a model's
+uncertainty) from the production part of every MD run; they are labelled at the cheap and the high level and
+never trained on (the ``md_frames`` table marks them ``held_out``; :data:`capml_core.types.DATASET_KIND_SQL`
+keeps them out of every training set). Each frame is a structure of kind ``md-frame`` whose provenance
+(trajectory, frame, time, composition, temperature, the MACE model that ran the MD, how it was chosen) is a
+row of ``md_frames``.
+
+A drawn selection is durable as an extended-XYZ *pool file* (:func:`write_frame_pool`): it restores the same
+frames into a new store (:func:`restore_frame_pool`), so labelling resumes on another machine without rerunning
+the MD that produced them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+from capml_core.errors import DatasetError, NotComputedError
+
+logger = logging.getLogger(__name__)
+
+#: Structure kind of an MD frame in the store.
+MD_FRAME_KIND = "md-frame"
+#: Default name of the held-out set (one structure set per level: ``<name>@<level>``).
+HELD_OUT_SET = "md-heldout"
+#: ``info`` keys of a pool file that carry a frame's provenance.
+PROVENANCE_KEYS = (
+    "md_id",
+    "frame",
+    "time_fs",
+    "composition_x",
+    "temperature_k",
+    "model_id",
+    "held_out",
+    "selection",
+    "round",
+    "seed",
+)
+
+
+def set_name_for(name: str, level: str) -> str:
+    """Name of the structure set that holds frames of selection ``name`` to be labelled at ``level``."""
+    return f"{name}@{level}"
+
+
+def draw_random_frames(candidates: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` distinct frame indices drawn uniformly from ``candidates`` (sorted; all of them if fewer)."""
+    candidates = np.asarray(candidates, dtype=int)
+    if n >= len(candidates):
+        return np.sort(candidates)
+    return np.sort(rng.choice(candidates, size=n, replace=False))
+
+
+@dataclass(frozen=True)
+class MDFrame:
+    """One stored MD frame and where it came from (times in fs, temperature in K)."""
+
+    structure_hash: str
+    atoms: Atoms
+    md_id: str
+    frame: int
+    time_fs: float
+    composition_x: float | None
+    temperature_k: float
+    model_id: str
+    held_out: bool
+    selection: str
+    round: int
+    seed: int | None
+
+    def row(self, run_id: str | None) -> dict:
+        """The ``md_frames`` row of this frame."""
+        return {
+            "structure_hash": self.structure_hash,
+            "md_id": self.md_id,
+            "frame": self.frame,
+            "time_fs": self.time_fs,
+            "composition_x": self.composition_x,
+            "temperature_k": self.temperature_k,
+            "model_id": self.model_id,
+            "held_out": self.held_out,
+            "selection": self.selection,
+            "round": self.round,
+            "seed": self.seed,
+            "run_id": run_id,
+        }
+
+
+def _store_frames(store, frames: Sequence[MDFrame], *, set_name: str, levels: Sequence[str], run_id: str | None):  # noqa: ANN001, ANN202
+    from capml_core.store.records import StructureRecord
+
+    records = [
+        StructureRecord(
+            atoms=f.atoms,
+            structure_hash=f.structure_hash,
+            kind=MD_FRAME_KIND,
+            composition_x=f.composition_x,
+            temperature_k=f.temperature_k,
+            source=f"{f.md_id}#{f.frame}",
+        )
+        for f in frames
+    ]
+    with store.write() as writer:
+        writer.add_structures(records, run_id=run_id)
+        for level in levels:
+            writer.add_to_set(set_name_for(set_name, level), level, [f.structure_hash for f in frames])
+        writer.add_rows("md_frames", [f.row(run_id) for f in frames])
+
+
+def stored_frames(store, *, set_name: str, level: str) -> list[MDFrame]:  # noqa: ANN001 - Store
+    """The frames of a stored selection (members of ``<set_name>@<level>``), in set order."""
+    rows = store.query(
+        """SELECT f.* FROM md_frames f JOIN structure_sets m USING (structure_hash)
+           WHERE m.set_name = ? ORDER BY m.position""",
+        [set_name_for(set_name, level)],
+    )
+    atoms = store.load_structures(rows["structure_hash"].tolist())
+    return [
+        MDFrame(
+            structure_hash=r.structure_hash,
+            atoms=atoms[r.structure_hash],
+            md_id=r.md_id,
+            frame=int(r.frame),
+            time_fs=float(r.time_fs),
+            composition_x=None if r.composition_x is None or np.isnan(r.composition_x) else float(r.composition_x),
+            temperature_k=float(r.temperature_k),
+            model_id=r.model_id,
+            held_out=bool(r.held_out),
+            selection=r.selection,
+            round=int(r.round),
+            seed=None if r.seed is None or (isinstance(r.seed, float) and np.isnan(r.seed)) else int(r.seed),
+        )
+        for r in rows.itertuples()
+    ]
+
+
+def sample_random_frames(
+    store,  # noqa: ANN001 - Store
+    md,  # noqa: ANN001 - MDSection (equilibration)
+    *,
+    levels: Sequence[str],
+    per_run: int,
+    seed: int,
+    set_name: str = HELD_OUT_SET,
+    model_id: str | None = None,
+    held_out: bool = True,
+    round_index: int = 0,
+    run_id: str | None = None,
+) -> list[MDFrame]:
+    """Draw ``per_run`` frames at random from the production part of every complete MD run of ``model_id``.
+
+    The frames are stored (kind ``md-frame``), made members of ``<set_name>@<level>`` for every level (so
+    ``capml label --set`` labels them) and recorded in ``md_frames``. A selection already stored under
+    ``set_name`` is returned as it is (resume; the draw is not repeated).
+
+    Parameters
+    ----------
+    store
+        The project's store, holding the MD runs.
+    md
+        MD settings: frames before ``md.equilibration_ps`` are never drawn.
+    levels
+        Reference levels the frames are to be labelled at (e.g. the cheap and the high level).
+    per_run
+        Frames per MD run.
+    seed
+        Seed of the draw (with the run's id: each run draws independently and reproducibly).
+    model_id
+        MACE model whose runs to draw from (default: the latest trained model).
+    held_out
+        Whether the frames are a held-out set (never trained on).
+    """
+    from capml_core.physics.md import production_frames, read_trajectory, trajectory_frame
+    from capml_core.system.structures import quantize, structure_hash
+
+    if not levels:
+        raise DatasetError("sample_random_frames: give at least one level to label the frames at")
+    store.initialise()
+    existing = stored_frames(store, set_name=set_name, level=levels[0])
+    if existing:
+        logger.info("%s: %d frames drawn before; reusing them", set_name, len(existing))
+        return existing
+    if model_id is None:
+        from capml_core.store.queries import latest_model
+
+        model_id, _ = latest_model(store)
+    runs = store.query(
+        """SELECT md_id, path, composition_x, temperature_k FROM md_runs WHERE complete AND model_id = ?
+           ORDER BY composition_x, temperature_k, md_id""",
+        [model_id],
+    )
+    if runs.empty:
+        raise NotComputedError(f"{store.path}: no complete MD run of MACE model {model_id}: run the dynamics stage")
+    frames: list[MDFrame] = []
+    for run in runs.itertuples():
+        trajectory = read_trajectory(store.project_dir / run.path)
+        rng = np.random.default_rng([seed, int(run.md_id.encode().hex()[:12], 16)])
+        for index in draw_random_frames(production_frames(trajectory, md), per_run, rng):
+            atoms = quantize(trajectory_frame(trajectory, int(index)))
+            frames.append(
+                MDFrame(
+                    structure_hash=structure_hash(atoms),
+                    atoms=atoms,
+                    md_id=run.md_id,
+                    frame=int(index),
+                    time_fs=float(trajectory["time_fs"][index]),
+                    composition_x=None if np.isnan(run.composition_x) else float(run.composition_x),
+                    temperature_k=float(run.temperature_k),
+                    model_id=model_id,
+                    held_out=held_out,
+                    selection="random",
+                    round=round_index,
+                    seed=seed,
+                )
+            )
+    _store_frames(store, frames, set_name=set_name, levels=levels, run_id=run_id)
+    logger.info("%s: %d frames drawn at random from %d MD runs of model %s", set_name, len(frames), len(runs), model_id)
+    return frames
+
+
+def frame_atoms(frame: MDFrame) -> Atoms:
+    """The frame's structure with its provenance in ``info`` (``config_type=md-frame``)."""
+    atoms = frame.atoms.copy()
+    atoms.info.update(
+        {
+            "structure_hash": frame.structure_hash,
+            "config_type": MD_FRAME_KIND,
+            **{key: getattr(frame, key) for key in PROVENANCE_KEYS if getattr(frame, key) is not None},
+        }
+    )
+    return atoms
+
+
+def write_frame_pool(frames: Sequence[MDFrame], path: str | Path) -> int:
+    """Write frames with their provenance to an extended-XYZ pool file (written whole, then renamed)."""
+    from ase.io import write
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    write(partial, [frame_atoms(f) for f in frames], format="extxyz")
+    partial.replace(path)
+    return len(frames)
+
+
+def read_frame_pool(path: str | Path) -> list[MDFrame]:
+    """Frames of a pool file written by :func:`write_frame_pool` (each checked for its provenance and hash)."""
+    from ase.io import iread
+
+    from capml_core.system.structures import quantize, structure_hash
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such pool file")
+    frames: list[MDFrame] = []
+    try:
+        images = list(iread(path, index=":", format="extxyz"))
+    except Exception as err:  # ase raises many kinds on a malformed file
+        raise DatasetError(f"{path}: not readable as extended XYZ: {type(err).__name__}: {err}") from err
+    for number, atoms in enumerate(images):
+        info = atoms.info
+        missing = [key for key in ("md_id", "frame", "time_fs", "temperature_k", "model_id") if key not in info]
+        if info.get("config_type") != MD_FRAME_KIND or missing:
+            raise DatasetError(
+                f"{path}: frame {number}: not an MD-frame pool entry (config_type={info.get('config_type')!r}, "
+                f"missing {missing}); expected config_type={MD_FRAME_KIND} with {', '.join(PROVENANCE_KEYS)}"
+            )
+        clean = quantize(Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=True))
+        digest = structure_hash(clean)
+        if "structure_hash" in info and info["structure_hash"] != digest:
+            raise DatasetError(
+                f"{path}: frame {number}: structure_hash {info['structure_hash']} does not match its geometry {digest}"
+            )
+        frames.append(
+            MDFrame(
+                structure_hash=digest,
+                atoms=clean,
+                md_id=str(info["md_id"]),
+                frame=int(info["frame"]),
+                time_fs=float(info["time_fs"]),
+                composition_x=float(info["composition_x"]) if "composition_x" in info else None,
+                temperature_k=float(info["temperature_k"]),
+                model_id=str(info["model_id"]),
+                held_out=bool(info.get("held_out", True)),
+                selection=str(info.get("selection", "random")),
+                round=int(info.get("round", 0)),
+                seed=int(info["seed"]) if "seed" in info else None,
+            )
+        )
+    return frames
+
+
+def restore_frame_pool(
+    store,  # noqa: ANN001 - Store
+    path: str | Path,
+    *,
+    levels: Sequence[str],
+    set_name: str = HELD_OUT_SET,
+    run_id: str | None = None,
+) -> int:
+    """Store the frames of a pool file as the selection ``set_name`` (idempotent); returns how many."""
+    frames = read_frame_pool(path)
+    store.initialise()
+    _store_frames(store, frames, set_name=set_name, levels=levels, run_id=run_id)
+    return len(frames)

@@ -1,0 +1,276 @@
+"""Mode-resolved gap changes (stage ``modes``): frozen Γ-phonon distortions at thermal amplitudes.
+
+For each composition's relaxed lowest-energy structure and each temperature T of ``gaps.mode_temperatures_k``,
+every Γ mode ν of its harmonic phonons (:mod:`capml_core.physics.harmonic`: the whole cell, so its Γ point carries
+the parent's X, M and R modes too) is frozen in at the paper's thermal amplitude: atom j moves by
+
+    u_j = ± sqrt(ħ (1 + 2 n(ω_ν, T)) / (2 m_j ω_ν)) e_νj,
+
+with e_ν the normalised eigenvector of the dynamical matrix and n the Bose-Einstein occupation. The GNN
+ensemble gives the gap of both distorted structures; ΔEg = (Eg(+u) + Eg(−u)) / 2 − Eg(0) (the mean of the two
+signs removes the part linear in u, which a thermal average removes too) and ΔEg / Eg(0). The three acoustic
+modes (the modes most like rigid translations) and imaginary modes (no thermal amplitude) are recorded with
+that status and not frozen in.
+
+Species shares: the fraction of Σ_j |u_j|² carried by each element, and by the substituted sublattice's
+species together (e.g. 'Br/I'); ``dominant`` is the largest of the groups (elements outside the sublattice,
+and the sublattice). DFT check: for the compositions in ``gaps.reference_compositions``, ``gaps.reference_modes``
+modes spread over the frequency range, at the highest mode temperature, are also computed at the reference
+level (the distorted structures are stored with kind 'frozen-mode', which is never training data).
+Units: THz, K, Å, eV, amu.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from ase import Atoms
+
+from capml_core.physics.modes import (
+    acoustic_modes,
+    displacement_shares,
+    freeze,
+    spread_over_frequencies,
+    thermal_displacement,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModeGap:
+    """The gap change of one frozen mode at one temperature (eV; relative change a fraction)."""
+
+    composition_x: float
+    temperature_k: float
+    mode: int
+    frequency_thz: float
+    status: str
+    dominant: str | None
+    delta_ev: float | None
+    relative_change: float | None
+    reference_delta_ev: float | None
+
+
+def mode_settings_key(config) -> str:  # noqa: ANN001 - RunConfig
+    """Key of the settings mode rows depend on besides ensemble, structure and temperature: phonons, DFT checks."""
+    from capml_core.provenance import content_key
+
+    return content_key(
+        {
+            "displacement_a": config.phonons.displacement_a,
+            "check_temperature_k": max(config.gaps.mode_temperatures_k),
+            "reference_modes": config.gaps.reference_modes,
+            "reference_level": config.gaps.reference_level or config.reference.high_level,
+            "checked": config.gap_check_compositions(),
+        }
+    )
+
+
+def run_mode_stage(
+    store,  # noqa: ANN001 - capml_core.store.database.Store
+    config,  # noqa: ANN001 - RunConfig
+    *,
+    run_id: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    reference_progress: Callable[[int, int], None] | None = None,
+) -> list[ModeGap]:
+    """ΔEg/Eg of every Γ mode of every lowest-energy structure at every mode temperature (see module doc).
+
+    Each (structure, temperature) is written in one transaction once its DFT checks (if any) are done; what is
+    stored for the current GNN ensemble is not recomputed, and DFT results already in the store are reused.
+    ``progress(done, total)`` counts (structure, temperature) pairs, ``reference_progress`` DFT calculations.
+    """
+    from capml_core.models.gnn import predict_gaps_per_model
+    from capml_core.models.mace import resolve_device
+    from capml_core.physics.harmonic import IMAGINARY_TOLERANCE_THZ
+    from capml_core.stages.gnn import load_ensemble_by_id
+    from capml_core.stages.phonons import run_harmonic_phonons
+    from capml_core.store.queries import latest_ensemble
+
+    gaps_config = config.gaps
+    store.initialise()
+    ensemble_id, level = latest_ensemble(store)
+    models = [m.to(resolve_device(gaps_config.device)) for m in load_ensemble_by_id(store, ensemble_id)]
+    harmonic = run_harmonic_phonons(store, config, run_id=run_id)
+    sublattice = list(config.system.sublattice.species)
+    check_temperature = max(gaps_config.mode_temperatures_k)
+    key = mode_settings_key(config)
+    done = store.query(
+        "SELECT DISTINCT structure_hash, temperature_k FROM gap_modes WHERE ensemble_id = ? AND settings_key = ?",
+        [ensemble_id, key],
+    )
+    finished = {(h, float(t)) for h, t in zip(done["structure_hash"], done["temperature_k"], strict=True)}
+    jobs = [(h, t) for h in harmonic for t in gaps_config.mode_temperatures_k]
+    for i, (result, temperature) in enumerate(jobs):
+        if (result.structure_hash, float(temperature)) in finished:
+            continue
+        atoms = store.load_atoms(result.structure_hash)
+        arrays = store.load_arrays(result.artifact_id)
+        frequencies = arrays["gamma_frequencies_thz"]
+        eigenvectors = arrays["gamma_eigenvectors_real"] + 1j * arrays["gamma_eigenvectors_imag"]
+        acoustic = set(acoustic_modes(atoms, eigenvectors))
+        frozen, displaced, rows = [], [], []
+        for mode, frequency in enumerate(frequencies):
+            row = {
+                "structure_hash": result.structure_hash,
+                "ensemble_id": ensemble_id,
+                "temperature_k": float(temperature),
+                "mode": mode,
+                "composition_x": result.composition_x,
+                "level": level,
+                "frequency_thz": float(frequency),
+                "run_id": run_id,
+                "settings_key": key,
+            }
+            if mode in acoustic:
+                row["status"] = "acoustic"
+            elif frequency < IMAGINARY_TOLERANCE_THZ:
+                row["status"] = "imaginary"
+            else:
+                u = thermal_displacement(atoms, eigenvectors[:, mode], float(frequency), float(temperature))
+                shares = displacement_shares(atoms.get_chemical_symbols(), u, sublattice)
+                row.update(
+                    {
+                        "status": "frozen",
+                        "rms_displacement_a": float(np.sqrt(np.mean(np.sum(u**2, axis=1)))),
+                        "max_displacement_a": float(np.max(np.linalg.norm(u, axis=1))),
+                        "dominant": shares["dominant"],
+                        "shares_json": json.dumps(shares),
+                    }
+                )
+                frozen.append(len(rows))
+                displaced += [freeze(atoms, u), freeze(atoms, -u)]
+            rows.append(row)
+        per_model = predict_gaps_per_model([atoms, *displaced], models, batch_size=gaps_config.batch_size)
+        gap0 = per_model[:, 0]
+        for k, index in enumerate(frozen):
+            plus, minus = per_model[:, 1 + 2 * k], per_model[:, 2 + 2 * k]
+            delta = 0.5 * (plus + minus) - gap0
+            rows[index].update(
+                {
+                    "gap0_ev": float(gap0.mean()),
+                    "gap_plus_ev": float(plus.mean()),
+                    "gap_minus_ev": float(minus.mean()),
+                    "delta_ev": float(delta.mean()),
+                    "delta_std_ev": float(np.std(delta, ddof=1)) if len(delta) > 1 else 0.0,
+                    "relative_change": float(delta.mean() / gap0.mean()),
+                }
+            )
+        if config.is_gap_checked(result.composition_x) and temperature == check_temperature:
+            _check_with_dft(store, config, rows, frozen, displaced, run_id=run_id, progress=reference_progress)
+        with store.write() as writer:  # replacing rows computed with other settings, if any
+            writer.delete_rows(
+                "gap_modes",
+                {
+                    "structure_hash": result.structure_hash,
+                    "ensemble_id": ensemble_id,
+                    "temperature_k": float(temperature),
+                },
+            )
+            writer.add_rows("gap_modes", rows)
+        logger.info(
+            "modes x = %.3f at %.0f K: %d frozen, %d acoustic, %d imaginary",
+            result.composition_x,
+            temperature,
+            len(frozen),
+            sum(r["status"] == "acoustic" for r in rows),
+            sum(r["status"] == "imaginary" for r in rows),
+        )
+        if progress is not None:
+            progress(i + 1, len(jobs))
+    return mode_results(store, ensemble_id, [h.structure_hash for h in harmonic])
+
+
+def _check_with_dft(
+    store,  # noqa: ANN001 - Store
+    config,  # noqa: ANN001 - RunConfig
+    rows: list[dict],
+    frozen: list[int],
+    displaced: list[Atoms],
+    *,
+    run_id: str | None,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Reference-level ΔEg of ``gaps.reference_modes`` frozen modes spread over the frequency range (into ``rows``).
+
+    ``frozen[k]`` is the row of the k-th frozen mode, ``displaced[2k]`` / ``displaced[2k + 1]`` its +u / −u cells.
+    """
+    from capml_core.stages.labelling import reference_gaps
+    from capml_core.store.records import StructureRecord
+    from capml_core.system.structures import structure_hash
+
+    chosen = spread_over_frequencies([rows[i]["frequency_thz"] for i in frozen], config.gaps.reference_modes)
+    if not chosen:  # reference_modes = 0, or no mode frozen: no calculation at all
+        return
+    records, hashes = [], {}
+    origin = rows[0]["structure_hash"]
+    for k in chosen:
+        row = rows[frozen[k]]
+        for sign, structure in (("plus", displaced[2 * k]), ("minus", displaced[2 * k + 1])):
+            digest = structure_hash(structure)
+            hashes[(frozen[k], sign)] = digest
+            records.append(
+                StructureRecord(
+                    atoms=structure,
+                    structure_hash=digest,
+                    kind="frozen-mode",
+                    composition_x=row["composition_x"],
+                    temperature_k=row["temperature_k"],
+                    source=f"mode {row['mode']} ({sign}) of {origin}",
+                )
+            )
+    with store.write() as writer:
+        writer.add_structures(records, run_id=run_id)
+    level, gaps = reference_gaps(store, config, [origin, *hashes.values()], run_id=run_id, progress=progress)
+    for k in chosen:
+        row = rows[frozen[k]]
+        gap0, plus, minus = (
+            gaps.get(origin),
+            gaps.get(hashes[(frozen[k], "plus")]),
+            gaps.get(hashes[(frozen[k], "minus")]),
+        )
+        row.update(
+            {
+                "reference_level": level,
+                "plus_hash": hashes[(frozen[k], "plus")],
+                "minus_hash": hashes[(frozen[k], "minus")],
+                "reference_gap0_ev": gap0,
+                "reference_gap_plus_ev": plus,
+                "reference_gap_minus_ev": minus,
+            }
+        )
+        if None not in (gap0, plus, minus):
+            delta = 0.5 * (plus + minus) - gap0
+            row.update({"reference_delta_ev": delta, "reference_relative_change": delta / gap0})
+
+
+def mode_results(store, ensemble_id: str, structure_hashes: Sequence[str] | None = None) -> list[ModeGap]:  # noqa: ANN001
+    """Stored mode gap changes of one ensemble (optionally only some structures)."""
+    frame = store.query(
+        """SELECT * FROM gap_modes WHERE ensemble_id = ? AND (? IS NULL OR structure_hash IN (SELECT unnest(?)))
+           ORDER BY composition_x, temperature_k, mode""",
+        [ensemble_id, None if structure_hashes is None else 1, list(structure_hashes or [])],
+    )
+
+    def value(v):  # noqa: ANN001, ANN202
+        return None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
+
+    return [
+        ModeGap(
+            float(r["composition_x"]),
+            float(r["temperature_k"]),
+            int(r["mode"]),
+            float(r["frequency_thz"]),
+            r["status"],
+            r["dominant"],
+            value(r["delta_ev"]),
+            value(r["relative_change"]),
+            value(r["reference_delta_ev"]),
+        )
+        for r in frame.to_dict("records")
+    ]

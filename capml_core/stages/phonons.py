@@ -1,0 +1,309 @@
+"""The ``phonons`` stage: harmonic phonons at 0 K, renormalised phonons per MD run, dynamic-stability gate.
+
+For each composition's lowest-energy structure, the harmonic phonons (:mod:`capml_core.physics.harmonic`) give the
+force constants and the 0 K imaginary modes; for each of its MD runs (:mod:`capml_core.stages.dynamics`), DynaPhoPy
+(:mod:`capml_core.physics.anharmonic`) gives the renormalised frequencies and linewidths at Γ of the cell from the
+production frames, and :func:`capml_core.physics.anharmonic.stability_verdict` says whether the structure is
+dynamically stable at that temperature. With ``phonons.gate`` only stable (structure, temperature) pairs pass
+on to the band-gap stage; a dropped pair is recorded with the reason. An analysis that cannot be done (the MD
+broke the structure, a fit failed everywhere) counts as unstable, with the error as the reason.
+
+The spectral resolution is ``phonons.resolution_thz`` or, for a short run, 1.05 / (production time), the
+finest the trajectory allows. The Langevin thermostat adds about γ/2π to every linewidth; it is stored next to
+the linewidths (``thermostat_broadening_thz``) so they can be read net of it, and the verdict's damping test
+uses the net linewidths. Units: THz, K, ps.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from capml_core.errors import CapmlError, SitesLeftError
+from capml_core.physics.harmonic import ImaginaryModes, cell_dispersion, find_imaginary_modes, gamma_modes, phonon_dos
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StabilityResult:
+    """The verdict for one structure at one MD temperature."""
+
+    md_id: str
+    composition_x: float
+    temperature_k: float
+    stable: bool
+    passes_gate: bool
+    reason: str
+
+
+#: Version of the verdict rule (:func:`capml_core.physics.anharmonic.stability_verdict`); part of the settings key, so a
+#: new rule recomputes stored verdicts. 2: damping judged net of the thermostat's broadening. 3: the time-averaged
+#: site offsets (stored, named in the reason; a criterion with ``phonons.max_site_offset_a``) and too-narrow fits.
+VERDICT_RULE = 3
+
+
+def phonon_settings_key(phonons) -> str:  # noqa: ANN001 - PhononsSection
+    """Key of what a verdict depends on: all of ``[phonons]`` but the gate (applied on read), and the rule's version."""
+    from capml_core.provenance import content_key
+
+    return content_key({**phonons.model_dump(mode="json", exclude={"gate"}), "verdict_rule": VERDICT_RULE})
+
+
+def run_phonon_stage(
+    store,  # noqa: ANN001 - capml_core.store.database.Store
+    config,  # noqa: ANN001 - RunConfig
+    *,
+    run_id: str | None = None,
+    progress=None,  # noqa: ANN001 - progress(done, total)
+) -> tuple[list, list[StabilityResult]]:
+    """Harmonic phonons of every lowest-energy structure, then DynaPhoPy and the verdict for every MD run.
+
+    Returns the harmonic results and one verdict per MD run; MD runs analysed before with the same settings
+    (:func:`phonon_settings_key`) are not redone, those analysed with other settings are redone and replaced.
+    """
+    from capml_core.config.schema import MDSection
+    from capml_core.physics.anharmonic import renormalised_phonons, stability_verdict
+    from capml_core.physics.harmonic import IMAGINARY_TOLERANCE_THZ, cell_dispersion
+    from capml_core.physics.md import production_frames, read_trajectory
+    from capml_core.stages.phonons import run_harmonic_phonons
+
+    phonons = config.phonons
+    harmonic = run_harmonic_phonons(store, config, run_id=run_id)
+    by_structure = {h.structure_hash: h for h in harmonic}
+    runs = store.query(
+        "SELECT * FROM md_runs WHERE complete AND structure_hash IN (SELECT unnest(?)) ORDER BY composition_x, "
+        "temperature_k",
+        [list(by_structure)],
+    )
+    key = phonon_settings_key(phonons)
+    done = set(store.query("SELECT md_id FROM phonon_anharmonic WHERE settings_key = ?", [key])["md_id"])
+    for i, run in enumerate(runs.itertuples(index=False)):
+        if run.md_id in done:
+            continue
+        arrays = store.load_arrays(by_structure[run.structure_hash].artifact_id)
+        atoms = store.load_atoms(run.structure_hash)
+        trajectory = read_trajectory(store.project_dir / run.path)
+        run_md = MDSection.model_validate_json(run.settings_json)  # the run's own equilibration and friction
+        frames = production_frames(trajectory, run_md)
+        frame_ps = float(np.median(np.diff(trajectory["time_fs"]))) / 1000.0
+        resolution = max(phonons.resolution_thz, 1.05 / (frame_ps * (len(frames) - 1)))
+        thermostat = run_md.friction_per_fs * 1000.0 / (2.0 * np.pi)  # THz
+        row = {
+            "md_id": run.md_id,
+            "structure_hash": run.structure_hash,
+            "composition_x": run.composition_x,
+            "temperature_k": run.temperature_k,
+            "resolution_thz": resolution,
+            "thermostat_broadening_thz": thermostat,
+            "n_harmonic_imaginary": int(np.sum(arrays["gamma_frequencies_thz"] < -IMAGINARY_TOLERANCE_THZ)),
+            "run_id": run_id,
+            "settings_key": key,
+        }
+        try:
+            result = renormalised_phonons(
+                atoms,
+                arrays["force_constants"],
+                trajectory,
+                temperature_k=float(run.temperature_k),
+                resolution_thz=resolution,
+                frames=frames,
+            )
+            stable, reason = stability_verdict(
+                result,
+                tolerance_thz=phonons.stability_tolerance_thz,
+                thermostat_broadening_thz=thermostat,
+                max_site_offset_a=phonons.max_site_offset_a,
+                symbols=atoms.get_chemical_symbols(),
+            )
+            optical = np.setdiff1d(np.arange(len(result.harmonic_thz)), result.acoustic_modes)
+            saved = {
+                "harmonic_thz": result.harmonic_thz,
+                "renormalised_thz": result.renormalised_thz,
+                "linewidths_thz": result.linewidths_thz,
+                "acoustic_modes": np.asarray(result.acoustic_modes),
+            }
+            if result.renormalised_force_constants is not None:  # every mode fitted: a renormalised dispersion
+                saved["renormalised_force_constants"] = result.renormalised_force_constants
+                bands = cell_dispersion(atoms, result.renormalised_force_constants)
+                saved["renormalised_dispersion_thz"] = bands.frequencies_thz
+                saved["distances"] = bands.distances
+            with store.write() as writer:
+                row["artifact_id"] = writer.save_arrays(
+                    "phonons-anharmonic", saved, run_id=run_id, meta={"md_id": run.md_id}
+                )
+            if result.site_offsets_a is not None:
+                worst_atom = int(np.argmax(result.site_offsets_a))
+                row["max_site_offset_a"] = float(result.site_offsets_a[worst_atom])
+                row["site_offset_atom"] = f"{worst_atom} ({atoms[worst_atom].symbol})"
+            row.update(
+                {
+                    "n_modes": len(result.harmonic_thz),
+                    "min_renormalised_thz": float(np.nanmin(result.renormalised_thz[optical]))
+                    if np.isfinite(result.renormalised_thz[optical]).any()
+                    else None,
+                    "median_linewidth_thz": float(np.nanmedian(result.linewidths_thz[optical]))
+                    if np.isfinite(result.linewidths_thz[optical]).any()
+                    else None,
+                }
+            )
+        except SitesLeftError as err:  # the run started from this very structure: the atom order is right
+            stable = False
+            row["max_site_offset_a"] = err.offset_a
+            row["site_offset_atom"] = f"{err.atom} ({atoms[err.atom].symbol})"
+            reason = (
+                f"unstable at {run.temperature_k:g} K: the structure does not oscillate about its 0 K sites: "
+                f"atom {err.atom} ({atoms[err.atom].symbol}) sits {err.offset_a:.2f} Å from its site on average "
+                f"(limit {err.limit_a:.2f} Å), so it distorts to another structure or atoms diffuse (no renormalised "
+                "phonons about these sites)"
+            )
+        except CapmlError as err:  # a broken MD, a failed analysis: unstable, with the reason
+            stable, reason = False, f"no renormalised phonons: {err}"
+        if run.status != "ok" and run.problems:
+            reason += f" (MD health: {run.problems})"
+        row.update({"stable": stable, "passes_gate": stable or not phonons.gate, "reason": reason})
+        with store.write() as writer:
+            writer.delete_rows("phonon_anharmonic", {"md_id": run.md_id})  # one computed with other settings
+            writer.add_rows("phonon_anharmonic", [row])
+        logger.info("phonons x = %.3f, %.0f K: %s", run.composition_x, run.temperature_k, reason)
+        if progress is not None:
+            progress(i + 1, len(runs))
+    verdicts = store.query(
+        """SELECT md_id, composition_x, temperature_k, stable, passes_gate, reason FROM phonon_anharmonic
+           WHERE md_id IN (SELECT unnest(?)) ORDER BY composition_x, temperature_k""",
+        [runs["md_id"].tolist()],
+    )
+    return harmonic, [  # the gate follows the current config; the stored passes_gate is the analysis-time one
+        StabilityResult(
+            r.md_id,
+            float(r.composition_x),
+            float(r.temperature_k),
+            bool(r.stable),
+            bool(r.stable) or not phonons.gate,
+            r.reason,
+        )
+        for r in verdicts.itertuples(index=False)
+    ]
+
+
+def stabilisation_temperatures(verdicts: list[StabilityResult]) -> dict[float, float | None]:
+    """Per composition: the lowest MD temperature (K) from which the structure is stable at every higher one."""
+    out: dict[float, float | None] = {}
+    for x in sorted({v.composition_x for v in verdicts}):
+        ladder = sorted((v.temperature_k, v.stable) for v in verdicts if v.composition_x == x)
+        onset = None
+        for temperature, stable in reversed(ladder):
+            if not stable:
+                break
+            onset = temperature
+        out[x] = onset
+    return out
+
+
+# ------------------------------------------------------------------------------------------- the stage
+@dataclass(frozen=True)
+class HarmonicResult:
+    """Harmonic phonons of one relaxed structure."""
+
+    structure_hash: str
+    composition_x: float
+    imaginary: ImaginaryModes
+    artifact_id: str
+
+
+def run_harmonic_phonons(
+    store,  # noqa: ANN001 - capml_core.store.database.Store
+    config,  # noqa: ANN001 - RunConfig
+    *,
+    run_id: str | None = None,
+    progress=None,  # noqa: ANN001 - progress(done, total)
+) -> list[HarmonicResult]:
+    """Harmonic phonons of each composition's lowest-energy structure, stored once per (structure, model, step).
+
+    Force constants from MACE (float64) by phonopy finite displacements of ``phonons.displacement_a``; then Γ
+    modes, dispersion, DOS and imaginary modes.
+    """
+    import json
+
+    from capml_core.models.mace import calculator_forces, load_mace_calculator, resolve_device
+    from capml_core.physics.phonons import compute_force_constants
+    from capml_core.store.queries import latest_model, latest_scan_id, lowest_energy_structures
+    from capml_core.system.structures import structure_hash
+
+    store.initialise()
+    model_id, model_path = latest_model(store)
+    structures = lowest_energy_structures(store, latest_scan_id(store))
+    displacement = config.phonons.displacement_a
+    done = store.query(
+        "SELECT structure_hash FROM phonon_harmonic WHERE model_id = ? AND displacement_a = ?", [model_id, displacement]
+    )
+    finished = set(done["structure_hash"])
+    calculator = None
+    for i, (x, atoms) in enumerate(structures.items()):
+        digest = structure_hash(atoms)
+        if digest in finished:
+            continue
+        if calculator is None:
+            calculator = load_mace_calculator(model_path, device=resolve_device(config.mlip.device), dtype="float64")
+        fc = compute_force_constants(atoms, calculator_forces(calculator), displacement_a=displacement)
+        gamma = gamma_modes(atoms, fc.force_constants)
+        bands = cell_dispersion(atoms, fc.force_constants)
+        dos_f, dos = phonon_dos(atoms, fc.force_constants)
+        imaginary = find_imaginary_modes(gamma, bands)
+        arrays = {
+            "force_constants": fc.force_constants,
+            "gamma_frequencies_thz": gamma.frequencies_thz,
+            "gamma_eigenvectors_real": gamma.eigenvectors.real,
+            "gamma_eigenvectors_imag": gamma.eigenvectors.imag,
+            "distances": bands.distances,
+            "dispersion_thz": bands.frequencies_thz,
+            "tick_distances": np.array([d for d, _ in bands.ticks]),
+            "tick_labels": np.array([label for _, label in bands.ticks]),
+            "dos_frequencies_thz": dos_f,
+            "dos_states_per_thz": dos,
+        }
+        with store.write() as writer:
+            artifact = writer.save_arrays(
+                "phonons", arrays, run_id=run_id, meta={"structure_hash": digest, "model_id": model_id}
+            )
+            writer.add_rows(
+                "phonon_harmonic",
+                [
+                    {
+                        "structure_hash": digest,
+                        "model_id": model_id,
+                        "displacement_a": displacement,
+                        "composition_x": x,
+                        "n_modes": len(gamma.frequencies_thz),
+                        "n_imaginary_gamma": imaginary.n_gamma,
+                        "min_frequency_thz": imaginary.min_frequency_thz,
+                        "imaginary_branches_json": json.dumps(imaginary.branches),
+                        "artifact_id": artifact,
+                        "run_id": run_id,
+                    }
+                ],
+            )
+        if progress is not None:
+            progress(i + 1, len(structures))
+    rows = store.query(
+        """SELECT structure_hash, composition_x, n_imaginary_gamma, min_frequency_thz, imaginary_branches_json,
+                  artifact_id FROM phonon_harmonic WHERE model_id = ? AND displacement_a = ? ORDER BY composition_x""",
+        [model_id, displacement],
+    )
+    wanted = {structure_hash(a) for a in structures.values()}
+    return [
+        HarmonicResult(
+            r.structure_hash,
+            float(r.composition_x),
+            ImaginaryModes(
+                int(r.n_imaginary_gamma),
+                float(r.min_frequency_thz),
+                [tuple(b) for b in json.loads(r.imaginary_branches_json)],
+            ),
+            r.artifact_id,
+        )
+        for r in rows.itertuples(index=False)
+        if r.structure_hash in wanted
+    ]

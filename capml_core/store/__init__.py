@@ -1,0 +1,1 @@
+"""The DuckDB store: schema and migrations, records, writer, queries, user SQL."""

@@ -1,0 +1,1 @@
+"""The materials system: parent structures, arrangements, training sets (Atoms in, Atoms out)."""
