@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade "pip>=24" setuptools wheel
 	# torch first, from the local CPU wheel: every later requirement is satisfied by it, so no CUDA build is pulled
 	$(PY) -m pip install --quiet torch==2.13.0
-	CC=g++ $(PY) -m pip install --quiet --progress-bar off -e ".[dev]"
+	CC=g++ $(PY) -m pip install --quiet --progress-bar off -e ".[dft,flows,dashboard,dev]"
 	@$(PY) -c "import torch, sys; v = torch.__version__; print('torch', v); sys.exit(0 if v == '2.13.0+cpu' else 'expected the CPU build torch 2.13.0+cpu, got ' + v)"
 	@! $(PY) -m pip list 2>/dev/null | grep -qi '^nvidia-' || { echo "CUDA packages were pulled in: see pip list" >&2; exit 1; }
 	@touch $(STAMP)

@@ -28,6 +28,7 @@ def main() -> None:
     from capml_core.models.mace import load_mace_calculator
     from capml_core.physics.relax import relax_structure
     from capml_core.stages.datasets import import_spec
+    from capml_core.stages.disorder import plan_scan
     from capml_core.stages.mlip import train_mace
     from capml_core.store.database import Store
     from capml_core.system.arrangements import (
@@ -35,11 +36,9 @@ def main() -> None:
         arrangement_structure,
         count_inequivalent,
         plan_composition,
-        plan_scan,
         site_permutations,
         sublattice_sites,
     )
-    from capml_core.system.structures import allowed_species, build_supercell
 
     torch.set_num_threads(1)
     config = load_config(REPO / "data" / "configs" / "ag3sbri-demo.toml").config
@@ -49,14 +48,16 @@ def main() -> None:
         spec = config.dataset.imports[0]
         import_spec(store, spec, system)
         mlip = config.mlip.model_copy(update={"max_epochs": 3, "stage_two_fraction": 0.0, "validate_phonons": False})
-        model = train_mace(store, mlip, level=spec.level, species=sorted(allowed_species(system)))
+        model = train_mace(store, mlip, level=spec.level, species=sorted(system.allowed_species()))
         calculator = load_mace_calculator(model.path, device="cpu", dtype="float64")
 
         def relax_all(items: list[tuple[float, Arrangement]]) -> float:
             start = time.perf_counter()
             for x, arrangement in items:
                 relax_structure(
-                    arrangement_structure(system, x, arrangement),
+                    arrangement_structure(
+                        system.supercell_at(x), system.sublattice.site_species, system.sublattice.species, arrangement
+                    ),
                     calculator,
                     mode="cell",
                     fmax_ev_per_a=0.05,
@@ -76,14 +77,23 @@ def main() -> None:
         f"in {t_every:.0f} s (estimated from {len(sample)} relaxed)"
     )
 
-    cell = build_supercell(system.model_copy(update={"supercell": (3, 3, 3)}), 0.0)
+    cell = system.model_copy(update={"supercell": (3, 3, 3)}).supercell_at(0.0)
     start = time.perf_counter()
     perms = site_permutations(cell, sublattice_sites(cell, "Br"))
     counts = [count_inequivalent(perms, k) for k in range(28)]
     t_count = time.perf_counter() - start
     start = time.perf_counter()
     rule = DisorderSection()
-    chosen = [plan_composition(perms, k / 27, rule, np.random.default_rng(k)) for k in range(28)]
+    chosen = [
+        plan_composition(
+            perms,
+            k / 27,
+            max_enumerated=rule.max_enumerated,
+            sample_size=rule.sample_size,
+            rng=np.random.default_rng(k),
+        )
+        for k in range(28)
+    ]
     t_plan = time.perf_counter() - start
     print(
         f"3x3x3: {len(perms)} site permutations, {sum(counts)} classes of 2^27 = {2**27} labellings counted in "

@@ -24,13 +24,12 @@ def main() -> None:
     from capml_core.config.schema import MDSection
     from capml_core.models.mace import load_mace_calculator
     from capml_core.parallel import local_map
-    from capml_core.physics.md import MDJob, run_md
+    from capml_core.physics.md import run_md
     from capml_core.stages.datasets import import_spec
-    from capml_core.stages.dynamics import md_job
+    from capml_core.stages.dynamics import MDJob, md_job
     from capml_core.stages.mlip import train_mace
+    from capml_core.stages.training_sets import end_member_cell
     from capml_core.store.database import Store
-    from capml_core.system.structures import allowed_species
-    from capml_core.system.training_sets import end_member_cell
 
     torch.set_num_threads(1)
     config = load_config(REPO / "data" / "configs" / "ag3sbri-demo.toml").config
@@ -38,7 +37,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(tmp)
         spec = config.dataset.imports[0]
-        species = allowed_species(config.system)
+        species = config.system.allowed_species()
         import_spec(store, spec, config.system)
         mlip = config.mlip.model_copy(update={"max_epochs": 3, "stage_two_fraction": 0.0})
         model = train_mace(store, mlip, level=spec.level, species=sorted(species))
@@ -50,7 +49,17 @@ def main() -> None:
         calculator = load_mace_calculator(model.path, device="cpu", dtype=md.dtype)
         start = time.perf_counter()
         for job in jobs("serial"):
-            run_md(job, calculator)
+            run_md(
+                job.atoms,
+                calculator,
+                temperature_k=job.temperature_k,
+                timestep_fs=md.timestep_fs,
+                friction_per_fs=md.friction_per_fs,
+                n_steps=job.n_steps,
+                save_every_steps=md.save_every_steps,
+                seed=job.seed,
+                path=job.path,
+            )
         serial = time.perf_counter() - start
         steps = sum(job.n_steps for job in jobs("serial"))
         start = time.perf_counter()

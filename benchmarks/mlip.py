@@ -64,9 +64,8 @@ def main() -> None:
     from capml_core.models.mace import load_mace_calculator
     from capml_core.stages.datasets import import_spec
     from capml_core.stages.mlip import train_mace
+    from capml_core.stages.training_sets import end_member_cell
     from capml_core.store.database import Store
-    from capml_core.system.structures import allowed_species
-    from capml_core.system.training_sets import end_member_cell
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,7 +74,7 @@ def main() -> None:
         store = Store(loaded.project_dir)
         demo = load_config(REPO / "data" / "configs" / "ag3sbri-demo.toml").config
         spec = demo.dataset.imports[0]  # the bundled gpaw-pbesol labels
-        species = allowed_species(config.system)
+        species = config.system.allowed_species()
         import_spec(store, spec, config.system)
         mlip = config.mlip.model_copy(
             update={"max_epochs": EPOCHS, "device": options.device, "foundation_model": None, "stage_two_fraction": 0}

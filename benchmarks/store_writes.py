@@ -15,7 +15,7 @@ import numpy as np
 from capml_core.config.loading import load_config
 from capml_core.store.database import Store
 from capml_core.store.records import LabelRecord, StructureRecord
-from capml_core.system.structures import build_supercell, structure_hash
+from capml_core.system.structures import structure_hash
 
 N = 2200
 REPO = Path(__file__).resolve().parent.parent
@@ -26,7 +26,7 @@ def make_records() -> tuple[list[StructureRecord], list[LabelRecord]]:
     rng = np.random.default_rng(0)
     structures, labels = [], []
     for i in range(N):
-        atoms = build_supercell(system, 0.5) if i == 0 else structures[0].atoms.copy()
+        atoms = system.supercell_at(0.5) if i == 0 else structures[0].atoms.copy()
         atoms.positions += rng.normal(0.0, 0.05, atoms.positions.shape)
         h = structure_hash(atoms)
         structures.append(StructureRecord(atoms=atoms, structure_hash=h, kind="uniform", composition_x=0.5))

@@ -50,10 +50,10 @@ from capml_core.stages.labelling import LabellingReport, label_structures
 from capml_core.stages.mlip import MlipStageResult, fit_mlip, force_constants_cache_dir, force_function
 from capml_core.stages.modes import ModeGap, run_mode_stage
 from capml_core.stages.phonons import StabilityResult, run_phonon_stage
-from capml_core.stages.training_sets import store_structure_set
+from capml_core.stages.training_sets import end_members_for, store_structure_set
 from capml_core.store.database import Store
+from capml_core.store.queries import latest_ensemble, latest_model, latest_scan_id
 from capml_core.store.records import LabelRecord
-from capml_core.system.training_sets import end_members_for
 from flows.fanout import fan_out
 
 
@@ -235,6 +235,7 @@ def train_mlip(loaded: LoadedConfig, store: Store, run_id: str) -> MlipStageResu
 def scan_disorder(loaded: LoadedConfig, store: Store, run_id: str) -> DisorderScanResult:
     """Inequivalent arrangements per composition, relaxed with the run's MACE and ranked (relaxations fan out)."""
     logger = get_run_logger()
+    model_id, _ = latest_model(store)
 
     def body(job_map: JobMap) -> DisorderScanResult:
         jobs_logger = get_run_logger()
@@ -242,7 +243,9 @@ def scan_disorder(loaded: LoadedConfig, store: Store, run_id: str) -> DisorderSc
         def progress(done: int, total: int) -> None:
             jobs_logger.info("disorder: %d/%d relaxations", done, total)
 
-        return run_disorder_scan(store, loaded.config, run_id=run_id, progress=progress, job_map=job_map)
+        return run_disorder_scan(
+            store, loaded.config, model_id=model_id, run_id=run_id, progress=progress, job_map=job_map
+        )
 
     result = fan_out("disorder", loaded.config.execution, loaded.config.disorder.workers, body)
     for plan in result.plans:
@@ -264,6 +267,8 @@ def scan_disorder(loaded: LoadedConfig, store: Store, run_id: str) -> DisorderSc
 def molecular_dynamics(loaded: LoadedConfig, store: Store, run_id: str) -> list[MDResult]:
     """Langevin MD with the run's MACE of each lowest-energy structure at every MD temperature (runs fan out)."""
     logger = get_run_logger()
+    model_id, _ = latest_model(store)
+    scan_id = latest_scan_id(store)
 
     def body(job_map: JobMap) -> list[MDResult]:
         jobs_logger = get_run_logger()
@@ -271,7 +276,9 @@ def molecular_dynamics(loaded: LoadedConfig, store: Store, run_id: str) -> list[
         def progress(done: int, total: int) -> None:
             jobs_logger.info("MD: %d/%d runs", done, total)
 
-        return run_dynamics(store, loaded.config, run_id=run_id, progress=progress, job_map=job_map)
+        return run_dynamics(
+            store, loaded.config, model_id=model_id, scan_id=scan_id, run_id=run_id, progress=progress, job_map=job_map
+        )
 
     results = fan_out("dynamics", loaded.config.execution, loaded.config.md.workers, body)
     for r in results:
@@ -291,7 +298,9 @@ def molecular_dynamics(loaded: LoadedConfig, store: Store, run_id: str) -> list[
 def phonon_stability(loaded: LoadedConfig, store: Store, run_id: str) -> tuple[list, list[StabilityResult]]:
     """Harmonic phonons at 0 K, DynaPhoPy at each MD temperature, dynamic-stability verdicts (the gate)."""
     logger = get_run_logger()
-    harmonic, verdicts = run_phonon_stage(store, loaded.config, run_id=run_id)
+    harmonic, verdicts = run_phonon_stage(
+        store, loaded.config, model_id=latest_model(store)[0], scan_id=latest_scan_id(store), run_id=run_id
+    )
     for h in harmonic:
         logger.info(
             "phonons x = %.3f at 0 K: %d imaginary modes at Γ, softest %.2f THz",
@@ -314,7 +323,9 @@ def phonon_stability(loaded: LoadedConfig, store: Store, run_id: str) -> tuple[l
 def band_gaps(loaded: LoadedConfig, store: Store, run_id: str) -> BandGapResult:
     """Eg(0) of the relaxed structures and Eg(T), ΔEg(T) over uncorrelated MD snapshots (GNN ensemble)."""
     logger = get_run_logger()
-    result = run_bandgap_stage(store, loaded.config, run_id=run_id)
+    result = run_bandgap_stage(
+        store, loaded.config, ensemble_id=latest_ensemble(store)[0], scan_id=latest_scan_id(store), run_id=run_id
+    )
     for s in result.static:
         reference = "" if s.reference_gap_ev is None else f" (DFT {s.reference_gap_ev:.3f} eV)"
         logger.info("Eg(0) x = %.3f: %.3f ± %.3f eV%s", s.composition_x, s.gap_ev, s.gap_std_ev, reference)
@@ -341,7 +352,14 @@ def band_gaps(loaded: LoadedConfig, store: Store, run_id: str) -> BandGapResult:
 def mode_gaps(loaded: LoadedConfig, store: Store, run_id: str) -> list[ModeGap]:
     """ΔEg/Eg of every Γ mode frozen at its thermal amplitude (GNN; DFT for a few)."""
     logger = get_run_logger()
-    result = run_mode_stage(store, loaded.config, run_id=run_id)
+    result = run_mode_stage(
+        store,
+        loaded.config,
+        ensemble_id=latest_ensemble(store)[0],
+        model_id=latest_model(store)[0],
+        scan_id=latest_scan_id(store),
+        run_id=run_id,
+    )
     for x, temperature in sorted({(m.composition_x, m.temperature_k) for m in result}):
         frozen = [m for m in result if (m.composition_x, m.temperature_k) == (x, temperature) and m.status == "frozen"]
         if frozen:
@@ -492,7 +510,6 @@ def _dynamics(ctx: StageContext) -> dict[str, Any]:
 def _active_learning(ctx: StageContext) -> dict[str, Any]:
     """Rounds of: select MD frames outside MACE's training data, label them, retrain MACE, redo disorder and MD."""
     from capml_core.stages.active_learning import ACTIVE_LEARNING_SET, completed_rounds, select_and_store
-    from capml_core.store.queries import latest_model
 
     config, store, logger = ctx.loaded.config, ctx.store, get_run_logger()
     level = config.mlip.level or config.reference.cheap_level
@@ -503,7 +520,7 @@ def _active_learning(ctx: StageContext) -> dict[str, Any]:
         if current is None and done >= config.active_learning.rounds:
             break
         round_index = current or done + 1
-        selected = select_and_store(store, config, round_index=round_index, run_id=ctx.run_id)
+        selected = select_and_store(store, config, model_id=model_id, round_index=round_index, run_id=ctx.run_id)
         if not selected:
             logger.info("active learning: every MD run of model %s stays inside its training data", model_id)
             break

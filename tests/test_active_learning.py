@@ -25,7 +25,7 @@ def _brute_shortest(atoms, cutoff: float = 4.0) -> dict[tuple[str, str], float]:
 
 def _cell():  # noqa: ANN202 - Atoms
     from capml_core.config.loading import load_config
-    from capml_core.system.training_sets import end_member_cell
+    from capml_core.stages.training_sets import end_member_cell
 
     cell = end_member_cell(load_config(DEMO_CONFIG).config.system, "Br")
     cell.rattle(0.15, seed=3)

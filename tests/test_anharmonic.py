@@ -19,8 +19,11 @@ from capml_core.errors import CalculationFailed, InvalidInputError, SitesLeftErr
 from capml_core.physics.anharmonic import (
     FFT_ALGORITHM,
     AnharmonicPhonons,
+    ModeCheck,
+    StabilityVerdict,
     _import_dynaphopy,
     fft_power_spectra,
+    md_trajectory,
     renormalised_phonons,
     stability_verdict,
 )
@@ -69,17 +72,14 @@ def _langevin(cell: Atoms, temperature_k: float, *, seed: int = 1) -> dict:
         dynamics.run(1)
         positions.append(atoms.positions.copy())
         velocities.append(atoms.get_velocities() * units.fs)
-    return {
-        "time_fs": 1000.0 + TIMESTEP_FS * np.arange(N_FRAMES),
-        "positions_a": np.array(positions),
-        "velocities_a_per_fs": np.array(velocities),
-        "numbers": atoms.numbers.copy(),
-        "masses_amu": atoms.get_masses(),
-        "cell_a": np.asarray(atoms.cell[:]),
-        "target_temperature_k": temperature_k,
-        "timestep_fs": TIMESTEP_FS,
-        "save_every_steps": 1,
-    }
+    return md_trajectory(
+        cell,
+        np.array(positions),
+        np.array(velocities),
+        frame_step_fs=TIMESTEP_FS,
+        start_fs=1000.0,
+        temperature_k=temperature_k,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -148,15 +148,24 @@ def test_high_temperature_broadens_and_shifts(copper, cold_result, hot) -> None:
     cold_deviation = np.abs(cold_result.renormalised_thz[optical] / cold_result.harmonic_thz[optical] - 1.0)
     assert deviation.mean() > cold_deviation.mean()
     assert deviation.max() < 0.15
-    stable, reason = stability_verdict(result)
-    assert stable, reason
-    assert reason.startswith("stable at 800 K")
+    verdict = stability_verdict(result)
+    assert verdict.stable and verdict.reason_code == "stable", verdict.summary()
+    assert verdict.temperature_k == 800.0 and verdict.summary().startswith("stable at 800 K")
+    assert verdict.softest_renormalised_thz == pytest.approx(result.renormalised_thz[optical].min())
 
 
 def test_stable_verdict_for_copper(cold_result) -> None:
-    stable, reason = stability_verdict(cold_result)
-    assert stable
-    assert "93 optical modes" in reason and "softest: mode" in reason and "\n" not in reason
+    verdict = stability_verdict(cold_result)
+    assert verdict.stable and verdict.reason_code == "stable"
+    assert verdict.n_optical == 93 and verdict.n_imaginary_harmonic == 0 and verdict.n_imaginary_renormalised == 0
+    assert verdict.offending == () and verdict.n_stabilised == 0
+    optical = _optical(cold_result)
+    assert verdict.softest_harmonic_thz == pytest.approx(cold_result.harmonic_thz[optical].min())
+    assert verdict.softest_renormalised_thz == pytest.approx(cold_result.renormalised_thz[optical].min())
+    assert verdict.named[0].renormalised_thz == pytest.approx(verdict.softest_renormalised_thz)
+    assert [m.renormalised_thz for m in verdict.named] == sorted(m.renormalised_thz for m in verdict.named)
+    reason = verdict.summary()
+    assert "93 optical modes" in reason and f"softest: mode {verdict.named[0].index} " in reason and "\n" not in reason
 
 
 def test_imaginary_harmonic_mode_stabilised(copper, cold) -> None:
@@ -182,45 +191,57 @@ def test_imaginary_harmonic_mode_stabilised(copper, cold) -> None:
     np.testing.assert_allclose(result.harmonic_thz[:6], -1.0, atol=1e-3)
     assert result.acoustic_modes == (6, 7, 8)
     np.testing.assert_allclose(result.renormalised_thz[:6], 5.302, rtol=0.02)  # the true frequency, real
-    stable, reason = stability_verdict(result)
-    assert stable
-    assert "6 harmonic-imaginary modes stabilised" in reason
+    verdict = stability_verdict(result)
+    assert verdict.stable and verdict.n_imaginary_harmonic == 6 and verdict.n_stabilised == 6
+    assert verdict.n_imaginary_renormalised == 0 and verdict.softest_harmonic_thz == pytest.approx(-1.0, abs=1e-3)
+    assert "6 harmonic-imaginary modes stabilised" in verdict.summary()
 
 
-def test_unstable_verdicts_name_the_modes() -> None:
+def test_unstable_verdicts_count_and_name_the_modes() -> None:
     harmonic = np.array([0.0, 0.0, 0.0, -1.2, 2.0, 3.0, 4.0, 5.0])
 
-    def result(peaks, widths):
-        return AnharmonicPhonons(300.0, harmonic, np.array(peaks), np.array(widths), None, (0, 1, 2))
+    def verdict(peaks, widths, **kwargs) -> StabilityVerdict:  # noqa: ANN001
+        result = AnharmonicPhonons(300.0, harmonic, np.array(peaks, float), np.array(widths, float), None, (0, 1, 2))
+        return stability_verdict(result, **kwargs)
 
-    stable, reason = stability_verdict(result([0, 0, 0, 1.5, 2.1, 3.0, 4.1, 5.2], [0, 0, 0, 0.4, 0.2, 0.2, 0.3, 0.3]))
-    assert stable and "1 harmonic-imaginary modes stabilised" in reason
+    stabilised = verdict([0, 0, 0, 1.5, 2.1, 3.0, 4.1, 5.2], [0, 0, 0, 0.4, 0.2, 0.2, 0.3, 0.3])
+    assert stabilised.stable and stabilised.reason_code == "stable" and stabilised.n_optical == 5
+    assert (stabilised.n_imaginary_harmonic, stabilised.n_stabilised, stabilised.n_imaginary_renormalised) == (1, 1, 0)
+    assert stabilised.softest_harmonic_thz == -1.2 and stabilised.softest_renormalised_thz == 1.5
+    assert [m.index for m in stabilised.named] == [3, 4, 5]  # the three softest peaks
+    assert "1 harmonic-imaginary modes stabilised" in stabilised.summary()
     # peak at ~0: no restoring force
-    stable, reason = stability_verdict(result([0, 0, 0, 0.03, 2.1, 3.0, 4.1, 5.2], [0, 0, 0, 0.5, 0.2, 0.2, 0.3, 0.3]))
-    assert not stable and "1 soft" in reason and "mode 3 (harmonic 1.20i → 0.03 THz" in reason
-    # the fit failed (NaN)
-    stable, reason = stability_verdict(
-        result([0, 0, 0, np.nan, 2.1, 3.0, 4.1, 5.2], [0, 0, 0, np.nan, 0.2, 0.2, 0.3, 0.3])
+    soft = verdict([0, 0, 0, 0.03, 2.1, 3.0, 4.1, 5.2], [0, 0, 0, 0.5, 0.2, 0.2, 0.3, 0.3])
+    assert not soft.stable and soft.reason_code == "unstable-modes" and (soft.n_soft, soft.n_no_fit) == (1, 0)
+    assert soft.offending == (ModeCheck(3, -1.2, 0.03, 0.5, "soft"),) and soft.n_stabilised == 0
+    assert "1 soft" in soft.summary() and "mode 3 (harmonic 1.20i → 0.03 THz" in soft.summary()
+    # the fit failed (NaN): counted first among the offending modes
+    failed = verdict([0, 0, 0, np.nan, 0.05, 3.0, 4.1, 5.2], [0, 0, 0, np.nan, 0.2, 0.2, 0.3, 0.3])
+    assert [(m.index, m.problem) for m in failed.offending] == [(3, "no-fit"), (4, "soft")]
+    assert (failed.n_no_fit, failed.n_soft, failed.n_imaginary_renormalised) == (1, 1, 2)
+    assert failed.softest_renormalised_thz == 0.05 and np.isnan(failed.offending[0].renormalised_thz)
+    assert (
+        "without a fitted peak" in failed.summary() and "mode 3 (harmonic 1.20i THz: no Lorentzian" in failed.summary()
     )
-    assert not stable and "without a fitted peak" in reason and "mode 3" in reason
     # over-damped: FWHM above twice the peak
-    stable, reason = stability_verdict(result([0, 0, 0, 0.4, 2.1, 3.0, 4.1, 5.2], [0, 0, 0, 1.2, 0.2, 0.2, 0.3, 0.3]))
-    assert not stable and "1 overdamped" in reason
+    damped = verdict([0, 0, 0, 0.4, 2.1, 3.0, 4.1, 5.2], [0, 0, 0, 1.2, 0.2, 0.2, 0.3, 0.3])
+    assert damped.n_overdamped == 1 and damped.offending[0] == ModeCheck(3, -1.2, 0.4, 1.2, "overdamped")
+    assert "1 overdamped" in damped.summary()
     # the same spectrum from Langevin MD with γ/2π = 0.8 THz: 0.4 THz net of the thermostat, under-damped
-    stable, reason = stability_verdict(
-        result([0, 0, 0, 0.4, 2.1, 3.0, 4.1, 5.2], [0, 0, 0, 1.2, 1.0, 1.0, 1.1, 1.1]), thermostat_broadening_thz=0.8
+    net = verdict([0, 0, 0, 0.4, 2.1, 3.0, 4.1, 5.2], [0, 0, 0, 1.2, 1.0, 1.0, 1.1, 1.1], thermostat_broadening_thz=0.8)
+    assert net.stable and net.thermostat_broadening_thz == 0.8, net.summary()
+    # ... but not when the net width (1.7 − 0.8 = 0.9 THz) still exceeds twice the peak
+    wide = verdict(
+        [0, 0, 0, 0.4, 2.1, 3.0, 4.1, 5.2], [0, 0, 0, 1.7, 1.0, 1.0, 1.1, 1.1], thermostat_broadening_thz=0.8
     )
-    assert stable, reason
-    # ... but not when the net width still exceeds twice the peak
-    stable, reason = stability_verdict(
-        result([0, 0, 0, 0.4, 2.1, 3.0, 4.1, 5.2], [0, 0, 0, 1.7, 1.0, 1.0, 1.1, 1.1]), thermostat_broadening_thz=0.8
-    )
-    assert not stable and "1 overdamped" in reason and "0.90 net of the thermostat" in reason
+    assert not wide.stable and wide.n_overdamped == 1 and wide.offending[0].linewidth_thz == 1.7
+    assert "0.90 net of the thermostat" in wide.summary()
     # a negative fitted peak position is soft too; the acoustic modes never count
-    stable, reason = stability_verdict(result([9, 9, 9, -0.5, 2.1, 3.0, 4.1, 5.2], [9, 9, 9, 0.3, 0.2, 0.2, 0.3, 0.3]))
-    assert not stable and "1 of 5 modes" in reason
-    stable, _ = stability_verdict(result([0, 0, 0, 0.15, 2.1, 3.0, 4.1, 5.2], [0] * 8), tolerance_thz=0.2)
-    assert not stable
+    negative = verdict([9, 9, 9, -0.5, 2.1, 3.0, 4.1, 5.2], [9, 9, 9, 0.3, 0.2, 0.2, 0.3, 0.3])
+    assert not negative.stable and negative.n_soft == 1 and negative.softest_renormalised_thz == -0.5
+    assert "1 of 5 modes" in negative.summary()
+    tolerance = verdict([0, 0, 0, 0.15, 2.1, 3.0, 4.1, 5.2], [0] * 8, tolerance_thz=0.2)
+    assert not tolerance.stable and tolerance.n_soft == 1
 
 
 def test_verdict_names_a_distorted_structure_and_narrow_fits() -> None:
@@ -232,25 +253,44 @@ def test_verdict_names_a_distorted_structure_and_narrow_fits() -> None:
     def result(offsets):
         return AnharmonicPhonons(100.0, harmonic, peaks, widths, None, (0, 1, 2), np.array(offsets))
 
-    stable, reason = stability_verdict(result([0.05, 0.08, 0.04]), thermostat_broadening_thz=0.8, symbols=symbols)
-    assert stable and "caution" not in reason
+    calm = stability_verdict(result([0.05, 0.08, 0.04]), thermostat_broadening_thz=0.8, symbols=symbols)
+    assert calm.stable and (calm.site_offset_atom, calm.site_offset_a, calm.site_offset_limit_a) == (1, 0.08, None)
+    assert "caution" not in calm.summary()
     # a distorted well: still stable by the frequencies, but named
-    stable, reason = stability_verdict(result([0.1, 0.52, 0.3]), thermostat_broadening_thz=0.8, symbols=symbols)
-    assert stable and "caution: atom 1 (S) sits 0.52 Å from its site on average" in reason
+    well = stability_verdict(result([0.1, 0.52, 0.3]), thermostat_broadening_thz=0.8, symbols=symbols)
+    assert well.stable and not well.distorted and (well.site_offset_atom, well.site_offset_symbol) == (1, "S")
+    assert "caution: atom 1 (S) sits 0.52 Å from its site on average" in well.summary()
     # ... and unstable when the offset is a criterion
-    stable, reason = stability_verdict(
+    criterion = stability_verdict(
         result([0.1, 0.52, 0.3]), thermostat_broadening_thz=0.8, max_site_offset_a=0.3, symbols=symbols
     )
-    assert not stable and reason.startswith("unstable at 100 K: all 3 optical modes have real renormalised")
-    assert "atom 1 (S) sits 0.52 Å from its site on average (limit 0.3 Å)" in reason
-    stable, _ = stability_verdict(result([0.1, 0.25, 0.3]), thermostat_broadening_thz=0.8, max_site_offset_a=0.35)
-    assert stable
-    # a Lorentzian narrower than the thermostat's broadening: named, verdict unchanged
+    assert not criterion.stable and criterion.reason_code == "distorted" and criterion.distorted
+    assert criterion.site_offset_limit_a == 0.3 and criterion.n_imaginary_renormalised == 0
+    assert criterion.summary().startswith("unstable at 100 K: all 3 optical modes have real renormalised")
+    assert "atom 1 (S) sits 0.52 Å from its site on average (limit 0.3 Å)" in criterion.summary()
+    within = stability_verdict(result([0.1, 0.25, 0.3]), thermostat_broadening_thz=0.8, max_site_offset_a=0.35)
+    assert within.stable and within.site_offset_atom == 2 and within.site_offset_symbol is None
+    # a Lorentzian narrower than the thermostat's broadening (0.36 < 0.75 x 0.8 THz): listed, verdict unchanged
     narrow = AnharmonicPhonons(100.0, harmonic, peaks, np.array([0, 0, 0, 0.36, 1.0, 1.1]), None, (0, 1, 2))
-    stable, reason = stability_verdict(narrow, thermostat_broadening_thz=0.8)
-    assert stable and "1 fits narrower than the thermostat's 0.80 THz allows (modes 3)" in reason
-    stable, reason = stability_verdict(narrow)  # no thermostat: nothing to compare with
-    assert "narrower" not in reason
+    listed = stability_verdict(narrow, thermostat_broadening_thz=0.8)
+    assert listed.stable and listed.narrow_modes == (3,)
+    assert "1 fits narrower than the thermostat's 0.80 THz allows (modes 3)" in listed.summary()
+    unlisted = stability_verdict(narrow)  # no thermostat: nothing to compare with
+    assert unlisted.narrow_modes == () and "narrower" not in unlisted.summary()
+
+
+def test_verdicts_without_renormalised_phonons() -> None:
+    from capml_core.errors import SitesLeftError
+
+    error = SitesLeftError("left", atom=7, offset_a=1.23, limit_a=0.84)
+    left = StabilityVerdict.sites_left(error, temperature_k=200.0, symbol="S")
+    assert not left.stable and left.reason_code == "sites-left" and left.distorted
+    assert (left.site_offset_atom, left.site_offset_a, left.site_offset_limit_a) == (7, 1.23, 0.84)
+    assert left.summary().startswith("unstable at 200 K: the structure does not oscillate about its 0 K sites: ")
+    assert "atom 7 (S) sits 1.23 Å from its site on average (limit 0.84 Å)" in left.summary()
+    failed = StabilityVerdict.no_phonons(300.0, "DynaPhoPy stopped (exit()): no peaks")
+    assert not failed.stable and failed.reason_code == "no-phonons" and failed.n_optical == 0
+    assert failed.summary() == "no renormalised phonons: DynaPhoPy stopped (exit()): no peaks"
 
 
 def test_site_offsets_measure_the_time_averaged_structure(copper, cold, cold_result) -> None:

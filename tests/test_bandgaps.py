@@ -15,6 +15,7 @@ from capml_core.errors import InvalidInputError
 from capml_core.physics.statistics import average_gaps, block_average_error
 from capml_core.stages.bandgaps import PUBLISHED_COLUMNS, load_published_gaps
 from capml_core.store.database import Store
+from capml_core.store.queries import latest_model, latest_scan_id
 from tests.conftest import REPO, md_config, project_copy
 
 
@@ -133,8 +134,8 @@ def gap_project(trained, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN
     source, config, _, _ = trained
     project, store = project_copy(source, tmp_path_factory.mktemp("gaps"))
     config = md_config(config, [50.0, 100.0], duration_ps=0.3, equilibration_ps=0.05)
-    run_disorder_scan(store, config)
-    run_dynamics(store, config)
+    run_disorder_scan(store, config, model_id=latest_model(store)[0])
+    run_dynamics(store, config, model_id=latest_model(store)[0], scan_id=latest_scan_id(store))
     gnn = GNNSection(epochs=8, fine_tune_epochs=4, batch_size=16, ensemble_size=2, learning_curve_fractions=[])
     train_two_stage(store, gnn, cheap_level="gpaw-pbesol", high_level="gpaw-gllbsc", seed=1)
     return project, config
@@ -173,7 +174,7 @@ def test_bandgap_stage_averages_uncorrelated_snapshots_of_gated_runs(gap_project
     source, config = gap_project
     project, store = project_copy(source, tmp_path)
     with pytest.raises(NotComputedError, match="no phonon stability verdict; run capml phonons first"):
-        run_bandgap_stage(store, config)
+        run_bandgap_stage(store, config, ensemble_id=latest_ensemble(store)[0], scan_id=latest_scan_id(store))
     assert store.query("SELECT count(*) AS n FROM gap_thermal")["n"][0] == 0
     _verdicts(store, {(0.5, 100.0)})
     config = config.model_copy(
@@ -187,12 +188,12 @@ def test_bandgap_stage_averages_uncorrelated_snapshots_of_gated_runs(gap_project
             )
         }
     )
-    result = run_bandgap_stage(store, config)
+    result = run_bandgap_stage(store, config, ensemble_id=latest_ensemble(store)[0], scan_id=latest_scan_id(store))
     ensemble_id, level = latest_ensemble(store)
     assert result.ensemble_id == ensemble_id and level == "gpaw-gllbsc"
     models = load_ensemble_by_id(store, ensemble_id)
     # Eg(0): the ensemble's gap of each relaxed lowest-energy structure
-    relaxed = lowest_energy_structures(store)
+    relaxed = lowest_energy_structures(store, latest_scan_id(store))
     expected = predict_gaps_per_model(list(relaxed.values()), models)
     assert [s.composition_x for s in result.static] == list(relaxed)
     assert np.allclose([s.gap_ev for s in result.static], expected.mean(axis=0), atol=1e-6)
@@ -209,7 +210,7 @@ def test_bandgap_stage_averages_uncorrelated_snapshots_of_gated_runs(gap_project
             continue
         run = runs.loc[t.md_id]
         trajectory = read_trajectory(project / run["path"])
-        frames = uncorrelated_frames(trajectory, config.md, run["decorrelation_fs"], spacing=1.0)
+        frames = uncorrelated_frames(trajectory, config.md.equilibration_ps, run["decorrelation_fs"], spacing=1.0)
         snapshots = store.query("SELECT * FROM gap_snapshots WHERE md_id = ? ORDER BY frame", [t.md_id])
         assert snapshots["frame"].tolist() == frames.tolist() and t.average.n_snapshots == len(frames) >= 2
         assert np.all(np.diff(snapshots["time_fs"]) >= run["decorrelation_fs"] - 1e-9)  # ≥ one decorrelation time
@@ -223,13 +224,13 @@ def test_bandgap_stage_averages_uncorrelated_snapshots_of_gated_runs(gap_project
     assert len(published) == 21 and set(published["kind"]) == {"experiment", "calculation"}
     # resume: nothing recomputed for the same ensemble and runs
     stamps = store.query("SELECT md_id, created_at FROM gap_thermal ORDER BY md_id")
-    run_bandgap_stage(store, config)
+    run_bandgap_stage(store, config, ensemble_id=latest_ensemble(store)[0], scan_id=latest_scan_id(store))
     assert store.query("SELECT md_id, created_at FROM gap_thermal ORDER BY md_id").equals(stamps)
     assert store.query("SELECT count(*) AS n FROM gap_published")["n"][0] == 21
     # other settings (snapshots 2 decorrelation times apart): every row recomputed and replaced, none duplicated
     before = store.query("SELECT md_id, spacing_fs FROM gap_thermal ORDER BY md_id")
     wider = config.model_copy(update={"gaps": config.gaps.model_copy(update={"snapshot_spacing": 2.0})})
-    run_bandgap_stage(store, wider)
+    run_bandgap_stage(store, wider, ensemble_id=latest_ensemble(store)[0], scan_id=latest_scan_id(store))
     after = store.query("SELECT md_id, created_at, spacing_fs, settings_key FROM gap_thermal ORDER BY md_id")
     assert after["md_id"].tolist() == stamps["md_id"].tolist() and after["settings_key"].nunique() == 1
     assert (after["created_at"] > stamps["created_at"].max()).all()
@@ -246,7 +247,7 @@ def test_bandgap_stage_averages_uncorrelated_snapshots_of_gated_runs(gap_project
     gnn = GNNSection(epochs=2, fine_tune_epochs=2, ensemble_size=1, learning_curve_fractions=[])
     train_two_stage(store, gnn, cheap_level="gpaw-pbesol", high_level="gpaw-gllbsc", seed=2)
     ungated = config.model_copy(update={"phonons": config.phonons.model_copy(update={"gate": False})})
-    second = run_bandgap_stage(store, ungated)
+    second = run_bandgap_stage(store, ungated, ensemble_id=latest_ensemble(store)[0], scan_id=latest_scan_id(store))
     assert second.ensemble_id != ensemble_id and all(t.average is not None for t in second.thermal)
     assert all(t.average.model_error_ev == 0.0 for t in second.thermal)  # one model: no ensemble spread
 
@@ -277,7 +278,13 @@ def test_mode_stage_freezes_every_optical_mode_and_checks_one_with_dft(gap_proje
             ),
         }
     )
-    result = run_mode_stage(store, config)
+    result = run_mode_stage(
+        store,
+        config,
+        ensemble_id=latest_ensemble(store)[0],
+        model_id=latest_model(store)[0],
+        scan_id=latest_scan_id(store),
+    )
     rows = store.query("SELECT * FROM gap_modes ORDER BY composition_x, temperature_k, mode")
     assert len(rows) == 5 * 2 * 120 and len(result) == len(rows)
     harmonic = store.query("SELECT composition_x, n_imaginary_gamma, artifact_id FROM phonon_harmonic")
@@ -330,7 +337,13 @@ def test_mode_stage_freezes_every_optical_mode_and_checks_one_with_dft(gap_proje
     assert not training & set(checked["plus_hash"]) and checked["structure_hash"].iloc[0] not in training
     # resume: nothing recomputed, no new DFT
     n_labels = len(labels)
-    run_mode_stage(store, config)
+    run_mode_stage(
+        store,
+        config,
+        ensemble_id=latest_ensemble(store)[0],
+        model_id=latest_model(store)[0],
+        scan_id=latest_scan_id(store),
+    )
     assert len(store.query("SELECT * FROM gap_modes")) == len(rows)
     assert len(store.query("SELECT * FROM labels WHERE level = 'gpaw-pbesol' AND status = 'ok'")) == n_labels
     # the CLI prints the stored results

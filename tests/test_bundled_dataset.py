@@ -15,8 +15,8 @@ from ase.io import read
 
 from capml_core.config.loading import load_config
 from capml_core.dft.levels import GpawGllbsc, GpawPbesol
+from capml_core.stages.training_sets import end_members_for, generate_structure_set
 from capml_core.system.structures import structure_hash
-from capml_core.system.training_sets import end_members_for, generate_structure_set
 from tests.conftest import CONFIGS, DATASETS
 
 RECIPE = CONFIGS / "ag3sbri-reference-dataset.toml"

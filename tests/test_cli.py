@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -257,7 +258,112 @@ def test_run_refuses_an_unknown_stage_or_field_before_anything_starts(tmp_path: 
 
 
 def test_settings_are_read_as_toml_values() -> None:
-    from flows.cli import _parse_settings
+    from flows.cli.common import parse_settings
 
-    parsed = _parse_settings(["md.workers=2", "md.temperatures_k=[100, 300.5]", "gaps.device=cuda", "x.y='a=b'"])
+    parsed = parse_settings(["md.workers=2", "md.temperatures_k=[100, 300.5]", "gaps.device=cuda", "x.y='a=b'"])
     assert parsed == {"md.workers": 2, "md.temperatures_k": [100, 300.5], "gaps.device": "cuda", "x.y": "a=b"}
+
+
+# Imported first in a child process: prefect, streamlit and gpaw then fail to import, as when their extras are
+# not installed. The core and the commands that do not need them work; those that do say which extra to install.
+_WITHOUT_EXTRAS = """
+import sys
+for name in ("prefect", "streamlit", "gpaw"):
+    sys.modules[name] = None
+from typer.testing import CliRunner
+import capml_core
+from flows.cli import app
+runner = CliRunner()
+for args in {commands!r}:
+    result = runner.invoke(app, args)
+    print(f"=== {{args[0]}} rc={{result.exit_code}}")
+    print(result.output)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        print(f"exception {{result.exception!r}}")
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("prefect", "streamlit", "gpaw", "plotly"))
+print("loaded", [m for m in loaded if sys.modules[m] is not None])
+"""
+
+
+def _without_extras(*commands: list[str]) -> str:
+    import subprocess
+    import sys
+
+    script = _WITHOUT_EXTRAS.format(commands=[list(c) for c in commands])
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1]
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_core_commands_work_without_the_flows_dashboard_and_dft_extras(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    out = _without_extras(
+        ["config", "check", str(DEMO_CONFIG)],
+        ["run", str(DEMO_CONFIG), "--project", str(tmp_path / "run")],
+        ["deploy"],
+        ["dashboard", "--project", str(tmp_path)],
+        ["label", "-c", str(DEMO_CONFIG), "-p", str(tmp_path / "label"), "--level", "gpaw-pbesol"],
+        [
+            "data",
+            "import",
+            str(PBESOL_FILE),
+            "-l",
+            "gpaw-pbesol",
+            "-c",
+            str(DEMO_CONFIG),
+            "-p",
+            str(store),
+            "--prefix",
+            "pbesol",
+        ],
+        ["sql", "--project", str(store), "--output", "csv", "SELECT count(*) AS n FROM labelled_structures"],
+    )
+    check, run, deploy, dashboard, label, data, sql = out.split("=== ")[1:]
+    assert check.startswith("config rc=0") and "valid" in check and "40 atoms" in check, out
+    assert data.startswith("data rc=0") and "103 new labels" in data, out
+    assert sql.startswith("sql rc=0") and "\nn\n103\n" in sql, out
+    assert run.startswith("run rc=2"), out
+    assert "error: capml run needs the 'flows' extra: pip install 'capml[flows]'" in run, out
+    assert deploy.startswith("deploy rc=2") and "capml deploy needs the 'flows' extra" in deploy, out
+    assert dashboard.startswith("dashboard rc=2"), out
+    assert "capml dashboard needs the 'dashboard' extra: pip install 'capml[dashboard]'" in dashboard, out
+    assert label.startswith("label rc=2"), out
+    assert "capml label needs the 'dft' extra: pip install 'capml[dft]'" in label, out
+    assert "exception" not in out and "Traceback" not in out, out
+    assert out.rstrip().endswith("loaded []"), out  # nothing of prefect, streamlit, gpaw was imported
+    assert not (tmp_path / "run").exists() and not (tmp_path / "label").exists()
+
+
+def test_a_missing_optional_module_names_its_extra(capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.cli.common import capml_errors
+
+    try:
+        with capml_errors():
+            raise ModuleNotFoundError("No module named 'gpaw'", name="gpaw")
+    except typer.Exit as stop:
+        assert stop.exit_code == 2
+    else:
+        raise AssertionError("capml_errors let a missing gpaw through")
+    assert "(gpaw is not installed) needs the 'dft' extra: pip install 'capml[dft]'" in capsys.readouterr().err
+
+
+def test_capml_core_imports_no_prefect_and_no_streamlit() -> None:
+    import ast
+
+    root = Path(__file__).parents[1] / "capml_core"
+    forbidden = {"prefect", "prefect_dask", "streamlit", "plotly", "flows", "dashboard"}
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            found += [
+                f"{path.relative_to(root.parent)}:{node.lineno} {n}" for n in names if n.split(".")[0] in forbidden
+            ]
+    assert found == [], found

@@ -183,9 +183,9 @@ def test_dataset_page_shows_sets_coverage_gaps_and_failures(demo_store_copy: Pat
     import json
 
     from capml_core.config.loading import load_config
+    from capml_core.stages.training_sets import end_member_force_constants, generate_structure_set
     from capml_core.store.database import Store
     from capml_core.store.records import LabelRecord
-    from capml_core.system.training_sets import end_member_force_constants, generate_structure_set
     from tests.conftest import DEMO_CONFIG
 
     config = load_config(DEMO_CONFIG).config

@@ -11,7 +11,6 @@ from capml_core.config.schema import LabelKeys
 from capml_core.errors import DatasetError
 from capml_core.stages.datasets import import_labelled_dataset, load_labelled_extxyz, summarise_dataset
 from capml_core.store.database import Store
-from capml_core.system.structures import allowed_species
 from tests.conftest import DEMO_CONFIG, GLLBSC_FILE, PBESOL_FILE
 
 PBESOL_KEYS = LabelKeys.build(prefix="pbesol")
@@ -201,4 +200,4 @@ def test_standard_ase_keys_are_read_from_the_calculator(tmp_path: Path) -> None:
 
 
 def test_allowed_species_come_from_the_config() -> None:
-    assert allowed_species(load_config(DEMO_CONFIG).config.system) == SPECIES
+    assert load_config(DEMO_CONFIG).config.system.allowed_species() == SPECIES

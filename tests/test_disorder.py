@@ -17,6 +17,7 @@ from capml_core.config.loading import load_config
 from capml_core.config.schema import DisorderSection
 from capml_core.errors import InvalidInputError
 from capml_core.store.database import Store
+from capml_core.store.queries import latest_model, latest_scan_id
 from capml_core.system.arrangements import (
     Arrangement,
     arrangement_structure,
@@ -28,7 +29,6 @@ from capml_core.system.arrangements import (
     site_permutations,
     sublattice_sites,
 )
-from capml_core.system.structures import build_supercell
 from tests.conftest import DEMO_CONFIG, REPO
 
 
@@ -38,7 +38,7 @@ def _system(n: int):  # noqa: ANN202 - SystemSection
 
 
 def _spglib_permutations(n: int) -> np.ndarray:
-    cell = build_supercell(_system(n), 0.0)
+    cell = _system(n).supercell_at(0.0)
     return site_permutations(cell, sublattice_sites(cell, "Br"))
 
 
@@ -46,7 +46,7 @@ def _independent_group(n: int) -> np.ndarray:
     """The halogen sites of an n x n x n cubic supercell as integer points (mod n) and the 48 x n³ operations
     of Pm-3m built by hand (signed permutation matrices about a halogen site, lattice translations); returns
     the site permutations in the order of the points of capml's supercell."""
-    cell = build_supercell(_system(n), 0.0)
+    cell = _system(n).supercell_at(0.0)
     sites = sublattice_sites(cell, "Br")
     points = (
         np.round(cell.get_scaled_positions()[sites] * n - cell.get_scaled_positions()[sites[0]] * n).astype(int) % n
@@ -113,23 +113,27 @@ def test_the_papers_rule_all_up_to_max_enumerated_then_a_sample() -> None:
     perms = _spglib_permutations(3)
     rule = DisorderSection(max_enumerated=100, sample_size=20)
     rng = np.random.default_rng(0)
-    small = plan_composition(perms, 4 / 27, rule, rng)
+    small = plan_composition(perms, 4 / 27, max_enumerated=rule.max_enumerated, sample_size=rule.sample_size, rng=rng)
     assert (small.selection, small.n_inequivalent, len(small.arrangements)) == ("all", 34, 34)
     assert sum(a.multiplicity for a in small.arrangements) == math.comb(27, 4) == small.n_labellings
-    middle = plan_composition(perms, 6 / 27, rule, rng)  # 321 classes: between 100 and 1000
+    middle = plan_composition(
+        perms, 6 / 27, max_enumerated=rule.max_enumerated, sample_size=rule.sample_size, rng=rng
+    )  # 321 classes: between 100 and 1000
     assert (middle.selection, len(middle.arrangements)) == ("sample", 20)
-    large = plan_composition(perms, 13 / 27, rule, rng)
+    large = plan_composition(perms, 13 / 27, max_enumerated=rule.max_enumerated, sample_size=rule.sample_size, rng=rng)
     assert (large.selection, large.n_inequivalent, len(large.arrangements)) == ("sample", 16384, 20)
     with pytest.raises(InvalidInputError, match="x = 0.3 is not realisable on 27 sites"):
-        plan_composition(perms, 0.3, rule, rng)
+        plan_composition(perms, 0.3, max_enumerated=rule.max_enumerated, sample_size=rule.sample_size, rng=rng)
 
 
 def test_arrangement_structure_puts_the_species_where_the_key_says() -> None:
     system = load_config(DEMO_CONFIG).config.system
-    atoms = arrangement_structure(system, 0.5, Arrangement("10010110", 2))
+    atoms = arrangement_structure(
+        system.supercell_at(0.5), system.sublattice.site_species, system.sublattice.species, Arrangement("10010110", 2)
+    )
     sites = [i for i, s in enumerate(atoms.get_chemical_symbols()) if s in ("Br", "I")]
     assert "".join("1" if atoms[i].symbol == "Br" else "0" for i in sites) == "10010110"
-    expected = build_supercell(system, 0.5)
+    expected = system.supercell_at(0.5)
     assert np.allclose(atoms.cell[:], expected.cell[:]) and atoms.get_chemical_formula() == "Ag24Br4I4S8"
 
 
@@ -174,7 +178,9 @@ def test_scan_relaxes_each_class_once_ranks_and_resumes(trained, tmp_path: Path)
     store = Store(project)
     config = config.model_copy(update={"disorder": config.disorder.model_copy(update={"workers": 2})})
     seen: list[tuple[int, int]] = []
-    result = run_disorder_scan(store, config, progress=lambda done, total: seen.append((done, total)))
+    result = run_disorder_scan(
+        store, config, model_id=latest_model(store)[0], progress=lambda done, total: seen.append((done, total))
+    )
     assert result.n_relaxed_now == 14 and seen[-1] == (14, 14)
     assert {x: len(rows) for x, rows in result.ranking.items()} == {0.0: 1, 0.25: 3, 0.5: 6, 0.75: 3, 1.0: 1}
     relaxations = store.query("SELECT * FROM disorder_relaxations")
@@ -182,7 +188,12 @@ def test_scan_relaxes_each_class_once_ranks_and_resumes(trained, tmp_path: Path)
     # the paper's mode: cell relaxed, fractional positions kept
     row = relaxations.query("composition_x == 0.5").iloc[0]
     relaxed = store.load_atoms(row["structure_hash"])
-    start = arrangement_structure(config.system, 0.5, Arrangement(row["arrangement"], 1))
+    start = arrangement_structure(
+        config.system.supercell_at(0.5),
+        config.system.sublattice.site_species,
+        config.system.sublattice.species,
+        Arrangement(row["arrangement"], 1),
+    )
     shift = relaxed.get_scaled_positions() - start.get_scaled_positions()
     assert np.abs(shift - np.round(shift)).max() < 1e-5
     # symmetry reduction is physics-safe: an equivalent arrangement (a symmetry image) relaxes to the same energy
@@ -196,9 +207,14 @@ def test_scan_relaxes_each_class_once_ranks_and_resumes(trained, tmp_path: Path)
     images.discard(row["arrangement"])
     assert images  # every x = 0.5 class has multiplicity >= 2
     image = min(images)
-    calculator = run_calculator(store, device="cpu", dtype="float64")
+    calculator = run_calculator(store, latest_model(store)[0], device="cpu", dtype="float64")
     other = relax_structure(
-        arrangement_structure(config.system, 0.5, Arrangement(image, 1)),
+        arrangement_structure(
+            config.system.supercell_at(0.5),
+            config.system.sublattice.site_species,
+            config.system.sublattice.species,
+            Arrangement(image, 1),
+        ),
         calculator,
         mode="cell",
         fmax_ev_per_a=0.05,
@@ -208,7 +224,7 @@ def test_scan_relaxes_each_class_once_ranks_and_resumes(trained, tmp_path: Path)
     # probabilities sum to one per composition and temperature
     sums = store.query("SELECT sum(probability) AS s FROM disorder_probabilities GROUP BY composition_x, temperature_k")
     assert np.allclose(sums["s"], 1.0)
-    lowest = lowest_energy_structures(store)
+    lowest = lowest_energy_structures(store, latest_scan_id(store))
     assert [a.get_chemical_formula() for a in lowest.values()][2] == "Ag24Br4I4S8"
     # resume: forget three relaxations, run again: only those are redone, ranking unchanged
     with store.write() as writer:
@@ -216,7 +232,9 @@ def test_scan_relaxes_each_class_once_ranks_and_resumes(trained, tmp_path: Path)
             "DELETE FROM disorder_relaxations WHERE composition_x = 0.5 AND arrangement IN "
             "(SELECT arrangement FROM disorder_relaxations WHERE composition_x = 0.5 ORDER BY arrangement LIMIT 3)"
         )
-    again = run_disorder_scan(store, config.model_copy(update={"disorder": config.disorder}))
+    again = run_disorder_scan(
+        store, config.model_copy(update={"disorder": config.disorder}), model_id=latest_model(store)[0]
+    )
     assert again.n_relaxed_now == 3 and again.scan_id == result.scan_id
     for x, rows in result.ranking.items():
         assert [r[0] for r in again.ranking[x]] == [r[0] for r in rows]
@@ -245,7 +263,7 @@ def test_dashboard_page_ranks_shows_the_structure_and_mixing(trained, tmp_path: 
     st.cache_data.clear()
     empty = AppTest.from_function(_disorder_page, default_timeout=60).run()
     assert "No disorder scan yet" in empty.info[0].value
-    run_disorder_scan(Store(project), config)
+    run_disorder_scan(Store(project), config, model_id=latest_model(Store(project))[0])
     st.cache_data.clear()
     at = AppTest.from_function(_disorder_page, default_timeout=60).run()
     assert not at.exception

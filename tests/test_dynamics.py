@@ -11,9 +11,10 @@ import pytest
 from capml_core.config.loading import load_config
 from capml_core.config.schema import MDSection
 from capml_core.errors import ConfigError
-from capml_core.physics.md import FRAME_DATASETS, MDJob, check_health, read_trajectory, run_md, uncorrelated_frames
+from capml_core.physics.md import FRAME_DATASETS, check_health, read_trajectory, run_md, uncorrelated_frames
 from capml_core.physics.statistics import integrated_autocorrelation_time
 from capml_core.store.database import Store
+from capml_core.store.queries import latest_model, latest_scan_id
 from tests.conftest import DEMO_CONFIG, REPO, md_config, project_copy
 
 
@@ -69,15 +70,17 @@ def _synthetic(temperature: float, target: float, *, drift: float = 0.0, diffuse
 
 def test_health_checks_flag_temperature_drift_and_diffusion() -> None:
     md = MDSection(duration_ps=2.0, equilibration_ps=0.1)
-    healthy = check_health(_synthetic(300.0, 300.0), md)
+    healthy = check_health(_synthetic(300.0, 300.0), md.equilibration_ps)
     assert healthy.status == "ok" and healthy.problems == [] and healthy.mean_temperature_k == pytest.approx(300, abs=3)
     assert healthy.msd_a2["Ag"] == pytest.approx(0.03, rel=0.2)  # 3 x (0.1 Å)²
-    assert check_health(_synthetic(420.0, 300.0), md).problems == ["temperature 420 K, target 300 K"]
-    assert "drifts" in check_health(_synthetic(300.0, 300.0, drift=0.05), md).problems[0]  # 50 meV/atom/ps
-    wandering = check_health(_synthetic(300.0, 300.0, diffuse=True), md)
+    assert check_health(_synthetic(420.0, 300.0), md.equilibration_ps).problems == ["temperature 420 K, target 300 K"]
+    assert (
+        "drifts" in check_health(_synthetic(300.0, 300.0, drift=0.05), md.equilibration_ps).problems[0]
+    )  # 50 meV/atom/ps
+    wandering = check_health(_synthetic(300.0, 300.0, diffuse=True), md.equilibration_ps)
     assert any(p.startswith("Ag atoms leave their sites") for p in wandering.problems)
     assert not any(p.startswith("S atoms") for p in wandering.problems)
-    frames = uncorrelated_frames(_synthetic(300.0, 300.0), md, decorrelation_fs=40.0)
+    frames = uncorrelated_frames(_synthetic(300.0, 300.0), md.equilibration_ps, decorrelation_fs=40.0)
     assert np.all(np.diff(frames) == 16) and frames[0] == 20  # 2 x 40 fs / 5 fs; first frame after 0.1 ps
 
 
@@ -87,32 +90,39 @@ def test_md_file_resumes_after_a_kill_without_gaps(trained, tmp_path: Path) -> N
     import h5py
 
     from capml_core.stages.mlip import run_calculator
-    from capml_core.system.training_sets import end_member_cell
+    from capml_core.stages.training_sets import end_member_cell
 
     project, config, _, _ = trained
-    calculator = run_calculator(Store(project), device="cpu", dtype="float32")
+    calculator = run_calculator(Store(project), latest_model(Store(project))[0], device="cpu", dtype="float32")
     md = MDSection(temperatures_k=[100.0], duration_ps=0.3, equilibration_ps=0.05, save_every_steps=5)
     cell = end_member_cell(config.system, "Br")
-    whole = MDJob(cell, 100.0, md, Path("unused"), tmp_path / "whole.h5", seed=3)
-    run_md(whole, calculator)
-    trajectory = read_trajectory(whole.path)
+    settings = {"temperature_k": 100.0, "timestep_fs": md.timestep_fs, "friction_per_fs": md.friction_per_fs}
+    settings |= {"n_steps": 300, "save_every_steps": 5, "seed": 3}
+    whole = tmp_path / "whole.h5"
+    assert run_md(cell, calculator, **settings, path=whole).trajectory is None
+    trajectory = read_trajectory(whole)
     assert len(trajectory["time_fs"]) == 61 and trajectory["complete"]  # frame 0 and every 5 of 300 steps
     assert trajectory["temperature_k"][0] == pytest.approx(100.0, rel=0.4)  # Maxwell-Boltzmann start, 40 atoms
     momentum = (trajectory["masses_amu"][:, None] * trajectory["velocities_a_per_fs"][0]).sum(axis=0)
     assert np.allclose(momentum, 0.0, atol=1e-10)  # the centre of mass does not drift
     # a kill after 120 steps: the file holds 25 frames and is not complete
     killed = tmp_path / "killed.h5"
-    shutil.copy(whole.path, killed)
+    shutil.copy(whole, killed)
     with h5py.File(killed, "a") as handle:
         for name in FRAME_DATASETS:
             handle[name].resize(25, axis=0)
         handle.attrs["complete"] = False
-    run_md(MDJob(cell, 100.0, md, Path("unused"), killed, seed=3), calculator)
+    run_md(cell, calculator, **settings, path=killed)
     resumed = read_trajectory(killed)
     assert np.array_equal(resumed["time_fs"], trajectory["time_fs"]) and resumed["complete"]
     assert np.array_equal(resumed["positions_a"][:25], trajectory["positions_a"][:25])  # kept, not recomputed
     step = np.linalg.norm(resumed["positions_a"][25] - resumed["positions_a"][24], axis=1).max()
     assert step < 0.2  # continued from the last frame (5 fs), not restarted
+    # without a file the same run stays in memory, frame for frame (same seed, same calculator)
+    in_memory = run_md(cell, calculator, **settings).trajectory
+    assert in_memory["complete"] and in_memory["positions_a"].shape == trajectory["positions_a"].shape
+    assert np.allclose(in_memory["positions_a"], trajectory["positions_a"], atol=1e-8)
+    assert np.allclose(in_memory["potential_energy_ev"], trajectory["potential_energy_ev"], atol=1e-6)
 
 
 @pytest.mark.slow
@@ -123,14 +133,14 @@ def test_dynamics_stage_runs_every_composition_once(trained, tmp_path: Path) -> 
     source, config, _, _ = trained
     project, store = project_copy(source, tmp_path)
     config = md_config(config, [100.0], duration_ps=0.1, equilibration_ps=0.02)
-    run_disorder_scan(store, config)
-    results = run_dynamics(store, config)
+    run_disorder_scan(store, config, model_id=latest_model(store)[0])
+    results = run_dynamics(store, config, model_id=latest_model(store)[0], scan_id=latest_scan_id(store))
     assert sorted(r.composition_x for r in results) == [0.0, 0.25, 0.5, 0.75, 1.0]
     rows = store.query("SELECT * FROM md_runs ORDER BY composition_x")
     assert rows["complete"].all() and (rows["n_frames"] == 21).all() and (rows["n_steps"] == 100).all()
     assert rows["status"].isin(["ok", "warning"]).all() and (rows["decorrelation_fs"] >= 5.0).all()
     stamps = {r.md_id: r.path.stat().st_mtime_ns for r in results}
-    again = run_dynamics(store, config)
+    again = run_dynamics(store, config, model_id=latest_model(store)[0], scan_id=latest_scan_id(store))
     assert {r.md_id: r.path.stat().st_mtime_ns for r in again} == stamps  # nothing rerun
     _held_out_frames_round_trip(store, config, tmp_path)
 
@@ -145,12 +155,15 @@ def _held_out_frames_round_trip(store, config, tmp_path: Path) -> None:  # noqa:
     from capml_core.store.records import LabelRecord
 
     levels = ["gpaw-pbesol", "gpaw-gllbsc"]
-    frames = sample_random_frames(store, config.md, levels=levels, per_run=2, seed=3)
+    frames = sample_random_frames(store, config.md, model_id=latest_model(store)[0], levels=levels, per_run=2, seed=3)
     assert len(frames) == 10 and len({f.structure_hash for f in frames}) == 10
     assert all(f.time_fs >= 20.0 and f.held_out and f.selection == "random" for f in frames)  # production only
-    assert [f.structure_hash for f in sample_random_frames(store, config.md, levels=levels, per_run=2, seed=9)] == [
-        f.structure_hash for f in frames
-    ]  # a stored draw is reused, not redrawn
+    assert [
+        f.structure_hash
+        for f in sample_random_frames(
+            store, config.md, model_id=latest_model(store)[0], levels=levels, per_run=2, seed=9
+        )
+    ] == [f.structure_hash for f in frames]  # a stored draw is reused, not redrawn
     assert store.pending_labels("gpaw-gllbsc", set_name="md-heldout@gpaw-gllbsc") == [f.structure_hash for f in frames]
     _evaluate_measures_known_offsets(store, frames)
     pool = write_frame_pool(frames, tmp_path / "pool.extxyz")

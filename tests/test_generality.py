@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from capml_core.config.loading import load_config
+from capml_core.stages.training_sets import generate_structure_set
 from capml_core.store.database import Store
-from capml_core.system.training_sets import generate_structure_set
 from flows.cli import app
 from tests.conftest import CONFIGS, REPO
 

@@ -21,6 +21,7 @@ from capml_core.errors import ConfigError, DatasetError, InvalidInputError
 from capml_core.models.mace import mace_arguments
 from capml_core.stages.mlip import inspect_mace_model, labelled_structures, split_structures
 from capml_core.store.database import Store
+from capml_core.store.queries import latest_model
 from capml_core.store.records import LabelRecord
 from tests.conftest import DEMO_CONFIG, PBESOL_FILE, REPO, TINY, _tiny_config
 
@@ -112,7 +113,7 @@ def test_missing_stress_is_a_clear_error_and_the_split_is_reproducible(demo_stor
 
 def test_dispersion_contains_the_supercell_gamma_modes_and_three_acoustic_zeros() -> None:
     from capml_core.physics.phonons import dispersion, gamma_frequencies_thz
-    from capml_core.system.training_sets import end_member_force_constants
+    from capml_core.stages.training_sets import end_member_force_constants
 
     config = load_config(DEMO_CONFIG).config
     fc = end_member_force_constants(config.system, config.dataset, "Br", cache_dir=Path("unused"))
@@ -158,7 +159,7 @@ def test_calculator_is_translation_invariant_and_float64(trained) -> None:
 
     project, _, _, _ = trained
     store = Store(project)
-    calculator = run_calculator(store, device="cpu", dtype="float64")
+    calculator = run_calculator(store, latest_model(store)[0], device="cpu", dtype="float64")
     atoms = store.load_structures(store.query("SELECT structure_hash FROM labels LIMIT 1")["structure_hash"])
     atoms = next(iter(atoms.values()))
     atoms.calc = calculator
@@ -253,7 +254,7 @@ def test_thermal_structures_from_force_constants_of_the_trained_mace(trained) ->
     """dataset.force_constants_level = "mace": the end members' phonons come from the project's MACE."""
     from capml_core.config.schema import StructureSetSection
     from capml_core.stages.mlip import force_constants_cache_dir, force_function
-    from capml_core.system.training_sets import end_members_for, generate_structure_set
+    from capml_core.stages.training_sets import end_members_for, generate_structure_set
 
     project, config, result, _ = trained
     store = Store(project)
@@ -268,7 +269,7 @@ def test_thermal_structures_from_force_constants_of_the_trained_mace(trained) ->
     assert len(records) == len(config.system.compositions)
     from ase.geometry import find_mic
 
-    from capml_core.system.training_sets import end_member_cell
+    from capml_core.stages.training_sets import end_member_cell
 
     iodide = next(r for r in records if r.composition_x == 0.0)
     ideal = end_member_cell(config.system, "I")

@@ -12,17 +12,17 @@ import pytest
 from ase import Atoms, units
 
 from capml_core.errors import InvalidInputError
-from capml_core.physics.harmonic import gamma_modes
 from capml_core.physics.modes import (
     acoustic_modes,
     bose_einstein,
     displacement_shares,
     freeze,
+    frozen_mode_gaps,
     real_eigenvector,
     spread_over_frequencies,
     thermal_displacement,
 )
-from capml_core.physics.phonons import load_force_constants
+from capml_core.physics.phonons import gamma_modes, load_force_constants
 from tests.conftest import REPO
 
 J_PER_EV = units._e
@@ -39,6 +39,19 @@ def test_bose_einstein_limits() -> None:
     kt_over_h_thz = units._k * 3000.0 / units._hplanck / 1e12  # 62.5 THz
     assert bose_einstein(1.0, 3000.0) == pytest.approx(kt_over_h_thz - 0.5, rel=1e-3)  # classical: kT/hν − ½
     assert bose_einstein(10.0, 100.0) == pytest.approx(np.exp(-units._hplanck * 1e13 / (units._k * 100.0)), rel=0.01)
+
+
+@pytest.mark.parametrize(("frequency_thz", "temperature_k"), [(1.0, 300.0), (6.5, 120.0)])
+def test_bose_einstein_is_the_closed_form(frequency_thz: float, temperature_k: float) -> None:
+    """phonopy's occupation (its own constants) against n = 1 / (exp(hν/kT) − 1) with CODATA constants (ASE)."""
+    closed = 1.0 / (np.exp(units._hplanck * frequency_thz * 1e12 / (units._k * temperature_k)) - 1.0)
+    assert float(bose_einstein(frequency_thz, temperature_k)) == pytest.approx(closed, rel=1e-5)
+    # 1 THz at 300 K: hν/kT = 0.160, n = 5.764; 6.5 THz at 120 K: hν/kT = 2.600, n = 0.0803
+    assert float(bose_einstein(frequency_thz, temperature_k)) == pytest.approx(
+        {1.0: 5.7643, 6.5: 0.08025}[frequency_thz], rel=1e-3
+    )
+    both = bose_einstein(np.array([frequency_thz, 2 * frequency_thz]), temperature_k)
+    assert both.shape == (2,) and both[1] < both[0]
 
 
 def test_thermal_amplitude_carries_half_the_oscillator_energy_in_the_harmonic_potential(ag3sbr) -> None:  # noqa: ANN001
@@ -98,3 +111,47 @@ def test_modes_for_dft_checks_span_the_frequency_range() -> None:
     assert spread_over_frequencies(frequencies, 3) == [1, 0, 2]  # lowest, middle, highest
     assert spread_over_frequencies(frequencies, 10) == [1, 3, 0, 4, 2]
     assert spread_over_frequencies(frequencies, 0) == []
+
+
+def test_frozen_mode_gaps_of_a_quadratic_gap_model(ag3sbr) -> None:  # noqa: ANN001
+    """A gap model Eg = Eg0 + a·u + c Σ|u|² (u: displacement from the cell, Å): ΔEg = c Σ|u|² exactly.
+
+    The mean of the ±u structures removes the linear term; an ensemble of two such models (c and 2c) gives the
+    mean ΔEg and its spread; acoustic and imaginary modes are not frozen in and the predictor sees the cell first.
+    """
+    cell, _, gamma = ag3sbr
+    slope = np.random.default_rng(5).normal(size=(len(cell), 3))
+    seen: list[int] = []
+
+    def model(c: float):  # noqa: ANN202
+        def gap(atoms) -> float:  # noqa: ANN001
+            u = atoms.positions - cell.positions
+            return 1.2 + 0.3 * float(np.sum(slope * u)) + c * float(np.sum(u**2))
+
+        return gap
+
+    def ensemble(structures) -> np.ndarray:  # noqa: ANN001
+        seen.append(len(structures))
+        assert np.allclose(structures[0].positions, cell.positions)
+        return np.array([[model(c)(a) for a in structures] for c in (0.5, 1.0)])
+
+    results = frozen_mode_gaps(cell, gamma, 300.0, ensemble, sublattice=["Br", "I"])
+    statuses = [r.status for r in results]
+    n_imaginary = int(np.sum(gamma.frequencies_thz < -0.05))
+    assert len(results) == 120 and statuses.count("acoustic") == 3 and statuses.count("imaginary") == n_imaginary
+    assert n_imaginary == 66 and statuses.count("frozen") == 51 and seen == [1 + 2 * 51]
+    for r in results:
+        if r.status != "frozen":
+            assert r.delta_ev is None and r.displaced is None
+            continue
+        u = thermal_displacement(cell, gamma.eigenvectors[:, r.mode], r.frequency_thz, 300.0)
+        square = float(np.sum(u**2))
+        assert r.delta_ev == pytest.approx(0.75 * square, rel=1e-9)  # mean of c = 0.5 and 1.0
+        assert r.delta_std_ev == pytest.approx(np.std([0.5 * square, square], ddof=1), rel=1e-9)
+        assert r.relative_change == pytest.approx(0.75 * square / 1.2, rel=1e-9) and r.gap0_ev == pytest.approx(1.2)
+        assert r.rms_displacement_a == pytest.approx(np.sqrt(square / len(cell)), rel=1e-12)
+        assert np.allclose(r.displaced[0].positions - cell.positions, u) and r.dominant in {"Ag", "S", "Br/I"}
+    # one model (a 1-D prediction): no spread
+    single = frozen_mode_gaps(cell, gamma, 0.0, lambda s: np.array([model(1.0)(a) for a in s]))
+    frozen = [r for r in single if r.status == "frozen"]
+    assert all(r.delta_std_ev == 0.0 for r in frozen) and frozen[0].delta_ev > 0.0

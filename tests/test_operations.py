@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from capml_core.store.database import Store
+from capml_core.store.queries import latest_model
 from tests.conftest import DEMO_CONFIG, REPO, project_copy, wait_until_served
 
 pytestmark = pytest.mark.slow
@@ -138,7 +139,11 @@ def test_disorder_fans_out_to_a_dask_cluster_and_matches_the_in_process_scan(tra
 
     source, config, _, _ = trained
     local_project, local_store = project_copy(source, tmp_path / "local")
-    run_disorder_scan(local_store, config.model_copy(update={"disorder": config.disorder.model_copy()}))
+    run_disorder_scan(
+        local_store,
+        config.model_copy(update={"disorder": config.disorder.model_copy()}),
+        model_id=latest_model(local_store)[0],
+    )
     dask_project, dask_store = project_copy(source, tmp_path / "dask")
     with prefect_test_harness(server_startup_timeout=120):
         summary = disorder_flow(
@@ -161,7 +166,7 @@ def test_a_killed_pipeline_resumes_without_recomputing_or_duplicating(trained, t
 
     source, config, _, _ = trained
     reference_project, reference_store = project_copy(source, tmp_path / "reference")
-    run_disorder_scan(reference_store, config)
+    run_disorder_scan(reference_store, config, model_id=latest_model(reference_store)[0])
     project, store = project_copy(source, tmp_path / "killed")
     command = [str(BIN / "capml"), "run", str(DEMO_CONFIG), "--project", str(project), "--stage", "disorder"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

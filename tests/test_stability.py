@@ -1,18 +1,21 @@
 """The phonons stage: harmonic phonons, one verdict per MD run, the gate to the band-gap stage, resume.
 
-DynaPhoPy's physics is tested in test_anharmonic.py (EMT copper); here the analysis of each MD run is replaced
-by a stand-in so that the stage's orchestration (which runs are analysed, what is stored, what passes the
-gate, what a failed analysis becomes) is tested on MD runs of the tiny MACE.
+DynaPhoPy's physics is tested in test_anharmonic.py (EMT copper). Here the stage runs the real analysis on real MD
+of the tiny MACE (conftest's ``trained``): the two end members (40-atom cells), 1 ps at 50 K. Its verdicts are
+checked against the physics API called directly on the same frames, then the stage's other branches on real
+input: an analysis that cannot be done (a resolution no run allows) and atoms that left their sites (a trajectory
+with one atom moved by 1.5 Å).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from capml_core.stages.phonons import StabilityResult, stabilisation_temperatures
+from capml_core.stages.phonons import StabilityResult, stabilisation_temperatures, stability_result
 from tests.conftest import md_config, project_copy
 
 
@@ -28,69 +31,99 @@ def test_stabilisation_temperature_is_the_lowest_stable_temperature_of_an_unbrok
     assert found == {0.0: 200, 0.5: 300, 1.0: None}
 
 
+def test_stored_rows_become_results_with_their_numbers_and_the_current_gate() -> None:
+    row = {
+        "md_id": "m",
+        "composition_x": 0.5,
+        "temperature_k": 300.0,
+        "stable": False,
+        "passes_gate": False,
+        "reason": "no renormalised phonons: x",
+        "n_modes": 120.0,  # integer columns with NULLs come back as floats
+        "n_harmonic_imaginary": 66.0,
+        "min_renormalised_thz": float("nan"),
+        "median_linewidth_thz": None,
+        "max_site_offset_a": 0.43,
+        "site_offset_atom": "7 (S)",
+    }
+    gated, open_gate = stability_result(row, gate=True), stability_result(row, gate=False)
+    assert not gated.passes_gate and open_gate.passes_gate and not open_gate.stable
+    assert (gated.n_modes, gated.n_harmonic_imaginary, gated.max_site_offset_a) == (120, 66, 0.43)
+    assert isinstance(gated.n_modes, int) and gated.min_renormalised_thz is None and gated.median_linewidth_thz is None
+    assert gated.site_offset_atom == "7 (S)"
+
+
 @pytest.mark.slow
-def test_stage_stores_a_verdict_per_md_run_gates_and_resumes(trained, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
-    import capml_core.physics.anharmonic as anharmonic
-    from capml_core.errors import CalculationFailed
+def test_stage_analyses_real_md_stores_the_verdicts_gates_and_resumes(trained, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    import h5py
+
+    from capml_core.config.schema import MDSection
+    from capml_core.physics.anharmonic import renormalised_phonons, stability_verdict
+    from capml_core.physics.md import production_frames, read_trajectory
     from capml_core.stages.disorder import run_disorder_scan
     from capml_core.stages.dynamics import run_dynamics
     from capml_core.stages.phonons import run_phonon_stage
+    from capml_core.store.queries import latest_model, latest_scan_id
 
     source, config, _, _ = trained
     project, store = project_copy(source, tmp_path)
-    config = md_config(config, [50.0], duration_ps=0.1, equilibration_ps=0.02)
-    run_disorder_scan(store, config)
-    run_dynamics(store, config)
-    calls: list[float] = []
-
-    def stand_in(cell, force_constants, trajectory, *, temperature_k, resolution_thz, frames):  # noqa: ANN001, ANN202
-        x = round(sum(s == "Br" for s in cell.get_chemical_symbols()) / 8, 3)
-        calls.append(x)
-        assert force_constants.shape == (40, 40, 3, 3) and len(frames) == 17  # production frames of 0.1 ps
-        assert resolution_thz == pytest.approx(1.05 / 0.08)  # the finest 80 fs of production allow
-        if x == 0.25:
-            raise CalculationFailed("DynaPhoPy stopped (exit()): no peaks")
-        harmonic = np.linspace(-1.0, 5.0, 120)
-        renormalised = np.abs(harmonic) + 0.5 if x != 0.5 else harmonic  # x = 0.5 stays soft
-        renormalised_fc = force_constants if x == 1.0 else None  # x = 1: "renormalised" = harmonic
-        offsets = np.full(40, 0.02)  # x = 0.75: one S atom sits in a distorted well
-        if x == 0.75:
-            offsets[cell.get_chemical_symbols().index("S")] = 0.4
-        return anharmonic.AnharmonicPhonons(
-            temperature_k, harmonic, renormalised, np.full(120, 0.3), renormalised_fc, (20, 21, 22), offsets
-        )
-
-    monkeypatch.setattr(anharmonic, "renormalised_phonons", stand_in)
-    harmonic, verdicts = run_phonon_stage(store, config)
-    assert [h.composition_x for h in harmonic] == [0.0, 0.25, 0.5, 0.75, 1.0] and sorted(calls) == [
-        0.0,
-        0.25,
-        0.5,
-        0.75,
-        1.0,
-    ]
-    by_x = {v.composition_x: v for v in verdicts}
-    assert [by_x[x].stable for x in (0.0, 0.25, 0.5, 0.75, 1.0)] == [True, False, False, True, True]
-    assert by_x[0.25].reason.startswith("no renormalised phonons: DynaPhoPy stopped")
-    assert not by_x[0.5].passes_gate and by_x[1.0].passes_gate
+    config = md_config(config, [50.0], duration_ps=1.0, equilibration_ps=0.1)
+    config = config.model_copy(update={"system": config.system.model_copy(update={"compositions": [0.0, 1.0]})})
+    model_id = latest_model(store)[0]
+    run_disorder_scan(store, config, model_id=model_id)
+    ids = {"model_id": model_id, "scan_id": latest_scan_id(store)}
+    run_dynamics(store, config, **ids)
+    harmonic, verdicts = run_phonon_stage(store, config, **ids)
+    assert [h.composition_x for h in harmonic] == [0.0, 1.0] and [v.composition_x for v in verdicts] == [0.0, 1.0]
     rows = store.query("SELECT * FROM phonon_anharmonic ORDER BY composition_x")
-    assert rows["thermostat_broadening_thz"].iloc[0] == pytest.approx(5e-3 * 1000 / (2 * np.pi))
-    assert rows["artifact_id"].isna().tolist() == [False, True, False, False, False]
-    assert rows["max_site_offset_a"].round(3).tolist()[3:] == [0.4, 0.02]
-    assert rows["site_offset_atom"].iloc[3].endswith("(S)") and "sits 0.40 Å from its site" in rows["reason"].iloc[3]
-    assert "from its site" not in rows["reason"].iloc[4]  # 0.02 Å: oscillates about its sites
-    bromide = store.load_arrays(rows["artifact_id"].iloc[4])
-    harmonic_bands = store.load_arrays(harmonic[4].artifact_id)["dispersion_thz"]
-    assert np.allclose(bromide["renormalised_dispersion_thz"], harmonic_bands, atol=1e-8)
-    saved = store.load_arrays(rows["artifact_id"].iloc[0])
-    assert "renormalised_dispersion_thz" not in saved  # not every mode fitted: no renormalised dispersion
-    assert np.allclose(saved["renormalised_thz"][:3], [1.5, 1.4495798, 1.3991597])
-    calls.clear()
+    runs = store.query("SELECT * FROM md_runs ORDER BY composition_x")
+    thermostat = 5e-3 * 1000 / (2 * np.pi)  # γ/2π of the paper's friction (THz)
+    for h, verdict, row, run in zip(harmonic, verdicts, rows.to_dict("records"), runs.to_dict("records"), strict=True):
+        # the stage's analysis is the physics API's on the production frames: 0.9 ps, 181 frames 5 fs apart
+        atoms = store.load_atoms(run["structure_hash"])
+        trajectory = read_trajectory(project / run["path"])
+        frames = production_frames(trajectory, MDSection.model_validate_json(run["settings_json"]).equilibration_ps)
+        assert len(frames) == 181 and row["resolution_thz"] == pytest.approx(1.05 / 0.9)
+        assert row["thermostat_broadening_thz"] == pytest.approx(thermostat)
+        zero_k = store.load_arrays(h.artifact_id)
+        result = renormalised_phonons(
+            atoms, zero_k["force_constants"], trajectory, temperature_k=50.0, resolution_thz=1.05 / 0.9, frames=frames
+        )
+        expected = stability_verdict(result, thermostat_broadening_thz=thermostat, symbols=atoms.get_chemical_symbols())
+        assert verdict.stable == expected.stable == bool(row["stable"]) and verdict.passes_gate == verdict.stable
+        assert verdict.reason.startswith(expected.summary()) and verdict.reason == row["reason"]
+        # the numbers of the stored row and of the result
+        saved = store.load_arrays(row["artifact_id"])
+        np.testing.assert_allclose(saved["harmonic_thz"], zero_k["gamma_frequencies_thz"], atol=1e-8)
+        np.testing.assert_allclose(saved["renormalised_thz"], result.renormalised_thz, atol=1e-10, equal_nan=True)
+        np.testing.assert_allclose(saved["linewidths_thz"], result.linewidths_thz, atol=1e-10, equal_nan=True)
+        assert tuple(saved["acoustic_modes"]) == result.acoustic_modes
+        assert np.all(np.abs(zero_k["gamma_frequencies_thz"][list(result.acoustic_modes)]) < 0.05)
+        assert verdict.n_modes == 120 and verdict.n_harmonic_imaginary == h.imaginary.n_gamma
+        assert verdict.min_renormalised_thz == pytest.approx(expected.softest_renormalised_thz)
+        assert verdict.max_site_offset_a == pytest.approx(expected.site_offset_a)
+        assert verdict.site_offset_atom == f"{expected.site_offset_atom} ({expected.site_offset_symbol})"
+        # physics of the real spectra: fitted peaks are positive, lie within the spectra's range (1.2 x the highest
+        # harmonic frequency) and their widths are at least of the order of the thermostat's broadening
+        fitted = np.isfinite(result.renormalised_thz)
+        fitted[list(result.acoustic_modes)] = False
+        assert fitted.sum() >= 60
+        peaks = result.renormalised_thz[fitted]
+        assert np.all(peaks > 0) and peaks.max() <= 1.2 * zero_k["gamma_frequencies_thz"].max() + 1e-9
+        assert np.median(result.linewidths_thz[fitted]) > 0.5 * thermostat
+        assert expected.n_optical == 117 and expected.n_imaginary_renormalised == len(expected.offending)
+        assert verdict.max_site_offset_a < 0.5  # 50 K, 0.9 ps: the atoms oscillate about their sites
+        # a renormalised dispersion exactly when every mode was fitted
+        assert ("renormalised_dispersion_thz" in saved) == (expected.n_no_fit == 0)
+    # gate off: nothing recomputed (same rows, same times), every run passes
+    created = rows["created_at"].tolist()
     _, again = run_phonon_stage(
-        store, config.model_copy(update={"phonons": config.phonons.model_copy(update={"gate": False})})
+        store, config.model_copy(update={"phonons": config.phonons.model_copy(update={"gate": False})}), **ids
     )
-    assert calls == [] and [v.stable for v in again] == [v.stable for v in verdicts]  # stored verdicts, not redone
-    assert all(v.passes_gate for v in again)  # gate off: every structure goes on, the verdicts stay recorded
+    assert [v.stable for v in again] == [v.stable for v in verdicts] and all(v.passes_gate for v in again)
+    assert (
+        store.query("SELECT created_at FROM phonon_anharmonic ORDER BY composition_x")["created_at"].tolist() == created
+    )
     # the CLI: `capml md` finds its runs done, `capml phonons` prints the stored verdicts
     from typer.testing import CliRunner
 
@@ -98,18 +131,22 @@ def test_stage_stores_a_verdict_per_md_run_gates_and_resumes(trained, tmp_path: 
     from tests.conftest import DEMO_CONFIG, REPO
 
     text = DEMO_CONFIG.read_text().replace('"../', f'"{REPO}/data/').replace("gate = false", "gate = true")
+    text = text.replace("compositions = [0.0, 0.25, 0.5, 0.75, 1.0]", "compositions = [0.0, 1.0]")
     head, rest = text.split("[md]", 1)
-    md_toml = "[md]\ntemperatures_k = [50.0]\nduration_ps = 0.1\nequilibration_ps = 0.02\nworkers = 2\n\n"
+    md_toml = "[md]\ntemperatures_k = [50.0]\nduration_ps = 1.0\nequilibration_ps = 0.1\nworkers = 2\n\n"
     toml = tmp_path / "cli.toml"
     toml.write_text(head + md_toml + rest[rest.index("[gaps]") :])
     runner = CliRunner()
     md = runner.invoke(app, ["md", "-c", str(toml), "-p", str(project)])
     assert md.exit_code == 0, md.output
-    assert md.output.count("│ 50 ") == 5 or md.output.count(" 50 ") >= 5
+    assert md.output.count(" 50 ") >= 2
     result = runner.invoke(app, ["phonons", "-c", str(toml), "-p", str(project)])
     assert result.exit_code == 0, result.output
-    assert "dropped" in result.output and "DynaPhoPy stopped" in result.output
-    assert "x = 0.5: never" in result.output and "x = 1: 50 K" in result.output
+    assert (
+        store.query("SELECT created_at FROM phonon_anharmonic ORDER BY composition_x")["created_at"].tolist() == created
+    )
+    for v in verdicts:
+        assert (f"x = {v.composition_x:g}: 50 K" in result.output) == v.stable
     # the dashboard page shows the verdicts, the 0 K dispersion and the renormalised modes
     import json
 
@@ -121,13 +158,30 @@ def test_stage_stores_a_verdict_per_md_run_gates_and_resumes(trained, tmp_path: 
     at = AppTest.from_function(_phonons_page, default_timeout=60).run()
     assert not at.exception
     summary = at.dataframe[0].value
-    assert summary["stable from (K)"].isna().tolist() == [False, True, True, False, False]
-    assert summary["stable from (K)"].iloc[0] == 50.0 and summary["stable from (K)"].iloc[-1] == 50.0
+    assert [not math.isnan(t) for t in summary["stable from (K)"]] == [v.stable for v in verdicts]
     specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     assert len(specs) == 2  # dispersion of x = 0 and its renormalised modes at 50 K
-    colours = {t["line"]["color"] for t in specs[0]["data"] if t.get("mode") == "lines" and "line" in t}
-    assert "grey" in colours
-    assert len(at.dataframe[2].value) == 5  # MD health of the five runs
+    ticks = specs[0]["layout"]["xaxis"]["ticktext"]
+    assert ticks == ["Γ", "X", "M", "Γ", "R", "X|R", "M"]  # the cubic end member's own (folded) zone
+    # an analysis that cannot be done (a resolution coarser than the whole spectrum): unstable, with the error
+    coarse = config.model_copy(update={"phonons": config.phonons.model_copy(update={"resolution_thz": 100.0})})
+    _, failed = run_phonon_stage(store, coarse, **ids)
+    assert [v.stable for v in failed] == [False, False]
+    assert all(v.reason.startswith("no renormalised phonons: max_frequency_thz = ") for v in failed)
+    assert all(v.min_renormalised_thz is None and v.max_site_offset_a is None for v in failed)
+    assert store.query("SELECT artifact_id FROM phonon_anharmonic")["artifact_id"].isna().all()
+    # atoms that left their sites: atom 0 (Ag) of the bromide's run moved by 1.5 Å in every frame
+    with h5py.File(project / runs["path"].iloc[1], "r+") as handle:
+        handle["positions_a"][:, 0, 0] += 1.5
+    strict = config.model_copy(update={"phonons": config.phonons.model_copy(update={"max_site_offset_a": 0.5})})
+    _, last = run_phonon_stage(store, strict, **ids)
+    assert (last[0].stable, last[0].reason) == (verdicts[0].stable, verdicts[0].reason)  # offsets well below 0.5 Å
+    left = last[1]
+    assert (
+        not left.stable and left.site_offset_atom == "0 (Ag)" and left.max_site_offset_a == pytest.approx(1.5, abs=0.1)
+    )
+    assert left.reason.startswith("unstable at 50 K: the structure does not oscillate about its 0 K sites: atom 0 (Ag)")
+    assert left.min_renormalised_thz is None and left.n_harmonic_imaginary == verdicts[1].n_harmonic_imaginary
 
 
 def _phonons_page() -> None:

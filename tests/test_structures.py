@@ -7,7 +7,6 @@ from ase.io import read, write
 from capml_core.config.loading import load_config
 from capml_core.system.structures import (
     build_cubic_antiperovskite,
-    build_supercell,
     structure_hash,
     sublattice_site_count,
     substituted_fraction,
@@ -39,7 +38,7 @@ def test_supercell_matches_the_bundled_reference_cells() -> None:
     system = load_config(DEMO_CONFIG).config.system
     reference = read(PBESOL_FILE, index=0)  # seed 1000: 1 Br, 7 I
     x = reference.info["x_br"]
-    cell = build_supercell(system, x)
+    cell = system.supercell_at(x)
     assert len(cell) == 40
     assert np.allclose(cell.cell[:], reference.cell[:], atol=1e-9)  # Vegard: 2 x 4.8595 = 9.719 Å
     parent = cell.copy()

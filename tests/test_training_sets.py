@@ -10,19 +10,18 @@ import pytest
 from capml_core.config.loading import load_config
 from capml_core.errors import InvalidInputError, NotComputedError
 from capml_core.physics.phonons import gamma_frequencies_thz
-from capml_core.system.structures import (
-    build_supercell,
-    occupy_sublattice,
-    structure_hash,
-    thermal_displacements,
-    uniform_displacements,
-)
-from capml_core.system.training_sets import (
+from capml_core.stages.training_sets import (
     end_member_cell,
     end_member_force_constants,
     force_constants_at,
     generate_structure_set,
     plan_structure_set,
+)
+from capml_core.system.structures import (
+    occupy_sublattice,
+    structure_hash,
+    thermal_displacements,
+    uniform_displacements,
 )
 from tests.conftest import CONFIGS, DEMO_CONFIG, PAPER_CONFIG
 
@@ -78,7 +77,7 @@ def test_sets_regenerate_bit_for_bit_and_are_distinct(recipe, end_members) -> No
         n_br = record.atoms.get_chemical_symbols().count("Br")
         assert n_br == round(8 * record.composition_x)  # exact composition on the 8 halogen sites
         assert structure_hash(record.atoms) == record.structure_hash
-        ideal = build_supercell(recipe.system, record.composition_x)
+        ideal = recipe.system.supercell_at(record.composition_x)
         assert np.allclose(record.atoms.cell[:], ideal.cell[:])  # Vegard cell
         shift = np.linalg.norm(record.atoms.positions - ideal.positions, axis=1)
         if record.kind == "equilibrium":
@@ -130,7 +129,7 @@ def test_uniform_displacements_fill_the_ball() -> None:
 
 
 def test_bad_inputs(recipe, tmp_path: Path) -> None:
-    cell = build_supercell(recipe.system, 0.5)
+    cell = recipe.system.supercell_at(0.5)
     with pytest.raises(InvalidInputError, match="x = 0.3 is not realisable on 8 sites"):
         occupy_sublattice(cell, site_species="Br", species=("Br", "I"), x=0.3, rng=np.random.default_rng(0))
     with pytest.raises(InvalidInputError, match="must be > 0"):

@@ -19,6 +19,7 @@ from pydantic import (
 
 from capml_core.config.schema import RunConfig
 from capml_core.errors import ConfigError, InvalidInputError
+from capml_core.system.structures import sublattice_site_count
 
 
 # ------------------------------------------------------------------------------------------- loading
@@ -116,11 +117,9 @@ def load_config(
 
 def _check_system_consistency(path: Path, config: RunConfig) -> None:
     """Checks that need the parent structure: sublattice present, compositions realisable."""
-    from capml_core.system.structures import build_parent, sublattice_site_count  # structures imports config types
-
     system = config.system
     try:
-        parent = build_parent(system.parent)
+        parent = system.parent.build()
     except InvalidInputError as err:
         raise ConfigError(f"{path}: field 'system.parent.file' = '{system.parent.file}': {err}") from err
     symbols = sorted(set(parent.get_chemical_symbols()))

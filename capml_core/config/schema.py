@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
+from ase import Atoms
 from ase.data import chemical_symbols
 from pydantic import (
     AfterValidator,
@@ -32,6 +33,13 @@ from pydantic import (
     model_validator,
 )
 
+from capml_core.system.structures import (
+    build_cubic_antiperovskite,
+    build_cubic_perovskite,
+    read_structure_file,
+    scaled_supercell,
+    vegard_lattice_a,
+)
 from capml_core.types import LabelName, ParentBuilder
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -121,6 +129,16 @@ class ParentSection(Section):
             raise ValueError("file: 'species' and 'lattice_a' belong to a builder; a parent file defines both itself")
         return self
 
+    def build(self) -> Atoms:
+        """The parent unit cell (periodic Atoms, Å) from the builder or the file."""
+        if self.builder is not None:
+            assert self.species is not None and self.lattice_a is not None  # guaranteed by the validator
+            builder = build_cubic_antiperovskite if self.builder == "antiperovskite" else build_cubic_perovskite
+            return builder(self.species["A"], self.species["B"], self.species["X"], self.lattice_a)
+        atoms = read_structure_file(self.file)
+        atoms.pbc = True
+        return atoms
+
 
 class SublatticeSection(Section):
     """The substituted sublattice: the sites of ``site_species`` in the parent, shared by ``species``."""
@@ -173,6 +191,16 @@ class SystemSection(Section):
         if repeated:
             raise ValueError(f"compositions: {repeated} listed more than once; list each composition x once")
         return self
+
+    def supercell_at(self, x: float) -> Atoms:
+        """The undistorted supercell at the Vegard lattice parameter of composition x (all sites ``site_species``)."""
+        a_x = vegard_lattice_a(x, self.sublattice.species, self.vegard_lattice_a)
+        return scaled_supercell(self.parent.build(), a_x, self.supercell)
+
+    def allowed_species(self) -> set[str]:
+        """Elements a structure of this system may contain: parent elements + sublattice species."""
+        parent = self.parent.build()
+        return (set(parent.get_chemical_symbols()) - {self.sublattice.site_species}) | set(self.sublattice.species)
 
 
 # ------------------------------------------------------------------------------------- stage sections

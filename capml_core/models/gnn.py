@@ -399,6 +399,14 @@ def refit_gap_range(model: GapModel, gaps_ev: Sequence[float]) -> GapModel:
     return model
 
 
+def load_ensemble(directories: Sequence[str | Path]) -> list[GapModel]:
+    """An ensemble of gap models from their directories (``model.json`` + ``model.pt`` each).
+
+    A project's are under ``<project>/gnn/``, listed by ``capml_core.store.queries.ensemble_model_dirs``.
+    """
+    return [GapModel.load(Path(d)) for d in directories]
+
+
 def predict_gaps(
     structures: Sequence[Atoms], models: Sequence[GapModel], *, batch_size: int = 8
 ) -> tuple[np.ndarray, np.ndarray]:

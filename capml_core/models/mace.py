@@ -208,8 +208,6 @@ def cached_mace_calculator(model_path: str | Path, device: str, dtype: str):  # 
     """The MACE calculator of a model file, loaded once per worker process (keyed by path, device, dtype)."""
     key = (str(model_path), device, dtype)
     if key not in _CALCULATORS:
-        from capml_core.models.mace import load_mace_calculator
-
         _CALCULATORS[key] = load_mace_calculator(model_path, device=device, dtype=dtype)
     return _CALCULATORS[key]
 

@@ -3,49 +3,38 @@
 Each structure is the whole simulation cell (the 40-atom 2x2x2 cell), taken as phonopy's unit cell and
 primitive cell (identity matrices), as everywhere in capml: its atom order is the MD cell's, and its Γ point
 carries every q-point commensurate with the cell (Γ, X, M, R of the 5-atom parent), i.e. exactly the modes
-that an MD of that cell contains. Dispersions run along Γ-X-M-Γ-R-X|M-R of the cell's own (folded) Brillouin
-zone; the DOS on a mesh of it. Imaginary modes (frequency < −``IMAGINARY_TOLERANCE_THZ``) are reported by
-branch, where along the path they are softest, and how soft. Units: THz, Å, eV/Å².
+that an MD of that cell contains. Dispersions run along the standard path of the cell's own (folded) Brillouin
+zone, chosen from its symmetry (:func:`capml_core.physics.phonons.symmetry_path`: Γ-X-M-Γ-R-X|R-M for a cubic
+cell); the DOS on a mesh of it. Imaginary modes (frequency < −``IMAGINARY_TOLERANCE_THZ``) are reported by
+branch, where along the path they are softest, and how soft. :func:`harmonic_phonons` does all of it for an
+Atoms and an ASE calculator. Units: THz, Å, eV/Å².
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from ase import Atoms
 
-from capml_core.physics.phonons import Dispersion, build_phonopy, dispersion
+from capml_core.physics.phonons import (
+    Dispersion,
+    GammaModes,
+    build_phonopy,
+    compute_force_constants,
+    dispersion,
+    gamma_modes,
+)
+from capml_core.types import ProgressCallback
 
 #: A mode counts as imaginary below minus this (THz): the three acoustic modes at Γ are ~0 numerically.
 IMAGINARY_TOLERANCE_THZ = 0.05
 
 
-@dataclass(frozen=True)
-class GammaModes:
-    """Modes at Γ of the cell: frequencies (THz, imaginary negative) and eigenvectors (3N x 3N, columns)."""
-
-    frequencies_thz: np.ndarray
-    eigenvectors: np.ndarray
-
-    def species_weights(self, symbols: list[str]) -> dict[str, np.ndarray]:
-        """Share of each mode's eigenvector norm carried by each species (sums to 1 per mode)."""
-        n_atoms = len(symbols)
-        squared = np.abs(self.eigenvectors.reshape(n_atoms, 3, -1)) ** 2
-        per_atom = squared.sum(axis=1)  # (n_atoms, n_modes)
-        total = per_atom.sum(axis=0)
-        return {s: per_atom[np.array(symbols) == s].sum(axis=0) / total for s in sorted(set(symbols))}
-
-
-def gamma_modes(cell: Atoms, force_constants: np.ndarray) -> GammaModes:
-    """Frequencies and eigenvectors at Γ of the whole cell."""
-    phonon = build_phonopy(cell, force_constants)
-    phonon.run_qpoints([[0.0, 0.0, 0.0]], with_eigenvectors=True)
-    return GammaModes(np.asarray(phonon.qpoints.frequencies[0]), np.asarray(phonon.qpoints.eigenvectors[0]))
-
-
 def cell_dispersion(cell: Atoms, force_constants: np.ndarray, *, n_per_segment: int = 21) -> Dispersion:
-    """Dispersion of the whole cell along Γ-X-M-Γ-R-X|M-R of its own reciprocal lattice (folded bands)."""
+    """Dispersion (THz) of the whole cell along the symmetry path of its own reciprocal lattice (folded bands)."""
     return dispersion(cell, force_constants, n_per_segment=n_per_segment, primitive_matrix="P")
 
 
@@ -99,4 +88,78 @@ def find_imaginary_modes(gamma: GammaModes, bands: Dispersion) -> ImaginaryModes
         n_gamma=int(np.sum(gamma.frequencies_thz < -IMAGINARY_TOLERANCE_THZ)),
         min_frequency_thz=float(min(bands.frequencies_thz.min(), gamma.frequencies_thz.min())),
         branches=branches,
+    )
+
+
+@dataclass(frozen=True)
+class HarmonicPhonons:
+    """Harmonic phonons of one cell at 0 K.
+
+    Attributes
+    ----------
+    cell
+        The cell (Å); force constants and modes are in its atom order.
+    force_constants
+        eV/Å², shape (N, N, 3, 3).
+    gamma
+        Frequencies (THz, imaginary negative) and eigenvectors at Γ of the cell.
+    dispersion
+        Folded dispersion (THz) along the symmetry path of the cell's own Brillouin zone.
+    dos_frequencies_thz, dos_states_per_thz
+        Total DOS on an 8x8x8 Γ-centred mesh (THz; states per THz per cell).
+    imaginary
+        The imaginary modes at Γ and along the path.
+    """
+
+    cell: Atoms
+    force_constants: np.ndarray
+    gamma: GammaModes
+    dispersion: Dispersion
+    dos_frequencies_thz: np.ndarray
+    dos_states_per_thz: np.ndarray
+    imaginary: ImaginaryModes
+
+
+def harmonic_phonons(
+    atoms: Atoms,
+    calculator: Any | Callable[[Atoms], np.ndarray],
+    *,
+    displacement_a: float = 0.01,
+    progress: ProgressCallback | None = None,
+) -> HarmonicPhonons:
+    """Force constants, Γ modes, folded dispersion, DOS and imaginary modes of ``atoms`` (no store needed).
+
+    Parameters
+    ----------
+    atoms
+        The cell (Å), e.g. a relaxed 2x2x2 supercell; the whole cell is phonopy's primitive cell.
+    calculator
+        An ASE calculator (MACE, EMT, ...) or a function ``forces(atoms)`` returning forces (eV/Å, (N, 3)).
+    displacement_a
+        Finite displacement of phonopy (Å).
+    progress
+        ``progress(done, total)`` after each displaced structure.
+    """
+    if hasattr(calculator, "get_forces"):
+        engine = calculator
+
+        def forces(structure: Atoms) -> np.ndarray:
+            work = structure.copy()
+            work.calc = engine
+            return np.asarray(work.get_forces())
+
+    else:
+        forces = calculator
+    fc = compute_force_constants(atoms, forces, displacement_a=displacement_a, progress=progress)
+    gamma = gamma_modes(fc.cell, fc.force_constants)
+    bands = cell_dispersion(fc.cell, fc.force_constants)
+    dos_f, dos = phonon_dos(fc.cell, fc.force_constants)
+    return HarmonicPhonons(
+        cell=fc.cell,
+        force_constants=fc.force_constants,
+        gamma=gamma,
+        dispersion=bands,
+        dos_frequencies_thz=dos_f,
+        dos_states_per_thz=dos,
+        imaginary=find_imaginary_modes(gamma, bands),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -9,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ase import Atoms
+from ase import Atoms, units
 
-from capml_core.config.schema import MDSection
 from capml_core.errors import CalculationFailed, InvalidInputError
 from capml_core.physics.statistics import integrated_autocorrelation_time
 from capml_core.types import ProgressCallback
@@ -33,81 +33,125 @@ def read_trajectory(path: str | Path) -> dict[str, Any]:
     return out
 
 
-def _open_trajectory(job: MDJob, atoms: Atoms):  # noqa: ANN202 - h5py.File
+def _new_trajectory(atoms: Atoms, attributes: dict[str, Any]) -> dict[str, Any]:
+    """An empty in-memory trajectory with the layout of a trajectory file."""
+    n = len(atoms)
+    frames: dict[str, Any] = {name: [] for name in FRAME_DATASETS}
+    frames.update({"positions_a": np.zeros((0, n, 3)), "velocities_a_per_fs": np.zeros((0, n, 3))})
+    return {**{k: np.asarray(v) for k, v in frames.items()}, **attributes}
+
+
+def _open_trajectory(path: Path, atoms: Atoms, attributes: dict[str, Any]):  # noqa: ANN202 - h5py.File
     import h5py
 
     n = len(atoms)
-    handle = h5py.File(job.path, "a")
+    handle = h5py.File(path, "a")
     if "positions_a" not in handle:
         for name, shape in (("positions_a", (n, 3)), ("velocities_a_per_fs", (n, 3))):
             handle.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype="f8", chunks=(64, *shape))
         for name in ("time_fs", "potential_energy_ev", "kinetic_energy_ev", "temperature_k"):
             handle.create_dataset(name, shape=(0,), maxshape=(None,), dtype="f8", chunks=(1024,))
-        handle.attrs.update(
-            {
-                "numbers": atoms.numbers,
-                "masses_amu": atoms.get_masses(),
-                "cell_a": np.asarray(atoms.cell[:]),
-                "target_temperature_k": job.temperature_k,
-                "timestep_fs": job.md.timestep_fs,
-                "save_every_steps": job.md.save_every_steps,
-                "friction_per_fs": job.md.friction_per_fs,
-                "seed": job.seed,
-                "n_steps": job.n_steps,
-                "complete": False,
-            }
-        )
+        handle.attrs.update(attributes)
     return handle
 
 
-def _append(handle, frames: list[tuple]) -> None:  # noqa: ANN001
+def _append(handle, frames: list[tuple]) -> None:  # noqa: ANN001 - an h5py.File or an in-memory trajectory dict
     if not frames:
         return
     columns = list(zip(*frames, strict=True))
     for name, values in zip(FRAME_DATASETS, columns, strict=True):
+        if isinstance(handle, dict):
+            handle[name] = np.concatenate([handle[name], np.asarray(values)])
+            continue
         data = handle[name]
         data.resize(data.shape[0] + len(values), axis=0)
         data[-len(values) :] = np.asarray(values)
-    handle.flush()
+    if not isinstance(handle, dict):
+        handle.flush()
 
 
-def run_md(job: MDJob, calculator, *, progress: ProgressCallback | None = None) -> float:  # noqa: ANN001
-    """Run (or finish) one Langevin MD; returns its wall time (s). Frames go to ``job.path`` as they come.
+@dataclass(frozen=True)
+class MDRun:
+    """A finished run: wall time (s) and, when it ran without a file, its trajectory in memory.
+
+    The trajectory has the layout of :func:`read_trajectory` (arrays ``time_fs``, ``positions_a`` (Å),
+    ``velocities_a_per_fs``, ``potential_energy_ev``, ``kinetic_energy_ev``, ``temperature_k``, and the run's
+    attributes); with a ``path`` it is ``None``: read it with ``read_trajectory(path)``.
+    """
+
+    wall_s: float
+    trajectory: dict[str, Any] | None = None
+
+
+def run_md(
+    atoms: Atoms,
+    calculator,  # noqa: ANN001 - an ASE calculator
+    *,
+    temperature_k: float,
+    timestep_fs: float,
+    friction_per_fs: float,
+    n_steps: int,
+    save_every_steps: int,
+    seed: int,
+    path: Path | None = None,
+    progress: ProgressCallback | None = None,
+) -> MDRun:
+    """Langevin NVT MD of ``atoms`` with any ASE calculator (fixed cell, centre of mass fixed).
+
+    A frame (time fs, positions Å, velocities Å/fs, potential and kinetic energy eV, temperature K) is kept every
+    ``save_every_steps``, and frame 0. Without ``path`` the frames stay in memory (``MDRun.trajectory``); with a
+    ``path`` they are appended to that HDF5 file as they come, and a file left by a killed run is continued from
+    its last saved frame. ``progress(done_steps, n_steps)``.
 
     Raises
     ------
     CalculationFailed
         Energies became NaN/inf (the model or the structure broke).
     """
-    from ase import units
     from ase.constraints import FixCom
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
     start = time.perf_counter()
-    atoms = job.atoms.copy()
-    job.path.parent.mkdir(parents=True, exist_ok=True)
-    with _open_trajectory(job, atoms) as handle:
+    atoms = atoms.copy()
+    name = path.name if path is not None else "in memory"
+    attributes = {
+        "numbers": atoms.numbers,
+        "masses_amu": atoms.get_masses(),
+        "cell_a": np.asarray(atoms.cell[:]),
+        "target_temperature_k": temperature_k,
+        "timestep_fs": timestep_fs,
+        "save_every_steps": save_every_steps,
+        "friction_per_fs": friction_per_fs,
+        "seed": seed,
+        "n_steps": n_steps,
+        "complete": False,
+    }
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        opened = _open_trajectory(path, atoms, attributes)
+    else:
+        opened = contextlib.nullcontext(_new_trajectory(atoms, attributes))
+    with opened as handle:
         saved = handle["time_fs"].shape[0]
-        every = job.md.save_every_steps
         if saved:  # resume from the last saved frame
             atoms.positions = handle["positions_a"][saved - 1]
             atoms.set_velocities(handle["velocities_a_per_fs"][saved - 1] / units.fs)
-            done = int(round(handle["time_fs"][saved - 1] / job.md.timestep_fs))
-            rng = np.random.default_rng([job.seed, done])
-            logger.info("MD %s: resuming at step %d of %d", job.path.name, done, job.n_steps)
+            done = int(round(handle["time_fs"][saved - 1] / timestep_fs))
+            rng = np.random.default_rng([seed, done])
+            logger.info("MD %s: resuming at step %d of %d", name, done, n_steps)
         else:
             done = 0
-            rng = np.random.default_rng(job.seed)
-            thermalize_momenta(atoms, temperature_K=job.temperature_k, rng=rng)  # Maxwell-Boltzmann
+            rng = np.random.default_rng(seed)
+            thermalize_momenta(atoms, temperature_K=temperature_k, rng=rng)  # Maxwell-Boltzmann
             Stationary(atoms)
         atoms.calc = calculator
         atoms.set_constraint(FixCom())  # ASE's recommended way (its fixcm flag does not sample NVT exactly)
         dynamics = Langevin(
             atoms,
-            job.md.timestep_fs * units.fs,
-            temperature_K=job.temperature_k,
-            friction=job.md.friction_per_fs / units.fs,
+            timestep_fs * units.fs,
+            temperature_K=temperature_k,
+            friction=friction_per_fs / units.fs,
             fixcm=False,
             rng=rng,
         )
@@ -116,9 +160,9 @@ def run_md(job: MDJob, calculator, *, progress: ProgressCallback | None = None) 
         def frame(step: int) -> tuple:
             potential = float(atoms.get_potential_energy())
             if not np.isfinite(potential):
-                raise CalculationFailed(f"MD {job.path.name}: non-finite energy at step {step}")
+                raise CalculationFailed(f"MD {name}: non-finite energy at step {step}")
             return (
-                step * job.md.timestep_fs,
+                step * timestep_fs,
                 atoms.positions.copy(),
                 atoms.get_velocities() * units.fs,
                 potential,
@@ -128,8 +172,8 @@ def run_md(job: MDJob, calculator, *, progress: ProgressCallback | None = None) 
 
         if done == 0:
             buffer.append(frame(0))
-        while done < job.n_steps:
-            chunk = min(every, job.n_steps - done)
+        while done < n_steps:
+            chunk = min(save_every_steps, n_steps - done)
             dynamics.run(chunk)
             done += chunk
             buffer.append(frame(done))
@@ -137,12 +181,17 @@ def run_md(job: MDJob, calculator, *, progress: ProgressCallback | None = None) 
                 _append(handle, buffer)
                 buffer = []
                 if progress is not None:
-                    progress(done, job.n_steps)
+                    progress(done, n_steps)
         _append(handle, buffer)
-        handle.attrs["complete"] = True
+        if isinstance(handle, dict):
+            handle["complete"] = True
+            trajectory = handle
+        else:
+            handle.attrs["complete"] = True
+            trajectory = None
     if progress is not None:
-        progress(job.n_steps, job.n_steps)
-    return time.perf_counter() - start
+        progress(n_steps, n_steps)
+    return MDRun(time.perf_counter() - start, trajectory)
 
 
 @dataclass(frozen=True)
@@ -164,17 +213,17 @@ class MDHealth:
         return "warning" if self.problems else "ok"
 
 
-def production_frames(trajectory: dict[str, Any], md: MDSection) -> np.ndarray:
-    """Indices of the frames after ``md.equilibration_ps``."""
-    return np.flatnonzero(trajectory["time_fs"] >= md.equilibration_ps * 1000.0)
+def production_frames(trajectory: dict[str, Any], equilibration_ps: float) -> np.ndarray:
+    """Indices of the frames after the first ``equilibration_ps`` (ps)."""
+    return np.flatnonzero(trajectory["time_fs"] >= equilibration_ps * 1000.0)
 
 
-def check_health(trajectory: dict[str, Any], md: MDSection) -> MDHealth:
+def check_health(trajectory: dict[str, Any], equilibration_ps: float) -> MDHealth:
     """Temperature, drift, mean-squared displacement per species, shortest distance, decorrelation time."""
     from ase.data import chemical_symbols
     from ase.geometry import get_distances
 
-    frames = production_frames(trajectory, md)
+    frames = production_frames(trajectory, equilibration_ps)
     if len(frames) < 4:
         raise InvalidInputError(f"only {len(frames)} production frames: run longer than equilibration_ps")
     target = float(trajectory["target_temperature_k"])
@@ -220,10 +269,10 @@ def check_health(trajectory: dict[str, Any], md: MDSection) -> MDHealth:
 
 
 def uncorrelated_frames(
-    trajectory: dict[str, Any], md: MDSection, decorrelation_fs: float, *, spacing: float = 2.0
+    trajectory: dict[str, Any], equilibration_ps: float, decorrelation_fs: float, *, spacing: float = 2.0
 ) -> np.ndarray:
-    """Production frame indices ``spacing`` decorrelation times apart (at least one frame apart)."""
-    frames = production_frames(trajectory, md)
+    """Production frame indices (after ``equilibration_ps``) ``spacing`` decorrelation times (fs) apart."""
+    frames = production_frames(trajectory, equilibration_ps)
     frame_fs = float(np.median(np.diff(trajectory["time_fs"])))
     stride = max(1, int(np.ceil(spacing * decorrelation_fs / frame_fs)))
     return frames[::stride]
@@ -259,20 +308,3 @@ FRAME_DATASETS = (
     "kinetic_energy_ev",
     "temperature_k",
 )
-
-
-@dataclass(frozen=True)
-class MDJob:
-    """One MD run: a structure at a temperature with the stage's settings."""
-
-    atoms: Atoms
-    temperature_k: float
-    md: MDSection
-    model_path: Path
-    path: Path
-    seed: int
-
-    @property
-    def n_steps(self) -> int:
-        """Steps of the whole run (equilibration included)."""
-        return int(round(self.md.duration_ps * 1000.0 / self.md.timestep_fs))

@@ -1,9 +1,10 @@
-"""Harmonic phonons with phonopy: force constants of a cell, their files, Γ frequencies.
+"""Harmonic phonons with phonopy: force constants of a cell, their files, Γ modes, band paths, dispersions.
 
 capml works with force constants of the whole simulation cell (e.g. the 40-atom 2x2x2 supercell) treated as
 phonopy's unit cell with an identity supercell matrix: the atom order is then the cell's own (ASE ``repeat``
-order), and the Γ point of that cell carries every q-point commensurate with it. Units: Å, eV/Å² for force
-constants, THz for frequencies, K for temperatures.
+order), and the Γ point of that cell carries every q-point commensurate with it. :func:`gamma_modes` is the
+one Γ-point solve every module uses; :func:`symmetry_path` chooses the dispersion's path from the structure's
+symmetry (seekpath). Units: Å, eV/Å² for force constants, THz for frequencies, K for temperatures.
 """
 
 from __future__ import annotations
@@ -57,7 +58,11 @@ def build_phonopy(cell: Atoms, force_constants: np.ndarray | None = None, *, pri
     """
     from phonopy import Phonopy
 
-    phonon = Phonopy(to_phonopy_atoms(cell), supercell_matrix=np.eye(3, dtype=int), primitive_matrix=primitive_matrix)
+    with warnings.catch_warnings():  # phonopy 4 warns that "auto" differs from phonopy 3's default: intended
+        warnings.simplefilter("ignore")
+        phonon = Phonopy(
+            to_phonopy_atoms(cell), supercell_matrix=np.eye(3, dtype=int), primitive_matrix=primitive_matrix
+        )
     if force_constants is not None:
         n = len(cell)
         if np.shape(force_constants) != (n, n, 3, 3):
@@ -184,22 +189,122 @@ def match_sites(target: Atoms, reference: Atoms, *, tolerance: float = 1e-3, sou
     return order
 
 
+@dataclass(frozen=True)
+class GammaModes:
+    """Modes at Γ of a cell: frequencies (THz, imaginary negative, ascending) and eigenvectors (3N x 3N, columns).
+
+    The eigenvectors are phonopy's, of the mass-weighted dynamical matrix: column ν is mode ν, rows ordered
+    (atom 0 x, y, z, atom 1 x, ...).
+    """
+
+    frequencies_thz: np.ndarray
+    eigenvectors: np.ndarray
+
+    def species_weights(self, symbols: list[str]) -> dict[str, np.ndarray]:
+        """Share of each mode's eigenvector norm carried by each species (sums to 1 per mode)."""
+        n_atoms = len(symbols)
+        squared = np.abs(self.eigenvectors.reshape(n_atoms, 3, -1)) ** 2
+        per_atom = squared.sum(axis=1)  # (n_atoms, n_modes)
+        total = per_atom.sum(axis=0)
+        return {s: per_atom[np.array(symbols) == s].sum(axis=0) / total for s in sorted(set(symbols))}
+
+
+def gamma_modes(cell: Atoms, force_constants: np.ndarray) -> GammaModes:
+    """Frequencies (THz) and eigenvectors at Γ of the whole ``cell`` (every q-point commensurate with it).
+
+    The one Γ-point phonopy solve of capml: force constants (eV/Å²) of shape (N, N, 3, 3) in the cell's atom
+    order; imaginary frequencies are negative.
+    """
+    phonon = build_phonopy(cell, force_constants)
+    phonon.run_qpoints([[0.0, 0.0, 0.0]], with_eigenvectors=True)
+    return GammaModes(np.asarray(phonon.qpoints.frequencies[0]), np.asarray(phonon.qpoints.eigenvectors[0]))
+
+
 def gamma_frequencies_thz(cell: Atoms, force_constants: np.ndarray) -> np.ndarray:
     """Phonon frequencies (THz) at Γ of ``cell`` (all q-points commensurate with it); imaginary ones < 0."""
-    phonon = build_phonopy(cell, force_constants)
-    phonon.run_qpoints([[0.0, 0.0, 0.0]])
-    return np.asarray(phonon.qpoints.frequencies[0])
+    return gamma_modes(cell, force_constants).frequencies_thz
 
 
-#: High-symmetry points of the simple-cubic Brillouin zone (fractions of the primitive reciprocal vectors).
-CUBIC_POINTS = {
-    "Γ": (0.0, 0.0, 0.0),
-    "X": (0.0, 0.5, 0.0),
-    "M": (0.5, 0.5, 0.0),
-    "R": (0.5, 0.5, 0.5),
-}
-#: The path of the paper's dispersions: Γ-X-M-Γ-R-X | M-R.
-CUBIC_PATH = (("Γ", "X", "M", "Γ", "R", "X"), ("M", "R"))
+# ------------------------------------------------------------------------------------------- band paths
+#: Symmetry tolerance (Å) of the band path: looser than phonopy's 1e-5 so that the noise a relaxation leaves
+#: in the positions does not lower the symmetry the path is chosen by.
+PATH_SYMPREC_A = 1e-3
+#: Two generic fractional vectors: their images under a point group (as two species) have that group as their
+#: symmetry, no more (one point alone would have the lattice's full symmetry when the group is trivial).
+_GENERIC_POINTS = np.array([[0.0713, 0.1237, 0.1791], [0.2129, 0.0367, 0.1453]])
+
+
+@dataclass(frozen=True)
+class BandPath:
+    """A high-symmetry path through the Brillouin zone of one cell (seekpath's HPKOT paths).
+
+    Attributes
+    ----------
+    segments
+        Labels of each continuous part of the path, e.g. (("Γ", "X", "M", "Γ", "R", "X"), ("R", "M")): a new
+        part is a break (drawn "X|R"), not a line from X to R.
+    points
+        Label -> fractional coordinates in the basis of the cell's own reciprocal lattice vectors (the cell
+        given, never a standardised one).
+    bravais
+        Seekpath's extended Bravais lattice symbol of the path, e.g. "cP2" (simple cubic, point group m-3m).
+    spacegroup
+        International number of the space group the path was chosen for.
+    """
+
+    segments: tuple[tuple[str, ...], ...]
+    points: dict[str, tuple[float, float, float]]
+    bravais: str
+    spacegroup: int
+
+    @property
+    def labels(self) -> list[str]:
+        """The labels along the path, in order (a break repeats no label)."""
+        return [label for part in self.segments for label in part]
+
+
+def symmetry_path(cell: Atoms, *, symprec: float = PATH_SYMPREC_A) -> BandPath:
+    """The standard band path (seekpath, Hinuma et al. 2017) of ``cell``'s Brillouin zone, in ``cell``'s basis.
+
+    The path follows the symmetry of the structure (atoms and lattice, tolerance ``symprec`` Å): Γ-X-M-Γ-R-X|R-M
+    for a cubic Pm-3m cell, a tetragonal path with Z and A for a tetragonally strained one, and so on. The cell
+    is taken as it is, as phonopy's primitive cell: also a supercell (the whole 40-atom cell), whose own
+    (folded) Brillouin zone gets the path of its lattice and point group. (Seekpath alone would give the path of
+    the smaller primitive cell, whose points all fold onto Γ of the supercell; so it is given a probe instead:
+    the cell's lattice with two generic points and their images under the structure's rotations, which has the
+    structure's point group and no internal translations.) The q-points are transformed back from seekpath's
+    standardised cell to the reciprocal basis of ``cell``.
+    """
+    import seekpath
+    import spglib
+
+    structure = (np.asarray(cell.cell[:]), cell.get_scaled_positions(wrap=True), cell.numbers)
+    symmetry = spglib.get_symmetry(structure, symprec=symprec)
+    if symmetry is None:
+        raise InvalidInputError(f"spglib found no symmetry of the cell {cell.get_chemical_formula()}")
+    rotations = np.unique(np.asarray(symmetry["rotations"]).reshape(-1, 9), axis=0).reshape(-1, 3, 3)
+    probe = np.array([r @ point for point in _GENERIC_POINTS for r in rotations]) % 1.0
+    species = np.repeat([1, 2], len(rotations))
+    with warnings.catch_warnings():  # edge cases (e.g. c = a of a tetragonal cell): seekpath picks a valid path
+        warnings.simplefilter("ignore")
+        found = seekpath.get_path_orig_cell((np.asarray(cell.cell[:]), probe, species), symprec=symprec)
+
+    def name(label: str) -> str:
+        return "Γ" if label == "GAMMA" else label
+
+    parts: list[list[str]] = []
+    for start, end in found["path"]:
+        if parts and parts[-1][-1] == name(start):
+            parts[-1].append(name(end))
+        else:
+            parts.append([name(start), name(end)])
+    points = {name(k): tuple(float(c) for c in np.round(v, 12)) for k, v in found["point_coords"].items()}
+    return BandPath(
+        segments=tuple(tuple(p) for p in parts),
+        points=points,
+        bravais=str(found["bravais_lattice_extended"]),
+        spacegroup=int(found["spacegroup_number"]),
+    )
 
 
 @dataclass(frozen=True)
@@ -213,35 +318,45 @@ class Dispersion:
     frequencies_thz
         Frequencies (THz; imaginary as negative), shape (n_q, n_bands).
     ticks
-        (distance, label) of each high-symmetry point along the path.
+        (distance, label) of each high-symmetry point along the path; "X|R" marks a break.
+    path
+        The path (its points in the basis of the reciprocal lattice of phonopy's primitive cell).
     """
 
     distances: np.ndarray
     frequencies_thz: np.ndarray
     ticks: list[tuple[float, str]]
+    path: BandPath | None = None
 
 
 def dispersion(
     cell: Atoms,
     force_constants: np.ndarray,
     *,
-    path: tuple[tuple[str, ...], ...] = CUBIC_PATH,
-    points: dict[str, tuple[float, float, float]] | None = None,
+    path: BandPath | None = None,
     n_per_segment: int = 31,
     primitive_matrix: str = "auto",
+    symprec: float = PATH_SYMPREC_A,
 ) -> Dispersion:
-    """Phonon dispersion of ``cell`` (force constants of the whole cell) along ``path``.
+    """Phonon dispersion of ``cell`` (force constants of the whole cell, eV/Å²) along a high-symmetry path (THz).
 
     ``primitive_matrix="auto"``: the path of the smallest primitive cell (5 atoms for a cubic end member);
-    ``"P"``: the path of the whole cell's own Brillouin zone (folded bands, any decorated cell).
+    ``"P"``: the path of the whole cell's own Brillouin zone (folded bands, any decorated cell). ``path``:
+    default :func:`symmetry_path` of phonopy's primitive cell (symmetry tolerance ``symprec``, Å); a given path
+    must have its points in the basis of that cell's reciprocal lattice. ``n_per_segment`` q-points per line.
     """
     from phonopy.phonon.band_structure import get_band_qpoints_and_path_connections
 
-    points = points or CUBIC_POINTS
-    with warnings.catch_warnings():  # phonopy 4 warns that "auto" differs from phonopy 3's default: intended
-        warnings.simplefilter("ignore")
-        phonon = build_phonopy(cell, force_constants, primitive_matrix=primitive_matrix)
-    segments = [[list(points[label]) for label in part] for part in path]
+    phonon = build_phonopy(cell, force_constants, primitive_matrix=primitive_matrix)
+    if path is None:
+        primitive = phonon.primitive
+        path = symmetry_path(
+            Atoms(
+                numbers=primitive.numbers, cell=primitive.cell, scaled_positions=primitive.scaled_positions, pbc=True
+            ),
+            symprec=symprec,
+        )
+    segments = [[list(path.points[label]) for label in part] for part in path.segments]
     qpoints, connections = get_band_qpoints_and_path_connections(segments, npoints=n_per_segment)
     phonon.run_band_structure(qpoints, path_connections=connections)
     result = phonon.band_structure
@@ -249,7 +364,7 @@ def dispersion(
     distances = np.concatenate(segment_distances)
     frequencies = np.concatenate([np.asarray(f) for f in result.frequencies])
     ticks: list[tuple[float, str]] = []
-    segment_labels = [(part[i], part[i + 1]) for part in path for i in range(len(part) - 1)]
+    segment_labels = [(part[i], part[i + 1]) for part in path.segments for i in range(len(part) - 1)]
     for (start, end), d in zip(segment_labels, segment_distances, strict=True):
         for value, label in ((float(d[0]), start), (float(d[-1]), end)):
             if ticks and abs(ticks[-1][0] - value) < 1e-9:
@@ -257,4 +372,4 @@ def dispersion(
                     ticks[-1] = (value, f"{ticks[-1][1]}|{label}")
             else:
                 ticks.append((value, label))
-    return Dispersion(distances=distances, frequencies_thz=frequencies, ticks=ticks)
+    return Dispersion(distances=distances, frequencies_thz=frequencies, ticks=ticks, path=path)

@@ -25,6 +25,9 @@ import numpy as np
 from ase import Atoms
 from ase.neighborlist import neighbor_list
 
+from capml_core.physics.md import read_trajectory, trajectory_frame
+from capml_core.store.records import StructureRecord
+from capml_core.system.structures import quantize, structure_hash
 from capml_core.types import DATASET_KIND_SQL
 
 logger = logging.getLogger(__name__)
@@ -92,8 +95,6 @@ def select_frames(
     cutoff: coming within ``distance_fraction`` x 4 Å of each other is new. At most ``max_frames``, at least
     ``min_separation_fs`` apart.
     """
-    from capml_core.physics.md import trajectory_frame
-
     chosen: list[tuple[int, Pair, float]] = []
     last_fs = -np.inf
     times = np.asarray(trajectory["time_fs"], dtype=float)
@@ -129,23 +130,18 @@ def select_and_store(
     store,  # noqa: ANN001 - Store
     config,  # noqa: ANN001 - RunConfig
     *,
+    model_id: str,
     round_index: int,
     run_id: str | None = None,
 ) -> list[SelectedFrame]:
-    """Select frames from the current MACE model's MD runs and store them as the ``active-learning`` set.
+    """Select frames from the MD runs of MACE model ``model_id`` and store them as the ``active-learning`` set.
 
-    A selection already stored for the current model is returned as it is (resume). Returns the selection
+    A selection already stored for that model is returned as it is (resume). Returns the selection
     (empty when every run stayed inside the training data).
     """
-    from capml_core.physics.md import read_trajectory, trajectory_frame
-    from capml_core.store.queries import latest_model
-    from capml_core.store.records import StructureRecord
-    from capml_core.system.structures import quantize, structure_hash
-
     settings = config.active_learning
     level = config.mlip.level or config.reference.cheap_level
     store.initialise()
-    model_id, _ = latest_model(store)
     stored = store.query("SELECT * FROM active_learning_frames WHERE model_id = ? ORDER BY md_id, frame", [model_id])
     if not stored.empty:
         atoms = store.load_structures(stored["structure_hash"].tolist())

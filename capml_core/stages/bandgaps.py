@@ -31,9 +31,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from capml_core.config.schema import MDSection
 from capml_core.errors import InvalidInputError, NotComputedError
+from capml_core.models.gnn import predict_gaps_per_model
+from capml_core.models.mace import resolve_device
+from capml_core.physics.md import read_trajectory, trajectory_frame, uncorrelated_frames
 from capml_core.physics.statistics import GapAverage, average_gaps, ensemble_spread
+from capml_core.provenance import content_key
+from capml_core.stages.gnn import load_ensemble_by_id
 from capml_core.stages.labelling import reference_gaps
+from capml_core.stages.phonons import phonon_settings_key
+from capml_core.store.queries import ensemble_level, lowest_energy_structures
+from capml_core.system.structures import structure_hash
 
 logger = logging.getLogger(__name__)
 
@@ -140,8 +149,6 @@ class BandGapResult:
 
 
 def _static_gaps(store, config, ensemble_id, level, models, structures, run_id, progress):  # noqa: ANN001, ANN202
-    from capml_core.models.gnn import predict_gaps_per_model
-    from capml_core.system.structures import structure_hash
 
     hashes = {x: structure_hash(a) for x, a in structures.items()}
     stored = store.query("SELECT structure_hash FROM gap_static WHERE ensemble_id = ?", [ensemble_id])
@@ -182,9 +189,6 @@ def model_static_gaps(frame_row: Any) -> np.ndarray:
 
 def thermal_settings_key(config) -> str:  # noqa: ANN001 - RunConfig
     """Key of the settings an Eg(T) row depends on besides the ensemble and the MD run: snapshot choice, gate."""
-    from capml_core.provenance import content_key
-    from capml_core.stages.phonons import phonon_settings_key
-
     return content_key(
         {
             "snapshot_spacing": config.gaps.snapshot_spacing,
@@ -199,11 +203,15 @@ def run_bandgap_stage(
     store,  # noqa: ANN001 - capml_core.store.database.Store
     config,  # noqa: ANN001 - RunConfig
     *,
+    ensemble_id: str,
+    scan_id: str,
     run_id: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     reference_progress: Callable[[int, int], None] | None = None,
 ) -> BandGapResult:
-    """Eg(0) of every lowest-energy structure and Eg(T) of every complete MD run of them (see module doc).
+    """Eg(0) and Eg(T) from GNN ensemble ``ensemble_id`` (see module doc).
+
+    Eg(0) of the lowest-energy structures of disorder scan ``scan_id``, Eg(T) of every complete MD run of them.
 
     ``progress(done, total)`` counts MD runs, ``reference_progress`` DFT calculations of the static check.
 
@@ -212,19 +220,12 @@ def run_bandgap_stage(
     NotComputedError
         No GNN ensemble, no disorder scan, or (with ``phonons.gate``) MD runs without a phonon verdict.
     """
-    from capml_core.config.schema import MDSection
-    from capml_core.models.gnn import predict_gaps_per_model
-    from capml_core.models.mace import resolve_device
-    from capml_core.physics.md import read_trajectory, trajectory_frame, uncorrelated_frames
-    from capml_core.stages.gnn import load_ensemble_by_id
-    from capml_core.store.queries import latest_ensemble, lowest_energy_structures
-
     gaps_config = config.gaps
     store.initialise()
-    ensemble_id, level = latest_ensemble(store)
+    level = ensemble_level(store, ensemble_id)
     device = resolve_device(gaps_config.device)
     models = [m.to(device) for m in load_ensemble_by_id(store, ensemble_id)]
-    structures = lowest_energy_structures(store)
+    structures = lowest_energy_structures(store, scan_id)
     if gaps_config.experiment is not None:
         store_published_gaps(store, gaps_config.experiment, run_id=run_id)
 
@@ -271,7 +272,7 @@ def run_bandgap_stage(
             trajectory = read_trajectory(store.project_dir / run.path)
             run_md = MDSection.model_validate_json(run.settings_json)  # the run's own equilibration time
             frames = uncorrelated_frames(
-                trajectory, run_md, float(run.decorrelation_fs), spacing=gaps_config.snapshot_spacing
+                trajectory, run_md.equilibration_ps, float(run.decorrelation_fs), spacing=gaps_config.snapshot_spacing
             )
         if passes and len(frames) == 0:
             row["reason"] = f"no frames after the equilibration ({run_md.equilibration_ps} ps)"

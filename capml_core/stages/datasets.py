@@ -27,7 +27,7 @@ from capml_core.errors import DatasetError
 from capml_core.provenance import file_sha256
 from capml_core.store.database import Store
 from capml_core.store.records import LabelRecord, StructureRecord
-from capml_core.system.structures import allowed_species, structure_hash, substituted_fraction
+from capml_core.system.structures import structure_hash, substituted_fraction
 from capml_core.types import DATASET_KIND_SQL, ProgressCallback
 
 logger = logging.getLogger(__name__)
@@ -533,7 +533,7 @@ def import_spec(
         level=spec.level,
         keys=spec.label_keys(),
         sublattice_species=system.sublattice.species,
-        allowed_species=allowed_species(system),
+        allowed_species=system.allowed_species(),
         temperature_key=spec.temperature_key,
         amplitude_key=spec.amplitude_key,
         run_id=run_id,

@@ -16,23 +16,29 @@ largest string of its orbit. Energies eV, lengths Å, temperatures K.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from ase import Atoms
 
 from capml_core.config.schema import DisorderSection, SystemSection
+from capml_core.models.mace import cached_mace_calculator, resolve_device
+from capml_core.parallel import local_map
 from capml_core.physics.relax import Relaxation, relax_structure
+from capml_core.provenance import content_key
+from capml_core.store.queries import mace_model_path
+from capml_core.store.records import StructureRecord
 from capml_core.system.arrangements import (
     Arrangement,
     CompositionPlan,
     arrangement_structure,
     configurational_probabilities,
-    plan_scan,
+    plan_composition,
     site_permutations,
     sublattice_sites,
 )
-from capml_core.system.structures import build_supercell
+from capml_core.system.structures import quantize, structure_hash
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +46,12 @@ logger = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------- the scan
 def relax_job(model_path: str, device: str, atoms: Atoms, mode: str, fmax: float, max_steps: int) -> Relaxation:
     """One relaxation with the MACE model at ``model_path`` (a fan-out job: loads the model once per worker)."""
-    from capml_core.models.mace import cached_mace_calculator
-
     calculator = cached_mace_calculator(model_path, device, "float64")
     return relax_structure(atoms, calculator, mode=mode, fmax_ev_per_a=fmax, max_steps=max_steps)
 
 
 def scan_id_for(system: SystemSection, disorder: DisorderSection, model_id: str) -> str:
     """Content id of a scan: the system, the scan settings (not workers/device) and the MACE model."""
-    from capml_core.provenance import content_key
-
     payload = {
         "system": system.model_dump(mode="json"),
         "disorder": disorder.model_dump(mode="json", exclude={"workers", "device"}),
@@ -72,29 +74,24 @@ def run_disorder_scan(
     store,  # noqa: ANN001 - capml_core.store.database.Store
     config,  # noqa: ANN001 - RunConfig
     *,
+    model_id: str,
     run_id: str | None = None,
     progress=None,  # noqa: ANN001 - progress(done, total)
     job_map=None,  # noqa: ANN001 - capml_core.parallel.JobMap
 ) -> DisorderScanResult:
-    """The disorder stage: plan, relax and rank every composition's arrangements with the project's MACE.
+    """The disorder stage: plan, relax and rank every composition's arrangements with MACE model ``model_id``.
 
     Arrangements relaxed before (same scan id) are skipped; probabilities are written at 0 K and at
     ``md.temperatures_k``. Each relaxation is written to the store as it finishes (relaxed structure + row),
     so an interrupted scan loses at most the relaxations in flight. The relaxations run through ``job_map``
     (default: ``disorder.workers`` local processes); this process alone writes the results.
     """
-    from capml_core.models.mace import resolve_device
-    from capml_core.parallel import local_map
-    from capml_core.store.queries import latest_model
-    from capml_core.store.records import StructureRecord
-    from capml_core.system.structures import quantize, structure_hash
-
     disorder, system = config.disorder, config.system
     store.initialise()
-    model_id, model_path = latest_model(store)
+    model_path = mace_model_path(store, model_id)
     plans = list(plan_scan(system, disorder))
     scan_id = scan_id_for(system, disorder, model_id)
-    cell = build_supercell(system, system.compositions[0])
+    cell = system.supercell_at(system.compositions[0])
     sites = sublattice_sites(cell, system.sublattice.site_species)
     with store.write() as writer:
         writer.add_rows(
@@ -187,7 +184,7 @@ def run_disorder_scan(
         (
             str(model_path),
             device,
-            arrangement_structure(system, x, a),
+            arrangement_structure(system.supercell_at(x), system.sublattice.site_species, system.sublattice.species, a),
             disorder.relax,
             disorder.fmax_ev_per_a,
             disorder.max_steps,
@@ -253,3 +250,16 @@ def mixing_energies(lowest_ev_per_atom: dict[float, float]) -> dict[float, float
         return {}
     e0, e1 = lowest_ev_per_atom[0.0], lowest_ev_per_atom[1.0]
     return {x: e - (x * e1 + (1.0 - x) * e0) for x, e in sorted(lowest_ev_per_atom.items())}
+
+
+def plan_scan(system: SystemSection, disorder: DisorderSection) -> Iterator[CompositionPlan]:
+    """Plans for every composition of the system (symmetry of the undecorated parent supercell)."""
+    cell = system.supercell_at(system.compositions[0])
+    sites = sublattice_sites(cell, system.sublattice.site_species)
+    perms = site_permutations(cell, sites)
+    logger.info("disorder: %d sublattice sites, %d symmetry permutations", len(sites), len(perms))
+    for i, x in enumerate(system.compositions):
+        rng = np.random.default_rng([disorder.seed, i])
+        yield plan_composition(
+            perms, x, max_enumerated=disorder.max_enumerated, sample_size=disorder.sample_size, rng=rng
+        )

@@ -21,8 +21,15 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from ase import Atoms
+
 from capml_core.config.schema import MDSection
-from capml_core.physics.md import MDHealth, MDJob, check_health, read_trajectory, run_md
+from capml_core.models.mace import cached_mace_calculator, resolve_device
+from capml_core.parallel import local_map
+from capml_core.physics.md import MDHealth, check_health, read_trajectory, run_md
+from capml_core.provenance import content_key
+from capml_core.store.queries import lowest_energy_structures, mace_model_path
+from capml_core.system.structures import structure_hash
 from capml_core.types import ProgressCallback
 
 logger = logging.getLogger(__name__)
@@ -36,17 +43,42 @@ def md_job_id(structure_hash: str, temperature_k: float, md: MDSection, model_id
         "md": md.model_dump(mode="json", exclude={"workers", "device", "temperatures_k"}),
         "model_id": model_id,
     }
-    from capml_core.provenance import content_key
 
     return "md-" + content_key(payload)
 
 
 # ------------------------------------------------------------------------------------------- the stage
+@dataclass(frozen=True)
+class MDJob:
+    """One MD run of the stage: a structure at a temperature with the stage's settings, MACE file and HDF5 path."""
+
+    atoms: Atoms
+    temperature_k: float
+    md: MDSection
+    model_path: Path
+    path: Path
+    seed: int
+
+    @property
+    def n_steps(self) -> int:
+        """Steps of the whole run (equilibration included)."""
+        return int(round(self.md.duration_ps * 1000.0 / self.md.timestep_fs))
+
+
 def md_job(job: MDJob, device: str) -> float:
     """One MD run with the job's MACE model (a fan-out job: loads the model once per worker); wall time (s)."""
-    from capml_core.models.mace import cached_mace_calculator
-
-    return run_md(job, cached_mace_calculator(job.model_path, device, job.md.dtype))
+    md = job.md
+    return run_md(
+        job.atoms,
+        cached_mace_calculator(job.model_path, device, md.dtype),
+        temperature_k=job.temperature_k,
+        timestep_fs=md.timestep_fs,
+        friction_per_fs=md.friction_per_fs,
+        n_steps=job.n_steps,
+        save_every_steps=md.save_every_steps,
+        seed=job.seed,
+        path=job.path,
+    ).wall_s
 
 
 @dataclass(frozen=True)
@@ -65,25 +97,23 @@ def run_dynamics(
     store,  # noqa: ANN001 - capml_core.store.database.Store
     config,  # noqa: ANN001 - RunConfig
     *,
+    model_id: str,
+    scan_id: str,
     run_id: str | None = None,
     progress: ProgressCallback | None = None,
     job_map=None,  # noqa: ANN001 - capml_core.parallel.JobMap
 ) -> list[MDResult]:
-    """The ``dynamics`` stage: MD of each composition's lowest-energy structure at every ``md.temperatures_k``.
+    """The ``dynamics`` stage: MD with MACE model ``model_id`` at every ``md.temperatures_k``.
 
+    The runs start from the lowest-energy structure of each composition in disorder scan ``scan_id``.
     Runs recorded complete in the store are not repeated; an unfinished trajectory file is continued.
     The runs go through ``job_map`` (default: ``md.workers`` local processes, one torch thread each); this
     process alone writes the results.
     """
-    from capml_core.models.mace import resolve_device
-    from capml_core.parallel import local_map
-    from capml_core.store.queries import latest_model, latest_scan_id, lowest_energy_structures
-    from capml_core.system.structures import structure_hash
-
     md = config.md
     store.initialise()
-    model_id, model_path = latest_model(store)
-    structures = lowest_energy_structures(store, latest_scan_id(store))
+    model_path = mace_model_path(store, model_id)
+    structures = lowest_energy_structures(store, scan_id)
     jobs: dict[str, tuple[MDJob, float, str]] = {}
     for x, atoms in structures.items():
         digest = structure_hash(atoms)
@@ -102,7 +132,7 @@ def run_dynamics(
     def record(md_id: str, wall_s: float) -> None:
         job, x, digest = jobs[md_id]
         trajectory = read_trajectory(job.path)
-        health = check_health(trajectory, md)
+        health = check_health(trajectory, md.equilibration_ps)
         with store.write() as writer:
             writer.add_rows(
                 "md_runs",

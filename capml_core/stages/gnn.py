@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from capml_core.config.schema import GNNSection
-from capml_core.errors import NotComputedError
-from capml_core.models.gnn import GapModel, Metrics
+from capml_core.models.gnn import GapModel, Metrics, load_ensemble
 from capml_core.models.graphs import element_table
+from capml_core.provenance import content_key
 from capml_core.stages.gnn_training import (
     Trial,
     TwoStageResult,
@@ -19,7 +18,7 @@ from capml_core.stages.gnn_training import (
     train_two_stage,
 )
 from capml_core.store.database import Store
-from capml_core.store.queries import NOT_BASELINE_SQL
+from capml_core.store.queries import ensemble_model_dirs
 from capml_core.store.schema import GNN_BASELINE_PREFIX as BASELINE_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -31,8 +30,6 @@ def gnn_stage_key(store: Store, gnn: GNNSection, *, cheap_level: str, high_level
     The same key means the same search, ensemble and learning curve, so a re-run reuses them; a new label,
     a changed gap or a changed setting gives a new key (12 hex digits of a SHA-256).
     """
-    from capml_core.provenance import content_key
-
     payload: dict[str, Any] = {
         "gnn": gnn.model_dump(mode="json"),
         "levels": [cheap_level, high_level],
@@ -48,26 +45,8 @@ def gnn_stage_key(store: Store, gnn: GNNSection, *, cheap_level: str, high_level
 
 
 def load_ensemble_by_id(store: Store, ensemble_id: str) -> list[GapModel]:
-    """The models of one ensemble, in ensemble order."""
-    rows = store.query("SELECT relpath FROM gnn_models WHERE ensemble_id = ? ORDER BY ensemble_index", [ensemble_id])
-    if rows.empty:
-        raise NotComputedError(f"{store.path}: no GNN ensemble {ensemble_id}")
-    return [GapModel.load(store.project_dir / p) for p in rows["relpath"]]
-
-
-def load_ensemble(store: Store, model_ids: Sequence[str] | None = None) -> list[GapModel]:
-    """The models of the latest trained ensemble (or the given ids) from a store."""
-    if model_ids is None:
-        rows = store.query(
-            f"""SELECT relpath FROM gnn_models WHERE ensemble_id =
-                 (SELECT ensemble_id FROM gnn_models WHERE {NOT_BASELINE_SQL} ORDER BY created_at DESC LIMIT 1)
-               ORDER BY ensemble_index"""
-        )
-        if rows.empty:
-            raise NotComputedError(f"{store.path}: no trained GNN yet (capml gnn train)")
-    else:
-        rows = store.query("SELECT relpath FROM gnn_models WHERE model_id IN (SELECT unnest(?))", [list(model_ids)])
-    return [GapModel.load(store.project_dir / p) for p in rows["relpath"]]
+    """The models of one ensemble of the project, in ensemble order."""
+    return load_ensemble(ensemble_model_dirs(store, ensemble_id))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 from ase import Atoms
 
-from capml_core.dft.levels import LabelResult, ReferenceLevel
+from capml_core.dft.levels import LabelResult, ReferenceLevel, get_level
 from capml_core.errors import CalculationFailed
 from capml_core.parallel import JobMap, local_map
 from capml_core.store.database import Store
@@ -243,9 +243,6 @@ def reference_gaps(
     so an interrupted check resumes). Returns the level and, per hash, the gap (None when the calculation
     failed or the level cannot run here).
     """
-    from capml_core.dft.levels import get_level
-    from capml_core.stages.labelling import label_structures
-
     level_name = config.gaps.reference_level or config.reference.high_level
     if not structure_hashes:
         return level_name, {}

@@ -23,6 +23,9 @@ import numpy as np
 from ase import Atoms
 
 from capml_core.errors import DatasetError, NotComputedError
+from capml_core.physics.md import production_frames, read_trajectory, trajectory_frame
+from capml_core.store.records import StructureRecord
+from capml_core.system.structures import quantize, structure_hash
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +97,6 @@ class MDFrame:
 
 
 def _store_frames(store, frames: Sequence[MDFrame], *, set_name: str, levels: Sequence[str], run_id: str | None):  # noqa: ANN001, ANN202
-    from capml_core.store.records import StructureRecord
 
     records = [
         StructureRecord(
@@ -145,11 +147,11 @@ def sample_random_frames(
     store,  # noqa: ANN001 - Store
     md,  # noqa: ANN001 - MDSection (equilibration)
     *,
+    model_id: str,
     levels: Sequence[str],
     per_run: int,
     seed: int,
     set_name: str = HELD_OUT_SET,
-    model_id: str | None = None,
     held_out: bool = True,
     round_index: int = 0,
     run_id: str | None = None,
@@ -173,13 +175,10 @@ def sample_random_frames(
     seed
         Seed of the draw (with the run's id: each run draws independently and reproducibly).
     model_id
-        MACE model whose runs to draw from (default: the latest trained model).
+        MACE model whose runs to draw from.
     held_out
         Whether the frames are a held-out set (never trained on).
     """
-    from capml_core.physics.md import production_frames, read_trajectory, trajectory_frame
-    from capml_core.system.structures import quantize, structure_hash
-
     if not levels:
         raise DatasetError("sample_random_frames: give at least one level to label the frames at")
     store.initialise()
@@ -187,10 +186,6 @@ def sample_random_frames(
     if existing:
         logger.info("%s: %d frames drawn before; reusing them", set_name, len(existing))
         return existing
-    if model_id is None:
-        from capml_core.store.queries import latest_model
-
-        model_id, _ = latest_model(store)
     runs = store.query(
         """SELECT md_id, path, composition_x, temperature_k FROM md_runs WHERE complete AND model_id = ?
            ORDER BY composition_x, temperature_k, md_id""",
@@ -202,7 +197,7 @@ def sample_random_frames(
     for run in runs.itertuples():
         trajectory = read_trajectory(store.project_dir / run.path)
         rng = np.random.default_rng([seed, int(run.md_id.encode().hex()[:12], 16)])
-        for index in draw_random_frames(production_frames(trajectory, md), per_run, rng):
+        for index in draw_random_frames(production_frames(trajectory, md.equilibration_ps), per_run, rng):
             atoms = quantize(trajectory_frame(trajectory, int(index)))
             frames.append(
                 MDFrame(
@@ -253,8 +248,6 @@ def write_frame_pool(frames: Sequence[MDFrame], path: str | Path) -> int:
 def read_frame_pool(path: str | Path) -> list[MDFrame]:
     """Frames of a pool file written by :func:`write_frame_pool` (each checked for its provenance and hash)."""
     from ase.io import iread
-
-    from capml_core.system.structures import quantize, structure_hash
 
     path = Path(path)
     if not path.is_file():

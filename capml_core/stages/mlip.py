@@ -24,6 +24,7 @@ import numpy as np
 from ase import Atoms
 
 from capml_core.config.schema import MLIPSection
+from capml_core.dft.levels import LEVELS, get_level
 from capml_core.errors import CalculationFailed, CapmlError, DatasetError, InvalidInputError, NotComputedError
 from capml_core.models.mace import (
     MACE_RUN_NAME,
@@ -47,9 +48,11 @@ from capml_core.models.mace_files import (
     write_trusted_pickle,
 )
 from capml_core.models.metrics import error_metrics, split_of
+from capml_core.physics.phonons import compute_force_constants, dispersion, gamma_frequencies_thz
 from capml_core.provenance import content_key
+from capml_core.stages.training_sets import end_member_force_constants
 from capml_core.store.database import Store
-from capml_core.store.queries import latest_model
+from capml_core.store.queries import latest_model, mace_model_path
 from capml_core.types import DATASET_KIND_SQL, ForceFunction
 
 logger = logging.getLogger(__name__)
@@ -387,7 +390,6 @@ def validate_phonons(
     Γ point, i.e. at every q-point commensurate with the supercell (the only points where the reference's
     finite-displacement frequencies are exact), plus the dispersions along Γ-X-M-Γ-R-X|M-R for plots.
     """
-    from capml_core.physics.phonons import compute_force_constants, dispersion, gamma_frequencies_thz
 
     def forces(atoms: Atoms) -> np.ndarray:
         atoms = atoms.copy()
@@ -491,13 +493,10 @@ def fit_mlip(
     Phonon reference: the config's phonopy files of the end members if given (``dataset.force_constants``),
     else force constants computed once per project at the training level (``<project>/phonons/``).
     """
-    from capml_core.system.structures import allowed_species
-    from capml_core.system.training_sets import end_member_force_constants
-
     mlip = config.mlip
     level = mlip.level or config.reference.cheap_level
     model = train_mace(
-        store, mlip, level=level, species=allowed_species(config.system), run_id=run_id, on_epoch=on_epoch
+        store, mlip, level=level, species=config.system.allowed_species(), run_id=run_id, on_epoch=on_epoch
     )
     phonons = store.query("SELECT * FROM mlip_phonons WHERE model_id = ? ORDER BY end_member", [model.model_id])
     if mlip.validate_phonons and phonons.empty:
@@ -548,10 +547,9 @@ def evaluate_file(store: Store, config, model_file: str | Path, *, device: str =
     return model_id
 
 
-def run_calculator(store: Store, *, device: str = "auto", dtype: str = "float64"):  # noqa: ANN201
-    """ASE calculator of the project's latest trained MACE model (what every later stage uses)."""
-    _, path = latest_model(store)
-    return load_mace_calculator(path, device=device, dtype=dtype)
+def run_calculator(store: Store, model_id: str, *, device: str = "auto", dtype: str = "float64"):  # noqa: ANN201
+    """ASE calculator of one MACE model of the project (the newest: ``latest_model(store)[0]``)."""
+    return load_mace_calculator(mace_model_path(store, model_id), device=device, dtype=dtype)
 
 
 def force_function(  # noqa: ANN001 - reference: ReferenceSection
@@ -569,11 +567,12 @@ def force_function(  # noqa: ANN001 - reference: ReferenceSection
 
         def mace_forces(atoms: Atoms) -> np.ndarray:
             if not cache:
-                cache.append(calculator_forces(run_calculator(store, device=device, dtype="float64")))
+                cache.append(
+                    calculator_forces(run_calculator(store, latest_model(store)[0], device=device, dtype="float64"))
+                )
             return cache[0](atoms)
 
         return mace_forces
-    from capml_core.dft.levels import LEVELS, get_level
 
     if level in LEVELS and "forces" not in LEVELS[level].provides:
         forcing = sorted(name for name, cls in LEVELS.items() if "forces" in cls.provides)

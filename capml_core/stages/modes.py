@@ -10,7 +10,8 @@ with e_ν the normalised eigenvector of the dynamical matrix and n the Bose-Eins
 ensemble gives the gap of both distorted structures; ΔEg = (Eg(+u) + Eg(−u)) / 2 − Eg(0) (the mean of the two
 signs removes the part linear in u, which a thermal average removes too) and ΔEg / Eg(0). The three acoustic
 modes (the modes most like rigid translations) and imaginary modes (no thermal amplitude) are recorded with
-that status and not frozen in.
+that status and not frozen in. The science is :func:`capml_core.physics.modes.frozen_mode_gaps` (callable
+without a store); this stage feeds it the stored Γ modes and the GNN ensemble, and stores one row per mode.
 
 Species shares: the fraction of Σ_j |u_j|² carried by each element, and by the substituted sublattice's
 species together (e.g. 'Br/I'); ``dominant`` is the largest of the groups (elements outside the sublattice,
@@ -30,13 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 from ase import Atoms
 
-from capml_core.physics.modes import (
-    acoustic_modes,
-    displacement_shares,
-    freeze,
-    spread_over_frequencies,
-    thermal_displacement,
-)
+from capml_core.physics.modes import FrozenModeGap, frozen_mode_gaps, spread_over_frequencies
+from capml_core.physics.phonons import GammaModes
 
 logger = logging.getLogger(__name__)
 
@@ -75,28 +71,32 @@ def run_mode_stage(
     store,  # noqa: ANN001 - capml_core.store.database.Store
     config,  # noqa: ANN001 - RunConfig
     *,
+    ensemble_id: str,
+    model_id: str,
+    scan_id: str,
     run_id: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     reference_progress: Callable[[int, int], None] | None = None,
 ) -> list[ModeGap]:
-    """ΔEg/Eg of every Γ mode of every lowest-energy structure at every mode temperature (see module doc).
+    """ΔEg/Eg from GNN ensemble ``ensemble_id`` of every Γ mode at every mode temperature (see module doc).
 
+    The modes are the harmonic phonons (MACE ``model_id``) of every lowest-energy structure of disorder scan
+    ``scan_id``.
     Each (structure, temperature) is written in one transaction once its DFT checks (if any) are done; what is
     stored for the current GNN ensemble is not recomputed, and DFT results already in the store are reused.
     ``progress(done, total)`` counts (structure, temperature) pairs, ``reference_progress`` DFT calculations.
     """
     from capml_core.models.gnn import predict_gaps_per_model
     from capml_core.models.mace import resolve_device
-    from capml_core.physics.harmonic import IMAGINARY_TOLERANCE_THZ
     from capml_core.stages.gnn import load_ensemble_by_id
     from capml_core.stages.phonons import run_harmonic_phonons
-    from capml_core.store.queries import latest_ensemble
+    from capml_core.store.queries import ensemble_level
 
     gaps_config = config.gaps
     store.initialise()
-    ensemble_id, level = latest_ensemble(store)
+    level = ensemble_level(store, ensemble_id)
     models = [m.to(resolve_device(gaps_config.device)) for m in load_ensemble_by_id(store, ensemble_id)]
-    harmonic = run_harmonic_phonons(store, config, run_id=run_id)
+    harmonic = run_harmonic_phonons(store, config, model_id=model_id, scan_id=scan_id, run_id=run_id)
     sublattice = list(config.system.sublattice.species)
     check_temperature = max(gaps_config.mode_temperatures_k)
     key = mode_settings_key(config)
@@ -111,56 +111,19 @@ def run_mode_stage(
             continue
         atoms = store.load_atoms(result.structure_hash)
         arrays = store.load_arrays(result.artifact_id)
-        frequencies = arrays["gamma_frequencies_thz"]
-        eigenvectors = arrays["gamma_eigenvectors_real"] + 1j * arrays["gamma_eigenvectors_imag"]
-        acoustic = set(acoustic_modes(atoms, eigenvectors))
-        frozen, displaced, rows = [], [], []
-        for mode, frequency in enumerate(frequencies):
-            row = {
-                "structure_hash": result.structure_hash,
-                "ensemble_id": ensemble_id,
-                "temperature_k": float(temperature),
-                "mode": mode,
-                "composition_x": result.composition_x,
-                "level": level,
-                "frequency_thz": float(frequency),
-                "run_id": run_id,
-                "settings_key": key,
-            }
-            if mode in acoustic:
-                row["status"] = "acoustic"
-            elif frequency < IMAGINARY_TOLERANCE_THZ:
-                row["status"] = "imaginary"
-            else:
-                u = thermal_displacement(atoms, eigenvectors[:, mode], float(frequency), float(temperature))
-                shares = displacement_shares(atoms.get_chemical_symbols(), u, sublattice)
-                row.update(
-                    {
-                        "status": "frozen",
-                        "rms_displacement_a": float(np.sqrt(np.mean(np.sum(u**2, axis=1)))),
-                        "max_displacement_a": float(np.max(np.linalg.norm(u, axis=1))),
-                        "dominant": shares["dominant"],
-                        "shares_json": json.dumps(shares),
-                    }
-                )
-                frozen.append(len(rows))
-                displaced += [freeze(atoms, u), freeze(atoms, -u)]
-            rows.append(row)
-        per_model = predict_gaps_per_model([atoms, *displaced], models, batch_size=gaps_config.batch_size)
-        gap0 = per_model[:, 0]
-        for k, index in enumerate(frozen):
-            plus, minus = per_model[:, 1 + 2 * k], per_model[:, 2 + 2 * k]
-            delta = 0.5 * (plus + minus) - gap0
-            rows[index].update(
-                {
-                    "gap0_ev": float(gap0.mean()),
-                    "gap_plus_ev": float(plus.mean()),
-                    "gap_minus_ev": float(minus.mean()),
-                    "delta_ev": float(delta.mean()),
-                    "delta_std_ev": float(np.std(delta, ddof=1)) if len(delta) > 1 else 0.0,
-                    "relative_change": float(delta.mean() / gap0.mean()),
-                }
-            )
+        modes = GammaModes(
+            arrays["gamma_frequencies_thz"], arrays["gamma_eigenvectors_real"] + 1j * arrays["gamma_eigenvectors_imag"]
+        )
+        gaps = frozen_mode_gaps(
+            atoms,
+            modes,
+            float(temperature),
+            lambda structures: predict_gaps_per_model(structures, models, batch_size=gaps_config.batch_size),
+            sublattice=sublattice,
+        )
+        rows = [_mode_row(g, result, ensemble_id, level, float(temperature), run_id, key) for g in gaps]
+        frozen = [k for k, g in enumerate(gaps) if g.status == "frozen"]
+        displaced = [structure for k in frozen for structure in gaps[k].displaced]
         if config.is_gap_checked(result.composition_x) and temperature == check_temperature:
             _check_with_dft(store, config, rows, frozen, displaced, run_id=run_id, progress=reference_progress)
         with store.write() as writer:  # replacing rows computed with other settings, if any
@@ -184,6 +147,46 @@ def run_mode_stage(
         if progress is not None:
             progress(i + 1, len(jobs))
     return mode_results(store, ensemble_id, [h.structure_hash for h in harmonic])
+
+
+def _mode_row(
+    gap: FrozenModeGap,
+    result,  # noqa: ANN001 - HarmonicResult
+    ensemble_id: str,
+    level: str,
+    temperature_k: float,
+    run_id: str | None,
+    key: str,
+) -> dict:
+    """The ``gap_modes`` row of one mode (columns of a mode not frozen in stay NULL)."""
+    row = {
+        "structure_hash": result.structure_hash,
+        "ensemble_id": ensemble_id,
+        "temperature_k": temperature_k,
+        "mode": gap.mode,
+        "composition_x": result.composition_x,
+        "level": level,
+        "frequency_thz": gap.frequency_thz,
+        "run_id": run_id,
+        "settings_key": key,
+        "status": gap.status,
+    }
+    if gap.status == "frozen":
+        row.update(
+            {
+                "rms_displacement_a": gap.rms_displacement_a,
+                "max_displacement_a": gap.max_displacement_a,
+                "dominant": gap.dominant,
+                "shares_json": json.dumps(gap.shares),
+                "gap0_ev": gap.gap0_ev,
+                "gap_plus_ev": gap.gap_plus_ev,
+                "gap_minus_ev": gap.gap_minus_ev,
+                "delta_ev": gap.delta_ev,
+                "delta_std_ev": gap.delta_std_ev,
+                "relative_change": gap.relative_change,
+            }
+        )
+    return row
 
 
 def _check_with_dft(

@@ -4,9 +4,11 @@ For each composition's lowest-energy structure, the harmonic phonons (:mod:`capm
 force constants and the 0 K imaginary modes; for each of its MD runs (:mod:`capml_core.stages.dynamics`), DynaPhoPy
 (:mod:`capml_core.physics.anharmonic`) gives the renormalised frequencies and linewidths at Γ of the cell from the
 production frames, and :func:`capml_core.physics.anharmonic.stability_verdict` says whether the structure is
-dynamically stable at that temperature. With ``phonons.gate`` only stable (structure, temperature) pairs pass
-on to the band-gap stage; a dropped pair is recorded with the reason. An analysis that cannot be done (the MD
-broke the structure, a fit failed everywhere) counts as unstable, with the error as the reason.
+dynamically stable at that temperature (a :class:`~capml_core.physics.anharmonic.StabilityVerdict` of numbers;
+its ``summary()`` is the stored ``reason``, its numbers fill the row's columns). With ``phonons.gate`` only
+stable (structure, temperature) pairs pass on to the band-gap stage; a dropped pair is recorded with the reason.
+An analysis that cannot be done (the MD broke the structure, a fit failed everywhere) counts as unstable, with
+the error as the reason.
 
 The spectral resolution is ``phonons.resolution_thz`` or, for a short run, 1.05 / (production time), the
 finest the trajectory allows. The Langevin thermostat adds about γ/2π to every linewidth; it is stored next to
@@ -22,14 +24,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from capml_core.errors import CapmlError, SitesLeftError
-from capml_core.physics.harmonic import ImaginaryModes, cell_dispersion, find_imaginary_modes, gamma_modes, phonon_dos
+from capml_core.physics.harmonic import ImaginaryModes, harmonic_phonons
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class StabilityResult:
-    """The verdict for one structure at one MD temperature."""
+    """The verdict for one structure at one MD temperature, as stored in ``phonon_anharmonic``.
+
+    ``reason`` is :meth:`capml_core.physics.anharmonic.StabilityVerdict.summary` (plus the MD's health problems);
+    the numbers are the stored columns: modes of the cell, harmonic-imaginary modes at Γ (below −0.05 THz), the
+    softest fitted renormalised optical mode and the median optical linewidth (THz), the largest time-averaged
+    distance of an atom from its site (Å) and that atom ("3 (S)"); None where the analysis gave none.
+    """
 
     md_id: str
     composition_x: float
@@ -37,6 +45,42 @@ class StabilityResult:
     stable: bool
     passes_gate: bool
     reason: str
+    n_modes: int | None = None
+    n_harmonic_imaginary: int | None = None
+    min_renormalised_thz: float | None = None
+    median_linewidth_thz: float | None = None
+    max_site_offset_a: float | None = None
+    site_offset_atom: str | None = None
+
+
+#: Numeric columns of ``phonon_anharmonic`` a :class:`StabilityResult` carries, with their types.
+_STORED_NUMBERS = {
+    "n_modes": int,
+    "n_harmonic_imaginary": int,
+    "min_renormalised_thz": float,
+    "median_linewidth_thz": float,
+    "max_site_offset_a": float,
+    "site_offset_atom": str,
+}
+
+
+def stability_result(row: dict, *, gate: bool) -> StabilityResult:
+    """A :class:`StabilityResult` from a ``phonon_anharmonic`` row (a dict); ``passes_gate`` follows ``gate``."""
+    import pandas as pd
+
+    def value(name: str):  # noqa: ANN202 - int, float, str or None
+        v = row.get(name)
+        return None if v is None or (not isinstance(v, str) and pd.isna(v)) else _STORED_NUMBERS[name](v)
+
+    return StabilityResult(
+        str(row["md_id"]),
+        float(row["composition_x"]),
+        float(row["temperature_k"]),
+        bool(row["stable"]),
+        bool(row["stable"]) or not gate,
+        row["reason"],
+        **{name: value(name) for name in _STORED_NUMBERS},
+    )
 
 
 #: Version of the verdict rule (:func:`capml_core.physics.anharmonic.stability_verdict`); part of the settings key, so a
@@ -56,22 +100,26 @@ def run_phonon_stage(
     store,  # noqa: ANN001 - capml_core.store.database.Store
     config,  # noqa: ANN001 - RunConfig
     *,
+    model_id: str,
+    scan_id: str,
     run_id: str | None = None,
     progress=None,  # noqa: ANN001 - progress(done, total)
 ) -> tuple[list, list[StabilityResult]]:
-    """Harmonic phonons of every lowest-energy structure, then DynaPhoPy and the verdict for every MD run.
+    """Harmonic phonons, then DynaPhoPy and the verdict for every MD run (MACE ``model_id``, scan ``scan_id``).
+
+    The structures are the lowest-energy structures of disorder scan ``scan_id``.
 
     Returns the harmonic results and one verdict per MD run; MD runs analysed before with the same settings
     (:func:`phonon_settings_key`) are not redone, those analysed with other settings are redone and replaced.
     """
     from capml_core.config.schema import MDSection
-    from capml_core.physics.anharmonic import renormalised_phonons, stability_verdict
+    from capml_core.physics.anharmonic import StabilityVerdict, renormalised_phonons, stability_verdict
     from capml_core.physics.harmonic import IMAGINARY_TOLERANCE_THZ, cell_dispersion
     from capml_core.physics.md import production_frames, read_trajectory
     from capml_core.stages.phonons import run_harmonic_phonons
 
     phonons = config.phonons
-    harmonic = run_harmonic_phonons(store, config, run_id=run_id)
+    harmonic = run_harmonic_phonons(store, config, model_id=model_id, scan_id=scan_id, run_id=run_id)
     by_structure = {h.structure_hash: h for h in harmonic}
     runs = store.query(
         "SELECT * FROM md_runs WHERE complete AND structure_hash IN (SELECT unnest(?)) ORDER BY composition_x, "
@@ -87,7 +135,7 @@ def run_phonon_stage(
         atoms = store.load_atoms(run.structure_hash)
         trajectory = read_trajectory(store.project_dir / run.path)
         run_md = MDSection.model_validate_json(run.settings_json)  # the run's own equilibration and friction
-        frames = production_frames(trajectory, run_md)
+        frames = production_frames(trajectory, run_md.equilibration_ps)
         frame_ps = float(np.median(np.diff(trajectory["time_fs"]))) / 1000.0
         resolution = max(phonons.resolution_thz, 1.05 / (frame_ps * (len(frames) - 1)))
         thermostat = run_md.friction_per_fs * 1000.0 / (2.0 * np.pi)  # THz
@@ -111,7 +159,7 @@ def run_phonon_stage(
                 resolution_thz=resolution,
                 frames=frames,
             )
-            stable, reason = stability_verdict(
+            verdict = stability_verdict(
                 result,
                 tolerance_thz=phonons.stability_tolerance_thz,
                 thermostat_broadening_thz=thermostat,
@@ -134,33 +182,25 @@ def run_phonon_stage(
                 row["artifact_id"] = writer.save_arrays(
                     "phonons-anharmonic", saved, run_id=run_id, meta={"md_id": run.md_id}
                 )
-            if result.site_offsets_a is not None:
-                worst_atom = int(np.argmax(result.site_offsets_a))
-                row["max_site_offset_a"] = float(result.site_offsets_a[worst_atom])
-                row["site_offset_atom"] = f"{worst_atom} ({atoms[worst_atom].symbol})"
             row.update(
                 {
                     "n_modes": len(result.harmonic_thz),
-                    "min_renormalised_thz": float(np.nanmin(result.renormalised_thz[optical]))
-                    if np.isfinite(result.renormalised_thz[optical]).any()
-                    else None,
+                    "min_renormalised_thz": verdict.softest_renormalised_thz,
                     "median_linewidth_thz": float(np.nanmedian(result.linewidths_thz[optical]))
                     if np.isfinite(result.linewidths_thz[optical]).any()
                     else None,
                 }
             )
         except SitesLeftError as err:  # the run started from this very structure: the atom order is right
-            stable = False
-            row["max_site_offset_a"] = err.offset_a
-            row["site_offset_atom"] = f"{err.atom} ({atoms[err.atom].symbol})"
-            reason = (
-                f"unstable at {run.temperature_k:g} K: the structure does not oscillate about its 0 K sites: "
-                f"atom {err.atom} ({atoms[err.atom].symbol}) sits {err.offset_a:.2f} Å from its site on average "
-                f"(limit {err.limit_a:.2f} Å), so it distorts to another structure or atoms diffuse (no renormalised "
-                "phonons about these sites)"
+            verdict = StabilityVerdict.sites_left(
+                err, temperature_k=float(run.temperature_k), symbol=atoms[err.atom].symbol
             )
         except CapmlError as err:  # a broken MD, a failed analysis: unstable, with the reason
-            stable, reason = False, f"no renormalised phonons: {err}"
+            verdict = StabilityVerdict.no_phonons(float(run.temperature_k), str(err))
+        if verdict.site_offset_atom is not None:
+            row["max_site_offset_a"] = verdict.site_offset_a
+            row["site_offset_atom"] = f"{verdict.site_offset_atom} ({verdict.site_offset_symbol})"
+        stable, reason = verdict.stable, verdict.summary()
         if run.status != "ok" and run.problems:
             reason += f" (MD health: {run.problems})"
         row.update({"stable": stable, "passes_gate": stable or not phonons.gate, "reason": reason})
@@ -171,21 +211,12 @@ def run_phonon_stage(
         if progress is not None:
             progress(i + 1, len(runs))
     verdicts = store.query(
-        """SELECT md_id, composition_x, temperature_k, stable, passes_gate, reason FROM phonon_anharmonic
-           WHERE md_id IN (SELECT unnest(?)) ORDER BY composition_x, temperature_k""",
+        f"""SELECT md_id, composition_x, temperature_k, stable, passes_gate, reason, {", ".join(_STORED_NUMBERS)}
+            FROM phonon_anharmonic WHERE md_id IN (SELECT unnest(?)) ORDER BY composition_x, temperature_k""",
         [runs["md_id"].tolist()],
     )
-    return harmonic, [  # the gate follows the current config; the stored passes_gate is the analysis-time one
-        StabilityResult(
-            r.md_id,
-            float(r.composition_x),
-            float(r.temperature_k),
-            bool(r.stable),
-            bool(r.stable) or not phonons.gate,
-            r.reason,
-        )
-        for r in verdicts.itertuples(index=False)
-    ]
+    # the gate follows the current config; the stored passes_gate is the analysis-time one
+    return harmonic, [stability_result(r, gate=phonons.gate) for r in verdicts.to_dict("records")]
 
 
 def stabilisation_temperatures(verdicts: list[StabilityResult]) -> dict[float, float | None]:
@@ -217,10 +248,14 @@ def run_harmonic_phonons(
     store,  # noqa: ANN001 - capml_core.store.database.Store
     config,  # noqa: ANN001 - RunConfig
     *,
+    model_id: str,
+    scan_id: str,
     run_id: str | None = None,
     progress=None,  # noqa: ANN001 - progress(done, total)
 ) -> list[HarmonicResult]:
-    """Harmonic phonons of each composition's lowest-energy structure, stored once per (structure, model, step).
+    """Harmonic phonons (MACE model ``model_id``), stored once per (structure, model, step).
+
+    The structures are each composition's lowest-energy structure of disorder scan ``scan_id``.
 
     Force constants from MACE (float64) by phonopy finite displacements of ``phonons.displacement_a``; then Γ
     modes, dispersion, DOS and imaginary modes.
@@ -228,13 +263,12 @@ def run_harmonic_phonons(
     import json
 
     from capml_core.models.mace import calculator_forces, load_mace_calculator, resolve_device
-    from capml_core.physics.phonons import compute_force_constants
-    from capml_core.store.queries import latest_model, latest_scan_id, lowest_energy_structures
+    from capml_core.store.queries import lowest_energy_structures, mace_model_path
     from capml_core.system.structures import structure_hash
 
     store.initialise()
-    model_id, model_path = latest_model(store)
-    structures = lowest_energy_structures(store, latest_scan_id(store))
+    model_path = mace_model_path(store, model_id)
+    structures = lowest_energy_structures(store, scan_id)
     displacement = config.phonons.displacement_a
     done = store.query(
         "SELECT structure_hash FROM phonon_harmonic WHERE model_id = ? AND displacement_a = ?", [model_id, displacement]
@@ -247,13 +281,11 @@ def run_harmonic_phonons(
             continue
         if calculator is None:
             calculator = load_mace_calculator(model_path, device=resolve_device(config.mlip.device), dtype="float64")
-        fc = compute_force_constants(atoms, calculator_forces(calculator), displacement_a=displacement)
-        gamma = gamma_modes(atoms, fc.force_constants)
-        bands = cell_dispersion(atoms, fc.force_constants)
-        dos_f, dos = phonon_dos(atoms, fc.force_constants)
-        imaginary = find_imaginary_modes(gamma, bands)
+        computed = harmonic_phonons(atoms, calculator_forces(calculator), displacement_a=displacement)
+        gamma, bands, imaginary = computed.gamma, computed.dispersion, computed.imaginary
+        dos_f, dos = computed.dos_frequencies_thz, computed.dos_states_per_thz
         arrays = {
-            "force_constants": fc.force_constants,
+            "force_constants": computed.force_constants,
             "gamma_frequencies_thz": gamma.frequencies_thz,
             "gamma_eigenvectors_real": gamma.eigenvectors.real,
             "gamma_eigenvectors_imag": gamma.eigenvectors.imag,

@@ -11,19 +11,24 @@ from capml_core.store.database import Store
 from capml_core.store.schema import GNN_BASELINE_PREFIX as BASELINE_PREFIX
 
 
-def latest_scan_id(store) -> str:  # noqa: ANN001
-    """The newest disorder scan of a project."""
-    from capml_core.errors import NotComputedError
-
+def latest_scan_id(store: Store) -> str:
+    """The newest disorder scan of a project (the default of the CLI and the flows)."""
     rows = store.query("SELECT scan_id FROM disorder_scans ORDER BY created_at DESC LIMIT 1")
     if rows.empty:
         raise NotComputedError(f"{store.path}: no disorder scan yet (capml disorder, or capml run)")
     return str(rows["scan_id"][0])
 
 
-def lowest_energy_structures(store, scan_id: str | None = None) -> dict[float, Atoms]:  # noqa: ANN001
-    """The relaxed lowest-energy structure of each composition (what the later stages start from)."""
-    scan_id = scan_id or latest_scan_id(store)
+def lowest_energy_structures(store: Store, scan_id: str) -> dict[float, Atoms]:
+    """The relaxed lowest-energy structure of each composition of one disorder scan (what later stages start from).
+
+    Raises
+    ------
+    NotComputedError
+        No such scan in the store.
+    """
+    if store.query("SELECT 1 FROM disorder_scans WHERE scan_id = ?", [scan_id]).empty:
+        raise NotComputedError(f"{store.path}: no disorder scan {scan_id!r} (see: capml sql 'FROM disorder_scans')")
     frame = store.query(
         """SELECT composition_x, structure_hash FROM disorder_relaxations WHERE scan_id = ?
            QUALIFY row_number() OVER (PARTITION BY composition_x ORDER BY energy_ev_per_atom, arrangement) = 1
@@ -47,8 +52,8 @@ def latest_model(store: Store) -> tuple[str, Path]:
     )
     if rows.empty:
         raise NotComputedError(f"{store.path}: no MACE model trained yet (capml mlip train, or capml run)")
-    path = Path(rows["path"][0])
-    return rows["model_id"][0], path if path.is_absolute() else store.project_dir / path
+    model_id = str(rows["model_id"][0])
+    return model_id, mace_model_path(store, model_id)
 
 
 #: SQL condition on ``gnn_models`` rows: models of the project's ensembles, baselines excluded.
@@ -67,3 +72,51 @@ def latest_ensemble(store: Store) -> tuple[str, str]:
     if rows.empty:
         raise NotComputedError(f"{store.path}: no trained GNN yet (capml gnn train)")
     return str(rows["ensemble_id"][0]), str(rows["level"][0])
+
+
+def mace_model_path(store: Store, model_id: str) -> Path:
+    """The file of one MACE model of the project (trained, fine-tuned or foundation).
+
+    Raises
+    ------
+    NotComputedError
+        No model with that id.
+    """
+    rows = store.query("SELECT path FROM mlip_models WHERE model_id = ?", [model_id])
+    if rows.empty:
+        known = ", ".join(store.query("SELECT model_id FROM mlip_models ORDER BY created_at")["model_id"]) or "none"
+        raise NotComputedError(f"{store.path}: no MACE model {model_id!r}; models of this project: {known}")
+    path = Path(rows["path"][0])
+    return path if path.is_absolute() else store.project_dir / path
+
+
+def ensemble_level(store: Store, ensemble_id: str) -> str:
+    """The level the gaps of one GNN ensemble are at (its high level if fine-tuned, else its cheap level).
+
+    Raises
+    ------
+    NotComputedError
+        No ensemble with that id.
+    """
+    rows = store.query(
+        "SELECT coalesce(high_level, cheap_level) AS level FROM gnn_models WHERE ensemble_id = ? LIMIT 1",
+        [ensemble_id],
+    )
+    if rows.empty:
+        known = ", ".join(store.query("SELECT DISTINCT ensemble_id FROM gnn_models ORDER BY 1")["ensemble_id"])
+        raise NotComputedError(f"{store.path}: no GNN ensemble {ensemble_id!r}; ensembles: {known or 'none'}")
+    return str(rows["level"][0])
+
+
+def ensemble_model_dirs(store: Store, ensemble_id: str) -> list[Path]:
+    """The model directories of one GNN ensemble, in ensemble order (load with ``models.gnn.load_ensemble``).
+
+    Raises
+    ------
+    NotComputedError
+        No ensemble with that id.
+    """
+    rows = store.query("SELECT relpath FROM gnn_models WHERE ensemble_id = ? ORDER BY ensemble_index", [ensemble_id])
+    if rows.empty:
+        ensemble_level(store, ensemble_id)  # raises, naming the ensembles there are
+    return [store.project_dir / p for p in rows["relpath"]]

@@ -6,15 +6,12 @@ import itertools
 import logging
 import math
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from ase import Atoms, units
 
-from capml_core.config.schema import DisorderSection, SystemSection
 from capml_core.errors import InvalidInputError
-from capml_core.system.structures import build_supercell
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +162,7 @@ class CompositionPlan:
 
 
 def plan_composition(
-    perms: np.ndarray, x: float, disorder: DisorderSection, rng: np.random.Generator
+    perms: np.ndarray, x: float, *, max_enumerated: int, sample_size: int, rng: np.random.Generator
 ) -> CompositionPlan:
     """All inequivalent arrangements when there are at most ``max_enumerated``, else a random sample.
 
@@ -177,31 +174,21 @@ def plan_composition(
     if not np.isclose(k, x * n, atol=1e-6):
         raise InvalidInputError(f"composition x = {x} is not realisable on {n} sites: use a multiple of 1/{n}")
     classes = count_inequivalent(perms, k)
-    if classes <= disorder.max_enumerated:
+    if classes <= max_enumerated:
         chosen, selection = enumerate_inequivalent(perms, k), "all"
         if len(chosen) != classes:
             raise ArithmeticError(f"enumeration found {len(chosen)} classes, Burnside {classes}")
     else:
-        chosen, selection = sample_inequivalent(perms, k, disorder.sample_size, rng), "sample"
+        chosen, selection = sample_inequivalent(perms, k, sample_size, rng), "sample"
     return CompositionPlan(x, n, k, math.comb(n, k), classes, selection, chosen)
 
 
-def plan_scan(system: SystemSection, disorder: DisorderSection) -> Iterator[CompositionPlan]:
-    """Plans for every composition of the system (symmetry of the undecorated parent supercell)."""
-    cell = build_supercell(system, system.compositions[0])
-    sites = sublattice_sites(cell, system.sublattice.site_species)
-    perms = site_permutations(cell, sites)
-    logger.info("disorder: %d sublattice sites, %d symmetry permutations", len(sites), len(perms))
-    for i, x in enumerate(system.compositions):
-        yield plan_composition(perms, x, disorder, np.random.default_rng([disorder.seed, i]))
-
-
-def arrangement_structure(system: SystemSection, x: float, arrangement: Arrangement) -> Atoms:
-    """The supercell at the Vegard lattice of x with the arrangement on the sublattice."""
-    cell = build_supercell(system, x)
-    sites = sublattice_sites(cell, system.sublattice.site_species)
+def arrangement_structure(cell: Atoms, site_species: str, species: tuple[str, str], arrangement: Arrangement) -> Atoms:
+    """A copy of ``cell`` with the arrangement on its ``site_species`` sites (occupation 1: ``species[0]``)."""
+    cell = cell.copy()
+    sites = sublattice_sites(cell, site_species)
     symbols = np.array(cell.get_chemical_symbols(), dtype=object)
-    first, second = system.sublattice.species
+    first, second = species
     symbols[sites] = np.where(arrangement.occupation, first, second)
     cell.set_chemical_symbols(list(symbols))
     return cell

@@ -8,15 +8,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from ase import Atoms
 
 from capml_core.errors import InvalidInputError
-
-if TYPE_CHECKING:
-    from capml_core.config.schema import ParentSection, SystemSection
+from capml_core.physics.phonons import build_phonopy
 
 #: Decimals kept when hashing positions and cell (Å): 1e-6 Å is far below any physical difference.
 HASH_DECIMALS = 6
@@ -66,17 +63,6 @@ def build_cubic_perovskite(a_site: str, b_site: str, x_site: str, lattice_a: flo
     )
 
 
-def build_parent(parent: ParentSection) -> Atoms:
-    """The parent unit cell described by a configuration section (builder or CIF/POSCAR file)."""
-    if parent.builder is not None:
-        assert parent.species is not None and parent.lattice_a is not None  # guaranteed by the model
-        builder = build_cubic_antiperovskite if parent.builder == "antiperovskite" else build_cubic_perovskite
-        return builder(parent.species["A"], parent.species["B"], parent.species["X"], parent.lattice_a)
-    atoms = read_structure_file(parent.file)
-    atoms.pbc = True
-    return atoms
-
-
 def read_structure_file(path: str | Path) -> Atoms:
     """The first structure of a file ASE reads (CIF, POSCAR, extended XYZ, ...).
 
@@ -122,17 +108,15 @@ def vegard_lattice_a(x: float, species: Sequence[str], end_points: dict[str, flo
     return x * end_points[species[0]] + (1.0 - x) * end_points[species[1]]
 
 
-def build_supercell(system: SystemSection, x: float) -> Atoms:
-    """The undistorted supercell at the Vegard lattice parameter of composition x (all sites ``site_species``).
+def scaled_supercell(parent: Atoms, lattice_a: float, supercell: Sequence[int]) -> Atoms:
+    """The parent cell scaled isotropically so that its first lattice vector is ``lattice_a`` (Å), repeated.
 
-    The parent cell is scaled isotropically so that its first lattice vector has length a(x), then repeated
-    with ASE's ``repeat`` (atom order: parent order within each cell, cells in C order).
+    Atom order: parent order within each cell, cells in C order (ASE's ``repeat``).
     """
-    parent = build_parent(system.parent)
-    a_x = vegard_lattice_a(x, system.sublattice.species, system.vegard_lattice_a)
-    scale = a_x / np.linalg.norm(parent.cell[0])
+    parent = parent.copy()
+    scale = lattice_a / np.linalg.norm(parent.cell[0])
     parent.set_cell(parent.cell * scale, scale_atoms=True)
-    return parent.repeat(tuple(system.supercell))
+    return parent.repeat(tuple(supercell))
 
 
 def substituted_fraction(atoms: Atoms, species: Sequence[str]) -> float | None:
@@ -169,12 +153,6 @@ def structure_hash(atoms: Atoms) -> str:
     digest.update(cell.astype("<f8").tobytes())
     digest.update(np.asarray(atoms.pbc, dtype=np.uint8).tobytes())
     return digest.hexdigest()[:20]
-
-
-def allowed_species(system: SystemSection) -> set[str]:
-    """Elements a structure of this system may contain: parent elements + sublattice species."""
-    parent = build_parent(system.parent)
-    return (set(parent.get_chemical_symbols()) - {system.sublattice.site_species}) | set(system.sublattice.species)
 
 
 # ------------------------------------------------------------------------------------ generation
@@ -255,8 +233,6 @@ def thermal_displacements(
     seed
         Random seed, in [0, 2**32).
     """
-    from capml_core.physics.phonons import build_phonopy
-
     if temperature_k <= 0:
         raise InvalidInputError(f"temperature {temperature_k} K: must be > 0 for thermal displacements")
     phonon = build_phonopy(cell, force_constants)

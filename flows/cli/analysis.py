@@ -1,0 +1,316 @@
+"""The science stages one at a time: ``capml disorder``, ``md``, ``phonons``, ``gaps``, ``modes``, ``evaluate``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from capml_core.errors import CapmlError
+from flows.cli.common import (
+    ConfigOption,
+    EnsembleOption,
+    ModelOption,
+    ProjectOption,
+    ScanOption,
+    bar,
+    capml_errors,
+    console,
+    ensemble_or_latest,
+    load,
+    model_or_latest,
+    progress_callback,
+    scan_or_latest,
+    two_bars,
+)
+
+
+def disorder(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration (TOML; uses system, disorder).")],
+    project: ProjectOption = None,
+    plan_only: Annotated[
+        bool, typer.Option("--plan", help="Only count and choose arrangements; relax nothing.")
+    ] = False,
+    model: ModelOption = None,
+) -> None:
+    """Inequivalent arrangements per composition (with multiplicities), relaxed with the project's MACE, ranked."""
+    from capml_core.stages.disorder import plan_scan, run_disorder_scan
+    from capml_core.store.database import Store
+
+    with capml_errors():
+        loaded = load(config, project)
+        plans = list(plan_scan(loaded.config.system, loaded.config.disorder))
+        table = Table("x", "labellings", "inequivalent", "selection", "chosen", "multiplicities", title="arrangements")
+        for p in plans:
+            mults = sorted((a.multiplicity for a in p.arrangements), reverse=True)
+            shown = ", ".join(map(str, mults[:8])) + (" …" if len(mults) > 8 else "")
+            table.add_row(
+                f"{p.composition_x:.4g}",
+                str(p.n_labellings),
+                str(p.n_inequivalent),
+                p.selection,
+                str(len(p.arrangements)),
+                shown,
+            )
+        console.print(table)
+        if plan_only:
+            return
+        with bar("relaxations") as progress:
+            task_id = progress.add_task("relax", total=None)
+            store = Store(loaded.project_dir)
+            result = run_disorder_scan(
+                store,
+                loaded.config,
+                model_id=model_or_latest(store, model),
+                progress=progress_callback(progress, task_id),
+            )
+    table = Table("x", "rank 1 arrangement", "eV/atom", "multiplicity", "ΔE rank 2 (meV/atom)", title=result.scan_id)
+    for x, rows in result.ranking.items():
+        gap = f"{(rows[1][1] - rows[0][1]) * 1000:.2f}" if len(rows) > 1 else "-"
+        table.add_row(f"{x:.4g}", rows[0][0], f"{rows[0][1]:.5f}", str(rows[0][2]), gap)
+    console.print(table)
+
+
+def md(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration (TOML; uses md).")],
+    project: ProjectOption = None,
+    model: ModelOption = None,
+    scan: ScanOption = None,
+) -> None:
+    """Langevin MD of each composition's lowest-energy structure at every md.temperatures_k; health checks."""
+    from capml_core.stages.dynamics import run_dynamics
+    from capml_core.store.database import Store
+
+    with capml_errors():
+        loaded = load(config, project)
+        with bar("MD runs") as progress:
+            task_id = progress.add_task("MD", total=None)
+            store = Store(loaded.project_dir)
+            results = run_dynamics(
+                store,
+                loaded.config,
+                model_id=model_or_latest(store, model),
+                scan_id=scan_or_latest(store, scan),
+                progress=progress_callback(progress, task_id),
+            )
+    table = Table(
+        "x", "T (K)", "mean T (K)", "drift (meV/atom/ps)", "max MSD (Å²)", "τ (fs)", "health", title="MD runs"
+    )
+    for r in results:
+        h = r.health
+        table.add_row(
+            f"{r.composition_x:.4g}",
+            f"{r.temperature_k:g}",
+            f"{h.mean_temperature_k:.0f}",
+            f"{h.drift_mev_per_atom_per_ps:.1f}",
+            f"{max(h.msd_a2.values()):.2f}",
+            f"{h.decorrelation_fs:.0f}",
+            "; ".join(h.problems) or "ok",
+        )
+    console.print(table)
+
+
+def phonons(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration (TOML; uses phonons, md).")],
+    project: ProjectOption = None,
+    model: ModelOption = None,
+    scan: ScanOption = None,
+) -> None:
+    """Harmonic phonons (0 K) of the lowest-energy structures; DynaPhoPy and stability verdict per MD run."""
+    from capml_core.stages.phonons import run_phonon_stage, stabilisation_temperatures
+    from capml_core.store.database import Store
+
+    with capml_errors():
+        loaded = load(config, project)
+        store = Store(loaded.project_dir)
+        harmonic, verdicts = run_phonon_stage(
+            store, loaded.config, model_id=model_or_latest(store, model), scan_id=scan_or_latest(store, scan)
+        )
+    table = Table("x", "imaginary at Γ (0 K)", "softest (THz)", "unstable branches", title="harmonic phonons")
+    for h in harmonic:
+        table.add_row(
+            f"{h.composition_x:.4g}",
+            str(h.imaginary.n_gamma),
+            f"{h.imaginary.min_frequency_thz:.2f}",
+            str(len(h.imaginary.branches)),
+        )
+    console.print(table)
+    table = Table("x", "T (K)", "stable", "band-gap stage", "reason", title="dynamic stability (DynaPhoPy)")
+    for v in verdicts:
+        table.add_row(
+            f"{v.composition_x:.4g}",
+            f"{v.temperature_k:g}",
+            "yes" if v.stable else "no",
+            "yes" if v.passes_gate else "dropped",
+            v.reason,
+        )
+    console.print(table)
+    onsets = stabilisation_temperatures(verdicts)
+    console.print(
+        "stable from: " + ", ".join(f"x = {x:g}: {t:g} K" if t else f"x = {x:g}: never" for x, t in onsets.items())
+    )
+
+
+def gaps(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration (TOML; uses gaps, md, phonons).")],
+    project: ProjectOption = None,
+    ensemble: EnsembleOption = None,
+    scan: ScanOption = None,
+) -> None:
+    """Eg(0) of the lowest-energy structures and Eg(T), ΔEg(T) from GNN gaps of uncorrelated MD snapshots."""
+    from capml_core.stages.bandgaps import run_bandgap_stage
+    from capml_core.store.database import Store
+
+    with capml_errors():
+        loaded = load(config, project)
+        with two_bars("MD runs", "DFT checks") as (runs_done, dft_done):
+            store = Store(loaded.project_dir)
+            result = run_bandgap_stage(
+                store,
+                loaded.config,
+                ensemble_id=ensemble_or_latest(store, ensemble),
+                scan_id=scan_or_latest(store, scan),
+                progress=runs_done,
+                reference_progress=dft_done,
+            )
+    table = Table(
+        "x", "Eg(0) GNN (eV)", "ensemble spread (eV)", "Eg(0) DFT (eV)", title=f"static gaps ({result.level})"
+    )
+    for s in result.static:
+        table.add_row(
+            f"{s.composition_x:.4g}",
+            f"{s.gap_ev:.3f}",
+            f"{s.gap_std_ev:.3f}",
+            "-" if s.reference_gap_ev is None else f"{s.reference_gap_ev:.3f}",
+        )
+    console.print(table)
+    table = Table("x", "T (K)", "snapshots", "Eg (eV)", "ΔEg (eV)", "ΔEg/Eg(0)", "note", title="thermal gaps")
+    for t in result.thermal:
+        a = t.average
+        table.add_row(
+            f"{t.composition_x:.4g}",
+            f"{t.temperature_k:g}",
+            "-" if a is None else str(a.n_snapshots),
+            "-" if a is None else f"{a.mean_gap_ev:.3f} ± {a.error_ev:.3f}",
+            "-" if a is None else f"{a.delta_ev:+.3f} ± {a.delta_error_ev:.3f}",
+            "-" if a is None else f"{100 * a.relative_change:+.1f} ± {100 * a.relative_error:.1f} %",
+            t.reason,
+        )
+    console.print(table)
+
+
+def modes(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration (TOML; uses gaps, phonons).")],
+    project: ProjectOption = None,
+    top: Annotated[int, typer.Option(help="Modes listed per composition and temperature (largest |ΔEg|).")] = 5,
+    ensemble: EnsembleOption = None,
+    model: ModelOption = None,
+    scan: ScanOption = None,
+) -> None:
+    """ΔEg/Eg of each Γ mode frozen in at its thermal amplitude (GNN), with DFT checks of a few modes."""
+    from capml_core.stages.modes import run_mode_stage
+    from capml_core.store.database import Store
+
+    with capml_errors():
+        loaded = load(config, project)
+        with two_bars("structures x T", "DFT checks") as (pairs_done, dft_done):
+            store = Store(loaded.project_dir)
+            result = run_mode_stage(
+                store,
+                loaded.config,
+                ensemble_id=ensemble_or_latest(store, ensemble),
+                model_id=model_or_latest(store, model),
+                scan_id=scan_or_latest(store, scan),
+                progress=pairs_done,
+                reference_progress=dft_done,
+            )
+    table = Table("x", "T (K)", "mode", "ν (THz)", "dominant", "ΔEg (eV)", "ΔEg/Eg(0)", "DFT ΔEg (eV)", title="modes")
+    for x, temperature in sorted({(m.composition_x, m.temperature_k) for m in result}):
+        frozen = [m for m in result if (m.composition_x, m.temperature_k) == (x, temperature) and m.status == "frozen"]
+        chosen = sorted(frozen, key=lambda m: -abs(m.delta_ev))[:top]
+        chosen += [m for m in frozen if m.reference_delta_ev is not None and m not in chosen]
+        for m in sorted(chosen, key=lambda m: m.frequency_thz):
+            table.add_row(
+                f"{x:.4g}",
+                f"{temperature:g}",
+                str(m.mode),
+                f"{m.frequency_thz:.2f}",
+                m.dominant,
+                f"{m.delta_ev:+.4f}",
+                f"{100 * m.relative_change:+.2f} %",
+                "-" if m.reference_delta_ev is None else f"{m.reference_delta_ev:+.4f}",
+            )
+    console.print(table)
+
+
+def evaluate(
+    config: ConfigOption = None,
+    project: ProjectOption = None,
+    set_name: Annotated[str, typer.Option("--set", help="Selection of MD frames to measure on.")] = "md-heldout",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON list of the errors.")] = False,
+    model: ModelOption = None,
+    ensemble: EnsembleOption = None,
+) -> None:
+    """Errors of a MACE model and a GNN ensemble (default: the newest) on held-out MD frames labelled so far."""
+    from capml_core.models.gnn import predict_gaps
+    from capml_core.models.mace import load_mace_calculator
+    from capml_core.stages.gnn import load_ensemble_by_id
+    from capml_core.stages.heldout import errors_table, gap_errors, labelled_frames, mace_errors
+    from capml_core.store.database import Store
+    from capml_core.store.queries import ensemble_level, mace_model_path
+
+    errors = []
+    with capml_errors():
+        if config is None:
+            raise CapmlError("give --config CONFIG.toml (its reference levels say what to measure)")
+        loaded = load(config, project)
+        store = Store(loaded.project_dir)
+        reference = loaded.config.reference
+        cheap = loaded.config.mlip.level or reference.cheap_level
+        rows = labelled_frames(store, cheap, set_name=set_name)
+        rows = rows[rows["energy_ev"].notna() & rows["forces_ev_per_a"].notna()]
+        if len(rows):
+            model_id = model_or_latest(store, model)
+            path = mace_model_path(store, model_id)
+            atoms = store.load_structures(rows["structure_hash"].tolist())
+            stresses = [None if s is None or (isinstance(s, float) and s != s) else s for s in rows["stress_ev_per_a3"]]
+            errors += mace_errors(
+                load_mace_calculator(path, device="cpu", dtype="float64"),
+                [atoms[h] for h in rows["structure_hash"]],
+                rows["energy_ev"].tolist(),
+                rows["forces_ev_per_a"].tolist(),
+                stresses,
+                model=f"mace {model_id}",
+                level=cheap,
+            )
+        try:
+            ensemble_id = ensemble_or_latest(store, ensemble)
+        except CapmlError:
+            if ensemble is not None:
+                raise
+            ensemble_id = None  # no GNN trained yet: MACE errors only
+        if ensemble_id is not None:
+            gap_level = ensemble_level(store, ensemble_id)
+            frames = labelled_frames(store, gap_level, set_name=set_name)
+            frames = frames[frames["gap_ev"].notna()]
+            if len(frames):
+                atoms = store.load_structures(frames["structure_hash"].tolist())
+                mean, _ = predict_gaps(
+                    [atoms[h] for h in frames["structure_hash"]], load_ensemble_by_id(store, ensemble_id)
+                )
+                errors.append(
+                    gap_errors(mean, frames["gap_ev"].to_numpy(), model=f"gnn {ensemble_id}", level=gap_level)
+                )
+        if not errors:
+            raise CapmlError(
+                f"no frame of the selection {set_name!r} is labelled yet (capml label --set {set_name}@LEVEL)"
+            )
+    table = errors_table(errors)
+    if as_json:
+        sys.stdout.write(table.to_json(orient="records") + "\n")
+        return
+    console.print(f"errors on the {set_name} frames (model - DFT):")
+    console.print(table.round(4).to_string(index=False))

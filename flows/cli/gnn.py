@@ -1,0 +1,101 @@
+"""``capml gnn ...``: train the band-gap GNN ensemble, predict gaps with it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from capml_core.errors import CapmlError
+from flows.cli.common import (
+    ConfigOption,
+    EnsembleOption,
+    ProjectOption,
+    capml_errors,
+    console,
+    ensemble_or_latest,
+    load,
+    open_store,
+)
+
+gnn_app = typer.Typer(help="Band-gap GNN: train, predict.", no_args_is_help=True)
+
+
+@gnn_app.command("train")
+def gnn_train(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run configuration (TOML; uses gnn, reference).")],
+    project: ProjectOption = None,
+) -> None:
+    """Search (if configured), train the GNN ensemble on the cheap level, fine-tune on the high level, curve."""
+    from capml_core.stages.gnn import fit_band_gap_model
+    from capml_core.store.database import Store
+
+    with capml_errors():
+        loaded = load(config, project)
+        reference = loaded.config.reference
+        result = fit_band_gap_model(
+            Store(loaded.project_dir),
+            loaded.config.gnn,
+            cheap_level=reference.cheap_level,
+            high_level=reference.high_level,
+            seed=loaded.config.run.seed,
+        )
+    for rank, trial in enumerate(result.search[:5], start=1):
+        console.print(
+            f"search #{rank}: {trial.architecture}, lr {trial.learning_rate:g}, batch {trial.batch_size}: "
+            f"validation MAE {trial.valid.mae_ev:.3f} eV"
+        )
+    ensemble = result.ensemble
+    console.print(f"ensemble {ensemble.ensemble_id}: {len(ensemble.model_ids)} model(s)")
+    for stage, m in ensemble.ensemble_test_metrics.items():
+        console.print(
+            f"  {stage} level, test split (n = {m.n}): MAE {m.mae_ev:.3f} eV, RMSE {m.rmse_ev:.3f} eV, "
+            f"R² {m.r2:.3f}, max error {m.max_error_ev:.3f} eV"
+        )
+    if result.baseline is not None:
+        console.print(
+            f"baseline {result.baseline.ensemble_id} ({loaded.config.gnn.baseline_architecture}, "
+            "same splits and seeds):"
+        )
+        for stage, m in result.baseline.ensemble_test_metrics.items():
+            console.print(f"  {stage} level, test split (n = {m.n}): MAE {m.mae_ev:.3f} eV, R² {m.r2:.3f}")
+    for n, m in result.curve:
+        console.print(f"learning curve: {n} training structures -> test MAE {m.mae_ev:.3f} eV")
+
+
+@gnn_app.command("predict")
+def gnn_predict(
+    structures: Annotated[Path, typer.Argument(help="Structures to predict (any file ASE reads; all frames).")],
+    config: ConfigOption = None,
+    project: ProjectOption = None,
+    model: Annotated[
+        list[Path] | None,
+        typer.Option(help="A GNN model directory (model.json + model.pt) or its model.pt; repeat for an ensemble."),
+    ] = None,
+    ensemble: EnsembleOption = None,
+) -> None:
+    """Band gaps (eV) of structures, per frame: mean and spread over an ensemble.
+
+    The ensemble is the project's --ensemble (default: the newest) or the model directories given with --model.
+    """
+    from ase.io import read
+
+    from capml_core.models.gnn import GapModel, predict_gaps
+    from capml_core.stages.gnn import load_ensemble_by_id
+
+    with capml_errors():
+        if model:
+            models = [GapModel.load(path.parent if path.suffix == ".pt" else path) for path in model]
+        else:
+            store = open_store(config, project)
+            models = load_ensemble_by_id(store, ensemble_or_latest(store, ensemble))
+        try:
+            frames = read(structures, index=":")
+        except Exception as err:  # ASE raises many types on unreadable files
+            raise CapmlError(f"{structures}: not a structure file ASE can read: {err}") from err
+        mean, spread = predict_gaps(frames, models)
+    sys.stdout.write("frame,formula,gap_ev,gap_std_ev\n")
+    for i, (atoms, m, s) in enumerate(zip(frames, mean, spread, strict=True)):
+        sys.stdout.write(f"{i},{atoms.get_chemical_formula()},{m:.4f},{s:.4f}\n")
