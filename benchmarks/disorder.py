@@ -24,7 +24,7 @@ def main() -> None:
     import torch
 
     from capml_core.config.loading import load_config
-    from capml_core.config.schema import DisorderSection
+    from capml_core.config.stage_sections import DisorderSection
     from capml_core.models.mace import load_mace_calculator
     from capml_core.physics.relax import relax_structure
     from capml_core.stages.datasets import import_spec

@@ -22,7 +22,7 @@ CUTOFF_A = 5.5
 REPO = Path(__file__).resolve().parent.parent
 
 
-def per_pair_loop_edges(atoms, cutoff: float) -> list[tuple[int, int, float]]:  # noqa: ANN001 - ASE Atoms
+def per_pair_loop_edges(atoms, cutoff: float) -> list[tuple[int, int, float]]:  # ASE Atoms
     """(source j, target i, distance) for every periodic image of j within ``cutoff`` of i, by plain loops."""
     cell = atoms.cell[:]
     positions = atoms.positions

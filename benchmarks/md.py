@@ -21,7 +21,7 @@ def main() -> None:
     import torch
 
     from capml_core.config.loading import load_config
-    from capml_core.config.schema import MDSection
+    from capml_core.config.stage_sections import MDSection
     from capml_core.models.mace import load_mace_calculator
     from capml_core.parallel import local_map
     from capml_core.physics.md import run_md

@@ -36,7 +36,7 @@ def seconds_per_epoch(log: Path) -> float:
     return float(np.mean(np.diff(stamps)))
 
 
-def md_steps_per_second(calculator, atoms, steps: int) -> float:  # noqa: ANN001
+def md_steps_per_second(calculator, atoms, steps: int) -> float:
     """ASE Langevin at 300 K, 1 fs, friction 5e-3 fs⁻¹ (the paper's settings): steps per second."""
     from ase import units
     from ase.md.langevin import Langevin

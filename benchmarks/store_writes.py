@@ -43,7 +43,7 @@ def make_records() -> tuple[list[StructureRecord], list[LabelRecord]]:
     return structures, labels
 
 
-def batched(project: Path, structures, labels) -> float:  # noqa: ANN001
+def batched(project: Path, structures, labels) -> float:
     store = Store(project)
     store.initialise()
     start = time.perf_counter()
@@ -53,7 +53,7 @@ def batched(project: Path, structures, labels) -> float:  # noqa: ANN001
     return time.perf_counter() - start
 
 
-def row_by_row(project: Path, structures, labels) -> float:  # noqa: ANN001
+def row_by_row(project: Path, structures, labels) -> float:
     store = Store(project)
     store.initialise()
     start = time.perf_counter()

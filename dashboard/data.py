@@ -16,8 +16,8 @@ import pandas as pd
 import streamlit as st
 
 from capml_core.errors import CapmlError, NotComputedError
-from capml_core.stages.datasets import DatasetSummary, summarise_dataset
 from capml_core.store.database import Store
+from capml_core.store.queries import DatasetSummary, summarise_dataset
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -134,7 +134,7 @@ def disorder_results(path: str) -> dict[str, pd.DataFrame]:
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
-def structure(path: str, structure_hash: str):  # noqa: ANN201 - ase.Atoms
+def structure(path: str, structure_hash: str):  # ase.Atoms
     """One stored structure."""
     return Store(path).load_atoms(structure_hash)
 

@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
-from capml_core.config.schema import ExecutionSection
+from capml_core.config.stage_sections import ExecutionSection
 from capml_core.errors import InvalidInputError
 from capml_core.parallel import JobMap
 

@@ -34,15 +34,15 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from capml_core.config.inputs import ImportSpec, StructureSetSection
 from capml_core.config.loading import LoadedConfig, load_config
-from capml_core.config.schema import ImportSpec, StructureSetSection
 from capml_core.dft.levels import LEVELS, get_level
 from capml_core.errors import InvalidInputError
 from capml_core.parallel import JobMap
 from capml_core.physics.phonons import ForceConstants
 from capml_core.provenance import code_version, package_versions
 from capml_core.stages.bandgaps import BandGapResult, run_bandgap_stage
-from capml_core.stages.datasets import DatasetSummary, ImportReport, import_spec, summarise_dataset
+from capml_core.stages.datasets import ImportReport, import_spec
 from capml_core.stages.disorder import DisorderScanResult, run_disorder_scan
 from capml_core.stages.dynamics import MDResult, run_dynamics
 from capml_core.stages.gnn import GNNStageResult, fit_band_gap_model
@@ -52,7 +52,7 @@ from capml_core.stages.modes import ModeGap, run_mode_stage
 from capml_core.stages.phonons import StabilityResult, run_phonon_stage
 from capml_core.stages.training_sets import end_members_for, store_structure_set
 from capml_core.store.database import Store
-from capml_core.store.queries import latest_ensemble, latest_model, latest_scan_id
+from capml_core.store.queries import DatasetSummary, latest_ensemble, latest_model, latest_scan_id, summarise_dataset
 from capml_core.store.records import LabelRecord
 from flows.fanout import fan_out
 
@@ -675,7 +675,7 @@ def pipeline(
     return run_stages(config_path, project_dir, list(stages or STAGES), overrides, device)
 
 
-def _stage_flow(name: str):  # noqa: ANN202 - a Prefect Flow
+def _stage_flow(name: str):  # a Prefect Flow
     def run_stage(
         config_path: str,
         project_dir: str | None = None,

@@ -82,9 +82,9 @@ TINY = {
 }
 
 
-def _tiny_config(project: Path, **mlip):  # noqa: ANN202 - RunConfig
+def _tiny_config(project: Path, **mlip):  # RunConfig
     from capml_core.config.loading import load_config
-    from capml_core.config.schema import MLIPSection
+    from capml_core.config.stage_sections import MLIPSection
 
     loaded = load_config(DEMO_CONFIG, project_dir=project)
     return loaded.config.model_copy(update={"mlip": MLIPSection(**{**TINY, **mlip})})
@@ -104,7 +104,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, demo_store_dir: Path):
     return project, config, result, epochs
 
 
-def project_copy(source: Path, parent: Path):  # noqa: ANN201 - (project dir, Store)
+def project_copy(source: Path, parent: Path):  # (project dir, Store)
     """A private copy of a fixture's project (``parent/project``) and its store, for a test that writes to it."""
     from capml_core.store.database import Store
 
@@ -113,9 +113,9 @@ def project_copy(source: Path, parent: Path):  # noqa: ANN201 - (project dir, St
     return project, Store(project)
 
 
-def md_config(config, temperatures_k: list[float], duration_ps: float, equilibration_ps: float):  # noqa: ANN001, ANN201
+def md_config(config, temperatures_k: list[float], duration_ps: float, equilibration_ps: float):
     """A config for short stage tests: 2 relaxation and MD workers, the phonon gate on, a short MD."""
-    from capml_core.config.schema import MDSection
+    from capml_core.config.stage_sections import MDSection
 
     return config.model_copy(
         update={
@@ -128,7 +128,7 @@ def md_config(config, temperatures_k: list[float], duration_ps: float, equilibra
     )
 
 
-def wait_until_served(url: str, process, timeout_s: float, output) -> None:  # noqa: ANN001 - Popen, () -> str
+def wait_until_served(url: str, process, timeout_s: float, output) -> None:  # Popen, () -> str
     """Poll ``url`` until it answers 200; fail with ``output()`` if ``process`` dies or ``timeout_s`` passes."""
     import time
     import urllib.request

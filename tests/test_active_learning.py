@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import DEMO_CONFIG, TINY, project_copy
 
 
-def _brute_shortest(atoms, cutoff: float = 4.0) -> dict[tuple[str, str], float]:  # noqa: ANN001
+def _brute_shortest(atoms, cutoff: float = 4.0) -> dict[tuple[str, str], float]:
     """Shortest distance per species pair by minimum image over all pairs (valid for cells > 2 x cutoff)."""
     distances = atoms.get_all_distances(mic=True)
     symbols = atoms.get_chemical_symbols()
@@ -23,7 +23,7 @@ def _brute_shortest(atoms, cutoff: float = 4.0) -> dict[tuple[str, str], float]:
     return out
 
 
-def _cell():  # noqa: ANN202 - Atoms
+def _cell():  # Atoms
     from capml_core.config.loading import load_config
     from capml_core.stages.training_sets import end_member_cell
 
@@ -79,7 +79,7 @@ def _mlip_page() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_a_round_labels_the_selected_frames_retrains_mace_and_reruns_md(trained, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_a_round_labels_the_selected_frames_retrains_mace_and_reruns_md(trained, tmp_path: Path, monkeypatch) -> None:
     """x = 1 only, hot MD with the tiny MACE, one GPAW PBEsol label per run (250 eV): one real round."""
     from prefect.testing.utilities import prefect_test_harness
 

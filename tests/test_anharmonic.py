@@ -200,7 +200,7 @@ def test_imaginary_harmonic_mode_stabilised(copper, cold) -> None:
 def test_unstable_verdicts_count_and_name_the_modes() -> None:
     harmonic = np.array([0.0, 0.0, 0.0, -1.2, 2.0, 3.0, 4.0, 5.0])
 
-    def verdict(peaks, widths, **kwargs) -> StabilityVerdict:  # noqa: ANN001
+    def verdict(peaks, widths, **kwargs) -> StabilityVerdict:
         result = AnharmonicPhonons(300.0, harmonic, np.array(peaks, float), np.array(widths, float), None, (0, 1, 2))
         return stability_verdict(result, **kwargs)
 

@@ -124,9 +124,9 @@ def test_reference_compositions_must_be_studied(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------- the stages
 @pytest.fixture(scope="module")
-def gap_project(trained, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201 - (project, config)
+def gap_project(trained, tmp_path_factory: pytest.TempPathFactory):  # (project, config)
     """Tiny MACE → disorder scan → 0.3 ps MD at 50 and 100 K → a 2-model GNN: what the gap stages start from."""
-    from capml_core.config.schema import GNNSection
+    from capml_core.config.stage_sections import GNNSection
     from capml_core.stages.disorder import run_disorder_scan
     from capml_core.stages.dynamics import run_dynamics
     from capml_core.stages.gnn_training import train_two_stage
@@ -163,7 +163,7 @@ def _verdicts(store: Store, unstable: set[tuple[float, float]]) -> None:
 
 
 @pytest.mark.slow
-def test_bandgap_stage_averages_uncorrelated_snapshots_of_gated_runs(gap_project, tmp_path: Path) -> None:  # noqa: ANN001
+def test_bandgap_stage_averages_uncorrelated_snapshots_of_gated_runs(gap_project, tmp_path: Path) -> None:
     from capml_core.errors import NotComputedError
     from capml_core.models.gnn import predict_gaps_per_model
     from capml_core.physics.md import read_trajectory, trajectory_frame, uncorrelated_frames
@@ -241,7 +241,7 @@ def test_bandgap_stage_averages_uncorrelated_snapshots_of_gated_runs(gap_project
         store.query("SELECT * FROM gap_snapshots")
     )
     # gate off: a new ensemble averages every run, the stored verdicts stay as they are
-    from capml_core.config.schema import GNNSection
+    from capml_core.config.stage_sections import GNNSection
     from capml_core.stages.gnn_training import train_two_stage
 
     gnn = GNNSection(epochs=2, fine_tune_epochs=2, ensemble_size=1, learning_curve_fractions=[])
@@ -253,8 +253,8 @@ def test_bandgap_stage_averages_uncorrelated_snapshots_of_gated_runs(gap_project
 
 
 @pytest.mark.slow
-def test_mode_stage_freezes_every_optical_mode_and_checks_one_with_dft(gap_project, tmp_path: Path) -> None:  # noqa: ANN001
-    from capml_core.config.schema import GpawSettings
+def test_mode_stage_freezes_every_optical_mode_and_checks_one_with_dft(gap_project, tmp_path: Path) -> None:
+    from capml_core.config.inputs import GpawSettings
     from capml_core.models.gnn import predict_gaps_per_model
     from capml_core.physics.modes import thermal_displacement
     from capml_core.stages.gnn import load_ensemble_by_id

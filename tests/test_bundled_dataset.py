@@ -75,7 +75,7 @@ def test_the_two_levels_label_distinct_structures() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("level", "calculator"), [("gpaw-pbesol", GpawPbesol()), ("gpaw-gllbsc", GpawGllbsc())])
-def test_a_random_bundled_structure_recomputes_to_its_label(level: str, calculator) -> None:  # noqa: ANN001
+def test_a_random_bundled_structure_recomputes_to_its_label(level: str, calculator) -> None:
     frames = read(FILES[level], index=":")
     frame = frames[np.random.default_rng(7).integers(len(frames))]
     result = calculator.compute(frame)

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from capml_core.config.inputs import LabelKeys
 from capml_core.config.loading import load_config
-from capml_core.config.schema import LabelKeys
 from capml_core.errors import ConfigError
 from tests.conftest import DEMO_CONFIG, PAPER_CONFIG, PBESOL_FILE, REPO
 

@@ -11,8 +11,9 @@ from typing import Annotated, Literal, get_args, get_origin
 import pytest
 from pydantic import BaseModel, Field, PositiveFloat
 
+from capml_core.config.base import Section
 from capml_core.config.reference import REGENERATE_COMMAND, config_reference_markdown, main
-from capml_core.config.schema import RunConfig, Section
+from capml_core.config.schema import RunConfig
 from tests.conftest import REPO
 
 COMMITTED = REPO / "docs" / "configuration-reference.md"

@@ -32,13 +32,13 @@ def _run_app(project: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
     return AppTest.from_file(str(APP), default_timeout=60).run()
 
 
-def _decoded(array_spec) -> np.ndarray:  # noqa: ANN001 - plotly 7 stores arrays as base64 dicts
+def _decoded(array_spec) -> np.ndarray:  # plotly 7 stores arrays as base64 dicts
     if isinstance(array_spec, dict) and "bdata" in array_spec:
         return np.frombuffer(base64.b64decode(array_spec["bdata"]), dtype=np.dtype(array_spec["dtype"]))
     return np.asarray(array_spec)
 
 
-def test_a_run_whose_process_died_shows_as_interrupted(demo_store_copy: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_a_run_whose_process_died_shows_as_interrupted(demo_store_copy: Path, monkeypatch) -> None:
     from capml_core.store.database import Store
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -63,7 +63,7 @@ def test_a_run_whose_process_died_shows_as_interrupted(demo_store_copy: Path, mo
     assert at.dataframe[1].value["status"].tolist() == ["interrupted"]
 
 
-def test_overview_shows_runs_coverage_and_gap_histograms(demo_store_copy: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_overview_shows_runs_coverage_and_gap_histograms(demo_store_copy: Path, monkeypatch) -> None:
     from capml_core.store.database import Store
     from flows.pipeline import new_run_id
 
@@ -110,7 +110,7 @@ def test_overview_shows_runs_coverage_and_gap_histograms(demo_store_copy: Path, 
     assert _decoded(heat["data"][0]["z"]).sum() == 103
 
 
-def test_empty_project_says_what_to_do(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_empty_project_says_what_to_do(tmp_path: Path, monkeypatch) -> None:
     at = _run_app(tmp_path / "nothing-here", monkeypatch)
     assert not at.exception
     assert "capml run" in at.info[0].value
@@ -179,7 +179,7 @@ def _dataset_page() -> None:
     render_dataset()
 
 
-def test_dataset_page_shows_sets_coverage_gaps_and_failures(demo_store_copy: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_dataset_page_shows_sets_coverage_gaps_and_failures(demo_store_copy: Path, monkeypatch) -> None:
     import json
 
     from capml_core.config.loading import load_config
@@ -226,7 +226,7 @@ def _gnn_page() -> None:
     render_gnn()
 
 
-def test_band_gap_model_page_draws_parity_and_errors(demo_store_copy: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_band_gap_model_page_draws_parity_and_errors(demo_store_copy: Path, monkeypatch) -> None:
     import json
 
     from capml_core.config.loading import load_config

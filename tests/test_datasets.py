@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from ase.io import read, write
 
+from capml_core.config.inputs import LabelKeys
 from capml_core.config.loading import load_config
-from capml_core.config.schema import LabelKeys
 from capml_core.errors import DatasetError
-from capml_core.stages.datasets import import_labelled_dataset, load_labelled_extxyz, summarise_dataset
+from capml_core.stages.datasets import import_labelled_dataset, load_labelled_extxyz
 from capml_core.store.database import Store
+from capml_core.store.queries import summarise_dataset
 from tests.conftest import DEMO_CONFIG, GLLBSC_FILE, PBESOL_FILE
 
 PBESOL_KEYS = LabelKeys.build(prefix="pbesol")
@@ -65,7 +66,7 @@ def test_same_structures_at_another_level_share_the_structure_rows(demo_store_co
     assert (report.new_structures, report.new_labels) == (0, 103)
 
 
-def _bad_copy(tmp_path: Path, edit) -> Path:  # noqa: ANN001 - a callable editing a list of frames
+def _bad_copy(tmp_path: Path, edit) -> Path:  # a callable editing a list of frames
     frames = read(PBESOL_FILE, index=":5")
     edit(frames)
     path = tmp_path / "bad.extxyz"
@@ -73,34 +74,34 @@ def _bad_copy(tmp_path: Path, edit) -> Path:  # noqa: ANN001 - a callable editin
     return path
 
 
-def _drop_gap(frames) -> None:  # noqa: ANN001
+def _drop_gap(frames) -> None:
     del frames[2].info["pbesol_gap"]
 
 
-def _short_forces(frames) -> None:  # noqa: ANN001
+def _short_forces(frames) -> None:
     frames[1].new_array("pbesol_f2", frames[1].arrays["pbesol_forces"][:, :2].copy())
     del frames[1].arrays["pbesol_forces"]
     frames[1].arrays["pbesol_forces"] = frames[1].arrays.pop("pbesol_f2")
 
 
-def _nan_energy(frames) -> None:  # noqa: ANN001
+def _nan_energy(frames) -> None:
     frames[4].info["pbesol_energy"] = float("nan")
 
 
-def _nan_force(frames) -> None:  # noqa: ANN001
+def _nan_force(frames) -> None:
     frames[0].arrays["pbesol_forces"][3, 1] = np.nan
 
 
-def _unknown_species(frames) -> None:  # noqa: ANN001
+def _unknown_species(frames) -> None:
     symbols = frames[3].get_chemical_symbols()
     frames[3].set_chemical_symbols(["Cl" if s == "S" else s for s in symbols])
 
 
-def _negative_gap(frames) -> None:  # noqa: ANN001
+def _negative_gap(frames) -> None:
     frames[0].info["pbesol_gap"] = -0.2
 
 
-def _bad_stress(frames) -> None:  # noqa: ANN001
+def _bad_stress(frames) -> None:
     frames[2].info["pbesol_stress"] = np.array([1.0, 2.0, 3.0])
 
 
@@ -120,7 +121,7 @@ def test_bad_files_are_rejected_and_the_store_is_unchanged(
     demo_store_copy: Path,
     tmp_path: Path,
     edit,
-    expected: str,  # noqa: ANN001
+    expected: str,
 ) -> None:
     store = Store(demo_store_copy)
     before = store.query("SELECT (SELECT count(*) FROM structures) AS s, (SELECT count(*) FROM labels) AS l")

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from capml_core.config.loading import load_config
-from capml_core.config.schema import DisorderSection
+from capml_core.config.stage_sections import DisorderSection
 from capml_core.errors import InvalidInputError
 from capml_core.store.database import Store
 from capml_core.store.queries import latest_model, latest_scan_id
@@ -32,7 +32,7 @@ from capml_core.system.arrangements import (
 from tests.conftest import DEMO_CONFIG, REPO
 
 
-def _system(n: int):  # noqa: ANN202 - SystemSection
+def _system(n: int):  # SystemSection
     system = load_config(DEMO_CONFIG).config.system
     return system.model_copy(update={"supercell": (n, n, n), "compositions": [0.0]})
 
@@ -248,7 +248,7 @@ def _disorder_page() -> None:
 
 
 @pytest.mark.slow
-def test_dashboard_page_ranks_shows_the_structure_and_mixing(trained, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_dashboard_page_ranks_shows_the_structure_and_mixing(trained, tmp_path: Path, monkeypatch) -> None:
     import json
 
     import streamlit as st

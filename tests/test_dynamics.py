@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from capml_core.config.loading import load_config
-from capml_core.config.schema import MDSection
+from capml_core.config.stage_sections import MDSection
 from capml_core.errors import ConfigError
 from capml_core.physics.md import FRAME_DATASETS, check_health, read_trajectory, run_md, uncorrelated_frames
 from capml_core.physics.statistics import integrated_autocorrelation_time
@@ -145,10 +145,10 @@ def test_dynamics_stage_runs_every_composition_once(trained, tmp_path: Path) -> 
     _held_out_frames_round_trip(store, config, tmp_path)
 
 
-def _held_out_frames_round_trip(store, config, tmp_path: Path) -> None:  # noqa: ANN001
+def _held_out_frames_round_trip(store, config, tmp_path: Path) -> None:
     """Frames drawn at random from production MD, a pool file, a new store, labels exported and imported: the
     provenance survives and held-out frames never enter a training set."""
-    from capml_core.config.schema import ImportSpec
+    from capml_core.config.inputs import ImportSpec
     from capml_core.stages.datasets import export_labelled_extxyz, import_spec
     from capml_core.stages.md_frames import read_frame_pool, restore_frame_pool, sample_random_frames, write_frame_pool
     from capml_core.store.database import Store
@@ -192,7 +192,7 @@ def _held_out_frames_round_trip(store, config, tmp_path: Path) -> None:  # noqa:
     assert len(third.query("SELECT * FROM labels")) == 10
 
 
-def _evaluate_measures_known_offsets(store, frames) -> None:  # noqa: ANN001
+def _evaluate_measures_known_offsets(store, frames) -> None:
     """`capml evaluate` on frames whose 'DFT' labels are the MACE model's own values shifted by known amounts."""
     import json
 

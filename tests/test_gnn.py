@@ -146,7 +146,7 @@ def test_gnn_train_and_predict_commands(demo_store_copy: Path, tmp_path: Path) -
     _bad_model_files_are_refused(runner, app, store, tmp_path / "three.extxyz", tmp_path)
 
 
-def _bad_model_files_are_refused(runner, app, store, structures: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def _bad_model_files_are_refused(runner, app, store, structures: Path, tmp_path: Path) -> None:
     """A truncated, foreign-architecture or pickled model.pt: exit 2, one message naming the file, nothing run."""
     import shutil
 
@@ -191,7 +191,7 @@ def _bad_model_files_are_refused(runner, app, store, structures: Path, tmp_path:
 def test_config_names_exactly_the_known_architectures() -> None:
     from typing import get_args
 
-    from capml_core.config.schema import GNNArchitectureName
+    from capml_core.config.stage_sections import GNNArchitectureName
 
     assert set(get_args(GNNArchitectureName)) == set(ARCHITECTURES)
 
@@ -256,7 +256,7 @@ def test_models_move_between_devices(pbesol) -> None:
 
 def test_a_small_level_always_gets_a_validation_structure(tmp_path: Path) -> None:
     """With tiny split fractions no structure may fall in validation; one moves there from training."""
-    from capml_core.config.schema import GNNSection
+    from capml_core.config.stage_sections import GNNSection
     from capml_core.stages.gnn_training import level_splits
     from capml_core.store.database import Store
     from capml_core.store.records import LabelRecord, StructureRecord

@@ -17,7 +17,7 @@ from tests.conftest import DEMO_CONFIG
 
 
 @pytest.fixture(scope="module")
-def bromide():  # noqa: ANN201 - ForceConstants of the cubic Ag3SBr 2x2x2 cell (GPAW PBEsol, bundled)
+def bromide():  # ForceConstants of the cubic Ag3SBr 2x2x2 cell (GPAW PBEsol, bundled)
     config = load_config(DEMO_CONFIG).config
     return end_member_force_constants(config.system, config.dataset, "Br", cache_dir=Path("unused"))
 
@@ -81,7 +81,7 @@ def test_stage_computes_each_lowest_structure_once(trained, tmp_path: Path) -> N
 
 
 # ------------------------------------------------------------------------------------------- band paths
-def _parent(c_over_a: float = 1.0, axis: int = 2):  # noqa: ANN202 - Atoms
+def _parent(c_over_a: float = 1.0, axis: int = 2):  # Atoms
     from capml_core.system.structures import build_cubic_antiperovskite
 
     parent = build_cubic_antiperovskite("Ag", "S", "Br", 4.793)

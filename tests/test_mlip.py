@@ -16,7 +16,7 @@ from ase.io import read
 from typer.testing import CliRunner
 
 from capml_core.config.loading import load_config
-from capml_core.config.schema import MLIPSection
+from capml_core.config.stage_sections import MLIPSection
 from capml_core.errors import ConfigError, DatasetError, InvalidInputError
 from capml_core.models.mace import mace_arguments
 from capml_core.stages.mlip import inspect_mace_model, labelled_structures, split_structures
@@ -252,7 +252,7 @@ def test_cli_trains_evaluates_a_model_file_and_refuses_a_bad_one(trained, tmp_pa
 @pytest.mark.slow
 def test_thermal_structures_from_force_constants_of_the_trained_mace(trained) -> None:
     """dataset.force_constants_level = "mace": the end members' phonons come from the project's MACE."""
-    from capml_core.config.schema import StructureSetSection
+    from capml_core.config.inputs import StructureSetSection
     from capml_core.stages.mlip import force_constants_cache_dir, force_function
     from capml_core.stages.training_sets import end_members_for, generate_structure_set
 

@@ -29,7 +29,7 @@ J_PER_EV = units._e
 
 
 @pytest.fixture(scope="module")
-def ag3sbr():  # noqa: ANN201 - (cell, force constants, Γ modes)
+def ag3sbr():  # (cell, force constants, Γ modes)
     fc = load_force_constants(REPO / "data" / "phonons" / "Ag3SBr-2x2x2-gpaw-pbesol.yaml")
     return fc.cell, fc.force_constants, gamma_modes(fc.cell, fc.force_constants)
 
@@ -54,7 +54,7 @@ def test_bose_einstein_is_the_closed_form(frequency_thz: float, temperature_k: f
     assert both.shape == (2,) and both[1] < both[0]
 
 
-def test_thermal_amplitude_carries_half_the_oscillator_energy_in_the_harmonic_potential(ag3sbr) -> None:  # noqa: ANN001
+def test_thermal_amplitude_carries_half_the_oscillator_energy_in_the_harmonic_potential(ag3sbr) -> None:
     cell, fc, gamma = ag3sbr
     masses = cell.get_masses() * units._amu
     phi = fc.transpose(0, 2, 1, 3).reshape(3 * len(cell), 3 * len(cell))  # eV/Å²
@@ -75,7 +75,7 @@ def test_thermal_amplitude_carries_half_the_oscillator_energy_in_the_harmonic_po
     assert 0.01 < np.sqrt(np.mean(np.sum(u**2, axis=1))) < 0.3
 
 
-def test_thermal_displacement_refuses_modes_without_an_amplitude(ag3sbr) -> None:  # noqa: ANN001
+def test_thermal_displacement_refuses_modes_without_an_amplitude(ag3sbr) -> None:
     cell, _, gamma = ag3sbr
     with pytest.raises(InvalidInputError, match="needs ω > 0"):
         thermal_displacement(cell, gamma.eigenvectors[:, 0], -2.3, 300.0)
@@ -83,7 +83,7 @@ def test_thermal_displacement_refuses_modes_without_an_amplitude(ag3sbr) -> None
         thermal_displacement(cell, np.ones(30), 2.0, 300.0)
 
 
-def test_acoustic_modes_are_the_rigid_translations(ag3sbr) -> None:  # noqa: ANN001
+def test_acoustic_modes_are_the_rigid_translations(ag3sbr) -> None:
     cell, _, gamma = ag3sbr
     acoustic = acoustic_modes(cell, gamma.eigenvectors)
     assert len(acoustic) == 3
@@ -113,7 +113,7 @@ def test_modes_for_dft_checks_span_the_frequency_range() -> None:
     assert spread_over_frequencies(frequencies, 0) == []
 
 
-def test_frozen_mode_gaps_of_a_quadratic_gap_model(ag3sbr) -> None:  # noqa: ANN001
+def test_frozen_mode_gaps_of_a_quadratic_gap_model(ag3sbr) -> None:
     """A gap model Eg = Eg0 + a·u + c Σ|u|² (u: displacement from the cell, Å): ΔEg = c Σ|u|² exactly.
 
     The mean of the ±u structures removes the linear term; an ensemble of two such models (c and 2c) gives the
@@ -123,14 +123,14 @@ def test_frozen_mode_gaps_of_a_quadratic_gap_model(ag3sbr) -> None:  # noqa: ANN
     slope = np.random.default_rng(5).normal(size=(len(cell), 3))
     seen: list[int] = []
 
-    def model(c: float):  # noqa: ANN202
-        def gap(atoms) -> float:  # noqa: ANN001
+    def model(c: float):
+        def gap(atoms) -> float:
             u = atoms.positions - cell.positions
             return 1.2 + 0.3 * float(np.sum(slope * u)) + c * float(np.sum(u**2))
 
         return gap
 
-    def ensemble(structures) -> np.ndarray:  # noqa: ANN001
+    def ensemble(structures) -> np.ndarray:
         seen.append(len(structures))
         assert np.allclose(structures[0].positions, cell.positions)
         return np.array([[model(c)(a) for a in structures] for c in (0.5, 1.0)])

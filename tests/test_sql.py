@@ -87,7 +87,7 @@ def test_cli_sql_uses_the_same_guard(demo_store_copy: Path) -> None:
     assert ok.exit_code == 0 and ok.output.strip().splitlines() == ["n", "151"]
 
 
-def test_dashboard_sql_page_runs_examples_and_refuses_writes(demo_store_copy: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_dashboard_sql_page_runs_examples_and_refuses_writes(demo_store_copy: Path, monkeypatch) -> None:
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("CAPML_PROJECT_DIR", str(demo_store_copy))

@@ -160,7 +160,7 @@ def test_a_writer_held_too_long_gives_a_clear_error(tmp_path: Path) -> None:
         holder.join()
 
 
-def _hold_lock(path: str, ready) -> None:  # noqa: ANN001 - multiprocessing Event
+def _hold_lock(path: str, ready) -> None:  # multiprocessing Event
     con = duckdb.connect(path)
     ready.set()
     time.sleep(60)

@@ -159,7 +159,7 @@ def test_generated_structures_survive_an_extxyz_round_trip_with_their_hash(recip
 
 
 def test_force_constants_need_a_level_that_gives_forces() -> None:
-    from capml_core.config.schema import ReferenceSection
+    from capml_core.config.inputs import ReferenceSection
     from capml_core.errors import InvalidInputError
     from capml_core.stages.mlip import force_function
 

@@ -80,7 +80,7 @@ def test_missing_potcars_are_a_clear_error(tmp_path: Path, monkeypatch: pytest.M
 def _vasprun(
     atoms_sorted, energy: float, forces: np.ndarray, stress_kbar: np.ndarray, eigenvalues, occupations, n_scf: int = 12
 ) -> str:
-    def varray(name: str, rows) -> str:  # noqa: ANN001
+    def varray(name: str, rows) -> str:
         body = "".join(f"<v>{' '.join(f'{v:.10f}' for v in row)}</v>" for row in rows)
         return f'<varray name="{name}">{body}</varray>'
 

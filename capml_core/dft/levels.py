@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 from ase import Atoms
 
-from capml_core.config.schema import ReferenceSection
+from capml_core.config.inputs import ReferenceSection
 from capml_core.errors import CalculationFailed, InvalidInputError
 from capml_core.types import LabelName
 

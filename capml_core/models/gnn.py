@@ -68,7 +68,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
-def build_model(architecture: Architecture, *, n_node_features: int = 4):  # noqa: ANN201 - torch imported lazily
+def build_model(architecture: Architecture, *, n_node_features: int = 4):  # torch imported lazily
     """The torch module of an architecture."""
     import torch
     from torch_geometric.nn import GraphConv, global_add_pool, global_max_pool, global_mean_pool
@@ -88,7 +88,7 @@ def build_model(architecture: Architecture, *, n_node_features: int = 4):  # noq
             self.out = torch.nn.Linear(a.head_channels, 1)
             self.activation = torch.sigmoid if a.output == "sigmoid" else torch.relu
 
-        def forward(self, data):  # noqa: ANN001, ANN202 - a PyG Batch -> (n_graphs,)
+        def forward(self, data):  # a PyG Batch -> (n_graphs,)
             x = data.x
             for conv, norm in zip(self.convs, self.norms, strict=True):
                 x = torch.relu(norm(conv(x, data.edge_index, data.edge_weight)))
@@ -98,7 +98,7 @@ def build_model(architecture: Architecture, *, n_node_features: int = 4):  # noq
     return GapGNN()
 
 
-def to_data(graph: PeriodicGraph, normaliser: Normaliser, gap_ev: float | None = None):  # noqa: ANN201
+def to_data(graph: PeriodicGraph, normaliser: Normaliser, gap_ev: float | None = None):
     """A PyG ``Data`` with normalised features (and target, when a gap is given)."""
     import torch
     from torch_geometric.data import Data

@@ -7,20 +7,20 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ase import Atoms
 
-from capml_core.config.schema import MLIPSection
+from capml_core.config.stage_sections import MLIPSection
 from capml_core.errors import CalculationFailed, InvalidInputError
 from capml_core.models.mace_files import (
     MaceModelInfo,
     import_torch,
     load_safe_model,
 )
+from capml_core.system.labelled import LabelledStructure
 from capml_core.types import ForceFunction
 
 
@@ -58,7 +58,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_mace_calculator(path: str | Path, *, device: str = "auto", dtype: str = "float64"):  # noqa: ANN201
+def load_mace_calculator(path: str | Path, *, device: str = "auto", dtype: str = "float64"):
     """An ASE calculator for a MACE model file (float64 for phonons and relaxations, float32 for fast MD).
 
     Energies eV, forces eV/Å, stress eV/Å³ (ASE convention).
@@ -183,14 +183,14 @@ def run_mace_trainer(argv: Sequence[str], *, log_path: Path, max_epochs: int, on
 
 
 # ------------------------------------------------------------------------------------------- evaluation
-def predict_labels(calculator, atoms: Atoms) -> tuple[float, np.ndarray, np.ndarray]:  # noqa: ANN001
+def predict_labels(calculator, atoms: Atoms) -> tuple[float, np.ndarray, np.ndarray]:
     """Energy (eV), forces (eV/Å) and stress (eV/Å³, Voigt) of ``atoms`` from an ASE calculator."""
     work = atoms.copy()
     work.calc = calculator
     return float(work.get_potential_energy()), np.asarray(work.get_forces()), np.asarray(work.get_stress(voigt=True))
 
 
-def calculator_forces(calculator) -> ForceFunction:  # noqa: ANN001
+def calculator_forces(calculator) -> ForceFunction:
     """``forces(atoms)`` (eV/Å) from an ASE calculator."""
 
     def forces(atoms: Atoms) -> np.ndarray:
@@ -204,7 +204,7 @@ def calculator_forces(calculator) -> ForceFunction:  # noqa: ANN001
 _CALCULATORS: dict[tuple[str, str, str], Any] = {}
 
 
-def cached_mace_calculator(model_path: str | Path, device: str, dtype: str):  # noqa: ANN201 - MACECalculator
+def cached_mace_calculator(model_path: str | Path, device: str, dtype: str):  # MACECalculator
     """The MACE calculator of a model file, loaded once per worker process (keyed by path, device, dtype)."""
     key = (str(model_path), device, dtype)
     if key not in _CALCULATORS:
@@ -224,16 +224,4 @@ EpochCallback = Callable[[int, int, str], None]
 
 
 # ------------------------------------------------------------------------------------------- training data
-@dataclass(frozen=True)
-class LabelledStructure:
-    """A structure with its reference energy (eV), forces (eV/Å) and stress (eV/Å³, Voigt; may be None)."""
-
-    structure_hash: str
-    atoms: Atoms
-    energy_ev: float
-    forces_ev_per_a: np.ndarray
-    stress_ev_per_a3: np.ndarray | None
-    kind: str = "imported"
-
-
 _EPOCH_LINE = re.compile(r"Epoch (\d+):")

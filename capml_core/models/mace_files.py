@@ -43,7 +43,7 @@ BLOCK_MODULES = ("mace.modules.blocks",)
 GATE_FUNCTIONS = ("silu", "tanh", "sigmoid", "relu", "gelu", "softplus", "abs")
 
 
-def import_torch():  # noqa: ANN202 - torch imported lazily
+def import_torch():  # torch imported lazily
     """torch, with mace imported first (e3nn's constants load under torch 2.13 only after mace is)."""
     import mace  # noqa: F401  (before e3nn: its constants load under torch 2.13 only after mace is imported)
     import torch
@@ -166,7 +166,7 @@ def _pickled_globals(path: Path) -> list[str]:
                     names.add(f"{strings[-2]}.{strings[-1]}")
                 elif isinstance(argument, str):
                     strings.append(argument)
-    except Exception:  # noqa: S110 - a damaged pickle: report what was found so far
+    except Exception:  # a damaged pickle: report what was found so far
         pass
     return sorted(names)
 
@@ -294,7 +294,7 @@ def inspect_mace_model(path: str | Path) -> MaceModelInfo:
         channels = sum(mul for mul, irrep in hidden if irrep.l == 0)
         max_l = max(irrep.l for _, irrep in hidden)
         correlation = int(np.max(settings["correlation"]))
-    except Exception:  # noqa: S110 - an unusual MACE variant: size unknown, cutoff still checked
+    except Exception:  # an unusual MACE variant: size unknown, cutoff still checked
         pass
     return MaceModelInfo(
         path=path,

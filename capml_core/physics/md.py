@@ -41,7 +41,7 @@ def _new_trajectory(atoms: Atoms, attributes: dict[str, Any]) -> dict[str, Any]:
     return {**{k: np.asarray(v) for k, v in frames.items()}, **attributes}
 
 
-def _open_trajectory(path: Path, atoms: Atoms, attributes: dict[str, Any]):  # noqa: ANN202 - h5py.File
+def _open_trajectory(path: Path, atoms: Atoms, attributes: dict[str, Any]):  # h5py.File
     import h5py
 
     n = len(atoms)
@@ -55,7 +55,7 @@ def _open_trajectory(path: Path, atoms: Atoms, attributes: dict[str, Any]):  # n
     return handle
 
 
-def _append(handle, frames: list[tuple]) -> None:  # noqa: ANN001 - an h5py.File or an in-memory trajectory dict
+def _append(handle, frames: list[tuple]) -> None:  # an h5py.File or an in-memory trajectory dict
     if not frames:
         return
     columns = list(zip(*frames, strict=True))
@@ -85,7 +85,7 @@ class MDRun:
 
 def run_md(
     atoms: Atoms,
-    calculator,  # noqa: ANN001 - an ASE calculator
+    calculator,  # an ASE calculator
     *,
     temperature_k: float,
     timestep_fs: float,

@@ -23,7 +23,7 @@ class Relaxation:
     wall_time_s: float
 
 
-def relax_structure(atoms: Atoms, calculator, *, mode: str, fmax_ev_per_a: float, max_steps: int) -> Relaxation:  # noqa: ANN001
+def relax_structure(atoms: Atoms, calculator, *, mode: str, fmax_ev_per_a: float, max_steps: int) -> Relaxation:
     """BFGS relaxation with ASE's FrechetCellFilter until forces and stress are below ``fmax``.
 
     "cell" relaxes the cell with fractional positions fixed (the paper's mode), "full" the cell and positions.

@@ -25,7 +25,9 @@ import numpy as np
 from ase import Atoms
 from ase.neighborlist import neighbor_list
 
+from capml_core.config.schema import RunConfig
 from capml_core.physics.md import read_trajectory, trajectory_frame
+from capml_core.store.database import Store
 from capml_core.store.records import StructureRecord
 from capml_core.system.structures import quantize, structure_hash
 from capml_core.types import DATASET_KIND_SQL
@@ -52,7 +54,7 @@ def shortest_distances(atoms: Atoms, cutoff_a: float = CONTACT_CUTOFF_A) -> dict
     return out
 
 
-def training_contact_distances(store, level: str) -> dict[Pair, float]:  # noqa: ANN001 - Store
+def training_contact_distances(store, level: str) -> dict[Pair, float]:  # Store
     """Per species pair, the shortest distance (Å) in the dataset structures with forces at ``level``."""
     rows = store.query(
         f"""SELECT l.structure_hash FROM labels l JOIN structures s USING (structure_hash)
@@ -114,7 +116,7 @@ def select_frames(
     return chosen
 
 
-def completed_rounds(store, model_id: str) -> tuple[int, int | None]:  # noqa: ANN001 - Store
+def completed_rounds(store, model_id: str) -> tuple[int, int | None]:  # Store
     """(rounds whose model has been retrained, the round in progress for ``model_id`` or None).
 
     A round is in progress while the model that selected its frames is still the latest one.
@@ -127,8 +129,8 @@ def completed_rounds(store, model_id: str) -> tuple[int, int | None]:  # noqa: A
 
 
 def select_and_store(
-    store,  # noqa: ANN001 - Store
-    config,  # noqa: ANN001 - RunConfig
+    store: Store,
+    config: RunConfig,
     *,
     model_id: str,
     round_index: int,

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from capml_core.config.schema import MDSection
+from capml_core.config.schema import RunConfig
+from capml_core.config.stage_sections import MDSection
 from capml_core.errors import InvalidInputError, NotComputedError
 from capml_core.models.gnn import predict_gaps_per_model
 from capml_core.models.mace import resolve_device
@@ -41,6 +42,7 @@ from capml_core.provenance import content_key
 from capml_core.stages.gnn import load_ensemble_by_id
 from capml_core.stages.labelling import reference_gaps
 from capml_core.stages.phonons import phonon_settings_key
+from capml_core.store.database import Store
 from capml_core.store.queries import ensemble_level, lowest_energy_structures
 from capml_core.system.structures import structure_hash
 
@@ -101,7 +103,7 @@ def load_published_gaps(path: str | Path) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def store_published_gaps(store, path: str | Path, *, run_id: str | None = None) -> int:  # noqa: ANN001
+def store_published_gaps(store, path: str | Path, *, run_id: str | None = None) -> int:
     """Load a published-gaps CSV into ``gap_published`` (keyed by the file's SHA-256 and row); rows written."""
     frame = load_published_gaps(path)
     sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
@@ -148,7 +150,7 @@ class BandGapResult:
     thermal: list[ThermalGap]
 
 
-def _static_gaps(store, config, ensemble_id, level, models, structures, run_id, progress):  # noqa: ANN001, ANN202
+def _static_gaps(store, config, ensemble_id, level, models, structures, run_id, progress):
 
     hashes = {x: structure_hash(a) for x, a in structures.items()}
     stored = store.query("SELECT structure_hash FROM gap_static WHERE ensemble_id = ?", [ensemble_id])
@@ -187,7 +189,7 @@ def model_static_gaps(frame_row: Any) -> np.ndarray:
     return np.asarray(frame_row.model_gaps_ev, dtype=float)
 
 
-def thermal_settings_key(config) -> str:  # noqa: ANN001 - RunConfig
+def thermal_settings_key(config) -> str:  # RunConfig
     """Key of the settings an Eg(T) row depends on besides the ensemble and the MD run: snapshot choice, gate."""
     return content_key(
         {
@@ -200,8 +202,8 @@ def thermal_settings_key(config) -> str:  # noqa: ANN001 - RunConfig
 
 
 def run_bandgap_stage(
-    store,  # noqa: ANN001 - capml_core.store.database.Store
-    config,  # noqa: ANN001 - RunConfig
+    store: Store,
+    config: RunConfig,
     *,
     ensemble_id: str,
     scan_id: str,
@@ -328,7 +330,7 @@ def _static_results(frame: pd.DataFrame) -> list[StaticGap]:
     ]
 
 
-def thermal_results(store, ensemble_id: str) -> list[ThermalGap]:  # noqa: ANN001
+def thermal_results(store, ensemble_id: str) -> list[ThermalGap]:
     """The stored Eg(T) results of one ensemble, by composition and temperature."""
     frame = store.query(
         "SELECT * FROM gap_thermal WHERE ensemble_id = ? ORDER BY composition_x, temperature_k", [ensemble_id]

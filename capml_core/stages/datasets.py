@@ -22,33 +22,19 @@ import numpy as np
 import pandas as pd
 from ase import Atoms
 
-from capml_core.config.schema import ImportSpec, LabelKeys, SystemSection
+from capml_core.config.inputs import ImportSpec, LabelKeys, SystemSection
 from capml_core.errors import DatasetError
 from capml_core.provenance import file_sha256
 from capml_core.store.database import Store
 from capml_core.store.records import LabelRecord, StructureRecord
+from capml_core.system.labelled import LabelledStructure
 from capml_core.system.structures import structure_hash, substituted_fraction
-from capml_core.types import DATASET_KIND_SQL, ProgressCallback
+from capml_core.types import ProgressCallback
 
 logger = logging.getLogger(__name__)
 
 #: Problems listed in a DatasetError before the rest are counted only.
 MAX_PROBLEMS_SHOWN = 20
-
-
-@dataclass(frozen=True)
-class LabelledStructure:
-    """One validated frame: structure, its hash, labels (None when not in the file) and scalar extras."""
-
-    atoms: Atoms
-    structure_hash: str
-    energy_ev: float | None
-    forces_ev_per_a: np.ndarray | None
-    stress_ev_per_a3: np.ndarray | None
-    gap_ev: float | None
-    temperature_k: float | None
-    amplitude_a: float | None
-    extras: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -485,39 +471,6 @@ def import_labelled_dataset(
     return report
 
 
-@dataclass(frozen=True)
-class LevelSummary:
-    """Labels of one level: counts and band-gap statistics (eV)."""
-
-    level: str
-    n_ok: int
-    n_failed: int
-    n_energy: int
-    n_forces: int
-    n_stress: int
-    n_gap: int
-    gap_min_ev: float | None
-    gap_mean_ev: float | None
-    gap_max_ev: float | None
-
-
-@dataclass(frozen=True)
-class DatasetSummary:
-    """The stored dataset at a glance."""
-
-    n_structures: int
-    compositions: tuple[float, ...]
-    levels: tuple[LevelSummary, ...]
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "n_structures": self.n_structures,
-            "compositions": list(self.compositions),
-            "levels": [vars(level) for level in self.levels],
-        }
-
-
 def import_spec(
     store: Store,
     spec: ImportSpec,
@@ -538,34 +491,6 @@ def import_spec(
         amplitude_key=spec.amplitude_key,
         run_id=run_id,
         progress=progress,
-    )
-
-
-def summarise_dataset(store: Store) -> DatasetSummary:
-    """Counts of structures and labels per level, compositions covered, gap range per level.
-
-    The dataset is what can be labelled: structures derived by later stages (relaxed, frozen-mode) are not
-    counted.
-    """
-    with store.read() as con:
-        n_structures = con.execute(f"SELECT count(*) FROM structures s WHERE {DATASET_KIND_SQL}").fetchone()[0]
-        compositions = [
-            r[0]
-            for r in con.execute(
-                "SELECT DISTINCT composition_x FROM structures s "
-                f"WHERE composition_x IS NOT NULL AND {DATASET_KIND_SQL} ORDER BY 1"
-            ).fetchall()
-        ]
-        rows = con.execute(
-            """SELECT level, count(*) FILTER (status = 'ok'), count(*) FILTER (status = 'failed'),
-                      count(energy_ev), count(forces_ev_per_a), count(stress_ev_per_a3), count(gap_ev),
-                      min(gap_ev), avg(gap_ev), max(gap_ev)
-               FROM labels GROUP BY level ORDER BY level"""
-        ).fetchall()
-    return DatasetSummary(
-        n_structures=int(n_structures),
-        compositions=tuple(float(x) for x in compositions),
-        levels=tuple(LevelSummary(*row) for row in rows),
     )
 
 

@@ -22,11 +22,14 @@ from dataclasses import dataclass
 import numpy as np
 from ase import Atoms
 
-from capml_core.config.schema import DisorderSection, SystemSection
+from capml_core.config.inputs import SystemSection
+from capml_core.config.schema import RunConfig
+from capml_core.config.stage_sections import DisorderSection
 from capml_core.models.mace import cached_mace_calculator, resolve_device
-from capml_core.parallel import local_map
+from capml_core.parallel import JobMap, local_map
 from capml_core.physics.relax import Relaxation, relax_structure
 from capml_core.provenance import content_key
+from capml_core.store.database import Store
 from capml_core.store.queries import mace_model_path
 from capml_core.store.records import StructureRecord
 from capml_core.system.arrangements import (
@@ -39,6 +42,7 @@ from capml_core.system.arrangements import (
     sublattice_sites,
 )
 from capml_core.system.structures import quantize, structure_hash
+from capml_core.types import ProgressCallback
 
 logger = logging.getLogger(__name__)
 
@@ -71,13 +75,13 @@ class DisorderScanResult:
 
 
 def run_disorder_scan(
-    store,  # noqa: ANN001 - capml_core.store.database.Store
-    config,  # noqa: ANN001 - RunConfig
+    store: Store,
+    config: RunConfig,
     *,
     model_id: str,
     run_id: str | None = None,
-    progress=None,  # noqa: ANN001 - progress(done, total)
-    job_map=None,  # noqa: ANN001 - capml_core.parallel.JobMap
+    progress: ProgressCallback | None = None,
+    job_map: JobMap | None = None,
 ) -> DisorderScanResult:
     """The disorder stage: plan, relax and rank every composition's arrangements with MACE model ``model_id``.
 
@@ -201,7 +205,7 @@ def run_disorder_scan(
     return DisorderScanResult(scan_id, plans, len(todo), ranking(store, scan_id))
 
 
-def write_probabilities(store, scan_id: str, temperatures_k) -> None:  # noqa: ANN001
+def write_probabilities(store, scan_id: str, temperatures_k) -> None:
     """Configurational probabilities of each composition's relaxed arrangements at each temperature."""
     frame = store.query(
         """SELECT r.composition_x, r.arrangement, r.energy_ev, a.multiplicity FROM disorder_relaxations r
@@ -228,7 +232,7 @@ def write_probabilities(store, scan_id: str, temperatures_k) -> None:  # noqa: A
         writer.add_rows("disorder_probabilities", rows)
 
 
-def ranking(store, scan_id: str) -> dict[float, list[tuple[str, float, int]]]:  # noqa: ANN001
+def ranking(store, scan_id: str) -> dict[float, list[tuple[str, float, int]]]:
     """Per composition: (arrangement, energy eV/atom, multiplicity), lowest energy first."""
     frame = store.query(
         """SELECT r.composition_x, r.arrangement, r.energy_ev_per_atom, a.multiplicity FROM disorder_relaxations r
@@ -242,14 +246,6 @@ def ranking(store, scan_id: str) -> dict[float, list[tuple[str, float, int]]]:  
             (row.arrangement, float(row.energy_ev_per_atom), int(row.multiplicity))
         )
     return out
-
-
-def mixing_energies(lowest_ev_per_atom: dict[float, float]) -> dict[float, float]:
-    """E_mix(x) = E(x) − [x E(1) + (1 − x) E(0)] (eV/atom) from the lowest energy per composition (needs x = 0, 1)."""
-    if 0.0 not in lowest_ev_per_atom or 1.0 not in lowest_ev_per_atom:
-        return {}
-    e0, e1 = lowest_ev_per_atom[0.0], lowest_ev_per_atom[1.0]
-    return {x: e - (x * e1 + (1.0 - x) * e0) for x, e in sorted(lowest_ev_per_atom.items())}
 
 
 def plan_scan(system: SystemSection, disorder: DisorderSection) -> Iterator[CompositionPlan]:

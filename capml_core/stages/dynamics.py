@@ -23,11 +23,13 @@ from pathlib import Path
 
 from ase import Atoms
 
-from capml_core.config.schema import MDSection
+from capml_core.config.schema import RunConfig
+from capml_core.config.stage_sections import MDSection
 from capml_core.models.mace import cached_mace_calculator, resolve_device
-from capml_core.parallel import local_map
+from capml_core.parallel import JobMap, local_map
 from capml_core.physics.md import MDHealth, check_health, read_trajectory, run_md
 from capml_core.provenance import content_key
+from capml_core.store.database import Store
 from capml_core.store.queries import lowest_energy_structures, mace_model_path
 from capml_core.system.structures import structure_hash
 from capml_core.types import ProgressCallback
@@ -94,14 +96,14 @@ class MDResult:
 
 
 def run_dynamics(
-    store,  # noqa: ANN001 - capml_core.store.database.Store
-    config,  # noqa: ANN001 - RunConfig
+    store: Store,
+    config: RunConfig,
     *,
     model_id: str,
     scan_id: str,
     run_id: str | None = None,
     progress: ProgressCallback | None = None,
-    job_map=None,  # noqa: ANN001 - capml_core.parallel.JobMap
+    job_map: JobMap | None = None,
 ) -> list[MDResult]:
     """The ``dynamics`` stage: MD with MACE model ``model_id`` at every ``md.temperatures_k``.
 

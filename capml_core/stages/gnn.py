@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from capml_core.config.schema import GNNSection
+from capml_core.config.stage_sections import GNNSection
 from capml_core.models.gnn import GapModel, Metrics, load_ensemble
 from capml_core.models.graphs import element_table
 from capml_core.provenance import content_key

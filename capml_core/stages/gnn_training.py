@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from capml_core.config.schema import GNNSection
+from capml_core.config.stage_sections import GNNSection
 from capml_core.errors import NotComputedError
 from capml_core.models.gnn import (
     ARCHITECTURES,

@@ -37,7 +37,7 @@ class FrameErrors:
     max_error: float
 
 
-def _errors(model: str, level: str, quantity: str, unit: str, predicted: np.ndarray, reference: np.ndarray):  # noqa: ANN202
+def _errors(model: str, level: str, quantity: str, unit: str, predicted: np.ndarray, reference: np.ndarray):
     difference = np.asarray(predicted, dtype=float).ravel() - np.asarray(reference, dtype=float).ravel()
     return FrameErrors(
         model=model,
@@ -52,7 +52,7 @@ def _errors(model: str, level: str, quantity: str, unit: str, predicted: np.ndar
     )
 
 
-def labelled_frames(store, level: str, *, set_name: str = HELD_OUT_SET) -> pd.DataFrame:  # noqa: ANN001 - Store
+def labelled_frames(store, level: str, *, set_name: str = HELD_OUT_SET) -> pd.DataFrame:  # Store
     """Frames of the selection ``set_name`` labelled 'ok' at ``level``, with their provenance and labels."""
     return store.query(
         """SELECT f.structure_hash, f.composition_x, f.temperature_k, f.md_id, f.frame, l.energy_ev,
@@ -65,7 +65,7 @@ def labelled_frames(store, level: str, *, set_name: str = HELD_OUT_SET) -> pd.Da
 
 
 def mace_errors(
-    calculator,  # noqa: ANN001 - ASE calculator
+    calculator,  # ASE calculator
     frames: Sequence[Atoms],
     energies_ev: Sequence[float],
     forces_ev_per_a: Sequence[np.ndarray],

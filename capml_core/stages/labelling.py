@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 from ase import Atoms
 
+from capml_core.config.schema import RunConfig
 from capml_core.dft.levels import LabelResult, ReferenceLevel, get_level
 from capml_core.errors import CalculationFailed
 from capml_core.parallel import JobMap, local_map
@@ -230,8 +231,8 @@ def _store_label(store: Store, record: LabelRecord, run_id: str | None) -> None:
 
 # ------------------------------------------------------------------------------------------- reference DFT
 def reference_gaps(
-    store,  # noqa: ANN001 - Store
-    config,  # noqa: ANN001 - RunConfig
+    store: Store,
+    config: RunConfig,
     structure_hashes: list[str],
     *,
     run_id: str | None = None,

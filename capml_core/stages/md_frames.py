@@ -22,8 +22,10 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
+from capml_core.config.stage_sections import MDSection
 from capml_core.errors import DatasetError, NotComputedError
 from capml_core.physics.md import production_frames, read_trajectory, trajectory_frame
+from capml_core.store.database import Store
 from capml_core.store.records import StructureRecord
 from capml_core.system.structures import quantize, structure_hash
 
@@ -96,7 +98,7 @@ class MDFrame:
         }
 
 
-def _store_frames(store, frames: Sequence[MDFrame], *, set_name: str, levels: Sequence[str], run_id: str | None):  # noqa: ANN001, ANN202
+def _store_frames(store, frames: Sequence[MDFrame], *, set_name: str, levels: Sequence[str], run_id: str | None):
 
     records = [
         StructureRecord(
@@ -116,7 +118,7 @@ def _store_frames(store, frames: Sequence[MDFrame], *, set_name: str, levels: Se
         writer.add_rows("md_frames", [f.row(run_id) for f in frames])
 
 
-def stored_frames(store, *, set_name: str, level: str) -> list[MDFrame]:  # noqa: ANN001 - Store
+def stored_frames(store, *, set_name: str, level: str) -> list[MDFrame]:  # Store
     """The frames of a stored selection (members of ``<set_name>@<level>``), in set order."""
     rows = store.query(
         """SELECT f.* FROM md_frames f JOIN structure_sets m USING (structure_hash)
@@ -144,8 +146,8 @@ def stored_frames(store, *, set_name: str, level: str) -> list[MDFrame]:  # noqa
 
 
 def sample_random_frames(
-    store,  # noqa: ANN001 - Store
-    md,  # noqa: ANN001 - MDSection (equilibration)
+    store: Store,
+    md: MDSection,
     *,
     model_id: str,
     levels: Sequence[str],
@@ -291,7 +293,7 @@ def read_frame_pool(path: str | Path) -> list[MDFrame]:
 
 
 def restore_frame_pool(
-    store,  # noqa: ANN001 - Store
+    store: Store,
     path: str | Path,
     *,
     levels: Sequence[str],

@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from capml_core.config.schema import MLIPSection
+from capml_core.config.schema import RunConfig
+from capml_core.config.stage_sections import MLIPSection
 from capml_core.dft.levels import LEVELS, get_level
 from capml_core.errors import CalculationFailed, CapmlError, DatasetError, InvalidInputError, NotComputedError
 from capml_core.models.mace import (
     MACE_RUN_NAME,
     EpochCallback,
-    LabelledStructure,
     calculator_forces,
     check_foundation,
     load_mace_calculator,
@@ -53,6 +53,7 @@ from capml_core.provenance import content_key
 from capml_core.stages.training_sets import end_member_force_constants
 from capml_core.store.database import Store
 from capml_core.store.queries import latest_model, mace_model_path
+from capml_core.system.labelled import LabelledStructure
 from capml_core.types import DATASET_KIND_SQL, ForceFunction
 
 logger = logging.getLogger(__name__)
@@ -371,13 +372,13 @@ class PhononValidation:
     model_dispersion: Any
 
     @property
-    def metrics(self):  # noqa: ANN201
+    def metrics(self):
         """MAE, RMSE, R² and maximum error (THz) of the sorted frequencies (all commensurate q-points)."""
         return error_metrics(np.sort(self.reference_thz), np.sort(self.model_thz))
 
 
 def validate_phonons(
-    calculator,  # noqa: ANN001 - an ASE calculator
+    calculator,  # an ASE calculator
     reference_force_constants: dict[str, Any],
     *,
     displacement_a: float,
@@ -483,7 +484,7 @@ class MlipStageResult:
 
 def fit_mlip(
     store: Store,
-    config,  # noqa: ANN001 - RunConfig
+    config: RunConfig,
     *,
     run_id: str | None = None,
     on_epoch: EpochCallback | None = None,
@@ -523,7 +524,7 @@ def fit_mlip(
     )
 
 
-def evaluate_file(store: Store, config, model_file: str | Path, *, device: str = "auto") -> str:  # noqa: ANN001
+def evaluate_file(store: Store, config, model_file: str | Path, *, device: str = "auto") -> str:
     """Evaluate a MACE file (e.g. a foundation model) on the config's training level; returns its store id.
 
     Uses the same split of the structures as training, so its test errors compare with a trained model's.
@@ -547,12 +548,12 @@ def evaluate_file(store: Store, config, model_file: str | Path, *, device: str =
     return model_id
 
 
-def run_calculator(store: Store, model_id: str, *, device: str = "auto", dtype: str = "float64"):  # noqa: ANN201
+def run_calculator(store: Store, model_id: str, *, device: str = "auto", dtype: str = "float64"):
     """ASE calculator of one MACE model of the project (the newest: ``latest_model(store)[0]``)."""
     return load_mace_calculator(mace_model_path(store, model_id), device=device, dtype=dtype)
 
 
-def force_function(  # noqa: ANN001 - reference: ReferenceSection
+def force_function(  # reference: ReferenceSection
     level: str, reference, store: Store, *, device: str = "auto", field: str = "dataset.force_constants_level"
 ) -> ForceFunction:
     """Forces (eV/Å) at a reference level (``reference``: the config's section), or from MACE for ``"mace"``.

@@ -112,7 +112,7 @@ def run_phonon_stage(
     Returns the harmonic results and one verdict per MD run; MD runs analysed before with the same settings
     (:func:`phonon_settings_key`) are not redone, those analysed with other settings are redone and replaced.
     """
-    from capml_core.config.schema import MDSection
+    from capml_core.config.stage_sections import MDSection
     from capml_core.physics.anharmonic import StabilityVerdict, renormalised_phonons, stability_verdict
     from capml_core.physics.harmonic import IMAGINARY_TOLERANCE_THZ, cell_dispersion
     from capml_core.physics.md import production_frames, read_trajectory

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-from capml_core.config.schema import DatasetSection, StructureSetSection, SystemSection
+from capml_core.config.inputs import DatasetSection, StructureSetSection, SystemSection
 from capml_core.errors import InvalidInputError, NotComputedError
 from capml_core.physics.phonons import (
     ForceConstants,

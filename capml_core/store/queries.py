@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ase import Atoms
 
 from capml_core.errors import NotComputedError
 from capml_core.store.database import Store
 from capml_core.store.schema import GNN_BASELINE_PREFIX as BASELINE_PREFIX
+from capml_core.types import DATASET_KIND_SQL
 
 
 def latest_scan_id(store: Store) -> str:
@@ -120,3 +123,64 @@ def ensemble_model_dirs(store: Store, ensemble_id: str) -> list[Path]:
     if rows.empty:
         ensemble_level(store, ensemble_id)  # raises, naming the ensembles there are
     return [store.project_dir / p for p in rows["relpath"]]
+
+
+@dataclass(frozen=True)
+class LevelSummary:
+    """Labels of one level: counts and band-gap statistics (eV)."""
+
+    level: str
+    n_ok: int
+    n_failed: int
+    n_energy: int
+    n_forces: int
+    n_stress: int
+    n_gap: int
+    gap_min_ev: float | None
+    gap_mean_ev: float | None
+    gap_max_ev: float | None
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """The stored dataset at a glance."""
+
+    n_structures: int
+    compositions: tuple[float, ...]
+    levels: tuple[LevelSummary, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "n_structures": self.n_structures,
+            "compositions": list(self.compositions),
+            "levels": [vars(level) for level in self.levels],
+        }
+
+
+def summarise_dataset(store: Store) -> DatasetSummary:
+    """Counts of structures and labels per level, compositions covered, gap range per level.
+
+    The dataset is what can be labelled: structures derived by later stages (relaxed, frozen-mode) are not
+    counted.
+    """
+    with store.read() as con:
+        n_structures = con.execute(f"SELECT count(*) FROM structures s WHERE {DATASET_KIND_SQL}").fetchone()[0]
+        compositions = [
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT composition_x FROM structures s "
+                f"WHERE composition_x IS NOT NULL AND {DATASET_KIND_SQL} ORDER BY 1"
+            ).fetchall()
+        ]
+        rows = con.execute(
+            """SELECT level, count(*) FILTER (status = 'ok'), count(*) FILTER (status = 'failed'),
+                      count(energy_ev), count(forces_ev_per_a), count(stress_ev_per_a3), count(gap_ev),
+                      min(gap_ev), avg(gap_ev), max(gap_ev)
+               FROM labels GROUP BY level ORDER BY level"""
+        ).fetchall()
+    return DatasetSummary(
+        n_structures=int(n_structures),
+        compositions=tuple(float(x) for x in compositions),
+        levels=tuple(LevelSummary(*row) for row in rows),
+    )

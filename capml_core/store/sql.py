@@ -20,6 +20,7 @@ import duckdb
 import pandas as pd
 
 from capml_core.errors import InvalidInputError
+from capml_core.store.database import Store
 
 #: Statement types a user query may have (DESCRIBE, SHOW, SUMMARIZE and FROM-first queries parse as SELECT).
 ALLOWED_STATEMENTS = ("SELECT", "EXPLAIN")
@@ -99,7 +100,7 @@ class QueryPreview:
 
 
 @contextmanager
-def _user_query(store, sql: str, timeout_s: float | None) -> Iterator[duckdb.DuckDBPyConnection]:  # noqa: ANN001
+def _user_query(store, sql: str, timeout_s: float | None) -> Iterator[duckdb.DuckDBPyConnection]:
     """A sandboxed connection whose queries are interrupted after ``timeout_s``; DuckDB errors made readable."""
     check_user_sql(sql)
     with store.read(sandboxed=True) as con:  # waits for a writer, checks the schema version
@@ -128,7 +129,7 @@ class QueryTimeout(InvalidInputError):
 
 
 def run_user_query(
-    store,  # noqa: ANN001 - Store
+    store: Store,
     sql: str,
     *,
     max_rows: int | None = None,
@@ -154,7 +155,7 @@ def run_user_query(
 
 
 def preview_user_query(
-    store,  # noqa: ANN001 - Store
+    store: Store,
     sql: str,
     *,
     max_rows: int,
@@ -172,7 +173,7 @@ def preview_user_query(
 
 
 def stream_user_query(
-    store,  # noqa: ANN001 - Store
+    store: Store,
     sql: str,
     write: Callable[[pd.DataFrame, bool], None],
     *,

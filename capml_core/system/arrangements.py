@@ -209,3 +209,11 @@ def configurational_probabilities(
     else:
         p = weights * np.exp(-(energies - energies.min()) / (units.kB * temperature_k))
     return p / p.sum()
+
+
+def mixing_energies(lowest_ev_per_atom: dict[float, float]) -> dict[float, float]:
+    """E_mix(x) = E(x) − [x E(1) + (1 − x) E(0)] (eV/atom) from the lowest energy per composition (needs x = 0, 1)."""
+    if 0.0 not in lowest_ev_per_atom or 1.0 not in lowest_ev_per_atom:
+        return {}
+    e0, e1 = lowest_ev_per_atom[0.0], lowest_ev_per_atom[1.0]
+    return {x: e - (x * e1 + (1.0 - x) * e0) for x, e in sorted(lowest_ev_per_atom.items())}

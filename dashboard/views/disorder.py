@@ -12,7 +12,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from capml_core.stages.disorder import mixing_energies
+from capml_core.system.arrangements import mixing_energies
 from dashboard import data
 
 #: Marker colours of the species in the 3D view.
@@ -96,7 +96,7 @@ def render_disorder() -> None:
     st.plotly_chart(structure_figure(atoms), width="stretch", key="disorder_structure")
 
 
-def structure_figure(atoms) -> go.Figure:  # noqa: ANN001 - ase.Atoms
+def structure_figure(atoms) -> go.Figure:  # ase.Atoms
     """3D scatter of the atoms (Å) coloured by species, with the cell edges."""
     figure = go.Figure()
     symbols = np.array(atoms.get_chemical_symbols())

@@ -46,8 +46,8 @@ def data_import(
     """Validate a labelled extended-XYZ file and load it into the store (all or nothing)."""
     from pydantic import ValidationError
 
+    from capml_core.config.inputs import ImportSpec
     from capml_core.config.loading import format_validation_error
-    from capml_core.config.schema import ImportSpec
     from capml_core.stages.datasets import import_spec
     from capml_core.store.database import Store
 
@@ -168,7 +168,7 @@ def data_export(
     )
 
 
-def _frame_levels(loaded, levels: str | None) -> list[str]:  # noqa: ANN001 - LoadedConfig
+def _frame_levels(loaded, levels: str | None) -> list[str]:  # LoadedConfig
     """The levels MD frames are to be labelled at: ``--levels`` or the config's cheap and high level."""
     if levels:
         return [item.strip() for item in levels.split(",") if item.strip()]
@@ -243,7 +243,7 @@ def data_restore_frames(
 @data_app.command("summary")
 def data_summary(config: ConfigOption = None, project: ProjectOption = None) -> None:
     """Structures, labels per level and gap ranges in the store."""
-    from capml_core.stages.datasets import summarise_dataset
+    from capml_core.store.queries import summarise_dataset
 
     with capml_errors():
         summary = summarise_dataset(open_store(config, project))

@@ -39,7 +39,7 @@ def mlip_train(
     )
 
 
-def _print_mlip_tables(store, model_ids: list[str]) -> None:  # noqa: ANN001
+def _print_mlip_tables(store, model_ids: list[str]) -> None:
     metrics = store.query(
         """SELECT model_id, quantity, split, unit, n, mae, rmse, r2 FROM mlip_metrics
            WHERE model_id IN (SELECT unnest(?)) ORDER BY model_id DESC, quantity, split DESC""",
