@@ -165,11 +165,10 @@ def _verdicts(store: Store, unstable: set[tuple[float, float]]) -> None:
 @pytest.mark.slow
 def test_bandgap_stage_averages_uncorrelated_snapshots_of_gated_runs(gap_project, tmp_path: Path) -> None:
     from capml_core.errors import NotComputedError
-    from capml_core.models.gnn import predict_gaps_per_model
+    from capml_core.models.gnn import load_ensemble, predict_gaps_per_model
     from capml_core.physics.md import read_trajectory, trajectory_frame, uncorrelated_frames
     from capml_core.stages.bandgaps import run_bandgap_stage
-    from capml_core.stages.gnn import load_ensemble_by_id
-    from capml_core.store.queries import latest_ensemble, lowest_energy_structures
+    from capml_core.store.queries import ensemble_model_dirs, latest_ensemble, lowest_energy_structures
 
     source, config = gap_project
     project, store = project_copy(source, tmp_path)
@@ -191,7 +190,7 @@ def test_bandgap_stage_averages_uncorrelated_snapshots_of_gated_runs(gap_project
     result = run_bandgap_stage(store, config, ensemble_id=latest_ensemble(store)[0], scan_id=latest_scan_id(store))
     ensemble_id, level = latest_ensemble(store)
     assert result.ensemble_id == ensemble_id and level == "gpaw-gllbsc"
-    models = load_ensemble_by_id(store, ensemble_id)
+    models = load_ensemble(ensemble_model_dirs(store, ensemble_id))
     # Eg(0): the ensemble's gap of each relaxed lowest-energy structure
     relaxed = lowest_energy_structures(store, latest_scan_id(store))
     expected = predict_gaps_per_model(list(relaxed.values()), models)
@@ -255,11 +254,10 @@ def test_bandgap_stage_averages_uncorrelated_snapshots_of_gated_runs(gap_project
 @pytest.mark.slow
 def test_mode_stage_freezes_every_optical_mode_and_checks_one_with_dft(gap_project, tmp_path: Path) -> None:
     from capml_core.config.inputs import GpawSettings
-    from capml_core.models.gnn import predict_gaps_per_model
+    from capml_core.models.gnn import load_ensemble, predict_gaps_per_model
     from capml_core.physics.modes import thermal_displacement
-    from capml_core.stages.gnn import load_ensemble_by_id
     from capml_core.stages.modes import run_mode_stage
-    from capml_core.store.queries import latest_ensemble
+    from capml_core.store.queries import ensemble_model_dirs, latest_ensemble
 
     source, config = gap_project
     project, store = project_copy(source, tmp_path)
@@ -307,7 +305,7 @@ def test_mode_stage_freezes_every_optical_mode_and_checks_one_with_dft(gap_proje
     one = frozen[(frozen["composition_x"] == 1.0) & (frozen["temperature_k"] == 600.0)].iloc[10]
     eigenvectors = arrays["gamma_eigenvectors_real"] + 1j * arrays["gamma_eigenvectors_imag"]
     u = thermal_displacement(bromide, eigenvectors[:, one["mode"]], one["frequency_thz"], 600.0)
-    models = load_ensemble_by_id(store, latest_ensemble(store)[0])
+    models = load_ensemble(ensemble_model_dirs(store, latest_ensemble(store)[0]))
     plus = bromide.copy()
     plus.positions += u
     assert predict_gaps_per_model([plus], models).mean() == pytest.approx(one["gap_plus_ev"], abs=1e-5)

@@ -34,16 +34,15 @@ import pandas as pd
 from capml_core.config.schema import RunConfig
 from capml_core.config.stage_sections import MDSection
 from capml_core.errors import InvalidInputError, NotComputedError
-from capml_core.models.gnn import predict_gaps_per_model
+from capml_core.models.gnn import load_ensemble, predict_gaps_per_model
 from capml_core.models.mace import resolve_device
 from capml_core.physics.md import read_trajectory, trajectory_frame, uncorrelated_frames
 from capml_core.physics.statistics import GapAverage, average_gaps, ensemble_spread
 from capml_core.provenance import content_key
-from capml_core.stages.gnn import load_ensemble_by_id
 from capml_core.stages.labelling import reference_gaps
 from capml_core.stages.phonons import phonon_settings_key
 from capml_core.store.database import Store
-from capml_core.store.queries import ensemble_level, lowest_energy_structures
+from capml_core.store.queries import ensemble_level, ensemble_model_dirs, lowest_energy_structures
 from capml_core.system.structures import structure_hash
 
 logger = logging.getLogger(__name__)
@@ -226,7 +225,7 @@ def run_bandgap_stage(
     store.initialise()
     level = ensemble_level(store, ensemble_id)
     device = resolve_device(gaps_config.device)
-    models = [m.to(device) for m in load_ensemble_by_id(store, ensemble_id)]
+    models = [m.to(device) for m in load_ensemble(ensemble_model_dirs(store, ensemble_id))]
     structures = lowest_energy_structures(store, scan_id)
     if gaps_config.experiment is not None:
         store_published_gaps(store, gaps_config.experiment, run_id=run_id)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from capml_core.config.stage_sections import GNNSection
-from capml_core.models.gnn import GapModel, Metrics, load_ensemble
+from capml_core.models.gnn import Metrics
 from capml_core.models.graphs import element_table
 from capml_core.provenance import content_key
 from capml_core.stages.gnn_training import (
@@ -18,7 +18,6 @@ from capml_core.stages.gnn_training import (
     train_two_stage,
 )
 from capml_core.store.database import Store
-from capml_core.store.queries import ensemble_model_dirs
 from capml_core.store.schema import GNN_BASELINE_PREFIX as BASELINE_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -42,11 +41,6 @@ def gnn_stage_key(store: Store, gnn: GNNSection, *, cheap_level: str, high_level
             [h, round(float(g), 8)] for h, g in zip(frame["structure_hash"], frame["gap_ev"], strict=True)
         ]
     return content_key(payload)
-
-
-def load_ensemble_by_id(store: Store, ensemble_id: str) -> list[GapModel]:
-    """The models of one ensemble of the project, in ensemble order."""
-    return load_ensemble(ensemble_model_dirs(store, ensemble_id))
 
 
 @dataclass(frozen=True)

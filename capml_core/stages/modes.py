@@ -86,16 +86,15 @@ def run_mode_stage(
     stored for the current GNN ensemble is not recomputed, and DFT results already in the store are reused.
     ``progress(done, total)`` counts (structure, temperature) pairs, ``reference_progress`` DFT calculations.
     """
-    from capml_core.models.gnn import predict_gaps_per_model
+    from capml_core.models.gnn import load_ensemble, predict_gaps_per_model
     from capml_core.models.mace import resolve_device
-    from capml_core.stages.gnn import load_ensemble_by_id
     from capml_core.stages.phonons import run_harmonic_phonons
-    from capml_core.store.queries import ensemble_level
+    from capml_core.store.queries import ensemble_level, ensemble_model_dirs
 
     gaps_config = config.gaps
     store.initialise()
     level = ensemble_level(store, ensemble_id)
-    models = [m.to(resolve_device(gaps_config.device)) for m in load_ensemble_by_id(store, ensemble_id)]
+    models = [m.to(resolve_device(gaps_config.device)) for m in load_ensemble(ensemble_model_dirs(store, ensemble_id))]
     harmonic = run_harmonic_phonons(store, config, model_id=model_id, scan_id=scan_id, run_id=run_id)
     sublattice = list(config.system.sublattice.species)
     check_temperature = max(gaps_config.mode_temperatures_k)

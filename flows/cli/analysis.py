@@ -255,12 +255,11 @@ def evaluate(
     ensemble: EnsembleOption = None,
 ) -> None:
     """Errors of a MACE model and a GNN ensemble (default: the newest) on held-out MD frames labelled so far."""
-    from capml_core.models.gnn import predict_gaps
+    from capml_core.models.gnn import load_ensemble, predict_gaps
     from capml_core.models.mace import load_mace_calculator
-    from capml_core.stages.gnn import load_ensemble_by_id
     from capml_core.stages.heldout import errors_table, gap_errors, labelled_frames, mace_errors
     from capml_core.store.database import Store
-    from capml_core.store.queries import ensemble_level, mace_model_path
+    from capml_core.store.queries import ensemble_level, ensemble_model_dirs, mace_model_path
 
     errors = []
     with capml_errors():
@@ -299,7 +298,7 @@ def evaluate(
             if len(frames):
                 atoms = store.load_structures(frames["structure_hash"].tolist())
                 mean, _ = predict_gaps(
-                    [atoms[h] for h in frames["structure_hash"]], load_ensemble_by_id(store, ensemble_id)
+                    [atoms[h] for h in frames["structure_hash"]], load_ensemble(ensemble_model_dirs(store, ensemble_id))
                 )
                 errors.append(
                     gap_errors(mean, frames["gap_ev"].to_numpy(), model=f"gnn {ensemble_id}", level=gap_level)

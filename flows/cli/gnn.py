@@ -82,15 +82,15 @@ def gnn_predict(
     """
     from ase.io import read
 
-    from capml_core.models.gnn import GapModel, predict_gaps
-    from capml_core.stages.gnn import load_ensemble_by_id
+    from capml_core.models.gnn import GapModel, load_ensemble, predict_gaps
+    from capml_core.store.queries import ensemble_model_dirs
 
     with capml_errors():
         if model:
             models = [GapModel.load(path.parent if path.suffix == ".pt" else path) for path in model]
         else:
             store = open_store(config, project)
-            models = load_ensemble_by_id(store, ensemble_or_latest(store, ensemble))
+            models = load_ensemble(ensemble_model_dirs(store, ensemble_or_latest(store, ensemble)))
         try:
             frames = read(structures, index=":")
         except Exception as err:  # ASE raises many types on unreadable files
