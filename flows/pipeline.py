@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,7 +44,7 @@ from capml_core.provenance import code_version, package_versions
 from capml_core.stages.bandgaps import BandGapResult, run_bandgap_stage
 from capml_core.stages.datasets import ImportReport, import_spec
 from capml_core.stages.disorder import DisorderScanResult, run_disorder_scan
-from capml_core.stages.dynamics import MDResult, run_dynamics
+from capml_core.stages.dynamics import MDResult, md_table, run_dynamics
 from capml_core.stages.gnn import GNNStageResult, fit_band_gap_model
 from capml_core.stages.labelling import LabellingReport, label_structures
 from capml_core.stages.mlip import MlipStageResult, fit_mlip, force_constants_cache_dir, force_function
@@ -54,7 +54,15 @@ from capml_core.stages.training_sets import end_members_for, store_structure_set
 from capml_core.store.database import Store
 from capml_core.store.queries import DatasetSummary, latest_ensemble, latest_model, latest_scan_id, summarise_dataset
 from capml_core.store.records import LabelRecord
+from capml_core.tables import ResultTable
 from flows.fanout import fan_out
+
+
+def log_tables(logger: logging.Logger | logging.LoggerAdapter, tables: Sequence[ResultTable]) -> None:
+    """Log results' own tables, one line per row (rows that report a problem at warning level)."""
+    for result in tables:
+        for is_warning, line in result.lines():
+            logger.log(logging.WARNING if is_warning else logging.INFO, "%s", line)
 
 
 def new_run_id(name: str) -> str:
@@ -248,19 +256,7 @@ def scan_disorder(loaded: LoadedConfig, store: Store, run_id: str) -> DisorderSc
         )
 
     result = fan_out("disorder", loaded.config.execution, loaded.config.disorder.workers, body)
-    for plan in result.plans:
-        best = result.ranking[plan.composition_x][0]
-        logger.info(
-            "x = %.3f: %d labellings, %d inequivalent, %s %d; lowest %s at %.4f eV/atom (multiplicity %d)",
-            plan.composition_x,
-            plan.n_labellings,
-            plan.n_inequivalent,
-            "relaxed all" if plan.selection == "all" else "sampled",
-            len(plan.arrangements),
-            best[0],
-            best[1],
-            best[2],
-        )
+    log_tables(logger, result.tables())
     return result
 
 
@@ -281,16 +277,7 @@ def molecular_dynamics(loaded: LoadedConfig, store: Store, run_id: str) -> list[
         )
 
     results = fan_out("dynamics", loaded.config.execution, loaded.config.md.workers, body)
-    for r in results:
-        logger.log(
-            logging.WARNING if r.health.problems else logging.INFO,
-            "MD x = %.3f, %.0f K: mean %.0f K, decorrelation %.0f fs, %s",
-            r.composition_x,
-            r.temperature_k,
-            r.health.mean_temperature_k,
-            r.health.decorrelation_fs,
-            "; ".join(r.health.problems) or "healthy",
-        )
+    log_tables(logger, [md_table(results)])
     return results
 
 
@@ -326,25 +313,7 @@ def band_gaps(loaded: LoadedConfig, store: Store, run_id: str) -> BandGapResult:
     result = run_bandgap_stage(
         store, loaded.config, ensemble_id=latest_ensemble(store)[0], scan_id=latest_scan_id(store), run_id=run_id
     )
-    for s in result.static:
-        reference = "" if s.reference_gap_ev is None else f" (DFT {s.reference_gap_ev:.3f} eV)"
-        logger.info("Eg(0) x = %.3f: %.3f ± %.3f eV%s", s.composition_x, s.gap_ev, s.gap_std_ev, reference)
-    for t in result.thermal:
-        if t.average is None:
-            logger.warning("Eg x = %.3f at %.0f K not averaged: %s", t.composition_x, t.temperature_k, t.reason)
-            continue
-        a = t.average
-        logger.info(
-            "Eg x = %.3f at %.0f K: %.3f ± %.3f eV, ΔEg %.3f ± %.3f eV (%.0f %%), %d snapshots",
-            t.composition_x,
-            t.temperature_k,
-            a.mean_gap_ev,
-            a.error_ev,
-            a.delta_ev,
-            a.delta_error_ev,
-            100 * a.relative_change,
-            a.n_snapshots,
-        )
+    log_tables(logger, result.tables())
     return result
 
 

@@ -419,3 +419,31 @@ def test_published_gaps_are_compared_at_the_same_temperature_interpolated_in_x()
     assert experiment.loc[0.7, "capml_gap_ev"].item() == pytest.approx(1.36)
     assert np.isnan(compared.loc[("calculation", 600.0, 0.5), "capml_gap_ev"])  # not computed at 600 K
     assert compared.loc[("calculation", 0.0, 0.0), "capml_gap_ev"] == 2.0
+
+
+def test_gap_results_render_once_with_unaveraged_runs_as_warnings() -> None:
+    from capml_core.physics.statistics import average_gaps
+    from capml_core.stages.bandgaps import BandGapResult, StaticGap, ThermalGap
+
+    per_model = np.array([[1.00, 1.10, 0.90, 1.00], [1.02, 1.12, 0.92, 1.02]])  # 2 models x 4 snapshots
+    average = average_gaps(per_model, np.array([1.50, 1.52]))
+    result = BandGapResult(
+        "ens",
+        "gpaw-gllbsc",
+        [StaticGap(0.5, "h", 1.51, 0.01, 1.60)],
+        [
+            ThermalGap("md-a", 0.5, 300.0, True, "", average),
+            ThermalGap("md-b", 0.5, 600.0, False, "dropped by the phonon gate: unstable", None),
+        ],
+    )
+    static, thermal = result.tables()
+    assert static.rows == (("0.5", "1.510", "0.010", "1.600"),)
+    assert thermal.warnings == {1}  # the dropped run is reported as a problem, the averaged one is not
+    assert thermal.rows[0][3].startswith(f"{average.mean_gap_ev:.3f} ± ")
+    assert f"{100 * average.relative_change:+.1f}" == "-33.1"  # mean of (1.00 - 1.50) / 1.50 and (1.02 - 1.52) / 1.52
+    lines = thermal.lines()
+    assert lines[1] == (
+        True,
+        "thermal gaps: x 0.5, T (K) 600, snapshots -, Eg (eV) -, ΔEg (eV) -, ΔEg/Eg(0) -, "
+        "note dropped by the phonon gate: unstable",
+    )

@@ -44,6 +44,7 @@ from capml_core.stages.phonons import phonon_settings_key
 from capml_core.store.database import Store
 from capml_core.store.queries import ensemble_level, ensemble_model_dirs, lowest_energy_structures
 from capml_core.system.structures import structure_hash
+from capml_core.tables import ResultTable, table
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,47 @@ class BandGapResult:
     level: str
     static: list[StaticGap]
     thermal: list[ThermalGap]
+
+    def tables(self) -> list[ResultTable]:
+        """Eg(0) per composition (GNN, ensemble spread, DFT check) and Eg(T), ΔEg, ΔEg/Eg(0) per MD run."""
+        static_rows = [
+            (
+                f"{s.composition_x:.4g}",
+                f"{s.gap_ev:.3f}",
+                f"{s.gap_std_ev:.3f}",
+                "-" if s.reference_gap_ev is None else f"{s.reference_gap_ev:.3f}",
+            )
+            for s in self.static
+        ]
+        thermal_rows, warnings = [], []
+        for i, t in enumerate(self.thermal):
+            a = t.average
+            thermal_rows.append(
+                (
+                    f"{t.composition_x:.4g}",
+                    f"{t.temperature_k:g}",
+                    "-" if a is None else str(a.n_snapshots),
+                    "-" if a is None else f"{a.mean_gap_ev:.3f} ± {a.error_ev:.3f}",
+                    "-" if a is None else f"{a.delta_ev:+.3f} ± {a.delta_error_ev:.3f}",
+                    "-" if a is None else f"{100 * a.relative_change:+.1f} ± {100 * a.relative_error:.1f} %",
+                    t.reason,
+                )
+            )
+            if a is None:
+                warnings.append(i)
+        return [
+            table(
+                f"static gaps ({self.level})",
+                ("x", "Eg(0) GNN (eV)", "ensemble spread (eV)", "Eg(0) DFT (eV)"),
+                static_rows,
+            ),
+            table(
+                "thermal gaps",
+                ("x", "T (K)", "snapshots", "Eg (eV)", "ΔEg (eV)", "ΔEg/Eg(0)", "note"),
+                thermal_rows,
+                warnings=warnings,
+            ),
+        ]
 
 
 def _static_gaps(store, config, ensemble_id, level, models, structures, run_id, progress):

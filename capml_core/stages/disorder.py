@@ -16,7 +16,7 @@ largest string of its orbit. Energies eV, lengths Å, temperatures K.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +42,7 @@ from capml_core.system.arrangements import (
     sublattice_sites,
 )
 from capml_core.system.structures import quantize, structure_hash
+from capml_core.tables import ResultTable, table
 from capml_core.types import ProgressCallback
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,35 @@ class DisorderScanResult:
     plans: list[CompositionPlan]
     n_relaxed_now: int
     ranking: dict[float, list[tuple[str, float, int]]]  # x -> [(arrangement, eV/atom, multiplicity)]
+
+    def tables(self) -> list[ResultTable]:
+        """The plans and the ranking (rank 1 and the gap to rank 2, meV/atom)."""
+        rows = []
+        for x, ranked in self.ranking.items():
+            gap = f"{(ranked[1][1] - ranked[0][1]) * 1000:.2f}" if len(ranked) > 1 else "-"
+            rows.append((f"{x:.4g}", ranked[0][0], f"{ranked[0][1]:.5f}", str(ranked[0][2]), gap))
+        columns = ("x", "rank 1 arrangement", "eV/atom", "multiplicity", "ΔE rank 2 (meV/atom)")
+        return [plans_table(self.plans), table(f"ranking {self.scan_id}", columns, rows)]
+
+
+def plans_table(plans: Sequence[CompositionPlan]) -> ResultTable:
+    """Per composition: labellings, inequivalent classes, what is relaxed and the largest multiplicities."""
+    rows = []
+    for p in plans:
+        mults = sorted((a.multiplicity for a in p.arrangements), reverse=True)
+        shown = ", ".join(map(str, mults[:8])) + (" …" if len(mults) > 8 else "")
+        rows.append(
+            (
+                f"{p.composition_x:.4g}",
+                str(p.n_labellings),
+                str(p.n_inequivalent),
+                p.selection,
+                str(len(p.arrangements)),
+                shown,
+            )
+        )
+    columns = ("x", "labellings", "inequivalent", "selection", "chosen", "multiplicities")
+    return table("arrangements", columns, rows)
 
 
 def run_disorder_scan(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from capml_core.provenance import content_key
 from capml_core.store.database import Store
 from capml_core.store.queries import lowest_energy_structures, mace_model_path
 from capml_core.system.structures import structure_hash
+from capml_core.tables import ResultTable, table
 from capml_core.types import ProgressCallback
 
 logger = logging.getLogger(__name__)
@@ -93,6 +95,28 @@ class MDResult:
     structure_hash: str
     path: Path
     health: MDHealth
+
+
+def md_table(results: Sequence[MDResult]) -> ResultTable:
+    """One row per run: temperatures, drift, largest mean-squared displacement, decorrelation time, health."""
+    rows, warnings = [], []
+    for i, r in enumerate(results):
+        h = r.health
+        rows.append(
+            (
+                f"{r.composition_x:.4g}",
+                f"{r.temperature_k:g}",
+                f"{h.mean_temperature_k:.0f}",
+                f"{h.drift_mev_per_atom_per_ps:.1f}",
+                f"{max(h.msd_a2.values()):.2f}",
+                f"{h.decorrelation_fs:.0f}",
+                "; ".join(h.problems) or "ok",
+            )
+        )
+        if h.problems:
+            warnings.append(i)
+    columns = ("x", "T (K)", "mean T (K)", "drift (meV/atom/ps)", "max MSD (Å²)", "τ (fs)", "health")
+    return table("MD runs", columns, rows, warnings=warnings)
 
 
 def run_dynamics(

@@ -22,6 +22,7 @@ from flows.cli.common import (
     ensemble_or_latest,
     load,
     model_or_latest,
+    print_tables,
     progress_callback,
     scan_or_latest,
     two_bars,
@@ -37,25 +38,13 @@ def disorder(
     model: ModelOption = None,
 ) -> None:
     """Inequivalent arrangements per composition (with multiplicities), relaxed with the project's MACE, ranked."""
-    from capml_core.stages.disorder import plan_scan, run_disorder_scan
+    from capml_core.stages.disorder import plan_scan, plans_table, run_disorder_scan
     from capml_core.store.database import Store
 
     with capml_errors():
         loaded = load(config, project)
         plans = list(plan_scan(loaded.config.system, loaded.config.disorder))
-        table = Table("x", "labellings", "inequivalent", "selection", "chosen", "multiplicities", title="arrangements")
-        for p in plans:
-            mults = sorted((a.multiplicity for a in p.arrangements), reverse=True)
-            shown = ", ".join(map(str, mults[:8])) + (" …" if len(mults) > 8 else "")
-            table.add_row(
-                f"{p.composition_x:.4g}",
-                str(p.n_labellings),
-                str(p.n_inequivalent),
-                p.selection,
-                str(len(p.arrangements)),
-                shown,
-            )
-        console.print(table)
+        print_tables([plans_table(plans)])
         if plan_only:
             return
         with bar("relaxations") as progress:
@@ -67,11 +56,7 @@ def disorder(
                 model_id=model_or_latest(store, model),
                 progress=progress_callback(progress, task_id),
             )
-    table = Table("x", "rank 1 arrangement", "eV/atom", "multiplicity", "ΔE rank 2 (meV/atom)", title=result.scan_id)
-    for x, rows in result.ranking.items():
-        gap = f"{(rows[1][1] - rows[0][1]) * 1000:.2f}" if len(rows) > 1 else "-"
-        table.add_row(f"{x:.4g}", rows[0][0], f"{rows[0][1]:.5f}", str(rows[0][2]), gap)
-    console.print(table)
+    print_tables(result.tables()[1:])
 
 
 def md(
@@ -81,7 +66,7 @@ def md(
     scan: ScanOption = None,
 ) -> None:
     """Langevin MD of each composition's lowest-energy structure at every md.temperatures_k; health checks."""
-    from capml_core.stages.dynamics import run_dynamics
+    from capml_core.stages.dynamics import md_table, run_dynamics
     from capml_core.store.database import Store
 
     with capml_errors():
@@ -96,21 +81,7 @@ def md(
                 scan_id=scan_or_latest(store, scan),
                 progress=progress_callback(progress, task_id),
             )
-    table = Table(
-        "x", "T (K)", "mean T (K)", "drift (meV/atom/ps)", "max MSD (Å²)", "τ (fs)", "health", title="MD runs"
-    )
-    for r in results:
-        h = r.health
-        table.add_row(
-            f"{r.composition_x:.4g}",
-            f"{r.temperature_k:g}",
-            f"{h.mean_temperature_k:.0f}",
-            f"{h.drift_mev_per_atom_per_ps:.1f}",
-            f"{max(h.msd_a2.values()):.2f}",
-            f"{h.decorrelation_fs:.0f}",
-            "; ".join(h.problems) or "ok",
-        )
-    console.print(table)
+    print_tables([md_table(results)])
 
 
 def phonons(
@@ -176,30 +147,7 @@ def gaps(
                 progress=runs_done,
                 reference_progress=dft_done,
             )
-    table = Table(
-        "x", "Eg(0) GNN (eV)", "ensemble spread (eV)", "Eg(0) DFT (eV)", title=f"static gaps ({result.level})"
-    )
-    for s in result.static:
-        table.add_row(
-            f"{s.composition_x:.4g}",
-            f"{s.gap_ev:.3f}",
-            f"{s.gap_std_ev:.3f}",
-            "-" if s.reference_gap_ev is None else f"{s.reference_gap_ev:.3f}",
-        )
-    console.print(table)
-    table = Table("x", "T (K)", "snapshots", "Eg (eV)", "ΔEg (eV)", "ΔEg/Eg(0)", "note", title="thermal gaps")
-    for t in result.thermal:
-        a = t.average
-        table.add_row(
-            f"{t.composition_x:.4g}",
-            f"{t.temperature_k:g}",
-            "-" if a is None else str(a.n_snapshots),
-            "-" if a is None else f"{a.mean_gap_ev:.3f} ± {a.error_ev:.3f}",
-            "-" if a is None else f"{a.delta_ev:+.3f} ± {a.delta_error_ev:.3f}",
-            "-" if a is None else f"{100 * a.relative_change:+.1f} ± {100 * a.relative_error:.1f} %",
-            t.reason,
-        )
-    console.print(table)
+    print_tables(result.tables())
 
 
 def modes(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -20,6 +20,7 @@ from capml_core.errors import CapmlError
 if TYPE_CHECKING:
     from capml_core.config.loading import LoadedConfig
     from capml_core.store.database import Store
+    from capml_core.tables import ResultTable
 
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)  # logs and pipes: wide tables
 err_console = Console(stderr=True)
@@ -165,6 +166,17 @@ def scan_or_latest(store: Store, scan: str | None) -> str:
     from capml_core.store.queries import latest_scan_id
 
     return latest_scan_id(store) if scan is None else scan
+
+
+def print_tables(tables: Sequence[ResultTable]) -> None:
+    """Print results' own tables (:class:`capml_core.tables.ResultTable`) as rich tables, then their notes."""
+    for result in tables:
+        shown = Table(*result.columns, title=result.title)
+        for i, row in enumerate(result.rows):
+            shown.add_row(*row, style="yellow" if i in result.warnings else None)
+        console.print(shown)
+        for note in result.notes:
+            console.print(note)
 
 
 def bar(what: str) -> Progress:
