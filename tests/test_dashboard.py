@@ -65,7 +65,7 @@ def test_a_run_whose_process_died_shows_as_interrupted(demo_store_copy: Path, mo
 
 def test_overview_shows_runs_coverage_and_gap_histograms(demo_store_copy: Path, monkeypatch) -> None:
     from capml_core.store.database import Store
-    from flows.pipeline import new_run_id
+    from flows.tasks import new_run_id
 
     store = Store(demo_store_copy)
     run_id = new_run_id("demo")
