@@ -60,14 +60,24 @@ def test_folded_dispersion_matches_the_primitive_one_at_gamma_and_marks_the_unst
 def test_stage_computes_each_lowest_structure_once(trained, tmp_path: Path) -> None:
     from capml_core.stages.disorder import run_disorder_scan
     from capml_core.stages.phonons import run_harmonic_phonons
+    from capml_core.store.queries import latest_model, latest_scan_id
 
     source, config, _, _ = trained
     project = tmp_path / "project"
     shutil.copytree(source, project)
     store = Store(project)
-    run_disorder_scan(store, config.model_copy(update={"disorder": config.disorder.model_copy(update={"workers": 2})}))
-    results = run_harmonic_phonons(store, config)
+    model_id = latest_model(store)[0]
+    config = config.model_copy(update={"disorder": config.disorder.model_copy(update={"workers": 2})})
+    run_disorder_scan(store, config, model_id=model_id)
+    ids = {"model_id": model_id, "scan_id": latest_scan_id(store)}
+    results = run_harmonic_phonons(store, config, **ids)
     assert [r.composition_x for r in results] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    for r in results:  # each dispersion follows its structure's own symmetry: cubic for the end members
+        labels = store.load_arrays(r.artifact_id)["tick_labels"].tolist()
+        path = symmetry_path(store.load_atoms(r.structure_hash))
+        assert labels[0] == "Γ" and set("|".join(labels).split("|")) == set(path.labels)
+        if r.composition_x in (0.0, 1.0):
+            assert labels == ["Γ", "X", "M", "Γ", "R", "X|R", "M"]
     arrays = store.load_arrays(results[2].artifact_id)
     fc = arrays["force_constants"]
     assert fc.shape == (40, 40, 3, 3) and np.allclose(fc.sum(axis=1), 0.0, atol=1e-3)  # acoustic sum rule
@@ -76,7 +86,7 @@ def test_stage_computes_each_lowest_structure_once(trained, tmp_path: Path) -> N
     assert gamma[:3].max() < 0.05  # three acoustic zeros
     for r in results:
         assert r.imaginary.n_gamma == int(np.sum(store.load_arrays(r.artifact_id)["gamma_frequencies_thz"] < -0.05))
-    assert len(run_harmonic_phonons(store, config)) == 5
+    assert len(run_harmonic_phonons(store, config, **ids)) == 5
     assert store.query("SELECT count(*) AS n FROM phonon_harmonic")["n"][0] == 5  # not recomputed
 
 
