@@ -18,11 +18,11 @@ from capml_core.models.gnn import (
     compute_metrics,
     new_model,
     predict_gaps,
-    split_of,
     to_data,
     train,
 )
 from capml_core.models.graphs import build_graph
+from capml_core.models.metrics import split_of
 from capml_core.store.queries import latest_ensemble
 from tests.conftest import PBESOL_FILE
 

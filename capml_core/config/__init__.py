@@ -1,1 +1,1 @@
-"""Run configuration: the TOML schema (schema.py), loading and its errors (loading.py)."""
+"""Run configuration: sections (base, inputs, stage_sections), the whole file (schema.RunConfig), loading and errors."""

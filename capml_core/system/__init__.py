@@ -1,1 +1,1 @@
-"""The materials system: parent structures, arrangements, training sets (Atoms in, Atoms out)."""
+"""The materials system: parent structures, supercells, arrangements on the sublattice (Atoms in, Atoms out)."""
