@@ -26,7 +26,7 @@ from capml_core.stages.gnn import GNNStageResult, fit_band_gap_model
 from capml_core.stages.labelling import LabellingReport, label_structures
 from capml_core.stages.mlip import MlipStageResult, fit_mlip, force_constants_cache_dir, force_function
 from capml_core.stages.modes import ModeGap, run_mode_stage
-from capml_core.stages.phonons import StabilityResult, run_phonon_stage
+from capml_core.stages.phonons import StabilityResult, run_harmonic_phonons, run_phonon_stage
 from capml_core.stages.training_sets import end_members_for, store_structure_set
 from capml_core.store.database import Store
 from capml_core.store.queries import DatasetSummary, latest_ensemble, latest_model, latest_scan_id, summarise_dataset
@@ -298,13 +298,10 @@ def band_gaps(loaded: LoadedConfig, store: Store, run_id: str) -> BandGapResult:
 def mode_gaps(loaded: LoadedConfig, store: Store, run_id: str) -> list[ModeGap]:
     """ΔEg/Eg of every Γ mode frozen at its thermal amplitude (GNN; DFT for a few)."""
     logger = get_run_logger()
+    model_id, scan_id = latest_model(store)[0], latest_scan_id(store)
+    run_harmonic_phonons(store, loaded.config, model_id=model_id, scan_id=scan_id, run_id=run_id)  # once per model
     result = run_mode_stage(
-        store,
-        loaded.config,
-        ensemble_id=latest_ensemble(store)[0],
-        model_id=latest_model(store)[0],
-        scan_id=latest_scan_id(store),
-        run_id=run_id,
+        store, loaded.config, ensemble_id=latest_ensemble(store)[0], model_id=model_id, scan_id=scan_id, run_id=run_id
     )
     for x, temperature in sorted({(m.composition_x, m.temperature_k) for m in result}):
         frozen = [m for m in result if (m.composition_x, m.temperature_k) == (x, temperature) and m.status == "frozen"]

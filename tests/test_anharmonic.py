@@ -19,15 +19,13 @@ from capml_core.errors import CalculationFailed, InvalidInputError, SitesLeftErr
 from capml_core.physics.anharmonic import (
     FFT_ALGORITHM,
     AnharmonicPhonons,
-    ModeCheck,
-    StabilityVerdict,
     _import_dynaphopy,
     fft_power_spectra,
     md_trajectory,
     renormalised_phonons,
-    stability_verdict,
 )
 from capml_core.physics.phonons import compute_force_constants, gamma_frequencies_thz
+from capml_core.physics.stability import ModeCheck, StabilityVerdict, stability_verdict
 
 TIMESTEP_FS = 5.0
 FRICTION_PER_FS = 2e-3

@@ -257,6 +257,7 @@ def test_mode_stage_freezes_every_optical_mode_and_checks_one_with_dft(gap_proje
     from capml_core.models.gnn import load_ensemble, predict_gaps_per_model
     from capml_core.physics.modes import thermal_displacement
     from capml_core.stages.modes import run_mode_stage
+    from capml_core.stages.phonons import run_harmonic_phonons
     from capml_core.store.queries import ensemble_model_dirs, latest_ensemble
 
     source, config = gap_project
@@ -276,6 +277,7 @@ def test_mode_stage_freezes_every_optical_mode_and_checks_one_with_dft(gap_proje
             ),
         }
     )
+    run_harmonic_phonons(store, config, model_id=latest_model(store)[0], scan_id=latest_scan_id(store))
     result = run_mode_stage(
         store,
         config,

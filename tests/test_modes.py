@@ -13,7 +13,6 @@ from ase import Atoms, units
 
 from capml_core.errors import InvalidInputError
 from capml_core.physics.modes import (
-    acoustic_modes,
     bose_einstein,
     displacement_shares,
     freeze,
@@ -22,7 +21,7 @@ from capml_core.physics.modes import (
     spread_over_frequencies,
     thermal_displacement,
 )
-from capml_core.physics.phonons import gamma_modes, load_force_constants
+from capml_core.physics.phonons import acoustic_modes, gamma_modes, load_force_constants
 from tests.conftest import REPO
 
 J_PER_EV = units._e

@@ -54,13 +54,14 @@ def test_stored_rows_become_results_with_their_numbers_and_the_current_gate() ->
 
 
 @pytest.mark.slow
-def test_stage_analyses_real_md_stores_the_verdicts_gates_and_resumes(trained, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_stage_analyses_real_md_stores_the_verdicts_gates_and_resumes(trained, tmp_path: Path, monkeypatch) -> None:
     import h5py
 
     from capml_core.config.schema import MDSection
     from capml_core.errors import SitesLeftError
-    from capml_core.physics.anharmonic import StabilityVerdict, renormalised_phonons, stability_verdict
+    from capml_core.physics.anharmonic import renormalised_phonons
     from capml_core.physics.md import production_frames, read_trajectory
+    from capml_core.physics.stability import StabilityVerdict, stability_verdict
     from capml_core.stages.disorder import run_disorder_scan
     from capml_core.stages.dynamics import run_dynamics
     from capml_core.stages.phonons import run_phonon_stage

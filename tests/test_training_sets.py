@@ -9,7 +9,7 @@ import pytest
 
 from capml_core.config.loading import load_config
 from capml_core.errors import InvalidInputError, NotComputedError
-from capml_core.physics.phonons import gamma_frequencies_thz
+from capml_core.physics.phonons import gamma_frequencies_thz, thermal_displacements
 from capml_core.stages.training_sets import (
     end_member_cell,
     end_member_force_constants,
@@ -17,12 +17,7 @@ from capml_core.stages.training_sets import (
     generate_structure_set,
     plan_structure_set,
 )
-from capml_core.system.structures import (
-    occupy_sublattice,
-    structure_hash,
-    thermal_displacements,
-    uniform_displacements,
-)
+from capml_core.system.structures import occupy_sublattice, structure_hash, uniform_displacements
 from tests.conftest import CONFIGS, DEMO_CONFIG, PAPER_CONFIG
 
 RECIPE = CONFIGS / "ag3sbri-reference-dataset.toml"

@@ -38,7 +38,7 @@ def cell_dispersion(cell: Atoms, force_constants: np.ndarray, *, n_per_segment: 
     return dispersion(cell, force_constants, n_per_segment=n_per_segment, primitive_matrix="P")
 
 
-def phonon_dos(cell: Atoms, force_constants: np.ndarray, *, mesh: int = 8, sigma_thz: float = 0.1):  # noqa: ANN201
+def phonon_dos(cell: Atoms, force_constants: np.ndarray, *, mesh: int = 8, sigma_thz: float = 0.1):
     """Total DOS on a Γ-centred mesh of the cell's Brillouin zone: (frequencies THz, states per THz per cell)."""
     phonon = build_phonopy(cell, force_constants)
     phonon.run_mesh([mesh] * 3, is_gamma_center=True)

@@ -19,7 +19,7 @@ from ase import Atoms, units
 
 from capml_core.errors import InvalidInputError
 from capml_core.physics.harmonic import IMAGINARY_TOLERANCE_THZ
-from capml_core.physics.phonons import GammaModes
+from capml_core.physics.phonons import GammaModes, acoustic_modes
 
 
 def bose_einstein(frequency_thz: np.ndarray | float, temperature_k: float) -> np.ndarray:
@@ -72,18 +72,6 @@ def thermal_displacement(
 def freeze(atoms: Atoms, displacement_a: np.ndarray) -> Atoms:
     """A copy of the structure with the displacement (Å) added to its positions."""
     return Atoms(atoms.numbers, positions=atoms.positions + displacement_a, cell=atoms.cell, pbc=True)
-
-
-def acoustic_modes(atoms: Atoms, eigenvectors: np.ndarray) -> list[int]:
-    """The three Γ modes closest to rigid translations (largest weight on the mass-weighted translations)."""
-    n_atoms = len(atoms)
-    sqrt_m = np.sqrt(atoms.get_masses())
-    translations = np.zeros((3 * n_atoms, 3))
-    for axis in range(3):
-        translations[axis::3, axis] = sqrt_m
-    translations /= np.linalg.norm(translations, axis=0)
-    weight = np.sum(np.abs(translations.T @ np.asarray(eigenvectors)) ** 2, axis=0)
-    return sorted(int(i) for i in np.argsort(weight)[-3:])
 
 
 def displacement_shares(symbols: Sequence[str], displacement_a: np.ndarray, sublattice: Sequence[str]) -> dict:

@@ -39,7 +39,7 @@ class ForceConstants:
     force_constants: np.ndarray
 
 
-def to_phonopy_atoms(atoms: Atoms):  # noqa: ANN201 - phonopy type imported lazily
+def to_phonopy_atoms(atoms: Atoms):  # phonopy type imported lazily
     """ASE Atoms -> PhonopyAtoms (symbols, cell and scaled positions)."""
     from phonopy.structure.atoms import PhonopyAtoms
 
@@ -50,7 +50,7 @@ def to_phonopy_atoms(atoms: Atoms):  # noqa: ANN201 - phonopy type imported lazi
     )
 
 
-def build_phonopy(cell: Atoms, force_constants: np.ndarray | None = None, *, primitive_matrix: str = "P"):  # noqa: ANN201
+def build_phonopy(cell: Atoms, force_constants: np.ndarray | None = None, *, primitive_matrix: str = "P"):
     """A Phonopy object whose unit cell is ``cell`` and supercell the same cell (identity matrix).
 
     ``primitive_matrix``: "P" keeps the whole cell as phonopy's primitive cell (its Γ point then carries every
@@ -373,3 +373,57 @@ def dispersion(
             else:
                 ticks.append((value, label))
     return Dispersion(distances=distances, frequencies_thz=frequencies, ticks=ticks, path=path)
+
+
+def acoustic_modes(atoms: Atoms, eigenvectors: np.ndarray) -> list[int]:
+    """The three Γ modes closest to rigid translations (largest weight on the mass-weighted translations)."""
+    n_atoms = len(atoms)
+    sqrt_m = np.sqrt(atoms.get_masses())
+    translations = np.zeros((3 * n_atoms, 3))
+    for axis in range(3):
+        translations[axis::3, axis] = sqrt_m
+    translations /= np.linalg.norm(translations, axis=0)
+    weight = np.sum(np.abs(translations.T @ np.asarray(eigenvectors)) ** 2, axis=0)
+    return sorted(int(i) for i in np.argsort(weight)[-3:])
+
+
+def thermal_displacements(
+    cell: Atoms,
+    force_constants: np.ndarray,
+    *,
+    temperature_k: float,
+    seed: int,
+    cutoff_frequency_thz: float = 0.1,
+    max_displacement_a: float | None = 1.0,
+) -> np.ndarray:
+    """Random displacements (Å) of the canonical ensemble of harmonic phonons at a temperature (Eq. 1).
+
+    Phonopy's random displacements at ``temperature_k``: each normal mode gets a Gaussian amplitude of
+    variance ħ(1 + 2n(ω, T)) / (2 N m ω) with the masses of ``cell``'s species. Imaginary modes enter with
+    |ω| (the anharmonic potential they sit in is stabilised at finite temperature, so they are thermally
+    populated; dropping them would miss the soft Ag modes that dominate the disorder); modes with
+    |ω| < ``cutoff_frequency_thz`` (the acoustic ones at Γ) are skipped, and a displacement longer than
+    ``max_displacement_a`` is shortened to it.
+
+    Parameters
+    ----------
+    cell
+        The cell (its species give the masses).
+    force_constants
+        Force constants of ``cell`` (eV/Å²), shape (n, n, 3, 3).
+    temperature_k
+        Temperature (K), > 0.
+    seed
+        Random seed, in [0, 2**32).
+    """
+    if temperature_k <= 0:
+        raise InvalidInputError(f"temperature {temperature_k} K: must be > 0 for thermal displacements")
+    phonon = build_phonopy(cell, force_constants)
+    phonon.generate_displacements(
+        number_of_snapshots=1,
+        random_seed=seed,
+        temperature=temperature_k,
+        cutoff_frequency=cutoff_frequency_thz,
+        max_distance=max_displacement_a,
+    )
+    return np.asarray(phonon.displacements[0], dtype=np.float64)

@@ -37,10 +37,10 @@ from capml_core.errors import InvalidInputError, NotComputedError
 from capml_core.models.gnn import load_ensemble, predict_gaps_per_model
 from capml_core.models.mace import resolve_device
 from capml_core.physics.md import read_trajectory, trajectory_frame, uncorrelated_frames
+from capml_core.physics.stability import phonon_settings_key
 from capml_core.physics.statistics import GapAverage, average_gaps, ensemble_spread
 from capml_core.provenance import content_key
 from capml_core.stages.labelling import reference_gaps
-from capml_core.stages.phonons import phonon_settings_key
 from capml_core.store.database import Store
 from capml_core.store.queries import ensemble_level, ensemble_model_dirs, lowest_energy_structures
 from capml_core.system.structures import structure_hash

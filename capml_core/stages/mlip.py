@@ -389,8 +389,8 @@ def validate_phonons(
     MACE's force constants are computed with phonopy on the same cell (the end member's supercell, the
     reference's atom order) with the same finite displacement; compared are the frequencies at the cell's
     Γ point, i.e. at every q-point commensurate with the supercell (the only points where the reference's
-    finite-displacement frequencies are exact), plus the dispersions along the structure's symmetry path (seekpath; Γ-X-M-Γ-R-X|R-M for
-    a cubic cell) for plots.
+    finite-displacement frequencies are exact), plus the dispersions along the structure's symmetry path
+    (seekpath; Γ-X-M-Γ-R-X|R-M for a cubic cell) for plots.
     """
 
     def forces(atoms: Atoms) -> np.ndarray:

@@ -31,8 +31,18 @@ from dataclasses import dataclass
 import numpy as np
 from ase import Atoms
 
+from capml_core.config.schema import RunConfig
+from capml_core.errors import NotComputedError
+from capml_core.models.gnn import load_ensemble, predict_gaps_per_model
+from capml_core.models.mace import resolve_device
 from capml_core.physics.modes import FrozenModeGap, frozen_mode_gaps, spread_over_frequencies
 from capml_core.physics.phonons import GammaModes
+from capml_core.provenance import content_key
+from capml_core.stages.labelling import reference_gaps
+from capml_core.store.database import Store
+from capml_core.store.queries import ensemble_level, ensemble_model_dirs, harmonic_phonon_rows, lowest_energy_structures
+from capml_core.store.records import StructureRecord
+from capml_core.system.structures import structure_hash
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +62,8 @@ class ModeGap:
     reference_delta_ev: float | None
 
 
-def mode_settings_key(config) -> str:  # noqa: ANN001 - RunConfig
+def mode_settings_key(config) -> str:  # RunConfig
     """Key of the settings mode rows depend on besides ensemble, structure and temperature: phonons, DFT checks."""
-    from capml_core.provenance import content_key
-
     return content_key(
         {
             "displacement_a": config.phonons.displacement_a,
@@ -68,8 +76,8 @@ def mode_settings_key(config) -> str:  # noqa: ANN001 - RunConfig
 
 
 def run_mode_stage(
-    store,  # noqa: ANN001 - capml_core.store.database.Store
-    config,  # noqa: ANN001 - RunConfig
+    store: Store,
+    config: RunConfig,
     *,
     ensemble_id: str,
     model_id: str,
@@ -86,16 +94,18 @@ def run_mode_stage(
     stored for the current GNN ensemble is not recomputed, and DFT results already in the store are reused.
     ``progress(done, total)`` counts (structure, temperature) pairs, ``reference_progress`` DFT calculations.
     """
-    from capml_core.models.gnn import load_ensemble, predict_gaps_per_model
-    from capml_core.models.mace import resolve_device
-    from capml_core.stages.phonons import run_harmonic_phonons
-    from capml_core.store.queries import ensemble_level, ensemble_model_dirs
-
     gaps_config = config.gaps
     store.initialise()
     level = ensemble_level(store, ensemble_id)
     models = [m.to(resolve_device(gaps_config.device)) for m in load_ensemble(ensemble_model_dirs(store, ensemble_id))]
-    harmonic = run_harmonic_phonons(store, config, model_id=model_id, scan_id=scan_id, run_id=run_id)
+    wanted = {structure_hash(a) for a in lowest_energy_structures(store, scan_id).values()}
+    stored = harmonic_phonon_rows(store, model_id, config.phonons.displacement_a)
+    harmonic = [r for r in stored.itertuples(index=False) if r.structure_hash in wanted]
+    if len(harmonic) < len(wanted):
+        raise NotComputedError(
+            f"{store.path}: harmonic phonons of MACE model {model_id} missing for {len(wanted) - len(harmonic)} of the "
+            f"{len(wanted)} structures of scan {scan_id}: run the phonons stage first (capml phonons)"
+        )
     sublattice = list(config.system.sublattice.species)
     check_temperature = max(gaps_config.mode_temperatures_k)
     key = mode_settings_key(config)
@@ -150,7 +160,7 @@ def run_mode_stage(
 
 def _mode_row(
     gap: FrozenModeGap,
-    result,  # noqa: ANN001 - HarmonicResult
+    result,  # HarmonicResult
     ensemble_id: str,
     level: str,
     temperature_k: float,
@@ -189,8 +199,8 @@ def _mode_row(
 
 
 def _check_with_dft(
-    store,  # noqa: ANN001 - Store
-    config,  # noqa: ANN001 - RunConfig
+    store: Store,
+    config: RunConfig,
     rows: list[dict],
     frozen: list[int],
     displaced: list[Atoms],
@@ -202,10 +212,6 @@ def _check_with_dft(
 
     ``frozen[k]`` is the row of the k-th frozen mode, ``displaced[2k]`` / ``displaced[2k + 1]`` its +u / −u cells.
     """
-    from capml_core.stages.labelling import reference_gaps
-    from capml_core.store.records import StructureRecord
-    from capml_core.system.structures import structure_hash
-
     chosen = spread_over_frequencies([rows[i]["frequency_thz"] for i in frozen], config.gaps.reference_modes)
     if not chosen:  # reference_modes = 0, or no mode frozen: no calculation at all
         return
@@ -251,7 +257,7 @@ def _check_with_dft(
             row.update({"reference_delta_ev": delta, "reference_relative_change": delta / gap0})
 
 
-def mode_results(store, ensemble_id: str, structure_hashes: Sequence[str] | None = None) -> list[ModeGap]:  # noqa: ANN001
+def mode_results(store, ensemble_id: str, structure_hashes: Sequence[str] | None = None) -> list[ModeGap]:
     """Stored mode gap changes of one ensemble (optionally only some structures)."""
     frame = store.query(
         """SELECT * FROM gap_modes WHERE ensemble_id = ? AND (? IS NULL OR structure_hash IN (SELECT unnest(?)))
@@ -259,7 +265,7 @@ def mode_results(store, ensemble_id: str, structure_hashes: Sequence[str] | None
         [ensemble_id, None if structure_hashes is None else 1, list(structure_hashes or [])],
     )
 
-    def value(v):  # noqa: ANN001, ANN202
+    def value(v):
         return None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
 
     return [

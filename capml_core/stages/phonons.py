@@ -3,8 +3,8 @@
 For each composition's lowest-energy structure, the harmonic phonons (:mod:`capml_core.physics.harmonic`) give the
 force constants and the 0 K imaginary modes; for each of its MD runs (:mod:`capml_core.stages.dynamics`), DynaPhoPy
 (:mod:`capml_core.physics.anharmonic`) gives the renormalised frequencies and linewidths at Γ of the cell from the
-production frames, and :func:`capml_core.physics.anharmonic.stability_verdict` says whether the structure is
-dynamically stable at that temperature (a :class:`~capml_core.physics.anharmonic.StabilityVerdict` of numbers;
+production frames, and :func:`capml_core.physics.stability.stability_verdict` says whether the structure is
+dynamically stable at that temperature (a :class:`~capml_core.physics.stability.StabilityVerdict` of numbers;
 its ``summary()`` is the stored ``reason``, its numbers fill the row's columns). With ``phonons.gate`` only
 stable (structure, temperature) pairs pass on to the band-gap stage; a dropped pair is recorded with the reason.
 An analysis that cannot be done (the MD broke the structure, a fit failed everywhere) counts as unstable, with
@@ -23,8 +23,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from capml_core.config.schema import RunConfig
+from capml_core.config.stage_sections import MDSection
 from capml_core.errors import CapmlError, SitesLeftError
-from capml_core.physics.harmonic import ImaginaryModes, harmonic_phonons
+from capml_core.models.mace import calculator_forces, load_mace_calculator, resolve_device
+from capml_core.physics.anharmonic import renormalised_phonons
+from capml_core.physics.harmonic import IMAGINARY_TOLERANCE_THZ, ImaginaryModes, cell_dispersion, harmonic_phonons
+from capml_core.physics.md import production_frames, read_trajectory
+from capml_core.physics.stability import StabilityVerdict, phonon_settings_key, stability_verdict
+from capml_core.store.database import Store
+from capml_core.store.queries import harmonic_phonon_rows, lowest_energy_structures, mace_model_path
+from capml_core.system.structures import structure_hash
+from capml_core.types import ProgressCallback
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +43,7 @@ logger = logging.getLogger(__name__)
 class StabilityResult:
     """The verdict for one structure at one MD temperature, as stored in ``phonon_anharmonic``.
 
-    ``reason`` is :meth:`capml_core.physics.anharmonic.StabilityVerdict.summary` (plus the MD's health problems);
+    ``reason`` is :meth:`capml_core.physics.stability.StabilityVerdict.summary` (plus the MD's health problems);
     the numbers are the stored columns: modes of the cell, harmonic-imaginary modes at Γ (below −0.05 THz), the
     softest fitted renormalised optical mode and the median optical linewidth (THz), the largest time-averaged
     distance of an atom from its site (Å) and that atom ("3 (S)"); None where the analysis gave none.
@@ -68,7 +78,7 @@ def stability_result(row: dict, *, gate: bool) -> StabilityResult:
     """A :class:`StabilityResult` from a ``phonon_anharmonic`` row (a dict); ``passes_gate`` follows ``gate``."""
     import pandas as pd
 
-    def value(name: str):  # noqa: ANN202 - int, float, str or None
+    def value(name: str):  # int, float, str or None
         v = row.get(name)
         return None if v is None or (not isinstance(v, str) and pd.isna(v)) else _STORED_NUMBERS[name](v)
 
@@ -83,27 +93,14 @@ def stability_result(row: dict, *, gate: bool) -> StabilityResult:
     )
 
 
-#: Version of the verdict rule (:func:`capml_core.physics.anharmonic.stability_verdict`); part of the settings key, so a
-#: new rule recomputes stored verdicts. 2: damping judged net of the thermostat's broadening. 3: the time-averaged
-#: site offsets (stored, named in the reason; a criterion with ``phonons.max_site_offset_a``) and too-narrow fits.
-VERDICT_RULE = 3
-
-
-def phonon_settings_key(phonons) -> str:  # noqa: ANN001 - PhononsSection
-    """Key of what a verdict depends on: all of ``[phonons]`` but the gate (applied on read), and the rule's version."""
-    from capml_core.provenance import content_key
-
-    return content_key({**phonons.model_dump(mode="json", exclude={"gate"}), "verdict_rule": VERDICT_RULE})
-
-
 def run_phonon_stage(
-    store,  # noqa: ANN001 - capml_core.store.database.Store
-    config,  # noqa: ANN001 - RunConfig
+    store: Store,
+    config: RunConfig,
     *,
     model_id: str,
     scan_id: str,
     run_id: str | None = None,
-    progress=None,  # noqa: ANN001 - progress(done, total)
+    progress: ProgressCallback | None = None,
 ) -> tuple[list, list[StabilityResult]]:
     """Harmonic phonons, then DynaPhoPy and the verdict for every MD run (MACE ``model_id``, scan ``scan_id``).
 
@@ -112,12 +109,6 @@ def run_phonon_stage(
     Returns the harmonic results and one verdict per MD run; MD runs analysed before with the same settings
     (:func:`phonon_settings_key`) are not redone, those analysed with other settings are redone and replaced.
     """
-    from capml_core.config.stage_sections import MDSection
-    from capml_core.physics.anharmonic import StabilityVerdict, renormalised_phonons, stability_verdict
-    from capml_core.physics.harmonic import IMAGINARY_TOLERANCE_THZ, cell_dispersion
-    from capml_core.physics.md import production_frames, read_trajectory
-    from capml_core.stages.phonons import run_harmonic_phonons
-
     phonons = config.phonons
     harmonic = run_harmonic_phonons(store, config, model_id=model_id, scan_id=scan_id, run_id=run_id)
     by_structure = {h.structure_hash: h for h in harmonic}
@@ -245,13 +236,13 @@ class HarmonicResult:
 
 
 def run_harmonic_phonons(
-    store,  # noqa: ANN001 - capml_core.store.database.Store
-    config,  # noqa: ANN001 - RunConfig
+    store: Store,
+    config: RunConfig,
     *,
     model_id: str,
     scan_id: str,
     run_id: str | None = None,
-    progress=None,  # noqa: ANN001 - progress(done, total)
+    progress: ProgressCallback | None = None,
 ) -> list[HarmonicResult]:
     """Harmonic phonons (MACE model ``model_id``), stored once per (structure, model, step).
 
@@ -261,10 +252,6 @@ def run_harmonic_phonons(
     modes, dispersion, DOS and imaginary modes.
     """
     import json
-
-    from capml_core.models.mace import calculator_forces, load_mace_calculator, resolve_device
-    from capml_core.store.queries import lowest_energy_structures, mace_model_path
-    from capml_core.system.structures import structure_hash
 
     store.initialise()
     model_path = mace_model_path(store, model_id)
@@ -319,11 +306,7 @@ def run_harmonic_phonons(
             )
         if progress is not None:
             progress(i + 1, len(structures))
-    rows = store.query(
-        """SELECT structure_hash, composition_x, n_imaginary_gamma, min_frequency_thz, imaginary_branches_json,
-                  artifact_id FROM phonon_harmonic WHERE model_id = ? AND displacement_a = ? ORDER BY composition_x""",
-        [model_id, displacement],
-    )
+    rows = harmonic_phonon_rows(store, model_id, displacement)
     wanted = {structure_hash(a) for a in structures.values()}
     return [
         HarmonicResult(

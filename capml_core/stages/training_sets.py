@@ -24,17 +24,11 @@ from capml_core.physics.phonons import (
     compute_force_constants,
     load_force_constants,
     save_force_constants,
+    thermal_displacements,
 )
 from capml_core.store.database import Store
 from capml_core.store.records import StructureRecord
-from capml_core.system.structures import (
-    derive_seed,
-    occupy_sublattice,
-    quantize,
-    structure_hash,
-    thermal_displacements,
-    uniform_displacements,
-)
+from capml_core.system.structures import derive_seed, occupy_sublattice, quantize, structure_hash, uniform_displacements
 from capml_core.types import ForceFunction
 
 logger = logging.getLogger(__name__)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from ase import Atoms
 
 from capml_core.errors import NotComputedError
@@ -183,4 +184,17 @@ def summarise_dataset(store: Store) -> DatasetSummary:
         n_structures=int(n_structures),
         compositions=tuple(float(x) for x in compositions),
         levels=tuple(LevelSummary(*row) for row in rows),
+    )
+
+
+def harmonic_phonon_rows(store: Store, model_id: str, displacement_a: float) -> pd.DataFrame:
+    """Stored harmonic phonons of MACE model ``model_id`` at one finite displacement (Å), by composition.
+
+    Columns: structure_hash, composition_x, n_imaginary_gamma, min_frequency_thz (THz), imaginary_branches_json,
+    artifact_id (the arrays: force constants, Γ modes, dispersion, DOS).
+    """
+    return store.query(
+        """SELECT structure_hash, composition_x, n_imaginary_gamma, min_frequency_thz, imaginary_branches_json,
+                  artifact_id FROM phonon_harmonic WHERE model_id = ? AND displacement_a = ? ORDER BY composition_x""",
+        [model_id, displacement_a],
     )

@@ -13,7 +13,6 @@ import numpy as np
 from ase import Atoms
 
 from capml_core.errors import InvalidInputError
-from capml_core.physics.phonons import build_phonopy
 
 #: Decimals kept when hashing positions and cell (Å): 1e-6 Å is far below any physical difference.
 HASH_DECIMALS = 6
@@ -202,45 +201,3 @@ def uniform_displacements(n_atoms: int, amplitude_a: float, rng: np.random.Gener
     directions = rng.normal(size=(n_atoms, 3))
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
     return directions * rng.uniform(0.0, amplitude_a, size=(n_atoms, 1))
-
-
-def thermal_displacements(
-    cell: Atoms,
-    force_constants: np.ndarray,
-    *,
-    temperature_k: float,
-    seed: int,
-    cutoff_frequency_thz: float = 0.1,
-    max_displacement_a: float | None = 1.0,
-) -> np.ndarray:
-    """Random displacements (Å) of the canonical ensemble of harmonic phonons at a temperature (Eq. 1).
-
-    Phonopy's random displacements at ``temperature_k``: each normal mode gets a Gaussian amplitude of
-    variance ħ(1 + 2n(ω, T)) / (2 N m ω) with the masses of ``cell``'s species. Imaginary modes enter with
-    |ω| (the anharmonic potential they sit in is stabilised at finite temperature, so they are thermally
-    populated; dropping them would miss the soft Ag modes that dominate the disorder); modes with
-    |ω| < ``cutoff_frequency_thz`` (the acoustic ones at Γ) are skipped, and a displacement longer than
-    ``max_displacement_a`` is shortened to it.
-
-    Parameters
-    ----------
-    cell
-        The cell (its species give the masses).
-    force_constants
-        Force constants of ``cell`` (eV/Å²), shape (n, n, 3, 3).
-    temperature_k
-        Temperature (K), > 0.
-    seed
-        Random seed, in [0, 2**32).
-    """
-    if temperature_k <= 0:
-        raise InvalidInputError(f"temperature {temperature_k} K: must be > 0 for thermal displacements")
-    phonon = build_phonopy(cell, force_constants)
-    phonon.generate_displacements(
-        number_of_snapshots=1,
-        random_seed=seed,
-        temperature=temperature_k,
-        cutoff_frequency=cutoff_frequency_thz,
-        max_distance=max_displacement_a,
-    )
-    return np.asarray(phonon.displacements[0], dtype=np.float64)

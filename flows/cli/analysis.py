@@ -160,18 +160,21 @@ def modes(
 ) -> None:
     """ΔEg/Eg of each Γ mode frozen in at its thermal amplitude (GNN), with DFT checks of a few modes."""
     from capml_core.stages.modes import run_mode_stage
+    from capml_core.stages.phonons import run_harmonic_phonons
     from capml_core.store.database import Store
 
     with capml_errors():
         loaded = load(config, project)
         with two_bars("structures x T", "DFT checks") as (pairs_done, dft_done):
             store = Store(loaded.project_dir)
+            model_id, scan_id = model_or_latest(store, model), scan_or_latest(store, scan)
+            run_harmonic_phonons(store, loaded.config, model_id=model_id, scan_id=scan_id)  # stored once per model
             result = run_mode_stage(
                 store,
                 loaded.config,
                 ensemble_id=ensemble_or_latest(store, ensemble),
-                model_id=model_or_latest(store, model),
-                scan_id=scan_or_latest(store, scan),
+                model_id=model_id,
+                scan_id=scan_id,
                 progress=pairs_done,
                 reference_progress=dft_done,
             )
