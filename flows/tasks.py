@@ -24,9 +24,9 @@ from capml_core.stages.disorder import DisorderScanResult, run_disorder_scan
 from capml_core.stages.dynamics import MDResult, md_table, run_dynamics
 from capml_core.stages.gnn import GNNStageResult, fit_band_gap_model
 from capml_core.stages.labelling import LabellingReport, label_structures
-from capml_core.stages.mlip import MlipStageResult, fit_mlip, force_constants_cache_dir, force_function
-from capml_core.stages.modes import ModeGap, run_mode_stage
-from capml_core.stages.phonons import StabilityResult, run_harmonic_phonons, run_phonon_stage
+from capml_core.stages.mlip import MlipStageResult, fit_mlip, force_constants_cache_dir, force_function, mlip_tables
+from capml_core.stages.modes import ModeGap, mode_table, run_mode_stage
+from capml_core.stages.phonons import StabilityResult, phonon_tables, run_harmonic_phonons, run_phonon_stage
 from capml_core.stages.training_sets import end_members_for, store_structure_set
 from capml_core.store.database import Store
 from capml_core.store.queries import DatasetSummary, latest_ensemble, latest_model, latest_scan_id, summarise_dataset
@@ -167,30 +167,7 @@ def train_gnn(loaded: LoadedConfig, store: Store, run_id: str) -> GNNStageResult
         run_id=run_id,
         seed=loaded.config.run.seed,
     )
-    logger = get_run_logger()
-    if result.search:
-        best = result.search[0]
-        logger.info(
-            "GNN search: best %s (lr %g, batch %d), validation MAE %.3f eV of %d trials",
-            best.architecture,
-            best.learning_rate,
-            best.batch_size,
-            best.valid.mae_ev,
-            len(result.search),
-        )
-    for stage, m in result.ensemble.ensemble_test_metrics.items():
-        logger.info("GNN %s level test: MAE %.3f eV, R² %.3f (n = %d)", stage, m.mae_ev, m.r2, m.n)
-    if result.baseline is not None:
-        for stage, m in result.baseline.ensemble_test_metrics.items():
-            logger.info(
-                "GNN baseline %s, %s level test: MAE %.3f eV, R² %.3f (same structures)",
-                loaded.config.gnn.baseline_architecture,
-                stage,
-                m.mae_ev,
-                m.r2,
-            )
-    for n, m in result.curve:
-        logger.info("GNN learning curve: %d training structures -> test MAE %.3f eV", n, m.mae_ev)
+    log_tables(get_run_logger(), result.tables())
     return result
 
 
@@ -203,17 +180,7 @@ def train_mlip(loaded: LoadedConfig, store: Store, run_id: str) -> MlipStageResu
         logger.info("MACE epoch %d/%d: %s", epoch, total, line.split("INFO:")[-1].strip())
 
     result = fit_mlip(store, loaded.config, run_id=run_id, on_epoch=on_epoch)
-    for quantity, m in result.test_metrics.items():
-        logger.info("MACE %s test: MAE %.4g, R² %.3f (n = %d)", quantity, m["mae"], m["r2"], m["n"])
-    for row in result.phonons:
-        logger.info(
-            "MACE phonons %s: MAE %.3f THz vs %s, imaginary modes %d (reference %d)",
-            row["end_member"],
-            row["mae_thz"],
-            row["reference"],
-            row["n_imaginary_model"],
-            row["n_imaginary_reference"],
-        )
+    log_tables(logger, mlip_tables(store, [result.model.model_id]))
     return result
 
 
@@ -265,21 +232,7 @@ def phonon_stability(loaded: LoadedConfig, store: Store, run_id: str) -> tuple[l
     harmonic, verdicts = run_phonon_stage(
         store, loaded.config, model_id=latest_model(store)[0], scan_id=latest_scan_id(store), run_id=run_id
     )
-    for h in harmonic:
-        logger.info(
-            "phonons x = %.3f at 0 K: %d imaginary modes at Γ, softest %.2f THz",
-            h.composition_x,
-            h.imaginary.n_gamma,
-            h.imaginary.min_frequency_thz,
-        )
-    for v in verdicts:
-        logger.info(
-            "phonons x = %.3f at %.0f K: %s%s",
-            v.composition_x,
-            v.temperature_k,
-            v.reason,
-            "" if v.passes_gate else " -> not passed on to the band-gap stage",
-        )
+    log_tables(logger, phonon_tables(harmonic, verdicts))
     return harmonic, verdicts
 
 
@@ -303,29 +256,7 @@ def mode_gaps(loaded: LoadedConfig, store: Store, run_id: str) -> list[ModeGap]:
     result = run_mode_stage(
         store, loaded.config, ensemble_id=latest_ensemble(store)[0], model_id=model_id, scan_id=scan_id, run_id=run_id
     )
-    for x, temperature in sorted({(m.composition_x, m.temperature_k) for m in result}):
-        frozen = [m for m in result if (m.composition_x, m.temperature_k) == (x, temperature) and m.status == "frozen"]
-        if frozen:
-            largest = min(frozen, key=lambda m: m.relative_change)
-            logger.info(
-                "modes x = %.3f at %.0f K: %d modes, largest reduction %.1f %% (mode %d, %.2f THz, %s)",
-                x,
-                temperature,
-                len(frozen),
-                100 * largest.relative_change,
-                largest.mode,
-                largest.frequency_thz,
-                largest.dominant,
-            )
-    for m in result:
-        if m.reference_delta_ev is not None:
-            logger.info(
-                "mode check x = %.3f, %.2f THz: ΔEg GNN %.3f eV vs DFT %.3f eV",
-                m.composition_x,
-                m.frequency_thz,
-                m.delta_ev,
-                m.reference_delta_ev,
-            )
+    log_tables(logger, [mode_table(result, top=3)])
     return result
 
 

@@ -128,7 +128,7 @@ def test_gnn_train_and_predict_commands(demo_store_copy: Path, tmp_path: Path) -
     runner = CliRunner()
     result = runner.invoke(app, ["gnn", "train", "-c", str(config), "-p", str(demo_store_copy)])
     assert result.exit_code == 0, result.output
-    assert "cheap level, test split" in result.output and "high level, test split" in result.output
+    assert "GNN test split" in result.output and "cheap level" in result.output and "high level" in result.output
     store = Store(demo_store_copy)
     metrics = store.query("SELECT stage, split, n, mae_ev FROM gnn_metrics ORDER BY stage, split")
     assert metrics["n"].sum() == 103 + 48  # every labelled structure is predicted once, in one split

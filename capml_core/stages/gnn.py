@@ -19,6 +19,7 @@ from capml_core.stages.gnn_training import (
 )
 from capml_core.store.database import Store
 from capml_core.store.schema import GNN_BASELINE_PREFIX as BASELINE_PREFIX
+from capml_core.tables import ResultTable, table
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,39 @@ class GNNStageResult:
     ensemble: TwoStageResult
     curve: list[tuple[int, Metrics]]
     baseline: TwoStageResult | None = None
+
+    def tables(self) -> list[ResultTable]:
+        """The best trials of the search, the ensemble's (and baseline's) test errors, the learning curve."""
+        out = []
+        if self.search:
+            rows = [
+                (str(rank), t.architecture, f"{t.learning_rate:g}", str(t.batch_size), f"{t.valid.mae_ev:.3f}")
+                for rank, t in enumerate(self.search[:5], start=1)
+            ]
+            columns = ("rank", "architecture", "learning rate", "batch", "validation MAE (eV)")
+            out.append(table(f"GNN search ({len(self.search)} trials)", columns, rows))
+        rows = []
+        for name, result in (("ensemble", self.ensemble), ("baseline", self.baseline)):
+            if result is None:
+                continue
+            for stage, m in result.ensemble_test_metrics.items():
+                rows.append(
+                    (
+                        f"{name} {result.ensemble_id}",
+                        f"{stage} level",
+                        str(m.n),
+                        f"{m.mae_ev:.3f}",
+                        f"{m.rmse_ev:.3f}",
+                        f"{m.r2:.3f}",
+                        f"{m.max_error_ev:.3f}",
+                    )
+                )
+        columns = ("models", "stage", "n test", "MAE (eV)", "RMSE (eV)", "R²", "max error (eV)")
+        out.append(table("GNN test split", columns, rows, notes=[f"{len(self.ensemble.model_ids)} model(s)"]))
+        if self.curve:
+            rows = [(str(n), f"{m.mae_ev:.3f}") for n, m in self.curve]
+            out.append(table("GNN learning curve", ("training structures", "test MAE (eV)"), rows))
+        return out
 
 
 def fit_band_gap_model(

@@ -54,6 +54,7 @@ from capml_core.stages.training_sets import end_member_force_constants
 from capml_core.store.database import Store
 from capml_core.store.queries import latest_model, mace_model_path
 from capml_core.system.labelled import LabelledStructure
+from capml_core.tables import ResultTable, table
 from capml_core.types import DATASET_KIND_SQL, ForceFunction
 
 logger = logging.getLogger(__name__)
@@ -590,3 +591,34 @@ def force_function(  # reference: ReferenceSection
         return result.forces_ev_per_a
 
     return reference_forces
+
+
+def mlip_tables(store: Store, model_ids: Sequence[str]) -> list[ResultTable]:
+    """Stored errors of MACE models against the reference level, and their end members' Γ phonons vs DFT."""
+    metrics = store.query(
+        """SELECT model_id, quantity, split, unit, n, mae, rmse, r2 FROM mlip_metrics
+           WHERE model_id IN (SELECT unnest(?)) ORDER BY model_id DESC, quantity, split DESC""",
+        [list(model_ids)],
+    )
+    rows = [
+        (r.model_id, r.quantity, r.split, str(r.n), f"{r.mae:.4g}", f"{r.rmse:.4g}", f"{r.r2:.3f}", r.unit)
+        for r in metrics.itertuples()
+    ]
+    columns = ("model", "quantity", "split", "n", "MAE", "RMSE", "R²", "unit")
+    out = [table("errors vs the reference level", columns, rows)]
+    phonons = store.query("SELECT * FROM mlip_phonons WHERE model_id IN (SELECT unnest(?))", [list(model_ids)])
+    if not phonons.empty:
+        rows = [
+            (
+                r.end_member,
+                str(r.n_modes),
+                f"{r.mae_thz:.3f}",
+                f"{r.r2:.3f}",
+                f"{r.n_imaginary_reference} / {r.n_imaginary_model}",
+                f"{r.min_frequency_reference_thz:.2f} / {r.min_frequency_model_thz:.2f}",
+            )
+            for r in phonons.itertuples()
+        ]
+        columns = ("end member", "modes", "MAE (THz)", "R²", "imaginary ref / MACE", "lowest ref / MACE (THz)")
+        out.append(table("Γ-point phonons of the end-member supercells: MACE vs the reference level", columns, rows))
+    return out

@@ -43,6 +43,7 @@ from capml_core.store.database import Store
 from capml_core.store.queries import ensemble_level, ensemble_model_dirs, harmonic_phonon_rows, lowest_energy_structures
 from capml_core.store.records import StructureRecord
 from capml_core.system.structures import structure_hash
+from capml_core.tables import ResultTable, table
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,30 @@ class ModeGap:
     delta_ev: float | None
     relative_change: float | None
     reference_delta_ev: float | None
+
+
+def mode_table(result: Sequence[ModeGap], *, top: int = 5) -> ResultTable:
+    """Per composition and temperature the ``top`` frozen modes of largest |ΔEg| and every DFT-checked one."""
+    rows = []
+    for x, temperature in sorted({(m.composition_x, m.temperature_k) for m in result}):
+        frozen = [m for m in result if (m.composition_x, m.temperature_k) == (x, temperature) and m.status == "frozen"]
+        chosen = sorted(frozen, key=lambda m: -abs(m.delta_ev))[:top]
+        chosen += [m for m in frozen if m.reference_delta_ev is not None and m not in chosen]
+        for m in sorted(chosen, key=lambda m: m.frequency_thz):
+            rows.append(
+                (
+                    f"{x:.4g}",
+                    f"{temperature:g}",
+                    str(m.mode),
+                    f"{m.frequency_thz:.2f}",
+                    str(m.dominant),
+                    f"{m.delta_ev:+.4f}",
+                    f"{100 * m.relative_change:+.2f} %",
+                    "-" if m.reference_delta_ev is None else f"{m.reference_delta_ev:+.4f}",
+                )
+            )
+    columns = ("x", "T (K)", "mode", "ν (THz)", "dominant", "ΔEg (eV)", "ΔEg/Eg(0)", "DFT ΔEg (eV)")
+    return table("modes", columns, rows)
 
 
 def mode_settings_key(config) -> str:  # RunConfig

@@ -19,6 +19,7 @@ uses the net linewidths. Units: THz, K, ps.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,7 @@ from capml_core.physics.stability import StabilityVerdict, phonon_settings_key, 
 from capml_core.store.database import Store
 from capml_core.store.queries import harmonic_phonon_rows, lowest_energy_structures, mace_model_path
 from capml_core.system.structures import structure_hash
+from capml_core.tables import ResultTable, table
 from capml_core.types import ProgressCallback
 
 logger = logging.getLogger(__name__)
@@ -222,6 +224,46 @@ def stabilisation_temperatures(verdicts: list[StabilityResult]) -> dict[float, f
             onset = temperature
         out[x] = onset
     return out
+
+
+def phonon_tables(harmonic: Sequence[HarmonicResult], verdicts: Sequence[StabilityResult]) -> list[ResultTable]:
+    """Harmonic phonons at 0 K per composition, the verdict per MD run, and the stabilisation temperatures."""
+    harmonic_rows = [
+        (
+            f"{h.composition_x:.4g}",
+            str(h.imaginary.n_gamma),
+            f"{h.imaginary.min_frequency_thz:.2f}",
+            str(len(h.imaginary.branches)),
+        )
+        for h in harmonic
+    ]
+    verdict_rows = [
+        (
+            f"{v.composition_x:.4g}",
+            f"{v.temperature_k:g}",
+            "yes" if v.stable else "no",
+            "yes" if v.passes_gate else "dropped",
+            v.reason,
+        )
+        for v in verdicts
+    ]
+    dropped = [i for i, v in enumerate(verdicts) if not v.passes_gate]
+    onsets = stabilisation_temperatures(list(verdicts))
+    onset = "stable from: " + ", ".join(f"x = {x:g}: {t:g} K" if t else f"x = {x:g}: never" for x, t in onsets.items())
+    return [
+        table(
+            "harmonic phonons",
+            ("x", "imaginary at Γ (0 K)", "softest (THz)", "unstable branches"),
+            harmonic_rows,
+        ),
+        table(
+            "dynamic stability (DynaPhoPy)",
+            ("x", "T (K)", "stable", "band-gap stage", "reason"),
+            verdict_rows,
+            warnings=dropped,
+            notes=[onset] if verdicts else [],
+        ),
+    ]
 
 
 # ------------------------------------------------------------------------------------------- the stage

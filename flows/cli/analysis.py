@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from capml_core.errors import CapmlError
 from flows.cli.common import (
@@ -91,7 +90,7 @@ def phonons(
     scan: ScanOption = None,
 ) -> None:
     """Harmonic phonons (0 K) of the lowest-energy structures; DynaPhoPy and stability verdict per MD run."""
-    from capml_core.stages.phonons import run_phonon_stage, stabilisation_temperatures
+    from capml_core.stages.phonons import phonon_tables, run_phonon_stage
     from capml_core.store.database import Store
 
     with capml_errors():
@@ -100,29 +99,7 @@ def phonons(
         harmonic, verdicts = run_phonon_stage(
             store, loaded.config, model_id=model_or_latest(store, model), scan_id=scan_or_latest(store, scan)
         )
-    table = Table("x", "imaginary at Γ (0 K)", "softest (THz)", "unstable branches", title="harmonic phonons")
-    for h in harmonic:
-        table.add_row(
-            f"{h.composition_x:.4g}",
-            str(h.imaginary.n_gamma),
-            f"{h.imaginary.min_frequency_thz:.2f}",
-            str(len(h.imaginary.branches)),
-        )
-    console.print(table)
-    table = Table("x", "T (K)", "stable", "band-gap stage", "reason", title="dynamic stability (DynaPhoPy)")
-    for v in verdicts:
-        table.add_row(
-            f"{v.composition_x:.4g}",
-            f"{v.temperature_k:g}",
-            "yes" if v.stable else "no",
-            "yes" if v.passes_gate else "dropped",
-            v.reason,
-        )
-    console.print(table)
-    onsets = stabilisation_temperatures(verdicts)
-    console.print(
-        "stable from: " + ", ".join(f"x = {x:g}: {t:g} K" if t else f"x = {x:g}: never" for x, t in onsets.items())
-    )
+    print_tables(phonon_tables(harmonic, verdicts))
 
 
 def gaps(
@@ -159,7 +136,7 @@ def modes(
     scan: ScanOption = None,
 ) -> None:
     """ΔEg/Eg of each Γ mode frozen in at its thermal amplitude (GNN), with DFT checks of a few modes."""
-    from capml_core.stages.modes import run_mode_stage
+    from capml_core.stages.modes import mode_table, run_mode_stage
     from capml_core.stages.phonons import run_harmonic_phonons
     from capml_core.store.database import Store
 
@@ -178,23 +155,7 @@ def modes(
                 progress=pairs_done,
                 reference_progress=dft_done,
             )
-    table = Table("x", "T (K)", "mode", "ν (THz)", "dominant", "ΔEg (eV)", "ΔEg/Eg(0)", "DFT ΔEg (eV)", title="modes")
-    for x, temperature in sorted({(m.composition_x, m.temperature_k) for m in result}):
-        frozen = [m for m in result if (m.composition_x, m.temperature_k) == (x, temperature) and m.status == "frozen"]
-        chosen = sorted(frozen, key=lambda m: -abs(m.delta_ev))[:top]
-        chosen += [m for m in frozen if m.reference_delta_ev is not None and m not in chosen]
-        for m in sorted(chosen, key=lambda m: m.frequency_thz):
-            table.add_row(
-                f"{x:.4g}",
-                f"{temperature:g}",
-                str(m.mode),
-                f"{m.frequency_thz:.2f}",
-                m.dominant,
-                f"{m.delta_ev:+.4f}",
-                f"{100 * m.relative_change:+.2f} %",
-                "-" if m.reference_delta_ev is None else f"{m.reference_delta_ev:+.4f}",
-            )
-    console.print(table)
+    print_tables([mode_table(result, top=top)])
 
 
 def evaluate(

@@ -14,10 +14,10 @@ from flows.cli.common import (
     EnsembleOption,
     ProjectOption,
     capml_errors,
-    console,
     ensemble_or_latest,
     load,
     open_store,
+    print_tables,
 )
 
 gnn_app = typer.Typer(help="Band-gap GNN: train, predict.", no_args_is_help=True)
@@ -42,27 +42,7 @@ def gnn_train(
             high_level=reference.high_level,
             seed=loaded.config.run.seed,
         )
-    for rank, trial in enumerate(result.search[:5], start=1):
-        console.print(
-            f"search #{rank}: {trial.architecture}, lr {trial.learning_rate:g}, batch {trial.batch_size}: "
-            f"validation MAE {trial.valid.mae_ev:.3f} eV"
-        )
-    ensemble = result.ensemble
-    console.print(f"ensemble {ensemble.ensemble_id}: {len(ensemble.model_ids)} model(s)")
-    for stage, m in ensemble.ensemble_test_metrics.items():
-        console.print(
-            f"  {stage} level, test split (n = {m.n}): MAE {m.mae_ev:.3f} eV, RMSE {m.rmse_ev:.3f} eV, "
-            f"R² {m.r2:.3f}, max error {m.max_error_ev:.3f} eV"
-        )
-    if result.baseline is not None:
-        console.print(
-            f"baseline {result.baseline.ensemble_id} ({loaded.config.gnn.baseline_architecture}, "
-            "same splits and seeds):"
-        )
-        for stage, m in result.baseline.ensemble_test_metrics.items():
-            console.print(f"  {stage} level, test split (n = {m.n}): MAE {m.mae_ev:.3f} eV, R² {m.r2:.3f}")
-    for n, m in result.curve:
-        console.print(f"learning curve: {n} training structures -> test MAE {m.mae_ev:.3f} eV")
+    print_tables(result.tables())
 
 
 @gnn_app.command("predict")

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from capml_core.errors import CapmlError
-from flows.cli.common import ProjectOption, bar, capml_errors, console, load
+from capml_core.store.database import Store
+from flows.cli.common import ProjectOption, bar, capml_errors, console, load, print_tables
 
 mlip_app = typer.Typer(help="MACE interatomic potential: train or fine-tune, evaluate.", no_args_is_help=True)
 
@@ -39,37 +39,10 @@ def mlip_train(
     )
 
 
-def _print_mlip_tables(store, model_ids: list[str]) -> None:
-    metrics = store.query(
-        """SELECT model_id, quantity, split, unit, n, mae, rmse, r2 FROM mlip_metrics
-           WHERE model_id IN (SELECT unnest(?)) ORDER BY model_id DESC, quantity, split DESC""",
-        [model_ids],
-    )
-    table = Table("model", "quantity", "split", "n", "MAE", "RMSE", "R²", "unit", title="errors vs the reference level")
-    for r in metrics.itertuples():
-        table.add_row(r.model_id, r.quantity, r.split, str(r.n), f"{r.mae:.4g}", f"{r.rmse:.4g}", f"{r.r2:.3f}", r.unit)
-    console.print(table)
-    phonons = store.query("SELECT * FROM mlip_phonons WHERE model_id IN (SELECT unnest(?))", [model_ids])
-    if not phonons.empty:
-        table = Table(
-            "end member",
-            "modes",
-            "MAE (THz)",
-            "R²",
-            "imaginary ref / MACE",
-            "lowest ref / MACE (THz)",
-            title="Γ-point phonons of the end-member supercells: MACE vs the reference level",
-        )
-        for r in phonons.itertuples():
-            table.add_row(
-                r.end_member,
-                str(r.n_modes),
-                f"{r.mae_thz:.3f}",
-                f"{r.r2:.3f}",
-                f"{r.n_imaginary_reference} / {r.n_imaginary_model}",
-                f"{r.min_frequency_reference_thz:.2f} / {r.min_frequency_model_thz:.2f}",
-            )
-        console.print(table)
+def _print_mlip_tables(store: Store, model_ids: list[str]) -> None:
+    from capml_core.stages.mlip import mlip_tables
+
+    print_tables(mlip_tables(store, model_ids))
 
 
 @mlip_app.command("evaluate")
