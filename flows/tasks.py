@@ -84,15 +84,10 @@ def start_run(loaded: LoadedConfig, store: Store) -> str:
 def import_dataset(loaded: LoadedConfig, spec: ImportSpec, store: Store, run_id: str) -> ImportReport:
     """Validate one labelled file and load it into the store (nothing written if it is rejected)."""
     report = import_spec(store, spec, loaded.config.system, run_id=run_id)
-    get_run_logger().info(
-        "%s (%s): %d frames, %d new structures, %d new labels, %d already stored",
-        spec.path.name,
-        spec.level,
-        report.n_frames,
-        report.new_structures,
-        report.new_labels,
-        report.existing_labels,
-    )
+    logger = get_run_logger()
+    logger.info("%s", report.summary())
+    if report.warning():
+        logger.warning("%s", report.warning())
     return report
 
 
@@ -152,7 +147,9 @@ def label_level(
             store, get_level(level, reference), chosen, run_id=run_id, progress=progress, job_map=job_map
         )
 
-    return fan_out(f"label-{level}", loaded.config.execution, reference.workers, body, isolate=True)
+    report = fan_out(f"label-{level}", loaded.config.execution, reference.workers, body, isolate=True)
+    get_run_logger().info("%s", report.summary())
+    return report
 
 
 @task(name="gnn", cache_policy=NO_CACHE)

@@ -70,6 +70,25 @@ class ImportReport:
     sha256: str
     differing: list[tuple[str, list[str], str]] = field(default_factory=list)
 
+    def summary(self) -> str:
+        """One line: frames, repeats, what was added and what was already stored."""
+        return (
+            f"{self.path.name} -> level {self.level}: {self.n_frames} frames ({self.n_duplicate_frames} repeated in "
+            f"the file), {self.new_structures} new structures, {self.new_labels} new labels, {self.existing_labels} "
+            "already stored"
+        )
+
+    def warning(self) -> str | None:
+        """What to know when stored labels differ from the file's (None when none do)."""
+        if not self.differing:
+            return None
+        names = sorted({name for _, labels, _ in self.differing for name in labels})
+        return (
+            f"{len(self.differing)} of the already stored structures have other labels at {self.level} in the store "
+            f"than in this file ({', '.join(names)}; e.g. {self.differing[0][2]}): the stored labels were kept. "
+            "Import the file under another --level name to keep both"
+        )
+
 
 def _show(value: Any) -> str:
     """A value as a user wrote it (numpy scalars shown as plain numbers)."""

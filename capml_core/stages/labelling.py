@@ -66,6 +66,12 @@ class LabellingReport:
     mean_calculation_s: float | None = None
     n_skipped: int = 0
 
+    def summary(self) -> str:
+        """One line: labelled, failed, left to another process, mean time per calculation."""
+        mean = f", {self.mean_calculation_s:.0f} s per calculation" if self.mean_calculation_s else ""
+        skipped = f", {self.n_skipped} left to another capml process" if self.n_skipped else ""
+        return f"{self.level}: {self.n_ok} labelled, {self.n_failed} failed{skipped}{mean}"
+
 
 #: Sub-folder of the project directory where calculations run (one folder each, removed when it ends).
 SCRATCH_DIRNAME = "scratch"

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, get_args
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from capml_core.errors import CapmlError
@@ -88,20 +89,9 @@ def data_import(
     ):
         task_id = validating.add_task(spec.path.name, total=None)
         report = import_spec(Store(loaded.project_dir), spec, system, progress=progress_callback(validating, task_id))
-    console.print(
-        f"{report.path.name} -> level [bold]{report.level}[/]: {report.n_frames} frames "
-        f"({report.n_duplicate_frames} repeated in the file), {report.new_structures} new structures, "
-        f"{report.new_labels} new labels, {report.existing_labels} already stored; store {loaded.project_dir}"
-    )
-    if report.differing:
-        names = sorted({name for _, labels, _ in report.differing for name in labels})
-        err_console.print(
-            f"[bold yellow]warning:[/] {len(report.differing)} of the already stored structures have other labels "
-            f"at {report.level} in the store than in this file ({', '.join(names)}; e.g. {report.differing[0][2]}): "
-            "the stored labels were kept. Import the file under another --level name to keep both",
-            highlight=False,
-            soft_wrap=True,
-        )
+    console.print(f"{escape(report.summary())}; store {loaded.project_dir}", highlight=False)
+    if report.warning():
+        err_console.print(f"[bold yellow]warning:[/] {escape(report.warning())}", highlight=False, soft_wrap=True)
 
 
 @data_app.command("generate")

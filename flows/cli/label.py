@@ -50,7 +50,6 @@ def label(
             workers=workers,
             progress=lambda done, total, record: progress.update(task_id, completed=done),
         )
-    mean = f", {report.mean_calculation_s:.0f} s per calculation" if report.mean_calculation_s else ""
-    console.print(f"{level}: {report.n_ok} labelled, {report.n_failed} failed{mean}")
+    console.print(report.summary(), highlight=False)
     for structure_hash, error in report.failures:
         console.print(f"  failed {structure_hash}: {error.splitlines()[0] if error else ''}")
