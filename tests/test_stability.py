@@ -15,13 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from capml_core.stages.phonons import StabilityResult, stabilisation_temperatures, stability_result
+from capml_core.physics.stability import stabilisation_temperatures
+from capml_core.stages.phonons import stability_result
 from tests.conftest import md_config, project_copy
 
 
 def test_stabilisation_temperature_is_the_lowest_stable_temperature_of_an_unbroken_stable_ladder() -> None:
-    def verdicts(x: float, ladder: list[tuple[float, bool]]) -> list[StabilityResult]:
-        return [StabilityResult(f"{x}-{t}", x, t, s, s, "") for t, s in ladder]
+    def verdicts(x: float, ladder: list[tuple[float, bool]]) -> list[tuple[float, float, bool]]:
+        return [(x, t, s) for t, s in ladder]
 
     found = stabilisation_temperatures(
         verdicts(0.0, [(100, False), (200, True), (300, True)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -10,6 +11,7 @@ from pydantic import BaseModel
 
 from capml_core.errors import SitesLeftError
 from capml_core.physics.anharmonic import AnharmonicPhonons
+from capml_core.physics.harmonic import IMAGINARY_TOLERANCE_THZ
 from capml_core.provenance import content_key
 
 #: Above this time-averaged distance from its site (Å) an atom is named in a verdict: the structure sits in a
@@ -240,8 +242,6 @@ def stability_verdict(
     must lie within it of its site; without, an offset above :data:`SITE_OFFSET_CAUTION_A` is named in the summary.
     ``symbols`` (chemical symbols in atom order) only label the atom.
     """
-    from capml_core.physics.harmonic import IMAGINARY_TOLERANCE_THZ
-
     n = len(result.harmonic_thz)
     modes = np.array([i for i in range(n) if i not in set(result.acoustic_modes)], dtype=int)
     peaks = np.asarray(result.renormalised_thz, dtype=float)[modes]
@@ -307,3 +307,21 @@ def phonon_settings_key(phonons: BaseModel) -> str:
     The gate is applied when verdicts are read, so changing it recomputes nothing.
     """
     return content_key({**phonons.model_dump(mode="json", exclude={"gate"}), "verdict_rule": VERDICT_RULE})
+
+
+def stabilisation_temperatures(verdicts: Iterable[tuple[float, float, bool]]) -> dict[float, float | None]:
+    """Per composition: the lowest temperature (K) from which the structure is stable at every higher one.
+
+    ``verdicts``: (composition x, temperature K, stable) of each MD run; None where the highest is unstable.
+    """
+    points = list(verdicts)
+    out: dict[float, float | None] = {}
+    for x in sorted({p[0] for p in points}):
+        ladder = sorted((t, stable) for px, t, stable in points if px == x)
+        onset = None
+        for temperature, stable in reversed(ladder):
+            if not stable:
+                break
+            onset = temperature
+        out[x] = onset
+    return out

@@ -31,7 +31,12 @@ from capml_core.models.mace import calculator_forces, load_mace_calculator, reso
 from capml_core.physics.anharmonic import renormalised_phonons
 from capml_core.physics.harmonic import IMAGINARY_TOLERANCE_THZ, ImaginaryModes, cell_dispersion, harmonic_phonons
 from capml_core.physics.md import production_frames, read_trajectory
-from capml_core.physics.stability import StabilityVerdict, phonon_settings_key, stability_verdict
+from capml_core.physics.stability import (
+    StabilityVerdict,
+    phonon_settings_key,
+    stabilisation_temperatures,
+    stability_verdict,
+)
 from capml_core.store.database import Store
 from capml_core.store.queries import harmonic_phonon_rows, lowest_energy_structures, mace_model_path
 from capml_core.system.structures import structure_hash
@@ -212,20 +217,6 @@ def run_phonon_stage(
     return harmonic, [stability_result(r, gate=phonons.gate) for r in verdicts.to_dict("records")]
 
 
-def stabilisation_temperatures(verdicts: list[StabilityResult]) -> dict[float, float | None]:
-    """Per composition: the lowest MD temperature (K) from which the structure is stable at every higher one."""
-    out: dict[float, float | None] = {}
-    for x in sorted({v.composition_x for v in verdicts}):
-        ladder = sorted((v.temperature_k, v.stable) for v in verdicts if v.composition_x == x)
-        onset = None
-        for temperature, stable in reversed(ladder):
-            if not stable:
-                break
-            onset = temperature
-        out[x] = onset
-    return out
-
-
 def phonon_tables(harmonic: Sequence[HarmonicResult], verdicts: Sequence[StabilityResult]) -> list[ResultTable]:
     """Harmonic phonons at 0 K per composition, the verdict per MD run, and the stabilisation temperatures."""
     harmonic_rows = [
@@ -248,7 +239,7 @@ def phonon_tables(harmonic: Sequence[HarmonicResult], verdicts: Sequence[Stabili
         for v in verdicts
     ]
     dropped = [i for i, v in enumerate(verdicts) if not v.passes_gate]
-    onsets = stabilisation_temperatures(list(verdicts))
+    onsets = stabilisation_temperatures((v.composition_x, v.temperature_k, v.stable) for v in verdicts)
     onset = "stable from: " + ", ".join(f"x = {x:g}: {t:g} K" if t else f"x = {x:g}: never" for x, t in onsets.items())
     return [
         table(

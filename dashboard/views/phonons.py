@@ -13,7 +13,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from capml_core.stages.phonons import StabilityResult, stabilisation_temperatures
+from capml_core.physics.stability import stabilisation_temperatures
 from dashboard import data
 
 
@@ -31,10 +31,7 @@ def render_phonons() -> None:
 
     st.subheader("Dynamic stability per composition")
     onsets = stabilisation_temperatures(
-        [
-            StabilityResult(r.md_id, r.composition_x, r.temperature_k, bool(r.stable), bool(r.passes_gate), r.reason)
-            for r in verdicts.itertuples(index=False)
-        ]
+        (float(r.composition_x), float(r.temperature_k), bool(r.stable)) for r in verdicts.itertuples(index=False)
     )
     summary = harmonic[["composition_x", "n_imaginary_gamma", "min_frequency_thz"]].rename(
         columns={"n_imaginary_gamma": "imaginary modes at 0 K", "min_frequency_thz": "softest at 0 K (THz)"}
