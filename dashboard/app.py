@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from dashboard.views.active_learning import render_active_learning_rounds
 from dashboard.views.bandgaps import render_bandgaps
 from dashboard.views.dataset import render_dataset
 from dashboard.views.disorder import render_disorder
@@ -29,6 +30,7 @@ PAGES = [
     st.Page(render_phonons, title="Phonons", url_path="phonons"),
     st.Page(render_bandgaps, title="Band gaps", url_path="band-gaps"),
     st.Page(render_modes, title="Modes", url_path="modes"),
+    st.Page(render_active_learning_rounds, title="Active learning", url_path="active-learning"),
     st.Page(render_sql, title="SQL", url_path="sql"),
 ]
 st.navigation(PAGES).run()

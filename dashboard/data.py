@@ -17,7 +17,7 @@ import streamlit as st
 
 from capml_core.errors import CapmlError, NotComputedError
 from capml_core.store.database import Store
-from capml_core.store.queries import DatasetSummary, summarise_dataset
+from capml_core.store.queries import DatasetSummary, active_learning_overview, summarise_dataset
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -119,6 +119,12 @@ def mlip_results(path: str) -> dict[str, pd.DataFrame]:
 def active_learning_results(path: str) -> pd.DataFrame:
     """Frames selected by active learning, per round, with their labels."""
     return Store(path).active_learning_results()
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def uncertainty_results(path: str) -> dict[str, pd.DataFrame]:
+    """Active learning by uncertainty: rounds, per-frame disagreement along the MD, the stored MD frames."""
+    return active_learning_overview(Store(path))
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)

@@ -180,8 +180,9 @@ def test_generate_then_export_roundtrip(tmp_path: Path) -> None:
     import duckdb
 
     con = duckdb.connect(str(project / "capml.duckdb"))
-    for table in ("md_frames", "label_claims"):  # schema 12, 13
+    for table in ("md_frames", "label_claims", "md_uncertainty", "active_learning_rounds"):  # schema 12-14
         con.execute(f"DROP TABLE {table}")
+    con.execute("ALTER TABLE mlip_models DROP COLUMN committee_of")
     for column in ("pid", "host"):
         con.execute(f"ALTER TABLE runs DROP COLUMN {column}")
     for column in ("max_site_offset_a", "site_offset_atom"):

@@ -256,3 +256,90 @@ def test_band_gap_model_page_draws_parity_and_errors(demo_store_copy: Path, monk
     assert len(scatters) == 2 and len(specs) == 4  # parity + error histogram per stage (no search or curve yet)
     n_points = sum(len(_decoded(t["x"])) for t in scatters[1]["data"] if t["name"] != "y = x")
     assert n_points == 48
+
+
+def _active_learning_page() -> None:
+    from dashboard.views.active_learning import render_active_learning_rounds
+
+    render_active_learning_rounds()
+
+
+def test_active_learning_page_draws_errors_per_round_and_disagreement_along_a_run(tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    from capml_core.store.database import Store
+
+    store = Store(tmp_path / "project")
+    store.initialise()
+    common = {"uncertainty_id": "unc-1", "model_id": "mace-a", "committee_size": 3, "ensemble_size": 3}
+    uncertainty = [
+        {
+            **common,
+            "md_id": md_id,
+            "frame": frame,
+            "time_fs": 50.0 * frame,
+            "composition_x": x,
+            "temperature_k": 300.0,
+            "energy_std_mev_per_atom": 1.0 + frame,
+            "force_std_mean_ev_per_a": 0.01,
+            "force_std_max_ev_per_a": 0.05 * (frame + 1),
+            "ensemble_id": "ensemble-e",
+            "gap_mean_ev": 1.0,
+            "gap_std_ev": 0.02,
+            "descriptor": [0.0, 1.0],
+        }
+        for md_id, x in (("md-a", 0.0), ("md-b", 1.0))
+        for frame in range(4)
+    ]
+    rounds = [
+        {
+            "round": r,
+            "model_id": f"mace-{r}",
+            "frames_added": 24 * r,
+            "frames_total": 24 * r,
+            "dft_calls": 48 * r,
+            "dft_failed": 0,
+            "dft_cpu_h": 2.5 * r,
+            "mace_energy_mae_mev_per_atom": 9.8 - 4 * r,
+            "mace_force_mae_ev_per_a": 0.078 - 0.01 * r,
+            "mace_test_force_mae_ev_per_a": 0.053,
+            "gnn_cheap_mae_ev": 0.14 - 0.05 * r,
+            "gnn_high_mae_ev": 0.45 - 0.3 * r,
+            "gnn_high_mean_error_ev": -0.4 + 0.3 * r,
+            "targets_met": False,
+        }
+        for r in (0, 1)
+    ]
+    frames = [
+        {
+            "structure_hash": h,
+            "md_id": "md-a",
+            "frame": f,
+            "time_fs": 50.0 * f,
+            "composition_x": 0.0,
+            "temperature_k": 300.0,
+            "model_id": "mace-a",
+            "held_out": held,
+            "selection": sel,
+            "round": r,
+        }
+        for h, f, held, sel, r in (("h1", 1, True, "random", 0), ("h2", 3, False, "uncertainty", 1))
+    ]
+    with store.write() as writer:
+        writer.add_rows("md_uncertainty", uncertainty)
+        writer.add_rows("active_learning_rounds", rounds)
+        writer.add_rows("md_frames", frames)
+    monkeypatch.setenv("CAPML_PROJECT_DIR", str(store.project_dir))
+    at = AppTest.from_function(_active_learning_page, default_timeout=60).run()
+    assert not at.exception
+    specs = {c.proto.id: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
+    per_round, along = list(specs.values())
+    energy = per_round["data"][0]
+    assert _decoded(energy["y"]).tolist() == pytest.approx([9.8, 5.8]) and _decoded(energy["x"]).tolist() == [0, 1]
+    assert len(per_round["data"]) == 5  # four panels and the test-split force MAE
+    assert [t["yaxis"] if "yaxis" in t else "y" for t in along["data"]] == ["y", "y2", "y3"]
+    assert _decoded(along["data"][1]["y"]).tolist() == pytest.approx([0.05, 0.1, 0.15, 0.2])  # run md-a first
+    marks = sorted({(s["x0"], s["line"]["color"]) for s in along["layout"]["shapes"]})  # one per panel
+    assert marks == [(50.0, "grey"), (150.0, "crimson")]  # held-out frame, then the frame round 1 chose
+    table = at.dataframe[0].value
+    assert table["frames_added"].tolist() == [0, 24] and table["dft_cpu_h"].tolist() == [0.0, 2.5]

@@ -143,6 +143,55 @@ def test_dynamics_stage_runs_every_composition_once(trained, tmp_path: Path) -> 
     again = run_dynamics(store, config, model_id=latest_model(store)[0], scan_id=latest_scan_id(store))
     assert {r.md_id: r.path.stat().st_mtime_ns for r in again} == stamps  # nothing rerun
     _held_out_frames_round_trip(store, config, tmp_path)
+    _uncertainty_round(store, config)
+
+
+def _uncertainty_round(store, config) -> None:
+    """A committee of 3 tiny MACE models on the MD frames: disagreement stored per frame, a round of frames
+    chosen by it (never a held-out frame), labelled sets at both levels, and the round measured on the held-out
+    frames (MACE labels 10 meV/atom off: the energy target is missed)."""
+    from capml_core.config.stage_sections import ActiveLearningSection
+    from capml_core.stages.mlip import committee_ids, train_committee
+    from capml_core.stages.rounds import record_round, rounds_table
+    from capml_core.stages.uncertainty import evaluate_uncertainty, select_round
+
+    model_id = latest_model(store)[0]
+    mlip = config.mlip.model_copy(update={"committee_size": 3})
+    members = train_committee(
+        store, mlip, level="gpaw-pbesol", species=config.system.allowed_species(), primary_id=model_id
+    )
+    assert len(set(members)) == 3 and committee_ids(store, model_id) == members
+    assert latest_model(store)[0] == model_id  # members are never the model the stages use
+    al = ActiveLearningSection(frames_per_round=3, uncertainty_stride_fs=20.0, candidate_factor=2.0)
+    config = config.model_copy(update={"active_learning": al})
+    evaluation = evaluate_uncertainty(store, config, model_id=model_id, ensemble_id=None)
+    frames = evaluation.frames
+    assert len(frames) == 5 * 5  # production 20-100 fs of 5 runs, every 20 fs
+    assert (frames["energy_std_mev_per_atom"] > 0).all() and (frames["force_std_max_ev_per_a"] > 0).all()
+    assert frames["gap_std_ev"].isna().all() and (frames["committee_size"] == 3).all()
+    again = evaluate_uncertainty(store, config, model_id=model_id, ensemble_id=None)
+    assert again.uncertainty_id == evaluation.uncertainty_id and len(again.frames) == len(frames)
+    held_out = set(store.query("SELECT structure_hash FROM md_frames WHERE held_out")["structure_hash"])
+    levels = ["gpaw-pbesol", "gpaw-gllbsc"]
+    chosen = select_round(store, config, uncertainty_id=evaluation.uncertainty_id, round_index=1, levels=levels)
+    assert len(chosen) == 3 and not held_out & {f.structure_hash for f in chosen}
+    assert all(f.selection == "uncertainty" and f.round == 1 and not f.held_out for f in chosen)
+    for level in levels:
+        assert sorted(store.pending_labels(level, set_name=f"al-round1@{level}")) == sorted(
+            f.structure_hash for f in chosen
+        )
+    scores = frames["force_std_max_ev_per_a"] / frames["force_std_max_ev_per_a"].median()
+    energy_scores = frames["energy_std_mev_per_atom"] / frames["energy_std_mev_per_atom"].median()
+    best = frames.loc[np.maximum(scores, energy_scores).idxmax()]  # the most uncertain frame is always chosen
+    assert (best.md_id, best.frame) in {(f.md_id, f.frame) for f in chosen}
+    assert [
+        f.structure_hash
+        for f in select_round(store, config, uncertainty_id=evaluation.uncertainty_id, round_index=1, levels=levels)
+    ] == [f.structure_hash for f in chosen]  # resumed, not redrawn
+    row = record_round(store, config, round_index=0, model_id=model_id, ensemble_id=None)
+    assert row["mace_energy_mae_mev_per_atom"] == pytest.approx(10.0, abs=1e-6) and row["n_heldout_cheap"] == 10
+    assert row["frames_added"] == 0 and row["targets_met"] is False and row["gnn_high_mae_ev"] is None
+    assert "10.0" in rounds_table(store, config).rows[0][5]
 
 
 def _held_out_frames_round_trip(store, config, tmp_path: Path) -> None:

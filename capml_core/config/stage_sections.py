@@ -137,6 +137,11 @@ class MLIPSection(Section):
         description="Seed of the train/validation/test split (a hash of seed and structure, stable as data grow).",
     )
     seed: Annotated[int, Field(ge=0)] = Field(default=1, description="Seed of MACE's trainer (MACE --seed).")
+    committee_size: PositiveInt = Field(
+        default=1,
+        description="MACE models trained on the same data (the first is the one every stage uses; member i adds i "
+        "to seed and split_seed): their disagreement on MD frames is the uncertainty active learning selects by.",
+    )
     max_epochs: PositiveInt = Field(default=200, description="Maximum training epochs (MACE max_num_epochs).")
     patience: PositiveInt = Field(default=50, description="Epochs without validation improvement before stopping.")
     batch_size: PositiveInt = Field(default=5, description="Batch size (structures) of training and validation.")
@@ -351,6 +356,37 @@ class ActiveLearningSection(Section):
     )
     min_separation_fs: float = Field(
         default=200.0, ge=0.0, description="Frames selected from one run are at least this far apart (fs)."
+    )
+    frames_per_round: PositiveInt = Field(
+        default=24,
+        description="Frames a round of uncertainty-driven selection (capml al select) adds, over all MD runs.",
+    )
+    uncertainty_stride_fs: float = Field(
+        default=50.0, gt=0.0, description="Spacing (fs) of the production frames whose uncertainty is evaluated."
+    )
+    candidate_factor: float = Field(
+        default=3.0,
+        ge=1.0,
+        description="The candidate_factor x frames_per_round most uncertain frames enter the diversity selection "
+        "(farthest points in MACE's descriptor space); 1: uncertainty alone.",
+    )
+    heldout_set: str = Field(
+        default="md-heldout", description="Selection of held-out MD frames every round is measured on."
+    )
+    target_energy_mae_mev_per_atom: float = Field(
+        default=5.0, gt=0.0, description="Stop target: MACE energy MAE on the held-out frames (meV/atom)."
+    )
+    target_force_ratio: float = Field(
+        default=1.5, gt=0.0, description="Stop target: MACE force MAE on the held-out frames / on its test split."
+    )
+    target_gap_high_mae_ev: float = Field(
+        default=0.08, gt=0.0, description="Stop target: GNN gap MAE at the high level on the held-out frames (eV)."
+    )
+    target_gap_high_mean_error_ev: float = Field(
+        default=0.03, gt=0.0, description="Stop target: |mean GNN - DFT| at the high level on the held-out frames (eV)."
+    )
+    target_gap_cheap_mae_ev: float = Field(
+        default=0.06, gt=0.0, description="Stop target: GNN gap MAE at the cheap level on the held-out frames (eV)."
     )
 
 

@@ -68,6 +68,10 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
+#: Subdirectory of a fine-tuned model's directory holding the model as it was after the cheap-level stage.
+CHEAP_STAGE_DIRNAME = "cheap"
+
+
 def build_model(architecture: Architecture, *, n_node_features: int = 4):  # torch imported lazily
     """The torch module of an architecture."""
     import torch

@@ -13,6 +13,7 @@ from capml_core.config.stage_sections import GNNSection
 from capml_core.errors import NotComputedError
 from capml_core.models.gnn import (
     ARCHITECTURES,
+    CHEAP_STAGE_DIRNAME,
     Metrics,
     Splits,
     TrainingSettings,
@@ -256,6 +257,7 @@ def train_two_stage(
             gnn.architecture, architecture, train_graphs, train_gaps, cutoff_a=gnn.cutoff_a, seed=member_seed
         )
         metrics_rows, prediction_rows = [], []
+        relpath = Path("artifacts") / "gnn" / model_id
         for stage, level in stages:
             _, train_graphs, train_gaps = data[stage]["train"]
             _, valid_graphs, valid_gaps = data[stage]["valid"]
@@ -288,7 +290,8 @@ def train_two_stage(
                 if split == "test":
                     test_predictions[stage].append(predicted)
                     tests[stage] = (gaps, m) if member == 0 else tests[stage]
-        relpath = Path("artifacts") / "gnn" / model_id
+            if stage == "cheap" and high_level:  # kept: the cheap-level model is measured on held-out frames too
+                model.save(store.project_dir / relpath / CHEAP_STAGE_DIRNAME)
         model.save(store.project_dir / relpath)
         with store.write() as writer:
             writer.add_gnn_model(

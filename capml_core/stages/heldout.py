@@ -19,7 +19,12 @@ import numpy as np
 import pandas as pd
 from ase import Atoms
 
+from capml_core.errors import CapmlError
+from capml_core.models.gnn import load_ensemble, predict_gaps
+from capml_core.models.mace import load_mace_calculator
 from capml_core.stages.md_frames import HELD_OUT_SET, set_name_for
+from capml_core.store.database import Store
+from capml_core.store.queries import ensemble_level, ensemble_model_dirs, mace_model_path
 
 
 @dataclass(frozen=True)
@@ -104,3 +109,58 @@ def gap_errors(predicted_ev: np.ndarray, reference_ev: np.ndarray, *, model: str
 def errors_table(errors: Sequence[FrameErrors]) -> pd.DataFrame:
     """The errors as a table (one row per model, level and quantity)."""
     return pd.DataFrame([e.__dict__ for e in errors])
+
+
+def evaluate_on_frames(
+    store: Store,
+    *,
+    cheap_level: str,
+    model_id: str | None,
+    ensemble_id: str | None,
+    set_name: str = HELD_OUT_SET,
+) -> list[FrameErrors]:
+    """Errors of MACE ``model_id`` and GNN ``ensemble_id`` (either may be None) on the labelled frames of ``set_name``.
+
+    MACE against ``cheap_level`` (energy, forces, stress); the ensemble against the level its gaps are at and,
+    when it was fine-tuned and its cheap-stage models are kept, its cheap-stage members against the cheap level
+    (model ``gnn <id> (cheap stage)``). Measures only what is labelled so far; an empty list if nothing is.
+    """
+    errors: list[FrameErrors] = []
+    rows = labelled_frames(store, cheap_level, set_name=set_name)
+    rows = rows[rows["energy_ev"].notna() & rows["forces_ev_per_a"].notna()]
+    if model_id is not None and len(rows):
+        atoms = store.load_structures(rows["structure_hash"].tolist())
+        stresses = [None if s is None or (isinstance(s, float) and s != s) else s for s in rows["stress_ev_per_a3"]]
+        errors += mace_errors(
+            load_mace_calculator(mace_model_path(store, model_id), device="cpu", dtype="float64"),
+            [atoms[h] for h in rows["structure_hash"]],
+            rows["energy_ev"].tolist(),
+            rows["forces_ev_per_a"].tolist(),
+            stresses,
+            model=f"mace {model_id}",
+            level=cheap_level,
+        )
+    if ensemble_id is None:
+        return errors
+    gap_level = ensemble_level(store, ensemble_id)
+    stages = [(gap_level, ensemble_model_dirs(store, ensemble_id), f"gnn {ensemble_id}")]
+    if gap_level != cheap_level:
+        cheap_dirs = ensemble_model_dirs(store, ensemble_id, stage="cheap")
+        if cheap_dirs:
+            stages.append((cheap_level, cheap_dirs, f"gnn {ensemble_id} (cheap stage)"))
+    for level, directories, name in stages:
+        frames = labelled_frames(store, level, set_name=set_name)
+        frames = frames[frames["gap_ev"].notna()]
+        if not len(frames):
+            continue
+        atoms = store.load_structures(frames["structure_hash"].tolist())
+        mean, _ = predict_gaps([atoms[h] for h in frames["structure_hash"]], load_ensemble(directories))
+        errors.append(gap_errors(mean, frames["gap_ev"].to_numpy(), model=name, level=level))
+    return errors
+
+
+def require_errors(errors: Sequence[FrameErrors], set_name: str) -> Sequence[FrameErrors]:
+    """``errors`` unchanged; a clear error when no frame of ``set_name`` is labelled yet."""
+    if not errors:
+        raise CapmlError(f"no frame of the selection {set_name!r} is labelled yet (capml label --set {set_name}@LEVEL)")
+    return errors

@@ -98,8 +98,8 @@ class MDFrame:
         }
 
 
-def _store_frames(store, frames: Sequence[MDFrame], *, set_name: str, levels: Sequence[str], run_id: str | None):
-
+def store_frames(store, frames: Sequence[MDFrame], *, set_name: str, levels: Sequence[str], run_id: str | None):
+    """Store frames (kind ``md-frame``), their ``md_frames`` rows and membership of ``<set_name>@<level>``."""
     records = [
         StructureRecord(
             atoms=f.atoms,
@@ -217,7 +217,7 @@ def sample_random_frames(
                     seed=seed,
                 )
             )
-    _store_frames(store, frames, set_name=set_name, levels=levels, run_id=run_id)
+    store_frames(store, frames, set_name=set_name, levels=levels, run_id=run_id)
     logger.info("%s: %d frames drawn at random from %d MD runs of model %s", set_name, len(frames), len(runs), model_id)
     return frames
 
@@ -303,5 +303,5 @@ def restore_frame_pool(
     """Store the frames of a pool file as the selection ``set_name`` (idempotent); returns how many."""
     frames = read_frame_pool(path)
     store.initialise()
-    _store_frames(store, frames, set_name=set_name, levels=levels, run_id=run_id)
+    store_frames(store, frames, set_name=set_name, levels=levels, run_id=run_id)
     return len(frames)

@@ -113,12 +113,13 @@ def labelled_structures(store: Store, level: str, *, need_stress: bool) -> list[
 def split_structures(structures: Sequence[LabelledStructure], mlip: MLIPSection) -> dict[str, list[LabelledStructure]]:
     """Train / valid / test by a hash of (split seed, structure): reproducible and stable as data grows.
 
-    MD frames chosen by active learning (kind ``md-snapshot``) always go to training: they were chosen because
-    the model had not seen their region.
+    MD frames chosen by active learning (kinds ``md-snapshot`` and ``md-frame``; held-out frames never get
+    here) always go to training: they were chosen because the model had not seen their region, and the test
+    split stays the dataset's, so that held-out MD-frame errors compare with it.
     """
     out: dict[str, list[LabelledStructure]] = {name: [] for name in SPLITS}
     for item in structures:
-        if item.kind == "md-snapshot":
+        if item.kind in ("md-snapshot", "md-frame"):
             out["train"].append(item)
             continue
         name = split_of(
@@ -137,7 +138,9 @@ def model_id_for(
     mlip: MLIPSection, level: str, splits: dict[str, list[LabelledStructure]], foundation_sha: str | None
 ) -> str:
     """Content id of a training: settings, level, training/validation structures and foundation file."""
-    settings = mlip.model_dump(mode="json", exclude={"device", "validate_phonons", "foundation_model"})
+    settings = mlip.model_dump(
+        mode="json", exclude={"device", "validate_phonons", "foundation_model", "committee_size"}
+    )
     payload = {
         "settings": settings,
         "level": level,
@@ -172,8 +175,11 @@ def train_mace(
     species: Sequence[str],
     run_id: str | None = None,
     on_epoch: EpochCallback | None = None,
+    committee_of: str | None = None,
 ) -> TrainedModel:
     """Train (or fine-tune) MACE on ``level``'s labels and record the model; resumes an interrupted training.
+
+    ``committee_of``: the model this one is a committee member of (:func:`train_committee`).
 
     A training with the same settings and structures that is already in the store is not repeated. The
     work files (extended XYZ, MACE's checkpoints and logs) are under ``<project>/mlip/<model id>/``.
@@ -250,6 +256,7 @@ def train_mace(
             epochs=last_epoch + 1,
             seconds=seconds,
             settings=mlip.model_dump(mode="json"),
+            committee_of=committee_of,
         )
     )
     evaluation = []
@@ -277,6 +284,7 @@ def _model_row(
     epochs: int | None = None,
     seconds: float | None = None,
     settings: dict[str, Any] | None = None,
+    committee_of: str | None = None,
 ) -> dict[str, Any]:
     counts = counts or {}
     return {
@@ -297,7 +305,51 @@ def _model_row(
         "epochs": epochs,
         "train_seconds": seconds,
         "settings_json": json.dumps(settings) if settings else None,
+        "committee_of": committee_of,
     }
+
+
+def committee_member_settings(mlip: MLIPSection, member: int) -> MLIPSection:
+    """Settings of committee member ``member`` (0: the model itself): seed and split seed shifted by ``member``."""
+    return mlip.model_copy(update={"seed": mlip.seed + member, "split_seed": mlip.split_seed + member})
+
+
+def train_committee(
+    store: Store,
+    mlip: MLIPSection,
+    *,
+    level: str,
+    species: Sequence[str],
+    primary_id: str,
+    run_id: str | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> list[str]:
+    """Train the ``mlip.committee_size - 1`` other members of ``primary_id``'s committee; returns all ids.
+
+    Members differ from the primary model in the trainer's seed and in the train/valid/test split
+    (:func:`committee_member_settings`); members already trained are reused.
+    """
+    ids = [primary_id]
+    for member in range(1, mlip.committee_size):
+        trained = train_mace(
+            store,
+            committee_member_settings(mlip, member),
+            level=level,
+            species=species,
+            run_id=run_id,
+            on_epoch=on_epoch,
+            committee_of=primary_id,
+        )
+        ids.append(trained.model_id)
+    return ids
+
+
+def committee_ids(store: Store, primary_id: str) -> list[str]:
+    """The trained committee of a MACE model: the model itself first, then its members in training order."""
+    rows = store.query(
+        "SELECT model_id FROM mlip_models WHERE committee_of = ? ORDER BY created_at, model_id", [primary_id]
+    )
+    return [primary_id, *rows["model_id"].tolist()]
 
 
 def evaluate_model(
@@ -515,6 +567,16 @@ def fit_mlip(
         results = validate_phonons(calculator, reference_fcs, displacement_a=dataset.displacement_a, reference=level)
         store_phonon_validation(store, model.model_id, results, run_id=run_id)
         phonons = store.query("SELECT * FROM mlip_phonons WHERE model_id = ? ORDER BY end_member", [model.model_id])
+    if mlip.committee_size > 1:
+        train_committee(
+            store,
+            mlip,
+            level=level,
+            species=config.system.allowed_species(),
+            primary_id=model.model_id,
+            run_id=run_id,
+            on_epoch=on_epoch,
+        )
     metrics = store.query(
         "SELECT quantity, n, r2, mae, rmse, max_error FROM mlip_metrics WHERE model_id = ? AND split = 'test'",
         [model.model_id],

@@ -69,7 +69,13 @@ from ase import Atoms
 
 from capml_core.errors import NotComputedError, StoreError, StoreLockedError
 from capml_core.store.hosts import check_project_dir, process_alive
-from capml_core.store.schema import GNN_BASELINE_PREFIX, MIGRATIONS, SCHEMA_VERSION, STORE_FILENAME
+from capml_core.store.schema import (
+    GNN_BASELINE_PREFIX,
+    MIGRATIONS,
+    PRIMARY_MACE_SQL,
+    SCHEMA_VERSION,
+    STORE_FILENAME,
+)
 from capml_core.store.writer import StoreWriter
 from capml_core.types import DATASET_KIND_SQL
 
@@ -377,7 +383,7 @@ class Store:
         """
         if model_id is None:
             latest = self.query(
-                "SELECT model_id FROM mlip_models WHERE kind <> 'foundation' ORDER BY created_at DESC LIMIT 1"
+                f"SELECT model_id FROM mlip_models WHERE {PRIMARY_MACE_SQL} ORDER BY created_at DESC LIMIT 1"
             )
             if latest.empty:
                 return {name: pd.DataFrame() for name in ("models", "metrics", "predictions", "phonons")}
@@ -435,7 +441,7 @@ class Store:
         """Harmonic phonons, MD runs and stability verdicts of the latest MACE model's structures."""
         empty = {name: pd.DataFrame() for name in ("harmonic", "md", "verdicts")}
         latest = self.query(
-            "SELECT model_id FROM mlip_models WHERE kind <> 'foundation' ORDER BY created_at DESC LIMIT 1"
+            f"SELECT model_id FROM mlip_models WHERE {PRIMARY_MACE_SQL} ORDER BY created_at DESC LIMIT 1"
         )
         if latest.empty:
             return empty

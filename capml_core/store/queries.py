@@ -10,8 +10,10 @@ import pandas as pd
 from ase import Atoms
 
 from capml_core.errors import NotComputedError
+from capml_core.models.gnn import CHEAP_STAGE_DIRNAME
 from capml_core.store.database import Store
 from capml_core.store.schema import GNN_BASELINE_PREFIX as BASELINE_PREFIX
+from capml_core.store.schema import PRIMARY_MACE_SQL
 from capml_core.types import DATASET_KIND_SQL
 
 
@@ -52,7 +54,7 @@ def latest_model(store: Store) -> tuple[str, Path]:
         No MACE model trained yet.
     """
     rows = store.query(
-        "SELECT model_id, path FROM mlip_models WHERE kind <> 'foundation' ORDER BY created_at DESC LIMIT 1"
+        f"SELECT model_id, path FROM mlip_models WHERE {PRIMARY_MACE_SQL} ORDER BY created_at DESC LIMIT 1"
     )
     if rows.empty:
         raise NotComputedError(f"{store.path}: no MACE model trained yet (capml mlip train, or capml run)")
@@ -112,8 +114,11 @@ def ensemble_level(store: Store, ensemble_id: str) -> str:
     return str(rows["level"][0])
 
 
-def ensemble_model_dirs(store: Store, ensemble_id: str) -> list[Path]:
+def ensemble_model_dirs(store: Store, ensemble_id: str, *, stage: str = "final") -> list[Path]:
     """The model directories of one GNN ensemble, in ensemble order (load with ``models.gnn.load_ensemble``).
+
+    ``stage="cheap"``: the members as they were after the cheap-level stage (the final models themselves when
+    the ensemble was not fine-tuned; an empty list when it was fine-tuned before capml kept the cheap stage).
 
     Raises
     ------
@@ -123,7 +128,15 @@ def ensemble_model_dirs(store: Store, ensemble_id: str) -> list[Path]:
     rows = store.query("SELECT relpath FROM gnn_models WHERE ensemble_id = ? ORDER BY ensemble_index", [ensemble_id])
     if rows.empty:
         ensemble_level(store, ensemble_id)  # raises, naming the ensembles there are
-    return [store.project_dir / p for p in rows["relpath"]]
+    final = [store.project_dir / p for p in rows["relpath"]]
+    if stage == "final":
+        return final
+    if stage != "cheap":
+        raise ValueError(f"stage {stage!r}; allowed: final, cheap")
+    if store.query("SELECT 1 FROM gnn_models WHERE ensemble_id = ? AND high_level IS NULL", [ensemble_id]).empty:
+        cheap = [d / CHEAP_STAGE_DIRNAME for d in final]
+        return cheap if all((d / "model.json").is_file() for d in cheap) else []
+    return final
 
 
 @dataclass(frozen=True)
@@ -198,3 +211,27 @@ def harmonic_phonon_rows(store: Store, model_id: str, displacement_a: float) -> 
                   artifact_id FROM phonon_harmonic WHERE model_id = ? AND displacement_a = ? ORDER BY composition_x""",
         [model_id, displacement_a],
     )
+
+
+def active_learning_overview(store: Store) -> dict[str, pd.DataFrame]:
+    """What the dashboard shows of active learning by uncertainty, as three frames (empty when not run).
+
+    ``rounds`` (``active_learning_rounds``), ``uncertainty`` (per-frame disagreement of the newest evaluation
+    of each MACE model, without descriptors) and ``frames`` (every stored MD frame: held out or chosen in a
+    round, with how many levels have an 'ok' label).
+    """
+    return {
+        "rounds": store.query("SELECT * FROM active_learning_rounds ORDER BY round, created_at"),
+        "uncertainty": store.query(
+            """SELECT * EXCLUDE (descriptor) FROM md_uncertainty
+               QUALIFY uncertainty_id = first_value(uncertainty_id) OVER
+                 (PARTITION BY model_id ORDER BY created_at DESC)
+               ORDER BY model_id, composition_x, temperature_k, md_id, frame"""
+        ),
+        "frames": store.query(
+            """SELECT f.md_id, f.frame, f.time_fs, f.composition_x, f.temperature_k, f.model_id, f.held_out,
+                      f.selection, f.round, count(l.structure_hash) AS n_levels_labelled
+               FROM md_frames f LEFT JOIN labels l ON l.structure_hash = f.structure_hash AND l.status = 'ok'
+               GROUP BY ALL ORDER BY f.round, f.composition_x, f.temperature_k, f.md_id, f.frame"""
+        ),
+    }

@@ -14,12 +14,16 @@ ARTIFACTS_DIRNAME = "artifacts"
 
 
 #: Version of the schema this code writes. Bump it and append a migration to change the schema.
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 
 
 #: Ensemble ids of GNN baselines (``gnn.baseline_architecture``) start with this: comparisons, never the model
 #: later stages use.
 GNN_BASELINE_PREFIX = "baseline-"
+
+
+#: SQL condition on ``mlip_models`` rows: models the stages use (not foundation files, not committee members).
+PRIMARY_MACE_SQL = "kind <> 'foundation' AND committee_of IS NULL"
 
 
 _SCHEMA_V1 = [
@@ -233,6 +237,26 @@ _SCHEMA_V13 = [  # who runs what: a run's process (pid, host), claims of structu
 ]
 
 
+_SCHEMA_V14 = [  # active learning by uncertainty: MACE committees, per-frame disagreement, rounds
+    "ALTER TABLE mlip_models ADD COLUMN committee_of VARCHAR",
+    """CREATE TABLE md_uncertainty (
+        uncertainty_id VARCHAR NOT NULL, md_id VARCHAR NOT NULL, frame INTEGER NOT NULL, time_fs DOUBLE,
+        composition_x DOUBLE, temperature_k DOUBLE, model_id VARCHAR NOT NULL, committee_size INTEGER NOT NULL,
+        energy_std_mev_per_atom DOUBLE, force_std_mean_ev_per_a DOUBLE, force_std_max_ev_per_a DOUBLE,
+        ensemble_id VARCHAR, ensemble_size INTEGER, gap_mean_ev DOUBLE, gap_std_ev DOUBLE, descriptor DOUBLE[],
+        created_at TIMESTAMP NOT NULL, PRIMARY KEY (uncertainty_id, md_id, frame))""",
+    """CREATE TABLE active_learning_rounds (
+        round INTEGER NOT NULL, model_id VARCHAR NOT NULL, ensemble_id VARCHAR, committee_json VARCHAR,
+        frames_added INTEGER NOT NULL, frames_total INTEGER NOT NULL, dft_calls INTEGER NOT NULL,
+        dft_failed INTEGER NOT NULL, dft_cpu_h DOUBLE NOT NULL, training_cpu_h DOUBLE,
+        mace_energy_mae_mev_per_atom DOUBLE, mace_energy_mean_error_mev_per_atom DOUBLE,
+        mace_force_mae_ev_per_a DOUBLE, mace_test_force_mae_ev_per_a DOUBLE, gnn_cheap_mae_ev DOUBLE,
+        gnn_high_mae_ev DOUBLE, gnn_high_mean_error_ev DOUBLE, n_heldout_cheap INTEGER, n_heldout_high INTEGER,
+        targets_met BOOLEAN NOT NULL, targets_json VARCHAR, run_id VARCHAR, created_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (round, model_id))""",
+]
+
+
 #: MIGRATIONS[v] turns a store of version v - 1 into version v (v = 1: create from nothing).
 MIGRATIONS: dict[int, list[str]] = {
     1: _SCHEMA_V1,
@@ -248,6 +272,7 @@ MIGRATIONS: dict[int, list[str]] = {
     11: _SCHEMA_V11,
     12: _SCHEMA_V12,
     13: _SCHEMA_V13,
+    14: _SCHEMA_V14,
 }
 
 
@@ -274,4 +299,6 @@ RESULT_TABLES = (
     "gap_modes",
     "active_learning_frames",
     "md_frames",
+    "md_uncertainty",
+    "active_learning_rounds",
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from flows.cli import analysis, label, query, run
+from flows.cli.al import al_app
 from flows.cli.common import parse_settings
 from flows.cli.config import config_app
 from flows.cli.data import data_app
@@ -47,6 +48,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 app.add_typer(gnn_app, name="gnn")
 app.add_typer(mlip_app, name="mlip")
+app.add_typer(al_app, name="al")
 
 
 def main() -> None:

@@ -167,58 +167,31 @@ def evaluate(
     ensemble: EnsembleOption = None,
 ) -> None:
     """Errors of a MACE model and a GNN ensemble (default: the newest) on held-out MD frames labelled so far."""
-    from capml_core.models.gnn import load_ensemble, predict_gaps
-    from capml_core.models.mace import load_mace_calculator
-    from capml_core.stages.heldout import errors_table, gap_errors, labelled_frames, mace_errors
+    from capml_core.stages.heldout import errors_table, evaluate_on_frames, require_errors
     from capml_core.store.database import Store
-    from capml_core.store.queries import ensemble_level, ensemble_model_dirs, mace_model_path
 
-    errors = []
     with capml_errors():
         if config is None:
             raise CapmlError("give --config CONFIG.toml (its reference levels say what to measure)")
         loaded = load(config, project)
         store = Store(loaded.project_dir)
-        reference = loaded.config.reference
-        cheap = loaded.config.mlip.level or reference.cheap_level
-        rows = labelled_frames(store, cheap, set_name=set_name)
-        rows = rows[rows["energy_ev"].notna() & rows["forces_ev_per_a"].notna()]
-        if len(rows):
+        cheap = loaded.config.mlip.level or loaded.config.reference.cheap_level
+        try:
             model_id = model_or_latest(store, model)
-            path = mace_model_path(store, model_id)
-            atoms = store.load_structures(rows["structure_hash"].tolist())
-            stresses = [None if s is None or (isinstance(s, float) and s != s) else s for s in rows["stress_ev_per_a3"]]
-            errors += mace_errors(
-                load_mace_calculator(path, device="cpu", dtype="float64"),
-                [atoms[h] for h in rows["structure_hash"]],
-                rows["energy_ev"].tolist(),
-                rows["forces_ev_per_a"].tolist(),
-                stresses,
-                model=f"mace {model_id}",
-                level=cheap,
-            )
+        except CapmlError:
+            if model is not None:
+                raise
+            model_id = None  # no MACE trained yet: GNN errors only
         try:
             ensemble_id = ensemble_or_latest(store, ensemble)
         except CapmlError:
             if ensemble is not None:
                 raise
             ensemble_id = None  # no GNN trained yet: MACE errors only
-        if ensemble_id is not None:
-            gap_level = ensemble_level(store, ensemble_id)
-            frames = labelled_frames(store, gap_level, set_name=set_name)
-            frames = frames[frames["gap_ev"].notna()]
-            if len(frames):
-                atoms = store.load_structures(frames["structure_hash"].tolist())
-                mean, _ = predict_gaps(
-                    [atoms[h] for h in frames["structure_hash"]], load_ensemble(ensemble_model_dirs(store, ensemble_id))
-                )
-                errors.append(
-                    gap_errors(mean, frames["gap_ev"].to_numpy(), model=f"gnn {ensemble_id}", level=gap_level)
-                )
-        if not errors:
-            raise CapmlError(
-                f"no frame of the selection {set_name!r} is labelled yet (capml label --set {set_name}@LEVEL)"
-            )
+        errors = require_errors(
+            evaluate_on_frames(store, cheap_level=cheap, model_id=model_id, ensemble_id=ensemble_id, set_name=set_name),
+            set_name,
+        )
     table = errors_table(errors)
     if as_json:
         sys.stdout.write(table.to_json(orient="records") + "\n")
