@@ -180,7 +180,13 @@ def test_generate_then_export_roundtrip(tmp_path: Path) -> None:
     import duckdb
 
     con = duckdb.connect(str(project / "capml.duckdb"))
-    for table in ("md_frames", "label_claims", "md_uncertainty", "active_learning_rounds"):  # schema 12-14
+    for table in (
+        "md_frames",
+        "label_claims",
+        "md_uncertainty",
+        "active_learning_rounds",
+        "static_minima",
+    ):  # schema 12-15
         con.execute(f"DROP TABLE {table}")
     con.execute("ALTER TABLE mlip_models DROP COLUMN committee_of")
     for column in ("pid", "host"):

@@ -144,6 +144,28 @@ def test_dynamics_stage_runs_every_composition_once(trained, tmp_path: Path) -> 
     assert {r.md_id: r.path.stat().st_mtime_ns for r in again} == stamps  # nothing rerun
     _held_out_frames_round_trip(store, config, tmp_path)
     _uncertainty_round(store, config)
+    _quenched_minima(store, config)
+
+
+def _quenched_minima(store, config) -> None:
+    """MD frames quenched with MACE: a minimum per run, the cubic structure per composition, ranked against it."""
+    from capml_core.stages.static_minima import lowest_minima, quench_md_frames
+
+    model_id, scan_id = latest_model(store)[0], latest_scan_id(store)
+    table = quench_md_frames(store, config, model_id=model_id, scan_id=scan_id)
+    assert len(table) == 10 and sorted(table["source"].str.startswith("cubic")) == [False] * 5 + [True] * 5
+    cubic = table[table["source"] == "cubic"]
+    assert np.allclose(cubic["below_cubic_mev_per_atom"], 0.0)
+    assert cubic.set_index("composition_x").loc[0.0, "space_group"] == "Pm-3m (221)"  # forces vanish by symmetry
+    lowest = lowest_minima(store, model_id)
+    assert lowest["composition_x"].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert (lowest["below_cubic_mev_per_atom"] <= 1e-9).all()
+    assert store.query(
+        "SELECT DISTINCT kind FROM structures WHERE structure_hash IN (SELECT unnest(?))",
+        [table["structure_hash"].tolist()],
+    )["kind"].tolist() == ["relaxed"]
+    again = quench_md_frames(store, config, model_id=model_id, scan_id=scan_id)
+    assert again["created_at"].tolist() == table["created_at"].tolist()  # nothing relaxed twice
 
 
 def _uncertainty_round(store, config) -> None:

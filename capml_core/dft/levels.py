@@ -87,6 +87,18 @@ class ReferenceLevel(ABC):
         """Why this level cannot compute on this machine (None: it can)."""
         return None
 
+    def ase_calculator(self, workdir: Path | None = None) -> Any:
+        """An ASE calculator of this level for work beyond single labels (a DFT relaxation).
+
+        Raises
+        ------
+        InvalidInputError
+            The level gives no forces and stress (e.g. a gap-only level).
+        """
+        raise InvalidInputError(
+            f"level {self.name} has no ASE calculator for relaxations (it provides {self.provides})"
+        )
+
     @abstractmethod
     def compute(self, atoms: Atoms, *, workdir: Path | None = None) -> LabelResult:
         """Label one structure.
@@ -176,6 +188,10 @@ class GpawPbesol(_GpawLevel):
 
     def _xc(self) -> Any:
         return pbesol_with_pbe_setups()
+
+    def ase_calculator(self, workdir: Path | None = None) -> Any:
+        """GPAW with this level's settings (energies, forces, stress for a relaxation)."""
+        return self._calculator(workdir)
 
     def settings(self) -> dict[str, Any]:
         """GPAW settings of this level (PBEsol read with the PBE datasets)."""

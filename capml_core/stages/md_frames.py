@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from ase import Atoms
 
 from capml_core.config.stage_sections import MDSection
@@ -133,13 +134,13 @@ def stored_frames(store, *, set_name: str, level: str) -> list[MDFrame]:  # Stor
             md_id=r.md_id,
             frame=int(r.frame),
             time_fs=float(r.time_fs),
-            composition_x=None if r.composition_x is None or np.isnan(r.composition_x) else float(r.composition_x),
+            composition_x=None if pd.isna(r.composition_x) else float(r.composition_x),
             temperature_k=float(r.temperature_k),
             model_id=r.model_id,
             held_out=bool(r.held_out),
             selection=r.selection,
             round=int(r.round),
-            seed=None if r.seed is None or (isinstance(r.seed, float) and np.isnan(r.seed)) else int(r.seed),
+            seed=None if pd.isna(r.seed) else int(r.seed),
         )
         for r in rows.itertuples()
     ]

@@ -14,7 +14,7 @@ ARTIFACTS_DIRNAME = "artifacts"
 
 
 #: Version of the schema this code writes. Bump it and append a migration to change the schema.
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 
 
 #: Ensemble ids of GNN baselines (``gnn.baseline_architecture``) start with this: comparisons, never the model
@@ -257,6 +257,15 @@ _SCHEMA_V14 = [  # active learning by uncertainty: MACE committees, per-frame di
 ]
 
 
+_SCHEMA_V15 = [  # the static reference: minima found by quenching MD frames
+    """CREATE TABLE static_minima (
+        model_id VARCHAR NOT NULL, scan_id VARCHAR, composition_x DOUBLE NOT NULL, source VARCHAR NOT NULL,
+        md_temperature_k DOUBLE, structure_hash VARCHAR NOT NULL, energy_ev_per_atom DOUBLE NOT NULL,
+        converged BOOLEAN, steps INTEGER, max_force_ev_per_a DOUBLE, volume_a3 DOUBLE, space_group VARCHAR,
+        created_at TIMESTAMP NOT NULL, PRIMARY KEY (model_id, composition_x, source))""",
+]
+
+
 #: MIGRATIONS[v] turns a store of version v - 1 into version v (v = 1: create from nothing).
 MIGRATIONS: dict[int, list[str]] = {
     1: _SCHEMA_V1,
@@ -273,6 +282,7 @@ MIGRATIONS: dict[int, list[str]] = {
     12: _SCHEMA_V12,
     13: _SCHEMA_V13,
     14: _SCHEMA_V14,
+    15: _SCHEMA_V15,
 }
 
 
@@ -301,4 +311,5 @@ RESULT_TABLES = (
     "md_frames",
     "md_uncertainty",
     "active_learning_rounds",
+    "static_minima",
 )

@@ -15,6 +15,7 @@ from flows.cli.config import config_app
 from flows.cli.data import data_app
 from flows.cli.gnn import gnn_app
 from flows.cli.mlip import mlip_app
+from flows.cli.static import static_app
 from flows.settings import configure_environment
 
 __all__ = ["app", "main", "parse_settings"]
@@ -49,6 +50,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(gnn_app, name="gnn")
 app.add_typer(mlip_app, name="mlip")
 app.add_typer(al_app, name="al")
+app.add_typer(static_app, name="static")
 
 
 def main() -> None:
