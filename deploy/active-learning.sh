@@ -7,6 +7,8 @@
 #   deploy/active-learning.sh restore K     put exported round-K frames and labels into a new store (another machine)
 #   deploy/active-learning.sh advance K     after round K's labels: retrain both models, new MD, measure (rounds table)
 #   deploy/active-learning.sh record K      measure the current models on the held-out frames as round K
+#   deploy/active-learning.sh static        the static reference: MD frames quenched with MACE, the end members'
+#                                           cubic cell and lowest minimum relaxed with GPAW PBEsol, GLLB-SC gaps
 # The store lives in runs/ag3sbri-al/ (not in git); the exported files are the durable copy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,8 +71,16 @@ case "${1:-}" in
     need_round record
     "$CAPML" al record -c "$RECIPE" --round "$round"
     ;;
+  static)
+    "$CAPML" static quench -c "$RECIPE"
+    for x in 1.0 0.0; do
+      "$CAPML" static dft-relax -c "$RECIPE" --composition "$x" > "runs/static-dft-relax-$x.log" 2>&1
+    done
+    "$CAPML" label -c "$RECIPE" --level gpaw-gllbsc --set static-reference@gpaw-gllbsc --workers 1
+    "$CAPML" static show -c "$RECIPE"
+    ;;
   *)
-    echo "usage: $0 models|select|label|export|restore|advance|record [ROUND]" >&2
+    echo "usage: $0 models|select|label|export|restore|advance|record [ROUND] | static" >&2
     exit 2
     ;;
 esac

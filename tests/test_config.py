@@ -173,3 +173,16 @@ I = 6.29
     (tmp_path / "cs2.toml").write_text(text.replace("[0.0, 0.5, 1.0]", "[0.3]"))
     with pytest.raises(ConfigError, match="24 sublattice sites"):
         load_config(tmp_path / "cs2.toml")
+
+
+def test_every_shipped_config_loads_and_the_active_learning_recipe_starts_from_the_held_out_models() -> None:
+    from capml_core.config.loading import load_config
+    from tests.conftest import CONFIGS
+
+    loaded = {path.name: load_config(path).config for path in sorted(CONFIGS.glob("*.toml"))}
+    assert len(loaded) >= 6
+    al, heldout = loaded["ag3sbri-active-learning.toml"], loaded["ag3sbri-heldout-md.toml"]
+    assert al.mlip.committee_size == 3 and al.gnn.ensemble_size == 3 and al.active_learning.frames_per_round == 24
+    # the same MACE (committee size is not part of a model's id) and MD: round 0 is the held-out recipe's model
+    assert al.mlip.model_dump(exclude={"committee_size"}) == heldout.mlip.model_dump(exclude={"committee_size"})
+    assert al.md == heldout.md and al.dataset == heldout.dataset and al.system == heldout.system

@@ -142,10 +142,12 @@ def summary_lines(table: pd.DataFrame) -> list[str]:
     lines = []
     for x, group in table.groupby("composition_x"):
         best = group.loc[group["energy_ev_per_atom"].idxmin()]
-        spread = group["below_cubic_mev_per_atom"].to_numpy(dtype=float)
+        spread = group.loc[group["source"] != CUBIC, "below_cubic_mev_per_atom"].to_numpy(dtype=float)
         lines.append(
             f"x = {x:.3f}: lowest {best.source} ({best.space_group}) {best.below_cubic_mev_per_atom:+.1f} meV/atom vs "
-            f"cubic; {len(group) - 1} quenched frames span {np.nanmin(spread):+.1f} … {np.nanmax(spread):+.1f}"
+            f"cubic; {len(spread)} quenched frames span {np.nanmin(spread):+.1f} … {np.nanmax(spread):+.1f}"
+            if len(spread)
+            else f"x = {x:.3f}: only the cubic structure relaxed"
         )
     return lines
 
