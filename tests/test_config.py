@@ -185,4 +185,9 @@ def test_every_shipped_config_loads_and_the_active_learning_recipe_starts_from_t
     assert al.mlip.committee_size == 3 and al.gnn.ensemble_size == 3 and al.active_learning.frames_per_round == 24
     # the same MACE (committee size is not part of a model's id) and MD: round 0 is the held-out recipe's model
     assert al.mlip.model_dump(exclude={"committee_size"}) == heldout.mlip.model_dump(exclude={"committee_size"})
-    assert al.md == heldout.md and al.dataset == heldout.dataset and al.system == heldout.system
+    assert al.md == heldout.md and al.system == heldout.system
+    added = [spec for spec in al.dataset.imports if spec not in heldout.dataset.imports]
+    assert [spec.path.name for spec in added] == [
+        "capml-md-heldout-gpaw-pbesol.extxyz",
+        "capml-md-heldout-gpaw-gllbsc.extxyz",
+    ]  # held-out frames only: no training set sees them, so the training data are the held-out recipe's
