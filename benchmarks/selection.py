@@ -20,7 +20,6 @@ the uncertainty curve at the error k_max random labels give; target >= 2x). A fe
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 from pathlib import Path
 
@@ -39,10 +38,11 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from md_frame_training import fine_tune_ensemble
 
     from capml_core.config.loading import load_config
     from capml_core.models.committee import mace_descriptors
-    from capml_core.models.gnn import TrainingSettings, load_ensemble, predict_gaps_per_model, to_data, train
+    from capml_core.models.gnn import load_ensemble, predict_gaps_per_model, to_data
     from capml_core.models.graphs import build_graph
     from capml_core.models.mace import load_mace_calculator
     from capml_core.models.selection import select_uncertain_diverse
@@ -97,16 +97,9 @@ def main() -> None:
         return float(np.mean(np.abs(np.mean(predictions, axis=0) - eval_gaps)))
 
     def fine_tuned(chosen: list[str]) -> float:
-        graphs = base_graphs + [graph[h] for h in chosen]
-        gaps = np.concatenate([base_gaps, pool.set_index("structure_hash").loc[chosen, "gap_ev"].to_numpy()])
-        out = []
-        for index, member in enumerate(members):
-            model = copy.deepcopy(member)
-            settings = TrainingSettings(
-                gnn.fine_tune_epochs, gnn.batch_size, gnn.fine_tune_learning_rate, gnn.patience, 1000 + index
-            )
-            out.append(train(model, graphs, gaps, valid_graphs, valid_gaps, settings, stage="benchmark"))
-        return evaluate(out)
+        gaps = pool.set_index("structure_hash").loc[chosen, "gap_ev"].to_numpy()
+        added = (list(chosen), [graph[h] for h in chosen], gaps)
+        return evaluate(fine_tune_ensemble(members, gnn, (base_graphs, base_gaps), (valid_graphs, valid_gaps), added))
 
     start = time.perf_counter()
     spread = predict_gaps_per_model([atoms[h] for h in pool["structure_hash"]], members).std(axis=0)

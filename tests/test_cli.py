@@ -19,7 +19,7 @@ def test_help_lists_only_the_working_commands() -> None:
     commands = set(typer.main.get_command(app).commands)
     # every listed command is exercised by a test (dashboard: test_dashboard.py, run: test_flow.py, mlip:
     # test_mlip.py, disorder: test_disorder.py, md and phonons: test_stability.py, gaps and modes: test_bandgaps.py,
-    # sql: test_sql.py, deploy: test_operations.py)
+    # sql: test_sql.py, deploy: test_operations.py, al and static: test_dynamics.py)
     assert commands == {
         "run",
         "deploy",
@@ -38,6 +38,8 @@ def test_help_lists_only_the_working_commands() -> None:
         "gaps",
         "modes",
         "evaluate",
+        "al",
+        "static",
     }
     assert all(name in result.output for name in commands)
     data_help = runner.invoke(app, ["data", "--help"]).output

@@ -166,6 +166,12 @@ def _quenched_minima(store, config) -> None:
     )["kind"].tolist() == ["relaxed"]
     again = quench_md_frames(store, config, model_id=model_id, scan_id=scan_id)
     assert again["created_at"].tolist() == table["created_at"].tolist()  # nothing relaxed twice
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    shown = CliRunner().invoke(app, ["static", "show", "-c", str(DEMO_CONFIG), "-p", str(store.project_dir)])
+    assert shown.exit_code == 0 and "Pm-3m (221)" in shown.output and "x = 1.000: lowest" in shown.output
 
 
 def _uncertainty_round(store, config) -> None:
@@ -214,6 +220,15 @@ def _uncertainty_round(store, config) -> None:
     assert row["mace_energy_mae_mev_per_atom"] == pytest.approx(10.0, abs=1e-6) and row["n_heldout_cheap"] == 10
     assert row["frames_added"] == 0 and row["targets_met"] is False and row["gnn_high_mae_ev"] is None
     assert "10.0" in rounds_table(store, config).rows[0][5]
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    runner, project = CliRunner(), ["-c", str(DEMO_CONFIG), "-p", str(store.project_dir)]
+    shown = runner.invoke(app, ["al", "rounds", *project])
+    assert shown.exit_code == 0 and "active-learning rounds" in shown.output and "targets:" in shown.output
+    refused = runner.invoke(app, ["al", "select", "--round", "0", *project])
+    assert refused.exit_code != 0 and "frames are added from round 1 on" in refused.output
 
 
 def _held_out_frames_round_trip(store, config, tmp_path: Path) -> None:
