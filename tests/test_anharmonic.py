@@ -6,7 +6,6 @@ mode), 10 ps of production frames, at 30 K (nearly harmonic) and 800 K (anharmon
 
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -131,9 +130,7 @@ def test_renormalised_force_constants_reproduce_the_peaks(copper, cold_result) -
 
 def test_high_temperature_broadens_and_shifts(copper, cold_result, hot) -> None:
     cell, fc = copper
-    start = time.perf_counter()
     result = renormalised_phonons(cell, fc, hot, temperature_k=800.0, resolution_thz=RESOLUTION_THZ)
-    assert time.perf_counter() - start < 30.0  # measured 2 s
     optical = _optical(result)
     hot_widths = result.linewidths_thz[optical]
     cold_widths = cold_result.linewidths_thz[optical]

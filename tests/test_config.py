@@ -39,7 +39,12 @@ def test_demo_config_is_small_and_imports_the_bundled_data(tmp_path: Path) -> No
     cfg = loaded.config
     assert cfg.mlip.channels < 256 and cfg.md.duration_ps < 40
     levels = [spec.level for spec in cfg.dataset.imports]
-    assert levels == ["gpaw-pbesol"] * 3 + ["gpaw-gllbsc"] * 2  # the shipped files, then capml's own
+    # the shipped files, then capml's own, then the held-out MD frames (measured on, never trained on)
+    assert levels == ["gpaw-pbesol"] * 3 + ["gpaw-gllbsc"] * 2 + ["gpaw-pbesol", "gpaw-gllbsc"]
+    assert [spec.path.name for spec in cfg.dataset.imports[5:]] == [
+        "capml-md-heldout-gpaw-pbesol.extxyz",
+        "capml-md-heldout-gpaw-gllbsc.extxyz",
+    ]
     assert cfg.dataset.imports[0].path == PBESOL_FILE.resolve()
     assert cfg.dataset.imports[3].label_keys() == LabelKeys(energy=None, forces=None, stress=None, gap="gllbsc_gap")
     assert cfg.dataset.imports[4].label_keys() == LabelKeys(energy=None, forces=None, stress=None, gap="REF_gap")
