@@ -144,3 +144,14 @@ def wait_until_served(url: str, process, timeout_s: float, output) -> None:  # P
         assert process.poll() is None, output()
         assert time.monotonic() < deadline, f"{url} did not answer in {timeout_s:.0f} s"
         time.sleep(0.5)
+
+
+#: The longest test files (a whole demo, two pipeline runs): collected first, so that the parallel suite
+#: (pytest -n 2 --dist loadfile) starts them at once instead of leaving one of them for the end.
+LONGEST_FIRST = ("test_demo.py", "test_flow.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Move the tests of LONGEST_FIRST to the front, keeping the order within each file."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -126,6 +126,7 @@ def test_md_file_resumes_after_a_kill_without_gaps(trained, tmp_path: Path) -> N
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # 265 s alone; MD, a committee of 3, quenches: > 600 s beside other tests
 def test_dynamics_stage_runs_every_composition_once(trained, tmp_path: Path) -> None:
     from capml_core.stages.disorder import run_disorder_scan
     from capml_core.stages.dynamics import run_dynamics
@@ -260,7 +261,10 @@ def _held_out_frames_round_trip(store, config, tmp_path: Path) -> None:
     assert fresh.query(f"SELECT {columns} FROM md_frames ORDER BY 1").equals(
         store.query(f"SELECT {columns} FROM md_frames ORDER BY 1")
     )
-    gaps = [LabelRecord(f.structure_hash, "gpaw-gllbsc", gap_ev=1.0 + 0.01 * i) for i, f in enumerate(frames)]
+    gaps = [
+        LabelRecord(f.structure_hash, "gpaw-gllbsc", gap_ev=1.0 + 0.01 * i, wall_time_s=100.0 + i)
+        for i, f in enumerate(frames)
+    ]
     with fresh.write() as writer:
         writer.add_labels(gaps, run_id=None)
     assert fresh.labelled_gaps("gpaw-gllbsc").empty  # labelled, but held out: no training set sees them
@@ -275,7 +279,8 @@ def _held_out_frames_round_trip(store, config, tmp_path: Path) -> None:
     kinds = third.query("SELECT DISTINCT kind FROM structures")["kind"].tolist()
     assert kinds == ["md-frame"] and third.query("SELECT bool_and(held_out) AS h FROM md_frames")["h"][0]
     assert third.labelled_gaps("gpaw-gllbsc").empty
-    assert len(third.query("SELECT * FROM labels")) == 10
+    cost = third.query("SELECT count(*) AS n, sum(wall_time_s) AS s FROM labels").iloc[0]
+    assert cost["n"] == 10 and cost["s"] == pytest.approx(1045.0)  # the DFT cost travels with the labels
 
 
 def _evaluate_measures_known_offsets(store, frames) -> None:

@@ -211,6 +211,12 @@ def validate_frame(
     )
 
 
+def _wall_time_s(extras: dict[str, Any]) -> float | None:
+    """The label's compute time (s) a file exported by capml carries as ``wall_time_s``; None if absent or invalid."""
+    value = _finite_scalar(extras.get("wall_time_s"))
+    return value if value is not None and value >= 0.0 else None
+
+
 def _find_symbol(path: Path, symbol: str) -> str:
     """'frame N (line L): ' of the first atom line whose symbol is ``symbol`` ('' if not found)."""
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -450,6 +456,7 @@ def import_labelled_dataset(
             gap_ev=r.gap_ev,
             extras=r.extras,
             source=source,
+            wall_time_s=_wall_time_s(r.extras),
         )
         for h, r in unique.items()
     ]

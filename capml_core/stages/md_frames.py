@@ -24,9 +24,10 @@ import pandas as pd
 from ase import Atoms
 
 from capml_core.config.stage_sections import MDSection
-from capml_core.errors import DatasetError, NotComputedError
+from capml_core.errors import DatasetError
 from capml_core.physics.md import production_frames, read_trajectory, trajectory_frame
 from capml_core.store.database import Store
+from capml_core.store.queries import complete_md_runs
 from capml_core.store.records import StructureRecord
 from capml_core.system.structures import quantize, structure_hash
 
@@ -189,13 +190,7 @@ def sample_random_frames(
     if existing:
         logger.info("%s: %d frames drawn before; reusing them", set_name, len(existing))
         return existing
-    runs = store.query(
-        """SELECT md_id, path, composition_x, temperature_k FROM md_runs WHERE complete AND model_id = ?
-           ORDER BY composition_x, temperature_k, md_id""",
-        [model_id],
-    )
-    if runs.empty:
-        raise NotComputedError(f"{store.path}: no complete MD run of MACE model {model_id}: run the dynamics stage")
+    runs = complete_md_runs(store, model_id)
     frames: list[MDFrame] = []
     for run in runs.itertuples():
         trajectory = read_trajectory(store.project_dir / run.path)

@@ -17,12 +17,11 @@ import numpy as np
 import pandas as pd
 
 from capml_core.config.schema import RunConfig
-from capml_core.errors import NotComputedError
 from capml_core.models.mace import load_mace_calculator
 from capml_core.physics.md import production_frames, read_trajectory, trajectory_frame
 from capml_core.physics.relax import relax_structure
 from capml_core.store.database import Store
-from capml_core.store.queries import lowest_energy_structures, mace_model_path
+from capml_core.store.queries import complete_md_runs, lowest_energy_structures, mace_model_path
 from capml_core.store.records import StructureRecord
 from capml_core.system.structures import quantize, structure_hash
 from capml_core.types import ProgressCallback
@@ -65,13 +64,7 @@ def quench_md_frames(
     disorder = config.disorder
     calculator = load_mace_calculator(mace_model_path(store, model_id), device="cpu", dtype="float64")
     cubic = lowest_energy_structures(store, scan_id)
-    runs = store.query(
-        """SELECT md_id, path, composition_x, temperature_k FROM md_runs WHERE complete AND model_id = ?
-           ORDER BY composition_x, temperature_k, md_id""",
-        [model_id],
-    )
-    if runs.empty:
-        raise NotComputedError(f"{store.path}: no complete MD run of MACE model {model_id}: run the dynamics stage")
+    runs = complete_md_runs(store, model_id)
     done = set(
         store.query("SELECT composition_x, source FROM static_minima WHERE model_id = ?", [model_id]).itertuples(
             index=False, name=None

@@ -32,7 +32,7 @@ from capml_core.provenance import content_key
 from capml_core.stages.md_frames import MDFrame, store_frames, stored_frames
 from capml_core.stages.mlip import committee_ids
 from capml_core.store.database import Store
-from capml_core.store.queries import ensemble_model_dirs, mace_model_path
+from capml_core.store.queries import complete_md_runs, ensemble_model_dirs, mace_model_path
 from capml_core.system.structures import quantize, structure_hash
 from capml_core.types import ProgressCallback
 
@@ -93,13 +93,7 @@ def evaluate_uncertainty(
     uncertainty_id = uncertainty_id_for(
         committee, ensemble_id, stride_fs=settings.uncertainty_stride_fs, equilibration_ps=config.md.equilibration_ps
     )
-    runs = store.query(
-        """SELECT md_id, path, composition_x, temperature_k FROM md_runs WHERE complete AND model_id = ?
-           ORDER BY composition_x, temperature_k, md_id""",
-        [model_id],
-    )
-    if runs.empty:
-        raise NotComputedError(f"{store.path}: no complete MD run of MACE model {model_id}: run the dynamics stage")
+    runs = complete_md_runs(store, model_id)
     done = set(
         store.query("SELECT DISTINCT md_id FROM md_uncertainty WHERE uncertainty_id = ?", [uncertainty_id])["md_id"]
     )

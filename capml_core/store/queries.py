@@ -96,6 +96,24 @@ def mace_model_path(store: Store, model_id: str) -> Path:
     return path if path.is_absolute() else store.project_dir / path
 
 
+def complete_md_runs(store: Store, model_id: str) -> pd.DataFrame:
+    """The complete MD runs of MACE model ``model_id``: md_id, path, composition_x, temperature_k (sorted).
+
+    Raises
+    ------
+    NotComputedError
+        The model has no complete MD run.
+    """
+    runs = store.query(
+        """SELECT md_id, path, composition_x, temperature_k FROM md_runs WHERE complete AND model_id = ?
+           ORDER BY composition_x, temperature_k, md_id""",
+        [model_id],
+    )
+    if runs.empty:
+        raise NotComputedError(f"{store.path}: no complete MD run of MACE model {model_id}: run the dynamics stage")
+    return runs
+
+
 def ensemble_level(store: Store, ensemble_id: str) -> str:
     """The level the gaps of one GNN ensemble are at (its high level if fine-tuned, else its cheap level).
 
