@@ -2,6 +2,7 @@
 # Active learning of MACE and the GNN on MD frames, round by round, with capml itself (recipe below).
 #   deploy/active-learning.sh models        the current models: MACE (with its committee), the GNN ensemble
 #   deploy/active-learning.sh select K      disagreement along every MD run of the current MACE, round K's frames
+#                                           (and their pool file data/datasets/capml-md-al-roundK-pool.extxyz)
 #   deploy/active-learning.sh label K       label round K's frames at both levels (one worker per level; resumable)
 #   deploy/active-learning.sh export K      write round K's labels to data/datasets/ (commit them)
 #   deploy/active-learning.sh restore K     put exported round-K frames and labels into a new store (another machine)
@@ -34,7 +35,7 @@ case "${1:-}" in
   select)
     need_round select
     "$CAPML" al uncertainty -c "$RECIPE"
-    "$CAPML" al select -c "$RECIPE" --round "$round"
+    "$CAPML" al select -c "$RECIPE" --round "$round" --pool "data/datasets/capml-md-al-round$round-pool.extxyz"
     ;;
   label)
     need_round label

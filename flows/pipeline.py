@@ -237,8 +237,8 @@ STAGES: dict[str, Callable[[StageContext], dict[str, Any]]] = {
     "dataset-generate": _dataset_generate,
     "label": _label,
     "dataset-summary": _dataset_summary,
+    "mlip": _mlip,  # before gnn: a kernel gap model (gnn.architecture = "mace-kernel") reads MACE's descriptors
     "gnn": _gnn,
-    "mlip": _mlip,
     "disorder": _disorder,
     "dynamics": _dynamics,
     "active-learning": _active_learning,

@@ -252,6 +252,38 @@ def test_bandgap_stage_averages_uncorrelated_snapshots_of_gated_runs(gap_project
 
 
 @pytest.mark.slow
+def test_a_kernel_ensemble_gives_the_thermal_gaps_of_runs_without_phonon_verdicts(gap_project, tmp_path: Path) -> None:
+    """gnn.architecture = "mace-kernel" in the bandgaps stage; gate off, no verdict stored: every run averaged."""
+    from capml_core.config.stage_sections import GNNSection
+    from capml_core.models.gnn import load_ensemble, predict_gaps_per_model
+    from capml_core.physics.md import read_trajectory, trajectory_frame
+    from capml_core.stages.bandgaps import run_bandgap_stage
+    from capml_core.stages.gnn_training import train_two_stage
+    from capml_core.store.queries import ensemble_model_dirs
+
+    source, config = gap_project
+    _, store = project_copy(source, tmp_path)
+    gnn = GNNSection(architecture="mace-kernel", ensemble_size=3, learning_curve_fractions=[])
+    kernel = train_two_stage(store, gnn, cheap_level="gpaw-pbesol", high_level="gpaw-gllbsc", seed=3)
+    ungated = config.model_copy(update={"phonons": config.phonons.model_copy(update={"gate": False})})
+    result = run_bandgap_stage(store, ungated, ensemble_id=kernel.ensemble_id, scan_id=latest_scan_id(store))
+    assert len(result.thermal) == 10 and all(t.passes_gate and t.average is not None for t in result.thermal)
+    assert all(t.average.model_error_ev > 0.0 for t in result.thermal)  # 3 members on different 80 % subsets
+    # each stored snapshot gap is the members' mean on that MD frame
+    run = store.query("SELECT md_id, path FROM md_runs ORDER BY md_id LIMIT 1").iloc[0]
+    snapshots = store.query(
+        "SELECT frame, gap_ev FROM gap_snapshots WHERE md_id = ? AND ensemble_id = ? ORDER BY frame",
+        [run["md_id"], kernel.ensemble_id],
+    )
+    trajectory = read_trajectory(store.project_dir / run["path"])
+    frames = [trajectory_frame(trajectory, int(f)) for f in snapshots["frame"]]
+    members = load_ensemble(ensemble_model_dirs(store, kernel.ensemble_id))
+    expected = predict_gaps_per_model(frames, members).mean(axis=0)
+    assert len(frames) >= 2 and np.allclose(snapshots["gap_ev"], expected, atol=1e-6)
+    assert ((snapshots["gap_ev"] > 0.2) & (snapshots["gap_ev"] < 3.0)).all()
+
+
+@pytest.mark.slow
 def test_mode_stage_freezes_every_optical_mode_and_checks_one_with_dft(gap_project, tmp_path: Path) -> None:
     from capml_core.config.inputs import GpawSettings
     from capml_core.models.gnn import load_ensemble, predict_gaps_per_model

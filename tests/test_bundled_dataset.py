@@ -108,3 +108,25 @@ def test_held_out_md_frames_cover_every_composition_and_temperature_and_stay_hel
             assert all(
                 np.isfinite(a.arrays["REF_forces"]).all() and np.isfinite(a.info["REF_energy"]) for a in labelled
             )
+
+
+def test_a_store_rebuilt_from_the_shipped_held_out_file_measures_on_all_its_frames(tmp_path) -> None:
+    """Imported held-out frames (no selection recorded) are the yardstick of `capml evaluate` and `al record`."""
+    from capml_core.config.inputs import ImportSpec
+    from capml_core.stages.datasets import import_spec
+    from capml_core.stages.heldout import labelled_frames
+    from capml_core.store.database import Store
+
+    config = load_config(CONFIGS / "ag3sbri-active-learning.toml", project_dir=tmp_path).config
+    store = Store(tmp_path)
+    path = DATASETS / "capml-md-heldout-gpaw-gllbsc.extxyz"
+    spec = ImportSpec.model_validate(
+        {"path": path, "level": "gpaw-gllbsc", "labels": ["gap"], "key_prefix": "REF"}, context={"base_dir": tmp_path}
+    )
+    import_spec(store, spec, config.system)
+    shipped = {a.info["structure_hash"]: a.info["REF_gap"] for a in read(path, index=":")}
+    frames = labelled_frames(store, "gpaw-gllbsc", flagged=True)
+    assert dict(zip(frames["structure_hash"], frames["gap_ev"], strict=True)) == pytest.approx(shipped)
+    assert len(frames) == 54 and frames["temperature_k"].between(100.0, 600.0).all()
+    assert labelled_frames(store, "gpaw-gllbsc").empty  # by selection only: nothing was selected in this store
+    assert store.labelled_gaps("gpaw-gllbsc").empty  # and no training set sees them

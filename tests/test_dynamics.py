@@ -180,6 +180,7 @@ def _uncertainty_round(store, config) -> None:
     chosen by it (never a held-out frame), labelled sets at both levels, and the round measured on the held-out
     frames (MACE labels 10 meV/atom off: the energy target is missed)."""
     from capml_core.config.stage_sections import ActiveLearningSection
+    from capml_core.stages.md_frames import read_frame_pool
     from capml_core.stages.mlip import committee_ids, train_committee
     from capml_core.stages.rounds import record_round, rounds_table
     from capml_core.stages.uncertainty import evaluate_uncertainty, select_round
@@ -230,6 +231,10 @@ def _uncertainty_round(store, config) -> None:
     assert shown.exit_code == 0 and "active-learning rounds" in shown.output and "targets:" in shown.output
     refused = runner.invoke(app, ["al", "select", "--round", "0", *project])
     assert refused.exit_code != 0 and "frames are added from round 1 on" in refused.output
+    pool = store.project_dir / "round1-pool.extxyz"  # the round's frames for another machine (restore-frames)
+    written = runner.invoke(app, ["al", "select", "--round", "1", "--pool", str(pool), *project])
+    assert written.exit_code == 0, written.output
+    assert [f.structure_hash for f in read_frame_pool(pool)] == [f.structure_hash for f in chosen]
 
 
 def _held_out_frames_round_trip(store, config, tmp_path: Path) -> None:

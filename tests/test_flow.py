@@ -42,8 +42,9 @@ def _demo_copy(tmp_path: Path, replace: tuple[str, str] = ("", ""), append: str 
     text = text.replace("max_calculations = 2", "max_calculations = 0").replace(*replace) + "\n" + append
     text = text.replace("ensemble_size = 2", "ensemble_size = 1").replace("epochs = 150", "epochs = 60")
     text = text.replace("max_epochs = 30", "max_epochs = 3").replace("channels = 32", "channels = 8")
-    search = 'search_architectures = ["paper", "three-layer", "mean-pool"]'
-    text = text.replace(search, 'search_architectures = ["paper"]')
+    search = 'search_architectures = ["paper", "three-layer", "mean-pool", "mace-kernel"]'
+    assert search in text
+    text = text.replace(search, 'search_architectures = ["paper"]')  # the kernel head: test_demo, test_mlip
     text = text.replace("learning_curve_fractions = [0.5, 1.0]", "learning_curve_fractions = [0.5]")
     text = text.replace("duration_ps = 2.0", "duration_ps = 0.2").replace(
         "equilibration_ps = 0.5", "equilibration_ps = 0.05"
@@ -78,8 +79,8 @@ def test_pipeline_flow_imports_generates_and_summarises_and_is_idempotent(prefec
         "dataset-generate",
         "label",
         "dataset-summary",
-        "gnn",
         "mlip",
+        "gnn",
         "disorder",
         "dynamics",
         "active-learning",

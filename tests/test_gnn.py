@@ -124,8 +124,12 @@ def test_gnn_train_and_predict_commands(demo_store_copy: Path, tmp_path: Path) -
 
     config = tmp_path / "c.toml"
     text = DEMO_CONFIG.read_text().replace('"../', f'"{REPO}/data/')
-    config.write_text(text.replace("ensemble_size = 2", "ensemble_size = 1").replace("epochs = 150", "epochs = 80"))
+    text = text.replace("ensemble_size = 2", "ensemble_size = 1").replace("epochs = 150", "epochs = 80")
+    config.write_text(text)
     runner = CliRunner()
+    no_mace = runner.invoke(app, ["gnn", "train", "-c", str(config), "-p", str(demo_store_copy)])
+    assert no_mace.exit_code != 0 and "no MACE model is trained yet: run capml mlip train first" in no_mace.output
+    config.write_text(text.replace(', "mace-kernel"]', "]"))  # the demo searches a kernel head on MACE too
     result = runner.invoke(app, ["gnn", "train", "-c", str(config), "-p", str(demo_store_copy)])
     assert result.exit_code == 0, result.output
     assert "GNN test split" in result.output and "cheap level" in result.output and "high level" in result.output
@@ -192,8 +196,9 @@ def test_config_names_exactly_the_known_architectures() -> None:
     from typing import get_args
 
     from capml_core.config.stage_sections import GNNArchitectureName
+    from capml_core.models.gap_head import KERNEL_ARCHITECTURE
 
-    assert set(get_args(GNNArchitectureName)) == set(ARCHITECTURES)
+    assert set(get_args(GNNArchitectureName)) == set(ARCHITECTURES) | {KERNEL_ARCHITECTURE}
 
 
 def test_search_picks_by_validation_and_the_curve_records_what_data_buys(demo_store_copy: Path) -> None:

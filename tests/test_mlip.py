@@ -23,7 +23,7 @@ from capml_core.stages.mlip import inspect_mace_model, labelled_structures, spli
 from capml_core.store.database import Store
 from capml_core.store.queries import latest_model
 from capml_core.store.records import LabelRecord
-from tests.conftest import DEMO_CONFIG, PBESOL_FILE, REPO, TINY, _tiny_config
+from tests.conftest import DEMO_CONFIG, PBESOL_FILE, REPO, TINY, _tiny_config, project_copy
 
 
 # ------------------------------------------------------------------------------------------- fast
@@ -376,3 +376,80 @@ def test_capml_form_gives_the_trainers_energies_and_convert_needs_trust(trained,
         assert ours.get_potential_energy() == pytest.approx(theirs.get_potential_energy(), abs=1e-9)
         np.testing.assert_allclose(ours.get_forces(), theirs.get_forces(), atol=1e-9)
     assert torch.load(scratch.model.path, weights_only=True)["format"] == "capml-mace-1"
+
+
+def test_kernel_gap_ensemble_on_the_trained_mace_fits_both_levels_and_reloads(trained, tmp_path: Path) -> None:
+    """gnn.architecture = "mace-kernel": searched beside a GNN, members differ, predictions reload exactly."""
+    from capml_core.models.gap_head import KernelGapModel
+    from capml_core.models.gnn import load_ensemble, predict_gaps
+    from capml_core.stages.gnn import fit_band_gap_model
+    from capml_core.store.queries import ensemble_model_dirs, latest_ensemble
+
+    _, store = project_copy(trained[0], tmp_path)
+    levels = {"cheap_level": "gpaw-pbesol", "high_level": "gpaw-gllbsc"}
+    search = trained[1].gnn.model_copy(
+        update={
+            "ensemble_size": 1,
+            "epochs": 20,
+            "fine_tune_epochs": 10,
+            "patience": 10,
+            "search_architectures": ["mace-kernel", "paper"],
+            "search_learning_rates": [3e-3],
+            "search_batch_sizes": [16],
+            "learning_curve_fractions": [],
+        }
+    )
+    searched = fit_band_gap_model(store, search, **levels)
+    trials = store.query("SELECT architecture, learning_rate, valid_mae_ev FROM gnn_trials ORDER BY rank")
+    assert sorted(trials["architecture"]) == ["mace-kernel", "paper"] and trials["valid_mae_ev"].is_monotonic_increasing
+    assert trials.set_index("architecture")["learning_rate"].isna().tolist() == [
+        a == "mace-kernel" for a in trials["architecture"]
+    ]  # a kernel head has no optimiser
+    assert searched.search[0].architecture == trials["architecture"][0]
+    reused = fit_band_gap_model(store, search, **levels)  # the stored search, read back with its NULLs
+    assert [(t.architecture, t.learning_rate) for t in reused.search] == [
+        (t.architecture, t.learning_rate) for t in searched.search
+    ]
+
+    gnn = search.model_copy(
+        update={"architecture": "mace-kernel", "search_architectures": [], "ensemble_size": 3,
+                "learning_curve_fractions": [0.3, 1.0]}
+    )  # fmt: skip
+    result = fit_band_gap_model(store, gnn, **levels)
+    ensemble_id = result.ensemble.ensemble_id
+    assert latest_ensemble(store)[0] == ensemble_id
+    models = store.query("SELECT architecture FROM gnn_models WHERE ensemble_id = ?", [ensemble_id])
+    assert models["architecture"].tolist() == ["mace-kernel"] * 3
+    sizes = [n for n, _ in result.curve]
+    assert len(sizes) == 2 and sizes[1] > 2 * sizes[0]
+    # better than the mean on unseen structures, at both levels (cheap: 103 PBEsol, high: 48 GLLB-SC gaps)
+    for stage in ("cheap", "high"):
+        test = store.query(
+            """SELECT p.structure_hash, p.reference_ev, avg(p.predicted_ev) AS predicted,
+                      stddev_pop(p.predicted_ev) AS spread
+               FROM gnn_predictions p JOIN gnn_models g USING (model_id)
+               WHERE g.ensemble_id = ? AND p.stage = ? AND p.split = 'test' GROUP BY ALL ORDER BY 1""",
+            [ensemble_id, stage],
+        )
+        mae = (test["predicted"] - test["reference_ev"]).abs().mean()
+        assert len(test) >= 3 and mae < (test["reference_ev"] - test["reference_ev"].mean()).abs().mean(), stage
+        assert (test["spread"] > 0).all()  # members fitted on different 80 % of the training split
+        assert result.ensemble.ensemble_test_metrics[stage].mae_ev == pytest.approx(mae, abs=1e-9)
+    # loaded back from disk: the stored high-level test predictions, exactly; the cheap stage kept beside them
+    directories = ensemble_model_dirs(store, ensemble_id)
+    members = load_ensemble(directories)
+    assert all(isinstance(m, KernelGapModel) for m in members)
+    atoms = store.load_structures(test["structure_hash"].tolist())
+    structures = [atoms[h] for h in test["structure_hash"]]
+    mean, _ = predict_gaps(structures, members)
+    assert mean == pytest.approx(test["predicted"].to_numpy(), abs=1e-6)
+    cheap_mean, _ = predict_gaps(structures, load_ensemble(ensemble_model_dirs(store, ensemble_id, stage="cheap")))
+    assert np.abs(mean - cheap_mean).mean() > 0.3  # GLLB-SC opens the PBEsol gap by about 0.7 eV
+    # the same data: reused, nothing refitted; a changed MACE file: refused (its descriptors mean something else)
+    again = fit_band_gap_model(store, gnn, **levels)
+    assert again.ensemble.model_ids == result.ensemble.model_ids
+    assert len(store.query("SELECT * FROM gnn_models WHERE ensemble_id = ?", [ensemble_id])) == 3
+    with members[0].mace_model.open("ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(InvalidInputError, match="changed since the head was fitted"):
+        load_ensemble(directories)

@@ -82,8 +82,11 @@ def test_a_failed_label_is_replaced_by_a_success_but_a_success_is_kept(tmp_path:
         counts = w.add_labels([LabelRecord(h, "lvl", energy_ev=-1.5, forces_ev_per_a=forces, gap_ev=2.0)], run_id=None)
     assert counts.new == 1
     with store.write() as w:
-        counts = w.add_labels([LabelRecord(h, "lvl", energy_ev=99.0)], run_id=None)
+        counts = w.add_labels([LabelRecord(h, "lvl", energy_ev=99.0, wall_time_s=120.0)], run_id=None)
     assert (counts.new, counts.existing) == (0, 1)
+    with store.write() as w:  # a kept label without a time takes the incoming one, once
+        w.add_labels([LabelRecord(h, "lvl", energy_ev=99.0, wall_time_s=300.0)], run_id=None)
+    assert store.query("SELECT wall_time_s FROM labels")["wall_time_s"].tolist() == [120.0]
     row = store.query("SELECT status, energy_ev, forces_ev_per_a, error FROM labels")
     assert len(row) == 1 and row["status"][0] == "ok" and row["energy_ev"][0] == -1.5 and row["error"][0] is None
     assert np.allclose(np.reshape(row["forces_ev_per_a"][0], (8, 3)), forces)

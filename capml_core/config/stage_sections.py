@@ -15,20 +15,24 @@ from pydantic import (
 
 from capml_core.config.base import LevelName, Section, _input_path
 
-GNNArchitectureName = Literal["paper", "three-layer", "four-layer", "mean-pool", "relu-output", "wide"]
+GNNArchitectureName = Literal["paper", "three-layer", "four-layer", "mean-pool", "relu-output", "wide", "mace-kernel"]
 
 
 class GNNSection(Section):
     """Stage 5 (``gnn``): GNN band-gap model, trained on the cheap level's gaps then fine-tuned on the high level's.
 
     ``architecture`` names one of :data:`capml_core.models.gnn.ARCHITECTURES` (paper: 2 GraphConv layers of 64, max
-    pool, dropout 0.4, sigmoid output).
+    pool, dropout 0.4, sigmoid output), or ``mace-kernel``: a kernel ridge head on the node descriptors of the
+    project's newest MACE model (:mod:`capml_core.models.gap_head`; the high level learnt as a correction to the
+    cheap one, hyperparameters by cross-validation on the training split, each member on a different 80 % of it),
+    which needs a trained MACE model and ignores the epochs, learning rates and batch sizes.
     """
 
     architecture: GNNArchitectureName = Field(
         default="paper",
         description="Model: 'paper', or a variant with 3 or 4 graph layers, mean pooling, ReLU output or 128 "
-        "channels ('wide'); the search's best replaces it when search_architectures is set.",
+        "channels ('wide'), or 'mace-kernel' (a kernel head on MACE descriptors); the search's best replaces it "
+        "when search_architectures is set.",
     )
     cutoff_a: PositiveFloat = Field(default=5.5, description="Graph cutoff radius (Å).")
     epochs: PositiveInt = Field(

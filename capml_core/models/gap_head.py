@@ -13,16 +13,23 @@ with (gamma, lambda) chosen by k-fold cross-validation (MAE) on the training dat
 GNN: a head on the cheap level, and the high level learnt as a correction to it (:class:`DeltaGapHead`: the
 high-level gap is the cheap head's plus a head fitted on the differences), since the high level has fewer labels.
 Files (:meth:`KernelGapHead.save`): ``head.json`` (settings) and ``head.npz`` (arrays, read without pickle).
+
+:class:`KernelGapModel` is a head bound to one MACE model file (``gnn.architecture = "mace-kernel"``): a member of a
+gap ensemble like a GNN, loaded by :func:`capml_core.models.gnn.load_ensemble` and evaluated by
+:func:`capml_core.models.gnn.predict_gaps_per_model`, so every stage that predicts gaps can use it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from ase import Atoms
 
 from capml_core.errors import InvalidInputError
 
@@ -194,3 +201,127 @@ def fit_delta_head(
     """The high level as a correction to ``cheap`` (settings as :func:`fit_kernel_head`)."""
     residual = np.asarray(high_gaps_ev, dtype=float) - cheap.predict(descriptors)
     return DeltaGapHead(cheap, fit_kernel_head(descriptors, residual, **settings))
+
+
+#: Architecture name of a kernel-head gap model (a choice of ``gnn.architecture`` beside the GNN architectures).
+KERNEL_ARCHITECTURE = "mace-kernel"
+#: The description file of a kernel gap model's directory.
+KERNEL_MODEL_FILE = "kernel.json"
+KERNEL_FORMAT_VERSION = 1
+
+
+@lru_cache(maxsize=4)
+def _descriptor_calculator(path: str, device: str):
+    from capml_core.models.mace import load_mace_calculator
+
+    return load_mace_calculator(path, device=device, dtype="float64")
+
+
+def kernel_descriptors(
+    structures: Sequence[Atoms], mace_model: str | Path, species: Sequence[str], *, device: str = "cpu"
+) -> np.ndarray:
+    """(n_structures, n_features) species-averaged MACE node features of ``structures`` (the heads' input)."""
+    from capml_core.models.committee import mace_descriptors
+
+    if not structures:
+        return np.zeros((0, 0))
+    return mace_descriptors(_descriptor_calculator(str(mace_model), device), structures, species)
+
+
+@dataclass
+class KernelGapModel:
+    """One member of a kernel gap ensemble: a head on the descriptors of one MACE model file.
+
+    ``head``: a :class:`KernelGapHead` (one level) or a :class:`DeltaGapHead` (the high level as a correction to
+    the cheap one). ``species`` fixes the descriptor's order; ``mace_sha256`` is the MACE file the head was fitted
+    on (a changed file is refused: its descriptors mean something else). ``history``: how it was fitted.
+    """
+
+    head: KernelGapHead | DeltaGapHead
+    mace_model: Path
+    mace_sha256: str
+    species: tuple[str, ...]
+    history: dict
+    device: str = "cpu"
+    name: str = KERNEL_ARCHITECTURE
+
+    def to(self, device: str) -> KernelGapModel:
+        """Evaluate the MACE descriptors on ``device`` ('cpu', 'cuda', 'auto')."""
+        from capml_core.models.mace import resolve_device
+
+        self.device = resolve_device(device)
+        return self
+
+    def descriptors(self, structures: Sequence[Atoms]) -> np.ndarray:
+        """The descriptors this model reads (compute once and share between members of one MACE model)."""
+        return kernel_descriptors(structures, self.mace_model, self.species, device=self.device)
+
+    def predict_descriptors(self, descriptors: np.ndarray) -> np.ndarray:
+        """Gaps (eV) from descriptors of :meth:`descriptors`."""
+        return self.head.predict(descriptors) if len(descriptors) else np.zeros(0)
+
+    def predict_structures(self, structures: Sequence[Atoms]) -> np.ndarray:
+        """Gaps (eV) of structures."""
+        return self.predict_descriptors(self.descriptors(structures))
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``kernel.json`` and the head's arrays; the MACE file is referred to relative to ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        delta = isinstance(self.head, DeltaGapHead)
+        self.head.save(directory) if delta else self.head.save(directory, prefix="head")
+        meta = {
+            "format_version": KERNEL_FORMAT_VERSION,
+            "name": self.name,
+            "kind": "delta" if delta else "single",
+            "mace_model": os.path.relpath(self.mace_model.resolve(), directory.resolve()),
+            "mace_sha256": self.mace_sha256,
+            "species": list(self.species),
+            "history": self.history,
+        }
+        (directory / KERNEL_MODEL_FILE).write_text(json.dumps(meta, indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> KernelGapModel:
+        """Read a model written by :meth:`save`.
+
+        Raises
+        ------
+        InvalidInputError
+            Missing or malformed files, another format, a MACE file that is missing or not the one fitted on.
+        """
+        from capml_core.provenance import file_sha256
+
+        directory = Path(directory)
+        meta_file = directory / KERNEL_MODEL_FILE
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            version = meta.get("format_version") if isinstance(meta, dict) else None
+            if version != KERNEL_FORMAT_VERSION:
+                raise InvalidInputError(
+                    f"{meta_file}: kernel gap model format {version}, this capml reads {KERNEL_FORMAT_VERSION}"
+                )
+            kind, species = meta["kind"], tuple(str(s) for s in meta["species"])
+            mace_model = (directory / str(meta["mace_model"])).resolve()
+            sha256, history = str(meta["mace_sha256"]), dict(meta.get("history", {}))
+        except InvalidInputError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise InvalidInputError(f"{meta_file}: not a capml kernel gap model ({type(err).__name__}: {err})") from err
+        if kind not in ("single", "delta"):
+            raise InvalidInputError(f"{meta_file}: kind {kind!r}; allowed: single, delta")
+        if not mace_model.is_file():
+            raise InvalidInputError(f"{meta_file}: its MACE model {mace_model} is missing")
+        if file_sha256(mace_model) != sha256:
+            raise InvalidInputError(
+                f"{meta_file}: the MACE model {mace_model} changed since the head was fitted (sha256 "
+                f"{sha256[:12]}...); refit the gap model"
+            )
+        head = DeltaGapHead.load(directory) if kind == "delta" else KernelGapHead.load(directory, prefix="head")
+        return cls(head, mace_model, sha256, species, history)
+
+
+def is_kernel_model_dir(directory: str | Path) -> bool:
+    """True if ``directory`` holds a kernel gap model (``kernel.json``)."""
+    return (Path(directory) / KERNEL_MODEL_FILE).is_file()

@@ -20,6 +20,7 @@ import numpy as np
 from ase import Atoms
 
 from capml_core.errors import InvalidInputError
+from capml_core.models.gap_head import KernelGapModel, is_kernel_model_dir
 from capml_core.models.graphs import Normaliser, PeriodicGraph, build_graph, element_table
 from capml_core.models.metrics import error_metrics
 
@@ -403,16 +404,24 @@ def refit_gap_range(model: GapModel, gaps_ev: Sequence[float]) -> GapModel:
     return model
 
 
-def load_ensemble(directories: Sequence[str | Path]) -> list[GapModel]:
-    """An ensemble of gap models from their directories (``model.json`` + ``model.pt`` each).
+def load_ensemble(directories: Sequence[str | Path]) -> list[GapModel | KernelGapModel]:
+    """An ensemble of gap models from their directories: GNNs or kernel heads on MACE descriptors.
 
-    A project's are under ``<project>/gnn/``, listed by ``capml_core.store.queries.ensemble_model_dirs``.
+    A GNN's directory holds ``model.json`` + ``model.pt``, a kernel head's ``kernel.json``
+    (:class:`capml_core.models.gap_head.KernelGapModel`).
+
+    A project's are under ``<project>/artifacts/gnn/``, listed by ``capml_core.store.queries.ensemble_model_dirs``.
     """
-    return [GapModel.load(Path(d)) for d in directories]
+    return [KernelGapModel.load(d) if is_kernel_model_dir(d) else GapModel.load(Path(d)) for d in directories]
+
+
+def is_gap_model_dir(directory: str | Path) -> bool:
+    """True if ``directory`` holds a gap model of either kind."""
+    return (Path(directory) / "model.json").is_file() or is_kernel_model_dir(directory)
 
 
 def predict_gaps(
-    structures: Sequence[Atoms], models: Sequence[GapModel], *, batch_size: int = 8
+    structures: Sequence[Atoms], models: Sequence[GapModel | KernelGapModel], *, batch_size: int = 8
 ) -> tuple[np.ndarray, np.ndarray]:
     """Ensemble band gaps (eV) of structures: mean and standard deviation over the models.
 
@@ -425,19 +434,29 @@ def predict_gaps(
 
 
 def predict_gaps_per_model(
-    structures: Sequence[Atoms], models: Sequence[GapModel], *, batch_size: int = 8
+    structures: Sequence[Atoms], models: Sequence[GapModel | KernelGapModel], *, batch_size: int = 8
 ) -> np.ndarray:
-    """Band gaps (eV) of structures from each model of an ensemble: array (n_models, n_structures)."""
+    """Band gaps (eV) of structures from each model of an ensemble: array (n_models, n_structures).
+
+    GNN members share one set of graphs, kernel members of one MACE model one set of descriptors.
+    """
     if not models:
         raise InvalidInputError("predict_gaps needs at least one model")
-    cutoffs = {m.cutoff_a for m in models}
-    if len(cutoffs) != 1:
+    gnns = [m for m in models if isinstance(m, GapModel)]
+    cutoffs = {m.cutoff_a for m in gnns}
+    if len(cutoffs) > 1:
         raise InvalidInputError(f"the ensemble's models use different cutoffs {sorted(cutoffs)}")
-    cutoff = cutoffs.pop()
-    graphs = [build_graph(a, cutoff_a=cutoff) for a in structures]
-    inputs: dict[tuple, list[Any]] = {}  # normalised inputs, shared by models with the same feature scaling
+    cutoff = cutoffs.pop() if cutoffs else None
+    graphs = [build_graph(a, cutoff_a=cutoff) for a in structures] if gnns else []
+    inputs: dict[tuple, Any] = {}  # normalised graphs per feature scaling; descriptors per MACE model
     predictions = []
     for model in models:
+        if isinstance(model, KernelGapModel):
+            key = ("kernel", model.mace_sha256, model.species)
+            if key not in inputs:
+                inputs[key] = model.descriptors(structures)
+            predictions.append(model.predict_descriptors(inputs[key]))
+            continue
         n = model.normaliser
         key = (n.node_min, n.node_max, n.edge_min_a, n.edge_max_a)
         if key not in inputs:

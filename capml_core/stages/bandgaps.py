@@ -306,7 +306,7 @@ def run_bandgap_stage(
                 f"{store.path}: MD run {run.md_id} (x = {run.composition_x:.3f}, {run.temperature_k:.0f} K) has no "
                 "phonon stability verdict; run capml phonons first, or set phonons.gate = false"
             )
-        passes = bool(run.stable) or not config.phonons.gate
+        passes = not config.phonons.gate or bool(run.stable)  # no verdict (NULL) needs the gate off
         row["passes_gate"] = passes
         snapshot_rows: list[dict[str, Any]] = []
         if not passes:

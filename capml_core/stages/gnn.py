@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from capml_core.config.stage_sections import GNNSection
+from capml_core.errors import NotComputedError
+from capml_core.models.gap_head import KERNEL_ARCHITECTURE
 from capml_core.models.gnn import Metrics
 from capml_core.models.graphs import element_table
 from capml_core.provenance import content_key
@@ -18,6 +20,7 @@ from capml_core.stages.gnn_training import (
     train_two_stage,
 )
 from capml_core.store.database import Store
+from capml_core.store.queries import latest_model
 from capml_core.store.schema import GNN_BASELINE_PREFIX as BASELINE_PREFIX
 from capml_core.tables import ResultTable, table
 
@@ -28,7 +31,8 @@ def gnn_stage_key(store: Store, gnn: GNNSection, *, cheap_level: str, high_level
     """Content key of the gnn stage: its settings, levels and seed, and every gap it trains and tests on.
 
     The same key means the same search, ensemble and learning curve, so a re-run reuses them; a new label,
-    a changed gap or a changed setting gives a new key (12 hex digits of a SHA-256).
+    a changed gap, a changed setting or (for a kernel head) a new MACE model gives a new key (12 hex digits of
+    a SHA-256).
     """
     payload: dict[str, Any] = {
         "gnn": gnn.model_dump(mode="json"),
@@ -36,6 +40,15 @@ def gnn_stage_key(store: Store, gnn: GNNSection, *, cheap_level: str, high_level
         "seed": seed,
         "table": element_table().version,
     }
+    if KERNEL_ARCHITECTURE in {gnn.architecture, gnn.baseline_architecture, *gnn.search_architectures}:
+        try:
+            payload["mace_model"] = latest_model(store)[0]  # the kernel head's descriptors are this model's
+        except NotComputedError as err:
+            raise NotComputedError(
+                f"{store.path}: gnn.architecture, search_architectures or baseline_architecture names "
+                f"'{KERNEL_ARCHITECTURE}', a gap model on MACE descriptors, and no MACE model is trained yet: run "
+                "capml mlip train first (capml run trains MACE before the GNN), or leave it out of the gnn section"
+            ) from err
     for level in filter(None, (cheap_level, high_level)):
         frame = store.labelled_gaps(level).sort_values("structure_hash")
         payload[level] = [
@@ -58,7 +71,13 @@ class GNNStageResult:
         out = []
         if self.search:
             rows = [
-                (str(rank), t.architecture, f"{t.learning_rate:g}", str(t.batch_size), f"{t.valid.mae_ev:.3f}")
+                (
+                    str(rank),
+                    t.architecture,
+                    "-" if t.learning_rate is None else f"{t.learning_rate:g}",
+                    "-" if t.batch_size is None else str(t.batch_size),
+                    f"{t.valid.mae_ev:.3f}",
+                )
                 for rank, t in enumerate(self.search[:5], start=1)
             ]
             columns = ("rank", "architecture", "learning rate", "batch", "validation MAE (eV)")

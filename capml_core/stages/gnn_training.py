@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from capml_core.config.stage_sections import GNNSection
 from capml_core.errors import NotComputedError
+from capml_core.models.gap_head import KERNEL_ARCHITECTURE
 from capml_core.models.gnn import (
     ARCHITECTURES,
     CHEAP_STAGE_DIRNAME,
@@ -24,13 +26,20 @@ from capml_core.models.gnn import (
 )
 from capml_core.models.graphs import build_graph
 from capml_core.models.metrics import split_of
+from capml_core.stages.gap_rows import split_rows
+from capml_core.stages.kernel_training import (
+    Descriptors,
+    kernel_learning_points,
+    kernel_validation_mae,
+    train_kernel_member,
+)
 from capml_core.store.database import Store
 
 logger = logging.getLogger(__name__)
 
 
-def level_splits(store: Store, level: str, gnn: GNNSection) -> Splits:
-    """Structures with a gap at ``level`` as graphs, split into train/valid/test by structure hash.
+def level_split_hashes(store: Store, level: str, gnn: GNNSection) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Structures with a gap at ``level``, split into train/valid/test by structure hash: (hashes, gaps in eV).
 
     Raises
     ------
@@ -40,7 +49,6 @@ def level_splits(store: Store, level: str, gnn: GNNSection) -> Splits:
     frame = store.labelled_gaps(level)
     if len(frame) < 10:
         raise NotComputedError(f"only {len(frame)} structures with a {level} gap: label more before training")
-    atoms = store.load_structures(frame["structure_hash"].tolist())
     hashes = frame["structure_hash"].tolist()
     gaps = frame["gap_ev"].to_numpy()
     splits = [
@@ -53,15 +61,21 @@ def level_splits(store: Store, level: str, gnn: GNNSection) -> Splits:
         logger.warning(
             "%s: no structure fell in the validation split; %s moved there from training", level, hashes[moved]
         )
-    out: Splits = {}
+    out = {}
     for name in ("train", "valid", "test"):
         rows = [i for i, s in enumerate(splits) if s == name]
-        out[name] = (
-            [hashes[i] for i in rows],
-            [build_graph(atoms[hashes[i]], cutoff_a=gnn.cutoff_a) for i in rows],
-            gaps[rows],
-        )
+        out[name] = ([hashes[i] for i in rows], gaps[rows])
     return out
+
+
+def level_splits(store: Store, level: str, gnn: GNNSection) -> Splits:
+    """:func:`level_split_hashes` with the structures as graphs: (hashes, graphs, gaps) per split."""
+    split_hashes = level_split_hashes(store, level, gnn)
+    atoms = store.load_structures([h for hashes, _ in split_hashes.values() for h in hashes])
+    return {
+        name: (hashes, [build_graph(atoms[h], cutoff_a=gnn.cutoff_a) for h in hashes], gaps)
+        for name, (hashes, gaps) in split_hashes.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -69,8 +83,8 @@ class Trial:
     """One hyperparameter setting tried on the validation split."""
 
     architecture: str
-    learning_rate: float
-    batch_size: int
+    learning_rate: float | None  # None: a kernel head (no optimiser)
+    batch_size: int | None
     valid: Metrics
     epochs_run: int
 
@@ -93,19 +107,24 @@ def search_hyperparameters(
             return search_id, [
                 Trial(
                     str(r.architecture),
-                    float(r.learning_rate),
-                    int(r.batch_size),
+                    None if pd.isna(r.learning_rate) else float(r.learning_rate),  # NULL: a kernel head
+                    None if pd.isna(r.batch_size) else int(r.batch_size),
                     # gnn_trials keeps MAE and RMSE of the validation split only
                     Metrics(0, float("nan"), float(r.valid_mae_ev), float(r.valid_rmse_ev), float("nan")),
                     int(r.epochs_run),
                 )
                 for r in stored.itertuples()
             ]
-    data = level_splits(store, level, gnn)
-    _, train_graphs, train_gaps = data["train"]
-    _, valid_graphs, valid_gaps = data["valid"]
     trials = []
-    grid = itertools.product(gnn.search_architectures, gnn.search_learning_rates, gnn.search_batch_sizes)
+    if KERNEL_ARCHITECTURE in gnn.search_architectures:  # one trial: no learning rate or batch size to vary
+        valid, cv_mae = kernel_validation_mae(Descriptors(store), level_split_hashes(store, level, gnn), seed=seed)
+        trials.append(Trial(KERNEL_ARCHITECTURE, None, None, valid, 0))
+        logger.info("search %s: validation MAE %.4f eV (CV %.4f eV)", KERNEL_ARCHITECTURE, valid.mae_ev, cv_mae)
+    networks = [name for name in gnn.search_architectures if name != KERNEL_ARCHITECTURE]
+    data = level_splits(store, level, gnn) if networks else {}
+    _, train_graphs, train_gaps = data.get("train", (None, None, None))
+    _, valid_graphs, valid_gaps = data.get("valid", (None, None, None))
+    grid = itertools.product(networks, gnn.search_learning_rates, gnn.search_batch_sizes)
     for name, learning_rate, batch_size in grid:
         model = new_model(name, ARCHITECTURES[name], train_graphs, train_gaps, cutoff_a=gnn.cutoff_a, seed=seed)
         settings = TrainingSettings(gnn.epochs, batch_size, learning_rate, gnn.patience, seed)
@@ -155,6 +174,10 @@ def learning_curve(
                 )
                 for r in stored.itertuples()
             ]
+    if architecture == KERNEL_ARCHITECTURE:
+        splits = level_split_hashes(store, level, gnn)
+        points = kernel_learning_points(Descriptors(store), splits, gnn.learning_curve_fractions, seed=seed)
+        return _record_curve(store, curve_id, level, architecture, points)
     data = level_splits(store, level, gnn)
     _, train_graphs, train_gaps = data["train"]
     _, valid_graphs, valid_gaps = data["valid"]
@@ -168,6 +191,12 @@ def learning_curve(
         settings = TrainingSettings(gnn.epochs, gnn.batch_size, gnn.learning_rate, gnn.patience, seed)
         train(model, graphs, gaps, valid_graphs, valid_gaps, settings, stage=f"curve {len(chosen)}")
         points.append((len(chosen), compute_metrics(test_gaps, model.predict_graphs(test_graphs))))
+    return _record_curve(store, curve_id, level, architecture, points)
+
+
+def _record_curve(
+    store: Store, curve_id: str | None, level: str, architecture: str, points: list[tuple[int, Metrics]]
+) -> tuple[str, list[tuple[int, Metrics]]]:
     curve_id = curve_id or f"curve-{uuid.uuid4().hex[:10]}"
     with store.write() as writer:
         writer.add_rows(
@@ -228,7 +257,7 @@ def train_two_stage(
         Too few labelled gaps at a level to split (fewer than 10).
     """
     name = architecture_name or gnn.architecture
-    architecture = ARCHITECTURES[name]
+    kernel = name == KERNEL_ARCHITECTURE
     gnn = gnn.model_copy(
         update={
             "architecture": name,
@@ -237,7 +266,12 @@ def train_two_stage(
         }
     )
     stages: list[tuple[str, str]] = [("cheap", cheap_level)] + ([("high", high_level)] if high_level else [])
-    data = {stage: level_splits(store, level, gnn) for stage, level in stages}
+    if kernel:
+        data = {stage: level_split_hashes(store, level, gnn) for stage, level in stages}
+        descriptors = Descriptors(store)
+        descriptors.set_species(list(data.values()))
+    else:
+        data = {stage: level_splits(store, level, gnn) for stage, level in stages}
     model_ids, test_predictions, tests = [], {s: [] for s, _ in stages}, {}
     keyed = ensemble_id is not None
     ensemble_id = ensemble_id or f"ensemble-{uuid.uuid4().hex[:10]}"
@@ -252,67 +286,70 @@ def train_two_stage(
                 continue
         else:
             model_id = f"gnn-{gnn.architecture}-{uuid.uuid4().hex[:10]}"
-        _, train_graphs, train_gaps = data["cheap"]["train"]
-        model = new_model(
-            gnn.architecture, architecture, train_graphs, train_gaps, cutoff_a=gnn.cutoff_a, seed=member_seed
-        )
-        metrics_rows, prediction_rows = [], []
-        relpath = Path("artifacts") / "gnn" / model_id
-        for stage, level in stages:
-            _, train_graphs, train_gaps = data[stage]["train"]
-            _, valid_graphs, valid_gaps = data[stage]["valid"]
-            if stage == "cheap":
-                settings = TrainingSettings(gnn.epochs, gnn.batch_size, gnn.learning_rate, gnn.patience, member_seed)
-            else:
-                refit_gap_range(model, train_gaps)
-                settings = TrainingSettings(
-                    gnn.fine_tune_epochs, gnn.batch_size, gnn.fine_tune_learning_rate, gnn.patience, member_seed
-                )
-            train(model, train_graphs, train_gaps, valid_graphs, valid_gaps, settings, stage=stage)
-            for split, (hashes, graphs, gaps) in data[stage].items():
-                if not hashes:
-                    continue
-                predicted = model.predict_graphs(graphs)
-                m = compute_metrics(gaps, predicted)
-                metrics_rows.append({"model_id": model_id, "stage": stage, "split": split, **asdict(m)})
-                prediction_rows += [
-                    {
-                        "model_id": model_id,
-                        "stage": stage,
-                        "structure_hash": h,
-                        "level": level,
-                        "split": split,
-                        "reference_ev": float(y),
-                        "predicted_ev": float(p),
-                    }
-                    for h, y, p in zip(hashes, gaps, predicted, strict=True)
-                ]
-                if split == "test":
-                    test_predictions[stage].append(predicted)
-                    tests[stage] = (gaps, m) if member == 0 else tests[stage]
-            if stage == "cheap" and high_level:  # kept: the cheap-level model is measured on held-out frames too
-                model.save(store.project_dir / relpath / CHEAP_STAGE_DIRNAME)
-        model.save(store.project_dir / relpath)
+        member_args = {"model_id": model_id, "member": member, "members": gnn.ensemble_size, "seed": member_seed}
+        if kernel:
+            fitted = train_kernel_member(store, descriptors, data, dict(stages), **member_args)
+        else:
+            fitted = _train_gnn_member(store, gnn, data, dict(stages), **member_args)
+        relpath, metrics_rows, prediction_rows, member_tests = fitted
+        for stage, predicted in member_tests.items():
+            test_predictions[stage].append(predicted)
+            gaps = data[stage]["test"][-1]
+            tests[stage] = (gaps, compute_metrics(gaps, predicted)) if member == 0 else tests[stage]
+        row = {
+            "model_id": model_id,
+            "ensemble_id": ensemble_id,
+            "run_id": run_id,
+            "architecture": gnn.architecture,
+            "cheap_level": cheap_level,
+            "high_level": high_level,
+            "ensemble_index": member,
+            "seed": member_seed,
+            "relpath": relpath.as_posix(),
+            "settings_json": gnn.model_dump_json(),
+        }
         with store.write() as writer:
-            writer.add_gnn_model(
-                {
-                    "model_id": model_id,
-                    "ensemble_id": ensemble_id,
-                    "run_id": run_id,
-                    "architecture": gnn.architecture,
-                    "cheap_level": cheap_level,
-                    "high_level": high_level,
-                    "ensemble_index": member,
-                    "seed": member_seed,
-                    "relpath": relpath.as_posix(),
-                    "settings_json": gnn.model_dump_json(),
-                },
-                metrics_rows,
-                prediction_rows,
-            )
+            writer.add_gnn_model(row, metrics_rows, prediction_rows)
         model_ids.append(model_id)
     ensemble = {stage: compute_metrics(tests[stage][0], np.mean(test_predictions[stage], axis=0)) for stage in tests}
     return TwoStageResult(ensemble_id, model_ids, {s: tests[s][1] for s in tests}, ensemble)
+
+
+def _train_gnn_member(
+    store: Store, gnn: GNNSection, data: dict[str, Splits], levels: dict[str, str], *, model_id: str, member: int,
+    members: int, seed: int,
+) -> tuple[Path, list[dict], list[dict], dict[str, np.ndarray]]:  # fmt: skip
+    """Train and save one GNN member on both stages; its metrics and prediction rows and its test predictions."""
+    _, train_graphs, train_gaps = data["cheap"]["train"]
+    model = new_model(
+        gnn.architecture, ARCHITECTURES[gnn.architecture], train_graphs, train_gaps, cutoff_a=gnn.cutoff_a, seed=seed
+    )
+    metrics_rows, prediction_rows, tests = [], [], {}
+    relpath = Path("artifacts") / "gnn" / model_id
+    for stage, level in levels.items():
+        _, train_graphs, train_gaps = data[stage]["train"]
+        _, valid_graphs, valid_gaps = data[stage]["valid"]
+        if stage == "cheap":
+            settings = TrainingSettings(gnn.epochs, gnn.batch_size, gnn.learning_rate, gnn.patience, seed)
+        else:
+            refit_gap_range(model, train_gaps)
+            settings = TrainingSettings(
+                gnn.fine_tune_epochs, gnn.batch_size, gnn.fine_tune_learning_rate, gnn.patience, seed
+            )
+        train(model, train_graphs, train_gaps, valid_graphs, valid_gaps, settings, stage=stage)
+        for split, (hashes, graphs, gaps) in data[stage].items():
+            if not hashes:
+                continue
+            predicted = model.predict_graphs(graphs)
+            metrics, predictions = split_rows(model_id, stage, level, split, hashes, gaps, predicted)
+            metrics_rows.append(metrics)
+            prediction_rows += predictions
+            if split == "test":
+                tests[stage] = predicted
+        if stage == "cheap" and "high" in levels:  # kept: the cheap-level model is measured on held-out frames too
+            model.save(store.project_dir / relpath / CHEAP_STAGE_DIRNAME)
+    model.save(store.project_dir / relpath)
+    return relpath, metrics_rows, prediction_rows, tests
 
 
 def _reuse_member(
@@ -322,7 +359,7 @@ def _reuse_member(
     if store.query("SELECT 1 FROM gnn_models WHERE model_id = ?", [model_id]).empty:
         return False
     for stage, splits in data.items():
-        hashes, _, gaps = splits["test"]
+        hashes, gaps = splits["test"][0], splits["test"][-1]
         if not hashes:
             continue
         rows = store.query(

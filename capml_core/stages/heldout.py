@@ -57,15 +57,21 @@ def _errors(model: str, level: str, quantity: str, unit: str, predicted: np.ndar
     )
 
 
-def labelled_frames(store, level: str, *, set_name: str = HELD_OUT_SET) -> pd.DataFrame:  # Store
-    """Frames of the selection ``set_name`` labelled 'ok' at ``level``, with their provenance and labels."""
+def labelled_frames(store, level: str, *, set_name: str = HELD_OUT_SET, flagged: bool = False) -> pd.DataFrame:
+    """Frames of the selection ``set_name`` labelled 'ok' at ``level``, with their provenance and labels.
+
+    ``flagged``: also every frame marked held out in ``md_frames`` (``held_out``), such as the frames a dataset
+    import of a held-out file (``config_type=md-frame``, ``held_out=True``) brought in without a selection: the
+    held-out set of a store rebuilt from the shipped files.
+    """
     return store.query(
         """SELECT f.structure_hash, f.composition_x, f.temperature_k, f.md_id, f.frame, l.energy_ev,
                   l.forces_ev_per_a, l.stress_ev_per_a3, l.gap_ev
-           FROM md_frames f JOIN structure_sets m USING (structure_hash)
-           JOIN labels l ON l.structure_hash = f.structure_hash AND l.level = m.level
-           WHERE m.set_name = ? AND l.status = 'ok' ORDER BY f.composition_x, f.temperature_k""",
-        [set_name_for(set_name, level)],
+           FROM md_frames f JOIN labels l ON l.structure_hash = f.structure_hash AND l.level = ?
+           WHERE l.status = 'ok' AND (f.structure_hash IN (SELECT structure_hash FROM structure_sets
+                                                            WHERE set_name = ?) OR (? AND f.held_out))
+           ORDER BY f.composition_x, f.temperature_k, f.md_id, f.frame""",
+        [level, set_name_for(set_name, level), flagged],
     )
 
 
@@ -118,15 +124,17 @@ def evaluate_on_frames(
     model_id: str | None,
     ensemble_id: str | None,
     set_name: str = HELD_OUT_SET,
+    flagged: bool = False,
 ) -> list[FrameErrors]:
     """Errors of MACE ``model_id`` and GNN ``ensemble_id`` (either may be None) on the labelled frames of ``set_name``.
 
     MACE against ``cheap_level`` (energy, forces, stress); the ensemble against the level its gaps are at and,
     when it was fine-tuned and its cheap-stage models are kept, its cheap-stage members against the cheap level
     (model ``gnn <id> (cheap stage)``). Measures only what is labelled so far; an empty list if nothing is.
+    ``flagged``: the frames marked held out count as members of ``set_name`` (:func:`labelled_frames`).
     """
     errors: list[FrameErrors] = []
-    rows = labelled_frames(store, cheap_level, set_name=set_name)
+    rows = labelled_frames(store, cheap_level, set_name=set_name, flagged=flagged)
     rows = rows[rows["energy_ev"].notna() & rows["forces_ev_per_a"].notna()]
     if model_id is not None and len(rows):
         atoms = store.load_structures(rows["structure_hash"].tolist())
@@ -149,7 +157,7 @@ def evaluate_on_frames(
         if cheap_dirs:
             stages.append((cheap_level, cheap_dirs, f"gnn {ensemble_id} (cheap stage)"))
     for level, directories, name in stages:
-        frames = labelled_frames(store, level, set_name=set_name)
+        frames = labelled_frames(store, level, set_name=set_name, flagged=flagged)
         frames = frames[frames["gap_ev"].notna()]
         if not len(frames):
             continue

@@ -123,6 +123,7 @@ def record_round(
         model_id=model_id,
         ensemble_id=ensemble_id,
         set_name=config.active_learning.heldout_set,
+        flagged=True,
     )
     summary = heldout_summary(errors, cheap_level=cheap, high_level=high)
     test = store.query(

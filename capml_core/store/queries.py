@@ -10,7 +10,7 @@ import pandas as pd
 from ase import Atoms
 
 from capml_core.errors import NotComputedError
-from capml_core.models.gnn import CHEAP_STAGE_DIRNAME
+from capml_core.models.gnn import CHEAP_STAGE_DIRNAME, is_gap_model_dir
 from capml_core.store.database import Store
 from capml_core.store.schema import GNN_BASELINE_PREFIX as BASELINE_PREFIX
 from capml_core.store.schema import PRIMARY_MACE_SQL
@@ -153,7 +153,7 @@ def ensemble_model_dirs(store: Store, ensemble_id: str, *, stage: str = "final")
         raise ValueError(f"stage {stage!r}; allowed: final, cheap")
     if store.query("SELECT 1 FROM gnn_models WHERE ensemble_id = ? AND high_level IS NULL", [ensemble_id]).empty:
         cheap = [d / CHEAP_STAGE_DIRNAME for d in final]
-        return cheap if all((d / "model.json").is_file() for d in cheap) else []
+        return cheap if all(is_gap_model_dir(d) for d in cheap) else []
     return final
 
 

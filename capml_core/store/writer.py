@@ -191,7 +191,11 @@ class StoreWriter:
         return WriteCounts(len(rows), len(existing))
 
     def add_labels(self, records: Sequence[LabelRecord], *, run_id: str | None) -> WriteCounts:
-        """Insert labels; an (structure, level) already labelled 'ok' is kept, a 'failed' one is replaced."""
+        """Insert labels; an (structure, level) already labelled 'ok' is kept, a 'failed' one is replaced.
+
+        A kept label without a DFT wall time takes the incoming record's (a store rebuilt from files before they
+        carried the cost gets it back by importing them again); a stored time is never changed.
+        """
         unique = {(r.structure_hash, r.level): r for r in reversed(records)}
         if not unique:
             return WriteCounts(0, 0)
@@ -207,6 +211,13 @@ class StoreWriter:
                 [replace],
             )
         todo = [r for key, r in unique.items() if key not in keep]
+        timed = [[r.wall_time_s, h, lv] for (h, lv), r in unique.items() if (h, lv) in keep and r.wall_time_s]
+        if timed:
+            self.con.executemany(
+                """UPDATE labels SET wall_time_s = ? WHERE structure_hash = ? AND level = ? AND status = 'ok'
+                   AND wall_time_s IS NULL""",
+                timed,
+            )
         now = _now()
         rows = [
             {

@@ -85,8 +85,16 @@ def al_select(
     project: ProjectOption = None,
     model: ModelOption = None,
     ensemble: EnsembleOption = None,
+    pool: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write the chosen frames with their provenance to this extended-XYZ pool file (commit it: "
+            "capml data restore-frames resumes the labelling on another machine)."
+        ),
+    ] = None,
 ) -> None:
     """Choose the round's frames by disagreement and diversity; they join sets al-round<k>@<level> (capml label)."""
+    from capml_core.stages.md_frames import write_frame_pool
     from capml_core.stages.uncertainty import evaluate_uncertainty, round_set_name, select_round
     from capml_core.store.database import Store
 
@@ -105,8 +113,10 @@ def al_select(
         frames = select_round(
             store, loaded.config, uncertainty_id=evaluation.uncertainty_id, round_index=round_index, levels=levels
         )
+        if pool is not None:
+            write_frame_pool(frames, pool)
     name = round_set_name(round_index)
-    console.print(f"{name}: {len(frames)} frames; label them with:")
+    console.print(f"{name}: {len(frames)} frames{f' (pool file {pool})' if pool else ''}; label them with:")
     for level in levels:
         console.print(f"  capml label -c {config} --level {level} --set {name}@{level}")
 

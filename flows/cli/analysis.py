@@ -189,7 +189,14 @@ def evaluate(
                 raise
             ensemble_id = None  # no GNN trained yet: MACE errors only
         errors = require_errors(
-            evaluate_on_frames(store, cheap_level=cheap, model_id=model_id, ensemble_id=ensemble_id, set_name=set_name),
+            evaluate_on_frames(
+                store,
+                cheap_level=cheap,
+                model_id=model_id,
+                ensemble_id=ensemble_id,
+                set_name=set_name,
+                flagged=set_name == loaded.config.active_learning.heldout_set,
+            ),
             set_name,
         )
     table = errors_table(errors)

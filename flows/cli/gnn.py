@@ -52,7 +52,10 @@ def gnn_predict(
     project: ProjectOption = None,
     model: Annotated[
         list[Path] | None,
-        typer.Option(help="A GNN model directory (model.json + model.pt) or its model.pt; repeat for an ensemble."),
+        typer.Option(
+            help="A gap model directory (a GNN's model.json + model.pt, or a kernel head's kernel.json) or a GNN's "
+            "model.pt; repeat for an ensemble."
+        ),
     ] = None,
     ensemble: EnsembleOption = None,
 ) -> None:
@@ -62,12 +65,12 @@ def gnn_predict(
     """
     from ase.io import read
 
-    from capml_core.models.gnn import GapModel, load_ensemble, predict_gaps
+    from capml_core.models.gnn import load_ensemble, predict_gaps
     from capml_core.store.queries import ensemble_model_dirs
 
     with capml_errors():
         if model:
-            models = [GapModel.load(path.parent if path.suffix == ".pt" else path) for path in model]
+            models = load_ensemble([path.parent if path.suffix == ".pt" else path for path in model])
         else:
             store = open_store(config, project)
             models = load_ensemble(ensemble_model_dirs(store, ensemble_or_latest(store, ensemble)))
