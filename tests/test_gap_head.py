@@ -49,3 +49,37 @@ def test_the_high_level_as_a_correction_of_the_cheap_head(tmp_path: Path) -> Non
     (tmp_path / "head" / "cheap.npz").write_bytes(b"not an npz")
     with pytest.raises(InvalidInputError, match="not a readable capml gap head"):
         KernelGapHead.load(tmp_path / "head", prefix="cheap")
+
+
+def test_a_kernel_gap_model_is_bound_to_its_mace_file_and_reads_no_pickle(tmp_path: Path) -> None:
+    """kernel.json names the MACE file by relative path and SHA-256; arrays are read without pickle."""
+    from capml_core.models.gap_head import KernelGapModel
+    from capml_core.provenance import file_sha256
+
+    x, y = _data(60, 0)
+    project = tmp_path / "project"
+    mace_file = project / "mlip" / "model.capml-mace.pt"
+    mace_file.parent.mkdir(parents=True)
+    mace_file.write_bytes(b"stands in for a MACE file: only its hash is read here")
+    model = KernelGapModel(fit_kernel_head(x, y), mace_file, file_sha256(mace_file), ("Ag", "S"), {"seed": 1})
+    model.save(project / "gnn" / "member")
+    moved = tmp_path / "moved"  # the project moves: the relative path follows
+    project.rename(moved)
+    loaded = KernelGapModel.load(moved / "gnn" / "member")
+    assert loaded.mace_model == (moved / "mlip" / "model.capml-mace.pt").resolve() and loaded.species == ("Ag", "S")
+    assert np.allclose(loaded.predict_descriptors(x[:5]), model.predict_descriptors(x[:5]))
+    directory = moved / "gnn" / "member"
+    marker = moved / "ran"
+    np.savez(directory / "head.npz", mean=np.array([print], dtype=object), scale=x[0], points=x, weights=y)
+    with pytest.raises(InvalidInputError, match="not a readable capml gap head"):
+        KernelGapModel.load(directory)  # an object array would need pickle: refused
+    assert not marker.exists()
+    (moved / "mlip" / "model.capml-mace.pt").write_bytes(b"another model")
+    with pytest.raises(InvalidInputError, match="changed since the head was fitted"):
+        KernelGapModel.load(directory)
+    (moved / "mlip" / "model.capml-mace.pt").unlink()
+    with pytest.raises(InvalidInputError, match="is missing"):
+        KernelGapModel.load(directory)
+    (directory / "kernel.json").write_text("[1, 2]")
+    with pytest.raises(InvalidInputError, match="kernel gap model format None"):
+        KernelGapModel.load(directory)
