@@ -54,7 +54,7 @@ def _demo_copy(tmp_path: Path, replace: tuple[str, str] = ("", ""), append: str 
     return path
 
 
-@pytest.mark.timeout(1200)  # two pipeline runs; a loaded machine needs more than the default 600 s
+@pytest.mark.timeout(1800)  # two pipeline runs; a loaded machine needs more than the default 600 s
 def test_pipeline_flow_imports_generates_and_summarises_and_is_idempotent(prefect_harness, tmp_path: Path) -> None:
     from flows.pipeline import pipeline
 
