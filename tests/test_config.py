@@ -39,11 +39,13 @@ def test_demo_config_is_small_and_imports_the_bundled_data(tmp_path: Path) -> No
     cfg = loaded.config
     assert cfg.mlip.channels < 256 and cfg.md.duration_ps < 40
     levels = [spec.level for spec in cfg.dataset.imports]
-    # the shipped files, then capml's own, then the held-out MD frames (measured on, never trained on)
-    assert levels == ["gpaw-pbesol"] * 3 + ["gpaw-gllbsc"] * 2 + ["gpaw-pbesol", "gpaw-gllbsc"]
+    # the shipped files, capml's own, the held-out MD frames (measured on, never trained on), round 1's MD frames
+    assert levels == ["gpaw-pbesol"] * 3 + ["gpaw-gllbsc"] * 2 + ["gpaw-pbesol", "gpaw-gllbsc"] * 2
     assert [spec.path.name for spec in cfg.dataset.imports[5:]] == [
         "capml-md-heldout-gpaw-pbesol.extxyz",
         "capml-md-heldout-gpaw-gllbsc.extxyz",
+        "capml-md-al-round1-gpaw-pbesol.extxyz",
+        "capml-md-al-round1-gpaw-gllbsc.extxyz",
     ]
     assert cfg.dataset.imports[0].path == PBESOL_FILE.resolve()
     assert cfg.dataset.imports[3].label_keys() == LabelKeys(energy=None, forces=None, stress=None, gap="gllbsc_gap")
