@@ -171,6 +171,8 @@ def test_real_browser_draws_the_charts(demo_store_copy: Path, tmp_path: Path) ->
     finally:
         server.terminate()
         server.wait(timeout=20)
+    with pytest.raises(ConnectionRefusedError):  # `capml dashboard` is the server: stopping it leaves none behind
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
 def _dataset_page() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -136,7 +135,8 @@ def dashboard(
         "viewer",
     ]
     console.print(f"dashboard of {store_dir} at http://{host}:{port}  (Ctrl-C stops it)")
-    raise typer.Exit(subprocess.call(command, env=env))
+    sys.stdout.flush()
+    os.execve(command[0], command, env)  # streamlit replaces this process: a signal to it stops the server
 
 
 def version() -> None:
