@@ -16,9 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from capml_core.config.stage_sections import GNNSection
 from capml_core.models.gap_head import (
-    KERNEL_ARCHITECTURE,
     DeltaGapHead,
     KernelGapHead,
     KernelGapModel,
@@ -166,8 +164,3 @@ def kernel_learning_points(
         head = fit_kernel_head(descriptors.of([train_hashes[i] for i in chosen]), train_gaps[chosen], seed=seed)
         points.append((len(chosen), compute_metrics(test_gaps, head.predict(descriptors.of(test_hashes)))))
     return points
-
-
-def kernel_settings(gnn: GNNSection) -> GNNSection:
-    """The section as a kernel ensemble records it (architecture ``mace-kernel``)."""
-    return gnn.model_copy(update={"architecture": KERNEL_ARCHITECTURE})
