@@ -153,3 +153,46 @@ def test_a_round_labels_the_selected_frames_retrains_mace_and_reruns_md(trained,
     assert rounds[["round", "frames", "labelled"]].values.tolist() == [[1, 1, 1]] and rounds["closest"][0] < 1.0
     assert store.query("SELECT count(*) AS n FROM labels")["n"][0] == n_labels
     assert len(store.query("SELECT * FROM active_learning_frames")) == 1
+
+
+def test_rounds_travel_as_a_checked_csv_file(tmp_path: Path) -> None:
+    """A project's rounds exported and imported into a new store are the same rows; a bad file writes nothing."""
+    from capml_core.errors import InvalidInputError
+    from capml_core.stages.rounds import ROUND_COLUMNS, export_rounds, import_rounds
+    from capml_core.store.database import Store
+
+    written = tmp_path / "rounds.csv"
+    written.write_text(
+        "round,model_id,frames_added,frames_total,dft_calls,dft_failed,dft_cpu_h,mace_force_mae_ev_per_a,"
+        "gnn_high_mae_ev,targets_met\n"
+        "0,mace-a,0,0,0,0,0,0.077,0.539,false\n"
+        "1,mace-b,24,24,48,0,4.44,0.071,0.099,False\n"
+    )
+    first = Store(tmp_path / "first")
+    assert import_rounds(first, written) == 2
+    rows = first.query("SELECT * FROM active_learning_rounds ORDER BY round")
+    assert rows["dft_cpu_h"].tolist() == [0.0, 4.44] and rows["gnn_high_mae_ev"].tolist() == [0.539, 0.099]
+    assert rows["training_cpu_h"].isna().all() and not rows["targets_met"].any()
+    assert import_rounds(first, written) == 2 and len(first.query("SELECT * FROM active_learning_rounds")) == 2
+    exported = tmp_path / "exported.csv"
+    assert export_rounds(first, exported) == 2
+    assert exported.read_text().splitlines()[0] == ",".join(ROUND_COLUMNS)
+    second = Store(tmp_path / "second")
+    import_rounds(second, exported)
+    columns = ", ".join(ROUND_COLUMNS)
+    again = second.query(f"SELECT {columns} FROM active_learning_rounds ORDER BY round")
+    assert again.equals(first.query(f"SELECT {columns} FROM active_learning_rounds ORDER BY round"))
+    for line, message in (
+        ("2,mace-c,24,48,48,0,lots,0.07,0.09,false", "column dft_cpu_h: 'lots' is not a number"),
+        ("2,mace-c,-1,48,48,0,1.0,0.07,0.09,false", "column frames_added: '-1' is not a whole number >= 0"),
+        ("2,,24,48,48,0,1.0,0.07,0.09,false", "column model_id: '' is not a model id"),
+        ("2,mace-c,24,48,48,0,1.0,0.07,0.09,maybe", "column targets_met: 'maybe' is not true or false"),
+    ):
+        bad = tmp_path / "bad.csv"
+        bad.write_text(written.read_text() + line + "\n")
+        with pytest.raises(InvalidInputError, match=f"line 4, {message}"):
+            import_rounds(second, bad)
+    bad.write_text("round,model_id,__import__\n0,x,os\n")
+    with pytest.raises(InvalidInputError, match="columns __import__ unknown"):
+        import_rounds(second, bad)
+    assert len(second.query("SELECT * FROM active_learning_rounds")) == 2  # nothing written by a refused file

@@ -167,6 +167,13 @@ def _quenched_minima(store, config) -> None:
     )["kind"].tolist() == ["relaxed"]
     again = quench_md_frames(store, config, model_id=model_id, scan_id=scan_id)
     assert again["created_at"].tolist() == table["created_at"].tolist()  # nothing relaxed twice
+    # the stored MD frames (held-out, rounds') of one composition as further sources
+    stored = store.query("SELECT structure_hash FROM md_frames WHERE composition_x = 1.0")["structure_hash"]
+    assert len(stored) >= 1
+    more = quench_md_frames(store, config, model_id=model_id, scan_id=scan_id, compositions=[1.0], stored_frames=True)
+    added = more[~more["source"].isin(table["source"])]
+    assert sorted(added["source"]) == sorted(f"md-frame {h}" for h in stored)
+    assert (added["composition_x"] == 1.0).all() and np.isfinite(added["below_cubic_mev_per_atom"]).all()
     from typer.testing import CliRunner
 
     from flows.cli import app

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from capml_core.config.schema import RunConfig
+from capml_core.errors import InvalidInputError
 from capml_core.stages.heldout import FrameErrors, evaluate_on_frames
 from capml_core.stages.mlip import committee_ids
 from capml_core.stages.uncertainty import round_set_name
@@ -199,3 +202,124 @@ def rounds_table(store: Store, config: RunConfig) -> ResultTable:
             f"{t.target_gap_high_mean_error_ev} eV, cheap-level MAE <= {t.target_gap_cheap_mae_ev} eV"
         ],
     )
+
+
+#: Text and whole-number columns of a rounds file (every other column but ``targets_met`` is a real number).
+ROUND_TEXT_COLUMNS = ("model_id", "ensemble_id", "committee_json", "targets_json", "run_id")
+ROUND_INTEGER_COLUMNS = (
+    "round",
+    "frames_added",
+    "frames_total",
+    "dft_calls",
+    "dft_failed",
+    "n_heldout_cheap",
+    "n_heldout_high",
+)
+#: Columns of a rounds file (``capml al rounds --export/--import``): the table's, without its timestamp.
+ROUND_COLUMNS = (
+    "round",
+    "model_id",
+    "ensemble_id",
+    "committee_json",
+    "frames_added",
+    "frames_total",
+    "dft_calls",
+    "dft_failed",
+    "dft_cpu_h",
+    "training_cpu_h",
+    "mace_energy_mae_mev_per_atom",
+    "mace_energy_mean_error_mev_per_atom",
+    "mace_force_mae_ev_per_a",
+    "mace_test_force_mae_ev_per_a",
+    "gnn_cheap_mae_ev",
+    "gnn_high_mae_ev",
+    "gnn_high_mean_error_ev",
+    "n_heldout_cheap",
+    "n_heldout_high",
+    "targets_met",
+    "targets_json",
+    "run_id",
+)
+_REQUIRED = {"round", "model_id", "frames_added", "frames_total", "dft_calls", "dft_failed", "dft_cpu_h", "targets_met"}
+
+
+def export_rounds(store: Store, path: str | Path) -> int:
+    """Write every ``active_learning_rounds`` row to a CSV file (the durable copy of a project's rounds)."""
+    rows = store.query(f"SELECT {', '.join(ROUND_COLUMNS)} FROM active_learning_rounds ORDER BY round, created_at")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    rows.to_csv(path, index=False, float_format="%.6g")
+    return len(rows)
+
+
+def read_rounds_file(path: str | Path) -> list[dict]:
+    """The rows of a rounds CSV, checked (plain values only: nothing in it is executed).
+
+    Raises
+    ------
+    InvalidInputError
+        Unreadable file, a missing or unknown column, or a value of the wrong type (file, row, column, value).
+    """
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as error:
+        raise InvalidInputError(f"{path}: not a readable rounds CSV file ({error})") from error
+    unknown = sorted(set(frame.columns) - set(ROUND_COLUMNS))
+    missing = sorted(_REQUIRED - set(frame.columns))
+    if unknown or missing:
+        raise InvalidInputError(
+            f"{path}: columns {', '.join(unknown) or '-'} unknown, {', '.join(missing) or '-'} missing; "
+            f"allowed: {', '.join(ROUND_COLUMNS)}"
+        )
+    rows = []
+    for number, record in enumerate(frame.to_dict("records"), start=2):  # line 1 is the header
+        rows.append({column: _round_value(path, number, column, text.strip()) for column, text in record.items()})
+    return rows
+
+
+def _round_value(path: Path, line: int, column: str, text: str):
+    """One checked value of a rounds file (None for an empty optional one)."""
+
+    def bad(allowed: str) -> InvalidInputError:
+        return InvalidInputError(f"{path}, line {line}, column {column}: {text!r} is not {allowed}")
+
+    if column in ROUND_TEXT_COLUMNS:
+        if column == "model_id" and not text:
+            raise bad("a model id (required)")
+        return text or None
+    if column == "targets_met":
+        if text.lower() not in ("true", "false"):
+            raise bad("true or false")
+        return text.lower() == "true"
+    if not text:
+        if column in _REQUIRED:
+            raise bad("a number (required)")
+        return None
+    if column in ROUND_INTEGER_COLUMNS:
+        try:
+            value = int(text)
+        except ValueError:
+            raise bad("a whole number") from None
+        if value < 0:
+            raise bad("a whole number >= 0")
+        return value
+    try:
+        number = float(text)
+    except ValueError:
+        raise bad("a number") from None
+    if not np.isfinite(number):
+        raise bad("a finite number")
+    return number
+
+
+def import_rounds(store: Store, path: str | Path) -> int:
+    """Put the rounds of a CSV written by :func:`export_rounds` into the store (a stored (round, model) is replaced).
+
+    All rows are checked before anything is written (:func:`read_rounds_file`).
+    """
+    rows = read_rounds_file(path)
+    with store.write() as writer:
+        for row in rows:
+            writer.delete_rows("active_learning_rounds", {"round": row["round"], "model_id": row["model_id"]})
+        writer.add_rows("active_learning_rounds", rows)
+    return len(rows)

@@ -12,6 +12,7 @@ members are what a DFT relaxation confirms (``deploy/static-reference.sh``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -50,28 +51,49 @@ def quench_md_frames(
     *,
     model_id: str,
     scan_id: str,
+    compositions: Sequence[float] | None = None,
+    stored_frames: bool = False,
     progress: ProgressCallback | None = None,
 ) -> pd.DataFrame:
     """Relax (positions and cell, MACE ``model_id``) the cubic structure and the last frame of every MD run.
 
-    Resumable: sources already quenched with this model are skipped. Returns the model's ``static_minima`` rows.
+    ``stored_frames``: also every MD frame in ``md_frames`` (the held-out and the rounds' frames, drawn from MD of
+    earlier models; source ``md-frame <hash>``), so minima can be found before this model has MD runs of its own.
+    ``compositions``: only these (default: every one). Resumable: sources already quenched with this model are
+    skipped. Returns the model's ``static_minima`` rows.
 
     Raises
     ------
     NotComputedError
-        No complete MD run of ``model_id``.
+        Nothing to quench from: no complete MD run of ``model_id`` (and no stored frame with ``stored_frames``).
     """
     disorder = config.disorder
     calculator = load_mace_calculator(mace_model_path(store, model_id), device="cpu", dtype="float64")
+
+    def wanted(x: float) -> bool:
+        return compositions is None or any(abs(x - c) < 1e-9 for c in compositions)
+
     cubic = lowest_energy_structures(store, scan_id)
-    runs = complete_md_runs(store, model_id)
+    runs = store.query(
+        "SELECT md_id, path, composition_x, temperature_k FROM md_runs WHERE complete AND model_id = ? ORDER BY md_id",
+        [model_id],
+    )
+    frames = (
+        store.query("SELECT structure_hash, composition_x, temperature_k FROM md_frames ORDER BY structure_hash")
+        if stored_frames
+        else pd.DataFrame(columns=["structure_hash", "composition_x", "temperature_k"])
+    )
+    if runs.empty and frames.empty:
+        complete_md_runs(store, model_id)  # raises the NotComputedError that says what to run
     done = set(
         store.query("SELECT composition_x, source FROM static_minima WHERE model_id = ?", [model_id]).itertuples(
             index=False, name=None
         )
     )
-    jobs = [(x, CUBIC, None, atoms) for x, atoms in cubic.items() if (x, CUBIC) not in done]
+    jobs = [(x, CUBIC, None, atoms) for x, atoms in cubic.items() if (x, CUBIC) not in done and wanted(x)]
     for run in runs.itertuples():
+        if not wanted(float(run.composition_x)):
+            continue
         trajectory = read_trajectory(store.project_dir / run.path)
         last = int(production_frames(trajectory, config.md.equilibration_ps)[-1])
         source = f"{run.md_id}#{last}"
@@ -79,6 +101,21 @@ def quench_md_frames(
             jobs.append(
                 (float(run.composition_x), source, float(run.temperature_k), trajectory_frame(trajectory, last))
             )
+    todo = [
+        f
+        for f in frames.itertuples()
+        if wanted(float(f.composition_x)) and (float(f.composition_x), f"md-frame {f.structure_hash}") not in done
+    ]
+    stored = store.load_structures([f.structure_hash for f in todo])
+    for f in todo:
+        jobs.append(
+            (
+                float(f.composition_x),
+                f"md-frame {f.structure_hash}",
+                None if pd.isna(f.temperature_k) else float(f.temperature_k),
+                stored[f.structure_hash],
+            )
+        )
     for number, (x, source, temperature, atoms) in enumerate(sorted(jobs, key=lambda j: (j[0], j[1] != CUBIC))):
         result = relax_structure(
             atoms, calculator, mode="full", fmax_ev_per_a=disorder.fmax_ev_per_a, max_steps=max(disorder.max_steps, 500)

@@ -147,11 +147,25 @@ def al_record(
 
 
 @al_app.command("rounds")
-def al_rounds(config: ConfigArg, project: ProjectOption = None) -> None:
+def al_rounds(
+    config: ConfigArg,
+    project: ProjectOption = None,
+    import_file: Annotated[
+        Path | None, typer.Option("--import", help="First put the rounds of this CSV (an --export) into the store.")
+    ] = None,
+    export_file: Annotated[
+        Path | None, typer.Option("--export", help="Write every stored round to this CSV (the durable copy).")
+    ] = None,
+) -> None:
     """The rounds so far: frames added, DFT calls and CPU hours, held-out errors against the targets."""
-    from capml_core.stages.rounds import rounds_table
+    from capml_core.stages.rounds import export_rounds, import_rounds, rounds_table
     from capml_core.store.database import Store
 
     with capml_errors():
         loaded = load(config, project)
-        print_tables([rounds_table(Store(loaded.project_dir), loaded.config)])
+        store = Store(loaded.project_dir)
+        if import_file is not None:
+            console.print(f"{import_file}: {import_rounds(store, import_file)} rounds imported")
+        print_tables([rounds_table(store, loaded.config)])
+        if export_file is not None:
+            console.print(f"{export_rounds(store, export_file)} rounds written to {export_file}")

@@ -43,7 +43,18 @@ def _print_minima(store, model_id: str) -> None:
 
 
 @static_app.command("quench")
-def static_quench(config: ConfigArg, project: ProjectOption = None, model: ModelOption = None, scan: ScanOption = None):
+def static_quench(
+    config: ConfigArg,
+    project: ProjectOption = None,
+    model: ModelOption = None,
+    scan: ScanOption = None,
+    composition: Annotated[
+        list[float] | None, typer.Option("--composition", "-x", help="Only this composition (repeatable).")
+    ] = None,
+    stored_frames: Annotated[
+        bool, typer.Option("--stored-frames", help="Also quench every stored MD frame (held-out and rounds' frames).")
+    ] = False,
+):
     """Relax (positions and cell, MACE) the cubic structure and the last frame of every MD run; rank the minima."""
     from capml_core.stages.static_minima import quench_md_frames
     from capml_core.store.database import Store
@@ -59,6 +70,8 @@ def static_quench(config: ConfigArg, project: ProjectOption = None, model: Model
                 loaded.config,
                 model_id=model_id,
                 scan_id=scan_or_latest(store, scan),
+                compositions=composition or None,
+                stored_frames=stored_frames,
                 progress=progress_callback(progress, task_id),
             )
         _print_minima(store, model_id)
@@ -84,6 +97,9 @@ def static_dft_relax(
     project: ProjectOption = None,
     model: ModelOption = None,
     max_steps: Annotated[int, typer.Option(min=1, help="BFGS steps at most (both relaxations).")] = 80,
+    fmax: Annotated[
+        float, typer.Option(min=0.001, help="Converged when every force (and stress x volume) is below this, eV/Å.")
+    ] = 0.02,
 ) -> None:
     """Relax with the cheap level the cubic cell (cell only) and the MACE-lowest minimum (cell and positions)."""
     from capml_core.stages.static_minima import CUBIC, dft_relax_minimum, lowest_minima, minima_table
@@ -111,6 +127,7 @@ def static_dft_relax(
                 source=label,
                 mode=mode,
                 max_steps=max_steps,
+                fmax_ev_per_a=fmax,
             )
             console.print(
                 f"x = {composition}: {label}: {done['energy_ev_per_atom']:.5f} eV/atom, {done['space_group']}, "
