@@ -14,11 +14,11 @@ IntArray = NDArray[np.int64]
 
 #: Kinds of structures in the store.
 StructureKind = Literal[
-    "thermal", "uniform", "equilibrium", "imported", "md-snapshot", "md-frame", "relaxed", "frozen-mode"
+    "thermal", "uniform", "equilibrium", "imported", "md-snapshot", "md-frame", "relaxed", "frozen-mode", "gap-check"
 ]
-#: Kinds the later stages derive (relaxed arrangements, frozen-mode distortions checked with DFT): never
-#: training data for the GNN or MACE, never counted in the dataset.
-DERIVED_KINDS = ("relaxed", "frozen-mode")
+#: Kinds the later stages derive (relaxed arrangements, frozen-mode distortions checked with DFT, MD frames whose
+#: gaps check a thermal average): never training data for the GNN or MACE, never counted in the dataset.
+DERIVED_KINDS = ("relaxed", "frozen-mode", "gap-check")
 #: SQL condition on ``structures`` (alias ``s``) that keeps the dataset's structures only: no derived kinds and no
 #: held-out MD frames (``md_frames.held_out``: the yardstick the models are measured on, never trained on).
 DATASET_KIND_SQL = (

@@ -85,7 +85,28 @@ class RunConfig(Section):
                 f"gaps.reference_compositions: {missing} not studied by the run; allowed: values of "
                 f"system.compositions {self.system.compositions}"
             )
+        for i, check in enumerate(self.gaps.dft_check):
+            if not any(math.isclose(check.composition_x, c, abs_tol=1e-9) for c in self.system.compositions):
+                raise ValueError(
+                    f"gaps.dft_check[{i}].composition_x: {check.composition_x} not studied by the run; allowed: "
+                    f"values of system.compositions {self.system.compositions}"
+                )
+            unknown = [t for t in check.temperatures_k if not any(math.isclose(t, m) for m in self.md.temperatures_k)]
+            if unknown:
+                raise ValueError(
+                    f"gaps.dft_check[{i}].temperatures_k: {unknown} are not MD temperatures; allowed: values of "
+                    f"md.temperatures_k {self.md.temperatures_k}"
+                )
         return self
+
+    def dft_check_frames(self, composition_x: float, temperature_k: float) -> int:
+        """Frames ``gaps.dft_check`` recomputes with DFT for this (x, T) (0: not checked)."""
+        for check in self.gaps.dft_check:
+            if math.isclose(check.composition_x, composition_x, abs_tol=1e-9) and any(
+                math.isclose(t, temperature_k) for t in check.temperatures_k
+            ):
+                return check.frames
+        return 0
 
     def gap_check_compositions(self) -> list[float]:
         """Compositions checked with DFT in the gap stages: ``gaps.reference_compositions``, or the end members."""

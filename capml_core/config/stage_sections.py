@@ -289,11 +289,30 @@ class MDSection(Section):
         return self
 
 
+class GapDFTCheck(Section):
+    """One composition's thermal averages to recompute with DFT on the MD frames the gap model averaged.
+
+    For every temperature in ``temperatures_k`` (each must be an MD temperature), ``frames`` uncorrelated
+    production frames of that MD run (``gap_snapshots.uncorrelated``, spread evenly over the run; never trained on)
+    are recomputed at ``gaps.reference_level``; the stage stores both gaps per frame and compares the averages as
+    a paired difference.
+    """
+
+    composition_x: Annotated[float, Field(ge=0.0, le=1.0)] = Field(description="Composition x (one of the run's).")
+    temperatures_k: list[Annotated[float, Field(gt=0.0, le=5000.0)]] = Field(
+        min_length=1, description="MD temperatures (K) whose Eg(T) is checked."
+    )
+    frames: Annotated[int, Field(ge=2, le=100)] = Field(
+        default=6, description="Frames recomputed with DFT per temperature (GPAW GLLB-SC: 2-5 min each here)."
+    )
+
+
 class GapsSection(Section):
     """Stages 10-11 (``bandgaps``, ``modes``): Eg(0) and thermal averages of GNN gaps; frozen Γ-mode ΔEg/Eg.
 
-    The GNN is the latest trained ensemble (high level after fine-tuning). Thermal gaps use MD snapshots after
-    equilibration, ``snapshot_spacing`` decorrelation times apart (the run's measured decorrelation time).
+    The gap model is the latest trained ensemble (high level after fine-tuning). Thermal gaps average the gap
+    series along each MD run after equilibration (every ``series_stride_fs``), with errors from the series' own
+    autocorrelation; frames ``snapshot_spacing`` of its autocorrelation times apart are the uncorrelated ones.
     Reference DFT checks (Eg(0) and ΔEg of ``reference_modes`` Γ modes spanning the frequency range) run for the
     structures of ``reference_compositions`` only: they cost one calculation per structure (GPAW GLLB-SC: about
     5 min per 40-atom cell on one core).
@@ -304,13 +323,26 @@ class GapsSection(Section):
         min_length=1,
         description="Temperatures (K) of the frozen-mode thermal amplitudes; DFT checks at the highest.",
     )
+    series_stride_fs: Annotated[float, Field(gt=0.0, le=1000.0)] = Field(
+        default=20.0,
+        description="The gap is evaluated along the production part of every MD run every this many fs (at "
+        "least every saved frame); Eg(T) is the mean of that series, its error from the series' own "
+        "autocorrelation.",
+    )
     snapshot_spacing: Annotated[float, Field(ge=1.0, le=20.0)] = Field(
-        default=2.0, description="Snapshots are this many decorrelation times apart (≥ 1)."
+        default=2.0,
+        description="Uncorrelated snapshots (those a DFT check recomputes) are this many of the gap series' "
+        "integrated autocorrelation times apart (≥ 1).",
     )
     min_snapshots: Annotated[int, Field(ge=2)] = Field(
         default=4,
-        description="Fewer uncorrelated snapshots than this: the run is still averaged, with a note in its reason "
-        "(run the MD longer).",
+        description="Fewer independent samples (series length / its autocorrelation time) than this: the run is "
+        "still averaged, with a note in its reason (run the MD longer).",
+    )
+    equilibration_sigmas: Annotated[float, Field(gt=0.0, le=10.0)] = Field(
+        default=2.0,
+        description="A run whose gap series' second half differs from its first by more than this many errors of "
+        "the difference is flagged 'not equilibrated' (averaged, never silently).",
     )
     batch_size: PositiveInt = Field(default=16, description="Graphs per GNN forward pass.")
     device: Literal["cpu", "cuda", "auto"] = Field(
@@ -333,6 +365,16 @@ class GapsSection(Section):
         default=None,
         description="CSV of published gaps, stored for comparison by the bandgaps stage; columns composition_x, "
         "temperature_k, gap_ev, uncertainty_ev, kind ('experiment' or 'calculation'), source.",
+    )
+    dft_check: list[GapDFTCheck] = Field(
+        default=[],
+        description="Thermal averages recomputed with DFT on the same MD frames ([] for none): per composition, "
+        "the temperatures and the number of frames.",
+    )
+    dft_check_tolerance_ev: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        default=0.05,
+        description="A checked Eg(T) is flagged when its model-minus-DFT difference is larger than this (eV) and "
+        "than twice its uncertainty; a check whose uncertainty exceeds it is 'too noisy to decide'.",
     )
 
     _check_experiment = field_validator("experiment")(_input_path)

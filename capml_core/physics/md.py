@@ -268,16 +268,6 @@ def check_health(trajectory: dict[str, Any], equilibration_ps: float) -> MDHealt
     )
 
 
-def uncorrelated_frames(
-    trajectory: dict[str, Any], equilibration_ps: float, decorrelation_fs: float, *, spacing: float = 2.0
-) -> np.ndarray:
-    """Production frame indices (after ``equilibration_ps``) ``spacing`` decorrelation times (fs) apart."""
-    frames = production_frames(trajectory, equilibration_ps)
-    frame_fs = float(np.median(np.diff(trajectory["time_fs"])))
-    stride = max(1, int(np.ceil(spacing * decorrelation_fs / frame_fs)))
-    return frames[::stride]
-
-
 def trajectory_frame(trajectory: dict[str, Any], frame: int) -> Atoms:
     """One frame of a trajectory as periodic Atoms (positions wrapped into the cell, Å)."""
     atoms = Atoms(

@@ -1,22 +1,26 @@
 """Finite-temperature band gaps (stage ``bandgaps``): Eg(0) and Eg(T) per composition, with uncertainties.
 
-Eg(0) is the GNN ensemble's gap of each composition's relaxed lowest-energy structure (the disorder scan's),
-and, for the compositions in ``gaps.reference_compositions``, also the reference DFT gap of that structure.
-Eg(T) averages the GNN gaps of uncorrelated snapshots of the MD run at T: frames after the run's own
-equilibration time, ``gaps.snapshot_spacing`` measured decorrelation times apart (the run's own
-decorrelation time, :mod:`capml_core.stages.dynamics`). ΔEg(T) = <Eg>_T − Eg(0) (the paper's Eq. 6) and the
-relative change ΔEg/Eg(0).
+Eg(0) is the gap model's gap of each composition's relaxed lowest-energy arrangement on the cubic sites (the
+disorder scan's: the paper's definition), and, where ``capml static quench`` found minima for the MACE model, also
+of the lowest minimum (``gap_static.structure_kind`` 'cubic' / 'lowest'); for the compositions in
+``gaps.reference_compositions`` also the reference DFT gap of the cubic structure. Eg(T) is the mean of the gap
+series along the production part of the MD run at T (the gap every ``gaps.series_stride_fs``). ΔEg(T) =
+<Eg>_T − Eg(0) (the paper's Eq. 6) and ΔEg/Eg(0), against both Eg(0).
 
 Uncertainty of <Eg>_T and ΔEg(T) combines, in quadrature:
 
-- statistical: the standard error of the snapshot mean by block averaging (Flyvbjerg-Petersen, with the
-  plateau found automatically: :func:`block_average_error`), so left-over correlation is not hidden;
+- statistical: the standard error of the series mean from the series' own autocorrelation
+  (:func:`capml_core.physics.statistics.series_mean`: reblocking where the optimal block leaves enough blocks,
+  else the error inflated by the statistical inefficiency), so the gap's slow decorrelation is not hidden;
 - model: the spread (sample standard deviation) over the ensemble of each model's own average, or of its own
   ΔEg, where the models' common offsets cancel.
 
-Only MD runs whose (structure, temperature) passed the phonons stage's gate are averaged; the others are
-recorded with the reason. Every result is keyed by the GNN ensemble, so a re-run with the same ensemble and
-MD runs recomputes nothing. Units: eV, K, fs.
+Frames ``gaps.snapshot_spacing`` gap autocorrelation times apart are marked uncorrelated (``gap_snapshots``): the
+frames a DFT check recomputes. A run whose halves disagree by more than ``gaps.equilibration_sigmas`` errors is
+flagged not equilibrated; one with fewer than ``gaps.min_snapshots`` independent samples says so; both are still
+averaged, with the flag in the row. Only MD runs whose (structure, temperature) passed the phonons stage's gate are
+averaged; the others are recorded with the reason. Every result is keyed by the gap ensemble, so a re-run with the
+same ensemble and MD runs recomputes nothing. Units: eV, K, fs.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +40,15 @@ from capml_core.config.stage_sections import MDSection
 from capml_core.errors import InvalidInputError, NotComputedError
 from capml_core.models.gnn import load_ensemble, predict_gaps_per_model
 from capml_core.models.mace import resolve_device
-from capml_core.physics.md import read_trajectory, trajectory_frame, uncorrelated_frames
+from capml_core.physics.md import production_frames, read_trajectory, trajectory_frame
 from capml_core.physics.stability import phonon_settings_key
 from capml_core.physics.statistics import GapAverage, average_gaps, ensemble_spread
 from capml_core.provenance import content_key
 from capml_core.stages.labelling import reference_gaps
 from capml_core.store.database import Store
 from capml_core.store.queries import ensemble_level, ensemble_model_dirs, lowest_energy_structures
-from capml_core.system.structures import structure_hash
+from capml_core.store.records import StructureRecord
+from capml_core.system.structures import quantize, structure_hash
 from capml_core.tables import ResultTable, table
 
 logger = logging.getLogger(__name__)
@@ -138,6 +143,9 @@ class ThermalGap:
     passes_gate: bool
     reason: str
     average: GapAverage | None
+    equilibrated: bool | None = None
+    lowest_static_gap_ev: float | None = None
+    lowest_relative_change: float | None = None
 
 
 @dataclass(frozen=True)
@@ -148,15 +156,19 @@ class BandGapResult:
     level: str
     static: list[StaticGap]
     thermal: list[ThermalGap]
+    lowest: list[StaticGap] = field(default_factory=list)
+    checks: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def tables(self) -> list[ResultTable]:
         """Eg(0) per composition (GNN, ensemble spread, DFT check) and Eg(T), ΔEg, ΔEg/Eg(0) per MD run."""
+        lowest = {round(s.composition_x, 6): s for s in self.lowest}
         static_rows = [
             (
                 f"{s.composition_x:.4g}",
                 f"{s.gap_ev:.3f}",
                 f"{s.gap_std_ev:.3f}",
                 "-" if s.reference_gap_ev is None else f"{s.reference_gap_ev:.3f}",
+                f"{lowest[round(s.composition_x, 6)].gap_ev:.3f}" if round(s.composition_x, 6) in lowest else "-",
             )
             for s in self.static
         ]
@@ -167,28 +179,58 @@ class BandGapResult:
                 (
                     f"{t.composition_x:.4g}",
                     f"{t.temperature_k:g}",
-                    "-" if a is None else str(a.n_snapshots),
+                    "-" if a is None else f"{a.n_snapshots} ({a.n_effective:.1f})",
                     "-" if a is None else f"{a.mean_gap_ev:.3f} ± {a.error_ev:.3f}",
                     "-" if a is None else f"{a.delta_ev:+.3f} ± {a.delta_error_ev:.3f}",
                     "-" if a is None else f"{100 * a.relative_change:+.1f} ± {100 * a.relative_error:.1f} %",
+                    "-" if t.lowest_relative_change is None else f"{100 * t.lowest_relative_change:+.1f} %",
                     t.reason,
                 )
             )
-            if a is None:
+            if a is None or t.equilibrated is False:
                 warnings.append(i)
-        return [
+        tables = [
             table(
                 f"static gaps ({self.level})",
-                ("x", "Eg(0) GNN (eV)", "ensemble spread (eV)", "Eg(0) DFT (eV)"),
+                ("x", "Eg(0) cubic (eV)", "ensemble spread (eV)", "Eg(0) cubic, DFT (eV)", "Eg(0) lowest minimum (eV)"),
                 static_rows,
             ),
             table(
                 "thermal gaps",
-                ("x", "T (K)", "snapshots", "Eg (eV)", "ΔEg (eV)", "ΔEg/Eg(0)", "note"),
+                ("x", "T (K)", "frames (independent)", "Eg (eV)", "ΔEg (eV)", "ΔEg/Eg(0)", "vs lowest minimum", "note"),
                 thermal_rows,
                 warnings=warnings,
             ),
         ]
+        if not self.checks.empty:
+            rows, flagged = [], []
+            for i, c in enumerate(self.checks.sort_values(["composition_x", "temperature_k"]).itertuples()):
+                rows.append(
+                    (
+                        f"{c.composition_x:.4g}",
+                        f"{c.temperature_k:g}",
+                        f"{c.n_frames}/{c.n_requested}",
+                        f"{c.model_gap_ev:.3f}",
+                        f"{c.dft_gap_ev:.3f} ± {c.dft_error_ev:.3f}",
+                        f"{c.difference_ev:+.3f} ± {c.difference_error_ev:.3f}",
+                        c.verdict + (f" ({c.note})" if isinstance(c.note, str) else ""),
+                    )
+                )
+                if c.verdict != "agrees":
+                    flagged.append(i)
+            tables.append(
+                table(
+                    f"DFT checks of Eg(T) on the same frames ({self.checks['level'].iloc[0]})",
+                    ("x", "T (K)", "frames", "model Eg (eV)", "DFT Eg (eV)", "model − DFT (eV)", "verdict"),
+                    rows,
+                    warnings=flagged,
+                    notes=[
+                        f"flagged: |model − DFT| > {self.checks['tolerance_ev'].iloc[0]:g} eV and > 2 x its paired "
+                        "error; 'too noisy': paired error above that tolerance"
+                    ],
+                )
+            )
+        return tables
 
 
 def _static_gaps(store, config, ensemble_id, level, models, structures, run_id, progress):
@@ -211,6 +253,8 @@ def _static_gaps(store, config, ensemble_id, level, models, structures, run_id, 
                 "model_gaps_ev": [float(g) for g in per_model[:, i]],
                 "reference_level": ref_level if hashes[x] in ref else None,
                 "reference_gap_ev": ref.get(hashes[x]),
+                "structure_kind": "cubic",
+                "structure_source": "disorder scan",
                 "run_id": run_id,
             }
             for i, x in enumerate(todo)
@@ -225,6 +269,74 @@ def _static_gaps(store, config, ensemble_id, level, models, structures, run_id, 
     return frame
 
 
+def _lowest_static_gaps(store, config, ensemble_id, level, models, run_id) -> pd.DataFrame:
+    """Eg(0) of each composition's lowest minimum (``capml static quench``, the newest MACE model).
+
+    ``gap_static`` rows of kind 'lowest'; empty where nothing was quenched.
+    """
+    from capml_core.stages.static_minima import lowest_minima
+    from capml_core.store.queries import latest_model
+
+    try:
+        model_id = latest_model(store)[0]
+    except NotComputedError:
+        return pd.DataFrame()
+    lowest = lowest_minima(store, model_id)
+    if lowest.empty:
+        return lowest
+    stored = store.query("SELECT structure_hash FROM gap_static WHERE ensemble_id = ?", [ensemble_id])
+    todo = lowest[~lowest["structure_hash"].isin(set(stored["structure_hash"]))]
+    if len(todo):
+        atoms = store.load_structures(todo["structure_hash"].tolist())
+        per_model = predict_gaps_per_model(
+            [atoms[h] for h in todo["structure_hash"]], models, batch_size=config.gaps.batch_size
+        )
+        rows = [
+            {
+                "structure_hash": r.structure_hash,
+                "ensemble_id": ensemble_id,
+                "composition_x": float(r.composition_x),
+                "level": level,
+                "gap_ev": float(per_model[:, i].mean()),
+                "gap_std_ev": ensemble_spread(per_model[:, i]),
+                "model_gaps_ev": [float(g) for g in per_model[:, i]],
+                "structure_kind": "lowest",
+                "structure_source": f"{model_id} {r.source} ({r.space_group}, "
+                f"{r.below_cubic_mev_per_atom:+.1f} meV/atom vs cubic)",
+                "run_id": run_id,
+            }
+            for i, r in enumerate(todo.itertuples(index=False))
+        ]
+        with store.write() as writer:
+            writer.add_rows("gap_static", rows)
+    return store.query(
+        "SELECT * FROM gap_static WHERE ensemble_id = ? AND structure_hash IN (SELECT unnest(?)) "
+        "ORDER BY composition_x",
+        [ensemble_id, lowest["structure_hash"].tolist()],
+    )
+
+
+def thermal_notes(row: dict, run: Any, gaps: Any, n_models: int) -> list[str]:
+    """Why an Eg(T) row needs care: not equilibrated, too few independent samples, a small ensemble, MD health."""
+    notes = []
+    if not row["equilibrated"]:
+        notes.append(
+            f"not equilibrated: the gap's second half differs from its first by {row['half_difference_ev']:+.3f} ± "
+            f"{row['half_difference_error_ev']:.3f} eV (> {gaps.equilibration_sigmas:g} sigma): run the MD longer"
+        )
+    if row["n_effective"] < gaps.min_snapshots:
+        notes.append(
+            f"only {row['n_effective']:.1f} independent samples (gap series of {row['n_snapshots']} frames, "
+            f"autocorrelation time {row['gap_tau_fs']:.0f} fs; < gaps.min_snapshots = {gaps.min_snapshots}): "
+            "run the MD longer"
+        )
+    if n_models < 3:
+        notes.append(f"model error from {n_models} ensemble member(s) (use gnn.ensemble_size >= 3)")
+    if run.status != "ok" and run.problems:
+        notes.append(f"MD health: {run.problems}")
+    return notes
+
+
 def model_static_gaps(frame_row: Any) -> np.ndarray:
     """Each model's Eg(0) (eV) from a ``gap_static`` row."""
     return np.asarray(frame_row.model_gaps_ev, dtype=float)
@@ -234,8 +346,11 @@ def thermal_settings_key(config) -> str:  # RunConfig
     """Key of the settings an Eg(T) row depends on besides the ensemble and the MD run: snapshot choice, gate."""
     return content_key(
         {
+            "series": "gap-series-v2",  # the gap series and its own autocorrelation (schema 16)
+            "series_stride_fs": config.gaps.series_stride_fs,
             "snapshot_spacing": config.gaps.snapshot_spacing,
             "min_snapshots": config.gaps.min_snapshots,
+            "equilibration_sigmas": config.gaps.equilibration_sigmas,
             "gate": config.phonons.gate,
             "phonons": phonon_settings_key(config.phonons),
         }
@@ -274,6 +389,8 @@ def run_bandgap_stage(
 
     static_frame = _static_gaps(store, config, ensemble_id, level, models, structures, run_id, reference_progress)
     static_by_hash = {r.structure_hash: r for r in static_frame.itertuples(index=False)}
+    lowest_frame = _lowest_static_gaps(store, config, ensemble_id, level, models, run_id)
+    lowest_by_x = {round(float(r.composition_x), 6): r for r in lowest_frame.itertuples(index=False)}
     runs = store.query(
         """SELECT m.md_id, m.structure_hash, m.composition_x, m.temperature_k, m.path, m.decorrelation_fs,
                   m.status, m.problems, m.settings_json, p.stable, p.reason AS verdict
@@ -282,11 +399,20 @@ def run_bandgap_stage(
         [list(static_by_hash)],
     )
     key = thermal_settings_key(config)
-    done = set(
-        store.query("SELECT md_id FROM gap_thermal WHERE ensemble_id = ? AND settings_key = ?", [ensemble_id, key])[
-            "md_id"
-        ]
+    stored_rows = store.query(
+        "SELECT md_id, composition_x, lowest_static_gap_ev FROM gap_thermal WHERE ensemble_id = ? AND settings_key = ?",
+        [ensemble_id, key],
     )
+
+    def lowest_gap(x: float) -> float | None:
+        row = lowest_by_x.get(round(float(x), 6))
+        return None if row is None else float(np.mean(model_static_gaps(row)))
+
+    def same_lowest(stored: float, x: float) -> bool:  # a lower minimum found since: the row is recomputed
+        now = lowest_gap(x)
+        return pd.isna(stored) if now is None else (not pd.isna(stored) and abs(stored - now) < 1e-9)
+
+    done = {r.md_id for r in stored_rows.itertuples() if same_lowest(r.lowest_static_gap_ev, r.composition_x)}
     for i, run in enumerate(runs.itertuples(index=False)):
         if run.md_id in done:
             continue
@@ -314,17 +440,19 @@ def run_bandgap_stage(
         else:
             trajectory = read_trajectory(store.project_dir / run.path)
             run_md = MDSection.model_validate_json(run.settings_json)  # the run's own equilibration time
-            frames = uncorrelated_frames(
-                trajectory, run_md.equilibration_ps, float(run.decorrelation_fs), spacing=gaps_config.snapshot_spacing
-            )
-        if passes and len(frames) == 0:
+            production = production_frames(trajectory, run_md.equilibration_ps)
+        if passes and len(production) == 0:
             row["reason"] = f"no frames after the equilibration ({run_md.equilibration_ps} ps)"
         elif passes:
             frame_fs = float(np.median(np.diff(trajectory["time_fs"])))
-            row["spacing_fs"] = float(frame_fs * (frames[1] - frames[0])) if len(frames) > 1 else None
+            stride = max(1, int(round(gaps_config.series_stride_fs / frame_fs)))
+            frames = production[::stride]
+            row["spacing_fs"] = frame_fs * stride
             per_model = predict_gaps_per_model(
                 [trajectory_frame(trajectory, int(f)) for f in frames], models, batch_size=gaps_config.batch_size
             )
+            average = average_gaps(per_model, model_static_gaps(static_by_hash[run.structure_hash]))
+            every = max(1, int(np.ceil(gaps_config.snapshot_spacing * average.tau_snapshots)))
             snapshot_rows = [
                 {
                     "md_id": run.md_id,
@@ -333,20 +461,24 @@ def run_bandgap_stage(
                     "time_fs": float(trajectory["time_fs"][f]),
                     "gap_ev": float(per_model[:, j].mean()),
                     "gap_std_ev": ensemble_spread(per_model[:, j]),
+                    "uncorrelated": j % every == 0,
                 }
                 for j, f in enumerate(frames)
             ]
-            average = average_gaps(per_model, model_static_gaps(static_by_hash[run.structure_hash]))
-            row.update({k: v for k, v in vars(average).items() if k != "static_gap_ev"})
-            row["static_gap_ev"] = average.static_gap_ev
-            notes = [] if run.status == "ok" or not run.problems else [f"MD health: {run.problems}"]
-            if average.n_snapshots < gaps_config.min_snapshots:
-                notes.insert(
-                    0,
-                    f"only {average.n_snapshots} uncorrelated snapshots (< gaps.min_snapshots = "
-                    f"{gaps_config.min_snapshots}): run the MD longer",
-                )
-            row["reason"] = "; ".join(notes) or "averaged"
+            row.update(vars(average))
+            row["gap_tau_fs"] = average.tau_snapshots * row["spacing_fs"]
+            row["n_uncorrelated"] = sum(r["uncorrelated"] for r in snapshot_rows)
+            difference, difference_error = average.half_difference_ev, average.half_difference_error_ev
+            row["equilibrated"] = bool(
+                not np.isfinite(difference_error)
+                or abs(difference) <= gaps_config.equilibration_sigmas * difference_error
+            )
+            lowest = lowest_gap(run.composition_x)
+            if lowest is not None:
+                row["lowest_static_gap_ev"] = lowest
+                row["lowest_delta_ev"] = average.mean_gap_ev - lowest
+                row["lowest_relative_change"] = (average.mean_gap_ev - lowest) / lowest
+            row["reason"] = "; ".join(thermal_notes(row, run, gaps_config, len(models))) or "averaged"
         with store.write() as writer:  # replacing a row computed with other settings, if any
             for table in ("gap_snapshots", "gap_thermal"):
                 writer.delete_rows(table, {"md_id": run.md_id, "ensemble_id": ensemble_id})
@@ -355,7 +487,177 @@ def run_bandgap_stage(
         logger.info("gaps x = %.3f, %.0f K: %s", run.composition_x, run.temperature_k, row["reason"])
         if progress is not None:
             progress(i + 1, len(runs))
-    return BandGapResult(ensemble_id, level, _static_results(static_frame), thermal_results(store, ensemble_id))
+    checks = run_dft_checks(store, config, ensemble_id=ensemble_id, run_id=run_id, progress=reference_progress)
+    return BandGapResult(
+        ensemble_id,
+        level,
+        _static_results(static_frame),
+        thermal_results(store, ensemble_id),
+        lowest=_static_results(lowest_frame) if len(lowest_frame) else [],
+        checks=checks,
+    )
+
+
+# ------------------------------------------------------------------------------------------- DFT checks
+@dataclass(frozen=True)
+class PairedCheck:
+    """Model vs DFT gaps of the same frames (eV): both averages and their paired difference, with a verdict.
+
+    ``verdict``: 'disagrees' (|difference| > tolerance and > 2 x its error), 'too noisy' (error > tolerance:
+    cannot decide), 'agrees', or 'incomplete' (fewer than 2 frames with a DFT gap).
+    """
+
+    n_frames: int
+    model_gap_ev: float
+    dft_gap_ev: float
+    dft_error_ev: float
+    difference_ev: float
+    difference_error_ev: float
+    verdict: str
+
+
+def compare_paired(model_gaps_ev: np.ndarray, dft_gaps_ev: np.ndarray, *, tolerance_ev: float) -> PairedCheck:
+    """Compare two averages over the same frames by their per-frame differences (model − DFT).
+
+    The difference's error is the standard error of the per-frame differences (frames are uncorrelated): far
+    smaller than either average's, since most of the thermal scatter is common to both.
+    """
+    model, dft = np.asarray(model_gaps_ev, dtype=float), np.asarray(dft_gaps_ev, dtype=float)
+    n = len(dft)
+    if n < 2:
+        nan = float("nan")
+        mean = float(dft.mean()) if n else nan
+        return PairedCheck(n, float(model.mean()) if n else nan, mean, nan, nan, nan, "incomplete")
+    difference = model - dft
+    d, d_error = float(difference.mean()), float(np.std(difference, ddof=1) / np.sqrt(n))
+    if d_error > tolerance_ev:
+        verdict = "too noisy"
+    elif abs(d) > tolerance_ev and abs(d) > 2.0 * d_error:
+        verdict = "disagrees"
+    else:
+        verdict = "agrees"
+    return PairedCheck(
+        n, float(model.mean()), float(dft.mean()), float(np.std(dft, ddof=1) / np.sqrt(n)), d, d_error, verdict
+    )
+
+
+def dft_check_choice(snapshots: pd.DataFrame, n: int) -> pd.DataFrame:
+    """``n`` of a run's uncorrelated snapshots, evenly spread over the run (all of them if there are fewer)."""
+    pool = snapshots[snapshots["uncorrelated"].fillna(False).astype(bool)].sort_values("frame")
+    if len(pool) <= n:
+        return pool
+    return pool.iloc[np.unique(np.round(np.linspace(0, len(pool) - 1, n)).astype(int))]
+
+
+def run_dft_checks(
+    store: Store,
+    config: RunConfig,
+    *,
+    ensemble_id: str,
+    run_id: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> pd.DataFrame:
+    """Recompute with DFT the frames of every Eg(T) that ``gaps.dft_check`` names; store and compare (see module).
+
+    The frames become structures of kind 'gap-check' (never training data) labelled through the labelling
+    machinery at ``gaps.reference_level`` (resumable: a label computed once is reused by every later ensemble).
+    Returns the ensemble's ``gap_dft_checks`` rows.
+    """
+    key = thermal_settings_key(config)
+    thermal = store.query(
+        """SELECT t.md_id, t.composition_x, t.temperature_k, m.path FROM gap_thermal t JOIN md_runs m USING (md_id)
+           WHERE t.ensemble_id = ? AND t.settings_key = ? AND t.mean_gap_ev IS NOT NULL
+           ORDER BY t.composition_x, t.temperature_k""",
+        [ensemble_id, key],
+    )
+    chosen: list[tuple[Any, pd.DataFrame]] = []
+    structures = []
+    for run in thermal.itertuples(index=False):
+        n = config.dft_check_frames(float(run.composition_x), float(run.temperature_k))
+        if n == 0:
+            continue
+        snapshots = store.query(
+            "SELECT frame, time_fs, gap_ev, uncorrelated FROM gap_snapshots WHERE md_id = ? AND ensemble_id = ?",
+            [run.md_id, ensemble_id],
+        )
+        picked = dft_check_choice(snapshots, n).copy()
+        trajectory = read_trajectory(store.project_dir / run.path)
+        atoms = [quantize(trajectory_frame(trajectory, int(f))) for f in picked["frame"]]
+        picked["structure_hash"] = [structure_hash(a) for a in atoms]
+        structures += [
+            StructureRecord(
+                atoms=a,
+                structure_hash=h,
+                kind="gap-check",
+                composition_x=float(run.composition_x),
+                temperature_k=float(run.temperature_k),
+                source=f"{run.md_id}#{int(f)}",
+            )
+            for a, h, f in zip(atoms, picked["structure_hash"], picked["frame"], strict=True)
+        ]
+        chosen.append((run, picked))
+    if not chosen:
+        return store.query("SELECT * FROM gap_dft_checks WHERE ensemble_id = ?", [ensemble_id])
+    with store.write() as writer:
+        writer.add_structures(structures, run_id=run_id)
+    hashes = [h for _, picked in chosen for h in picked["structure_hash"]]
+    level, gaps = reference_gaps(store, config, hashes, run_id=run_id, progress=progress)
+    tolerance = config.gaps.dft_check_tolerance_ev
+    for run, picked in chosen:
+        frame_rows = [
+            {
+                "md_id": run.md_id,
+                "ensemble_id": ensemble_id,
+                "frame": int(r.frame),
+                "time_fs": float(r.time_fs),
+                "structure_hash": r.structure_hash,
+                "level": level,
+                "model_gap_ev": float(r.gap_ev),
+                "dft_gap_ev": gaps.get(r.structure_hash),
+            }
+            for r in picked.itertuples(index=False)
+        ]
+        done = [r for r in frame_rows if r["dft_gap_ev"] is not None]
+        check = compare_paired(
+            np.array([r["model_gap_ev"] for r in done]),
+            np.array([r["dft_gap_ev"] for r in done]),
+            tolerance_ev=tolerance,
+        )
+        requested = config.dft_check_frames(float(run.composition_x), float(run.temperature_k))
+        notes = []
+        if len(picked) < requested:
+            notes.append(
+                f"only {len(picked)} uncorrelated frames in the run (asked for {requested}): run the MD longer"
+            )
+        if len(done) < len(picked):
+            notes.append(f"{len(picked) - len(done)} of {len(picked)} DFT calculations missing or failed")
+        summary = {
+            "md_id": run.md_id,
+            "ensemble_id": ensemble_id,
+            "composition_x": float(run.composition_x),
+            "temperature_k": float(run.temperature_k),
+            "level": level,
+            "n_requested": requested,
+            **{k: v for k, v in vars(check).items()},
+            "tolerance_ev": tolerance,
+            "note": "; ".join(notes) or None,
+        }
+        with store.write() as writer:
+            for table_name in ("gap_dft_frames", "gap_dft_checks"):
+                writer.delete_rows(table_name, {"md_id": run.md_id, "ensemble_id": ensemble_id})
+            writer.add_rows("gap_dft_frames", frame_rows)
+            writer.add_rows("gap_dft_checks", [summary])
+        logger.info(
+            "DFT check x = %.3f, %.0f K: model %.3f vs %s %.3f eV over %d frames: %s",
+            run.composition_x,
+            run.temperature_k,
+            check.model_gap_ev,
+            level,
+            check.dft_gap_ev,
+            check.n_frames,
+            check.verdict,
+        )
+    return store.query("SELECT * FROM gap_dft_checks WHERE ensemble_id = ?", [ensemble_id])
 
 
 def _static_results(frame: pd.DataFrame) -> list[StaticGap]:
@@ -379,7 +681,10 @@ def thermal_results(store, ensemble_id: str) -> list[ThermalGap]:
     fields = GapAverage.__dataclass_fields__
     out = []
     for r in frame.to_dict("records"):
-        average = GapAverage(**{k: r[k] for k in fields}) if pd.notna(r.get("mean_gap_ev")) else None
+        average = None
+        if pd.notna(r.get("mean_gap_ev")) and pd.notna(r.get("error_method")):  # rows of schema < 16: recomputed
+            average = GapAverage(**{k: r[k] for k in fields})
+        optional = {k: None if pd.isna(r.get(k)) else r[k] for k in ("equilibrated", "lowest_static_gap_ev")}
         out.append(
             ThermalGap(
                 r["md_id"],
@@ -388,6 +693,11 @@ def thermal_results(store, ensemble_id: str) -> list[ThermalGap]:
                 bool(r["passes_gate"]),
                 r["reason"],
                 average,
+                equilibrated=None if optional["equilibrated"] is None else bool(optional["equilibrated"]),
+                lowest_static_gap_ev=optional["lowest_static_gap_ev"],
+                lowest_relative_change=None
+                if pd.isna(r.get("lowest_relative_change"))
+                else float(r["lowest_relative_change"]),
             )
         )
     return out

@@ -465,8 +465,9 @@ class Store:
     def bandgap_results(self) -> dict[str, pd.DataFrame]:
         """Eg(0), Eg(T) and snapshot gaps of the newest GNN ensemble used, and the published gaps.
 
-        One row per composition (static) and per composition and temperature (thermal): the newest if a
-        composition was computed for several structures (several disorder scans).
+        One row per composition (static: the cubic structure; lowest: the lowest quenched minimum, where found)
+        and per composition and temperature (thermal): the newest if a composition was computed for several
+        structures (several disorder scans).
         """
         newest = self.query("SELECT ensemble_id FROM gap_static ORDER BY created_at DESC LIMIT 1")
         published = self.query(
@@ -475,16 +476,21 @@ class Store:
         if newest.empty:
             return {
                 "static": pd.DataFrame(),
+                "lowest": pd.DataFrame(),
                 "thermal": pd.DataFrame(),
                 "snapshots": pd.DataFrame(),
                 "published": published,
             }
         ensemble_id = newest["ensemble_id"][0]
-        static = self.query(
-            """SELECT * EXCLUDE (model_gaps_ev) FROM gap_static WHERE ensemble_id = ?
-               QUALIFY row_number() OVER (PARTITION BY composition_x ORDER BY created_at DESC) = 1
-               ORDER BY composition_x""",
-            [ensemble_id],
+        static, lowest = (
+            self.query(
+                """SELECT * EXCLUDE (model_gaps_ev) FROM gap_static
+                   WHERE ensemble_id = ? AND coalesce(structure_kind, 'cubic') = ?
+                   QUALIFY row_number() OVER (PARTITION BY composition_x ORDER BY created_at DESC) = 1
+                   ORDER BY composition_x""",
+                [ensemble_id, kind],
+            )
+            for kind in ("cubic", "lowest")
         )
         thermal = self.query(
             """SELECT * FROM gap_thermal WHERE ensemble_id = ? AND structure_hash IN (SELECT unnest(?))
@@ -498,7 +504,13 @@ class Store:
                WHERE s.ensemble_id = ? AND s.md_id IN (SELECT unnest(?)) ORDER BY 1, 2, 3""",
             [ensemble_id, thermal["md_id"].tolist()],
         )
-        return {"static": static, "thermal": thermal, "snapshots": snapshots, "published": published}
+        return {
+            "static": static,
+            "lowest": lowest,
+            "thermal": thermal,
+            "snapshots": snapshots,
+            "published": published,
+        }
 
     def mode_results(self) -> pd.DataFrame:
         """ΔEg of the frozen Γ modes from the newest GNN ensemble used, with the harmonic artifact of each structure."""

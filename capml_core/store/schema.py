@@ -14,7 +14,7 @@ ARTIFACTS_DIRNAME = "artifacts"
 
 
 #: Version of the schema this code writes. Bump it and append a migration to change the schema.
-SCHEMA_VERSION = 15
+SCHEMA_VERSION = 16
 
 
 #: Ensemble ids of GNN baselines (``gnn.baseline_architecture``) start with this: comparisons, never the model
@@ -266,6 +266,34 @@ _SCHEMA_V15 = [  # the static reference: minima found by quenching MD frames
 ]
 
 
+_SCHEMA_V16 = [  # error bars that hold: the gap series' own autocorrelation, equilibration, Eg(0) of the lowest minimum
+    "ALTER TABLE gap_thermal ADD COLUMN tau_snapshots DOUBLE",
+    "ALTER TABLE gap_thermal ADD COLUMN gap_tau_fs DOUBLE",
+    "ALTER TABLE gap_thermal ADD COLUMN n_effective DOUBLE",
+    "ALTER TABLE gap_thermal ADD COLUMN error_method VARCHAR",
+    "ALTER TABLE gap_thermal ADD COLUMN half_difference_ev DOUBLE",
+    "ALTER TABLE gap_thermal ADD COLUMN half_difference_error_ev DOUBLE",
+    "ALTER TABLE gap_thermal ADD COLUMN equilibrated BOOLEAN",
+    "ALTER TABLE gap_thermal ADD COLUMN n_uncorrelated INTEGER",
+    "ALTER TABLE gap_thermal ADD COLUMN lowest_static_gap_ev DOUBLE",
+    "ALTER TABLE gap_thermal ADD COLUMN lowest_delta_ev DOUBLE",
+    "ALTER TABLE gap_thermal ADD COLUMN lowest_relative_change DOUBLE",
+    "ALTER TABLE gap_snapshots ADD COLUMN uncorrelated BOOLEAN",
+    "ALTER TABLE gap_static ADD COLUMN structure_kind VARCHAR",
+    "ALTER TABLE gap_static ADD COLUMN structure_source VARCHAR",
+    """CREATE TABLE gap_dft_frames (
+        md_id VARCHAR NOT NULL, ensemble_id VARCHAR NOT NULL, frame INTEGER NOT NULL, time_fs DOUBLE,
+        structure_hash VARCHAR NOT NULL, level VARCHAR NOT NULL, model_gap_ev DOUBLE NOT NULL, dft_gap_ev DOUBLE,
+        created_at TIMESTAMP NOT NULL, PRIMARY KEY (md_id, ensemble_id, frame))""",
+    """CREATE TABLE gap_dft_checks (
+        md_id VARCHAR NOT NULL, ensemble_id VARCHAR NOT NULL, composition_x DOUBLE, temperature_k DOUBLE,
+        level VARCHAR NOT NULL, n_requested INTEGER NOT NULL, n_frames INTEGER NOT NULL, model_gap_ev DOUBLE,
+        dft_gap_ev DOUBLE, dft_error_ev DOUBLE, difference_ev DOUBLE, difference_error_ev DOUBLE,
+        tolerance_ev DOUBLE NOT NULL, verdict VARCHAR NOT NULL, note VARCHAR, created_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (md_id, ensemble_id))""",
+]
+
+
 #: MIGRATIONS[v] turns a store of version v - 1 into version v (v = 1: create from nothing).
 MIGRATIONS: dict[int, list[str]] = {
     1: _SCHEMA_V1,
@@ -283,6 +311,7 @@ MIGRATIONS: dict[int, list[str]] = {
     13: _SCHEMA_V13,
     14: _SCHEMA_V14,
     15: _SCHEMA_V15,
+    16: _SCHEMA_V16,
 }
 
 
@@ -312,4 +341,6 @@ RESULT_TABLES = (
     "md_uncertainty",
     "active_learning_rounds",
     "static_minima",
+    "gap_dft_frames",
+    "gap_dft_checks",
 )

@@ -52,8 +52,9 @@ def render_bandgaps() -> None:
         return
     level = static["level"].iloc[0]
     st.caption(
-        f"GNN ensemble {static['ensemble_id'].iloc[0]}, gaps at the {level} level. Error bars: block-averaged "
-        "snapshot statistics and the ensemble spread combined. The paper's numbers are HSEsol (VASP); capml's "
+        f"Gap ensemble {static['ensemble_id'].iloc[0]}, gaps at the {level} level. Error bars: the gap series' "
+        "own autocorrelation (reblocking with enough blocks, else the error inflated by its autocorrelation time) "
+        "and the ensemble spread combined. The paper's numbers are HSEsol (VASP); capml's "
         "embedded default is GPAW GLLB-SC, a different functional: compare trends, not absolute values."
     )
     table = thermal_table(static, thermal)
@@ -120,14 +121,18 @@ def render_bandgaps() -> None:
         "temperature_k",
         "passes_gate",
         "n_snapshots",
-        "spacing_fs",
+        "n_effective",
+        "gap_tau_fs",
+        "equilibrated",
         "mean_gap_ev",
         "error_ev",
         "delta_ev",
         "delta_error_ev",
         "relative_change",
+        "lowest_relative_change",
         "reason",
     ]
+    columns = [c for c in columns if c in thermal.columns]
     st.dataframe(thermal[columns] if not thermal.empty else thermal, hide_index=True, width="stretch")
     if not results["snapshots"].empty:
         snapshots = results["snapshots"]
