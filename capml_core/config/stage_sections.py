@@ -371,6 +371,25 @@ class GapsSection(Section):
         description="Thermal averages recomputed with DFT on the same MD frames ([] for none): per composition, "
         "the temperatures and the number of frames.",
     )
+    estimate_samples: Annotated[int, Field(ge=0, le=1000)] = Field(
+        default=16,
+        description="Configurations of the harmonic canonical ensemble per (composition, temperature) for the "
+        "independent estimates beside the MD average (classical and quantum; 0: no estimates).",
+    )
+    estimate_temperatures_k: list[Annotated[float, Field(gt=0.0, le=5000.0)]] | None = Field(
+        default=None, description="Temperatures (K) of the independent estimates (None: md.temperatures_k)."
+    )
+    estimate_floor_thz: Annotated[float, Field(ge=0.0, le=5.0)] = Field(
+        default=0.5,
+        description="Harmonic modes softer than this (THz) are left out of the estimates' sampling (their "
+        "amplitude grows as 1/frequency); imaginary modes are sampled at |frequency| and, to show the effect, "
+        "also left out.",
+    )
+    estimate_dft: bool = Field(
+        default=False,
+        description="Also compute the special displacements of the reference compositions at the reference level "
+        "(two DFT calculations per composition, temperature and imaginary-mode treatment).",
+    )
     dft_check_tolerance_ev: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
         default=0.05,
         description="A checked Eg(T) is flagged when its model-minus-DFT difference is larger than this (eV) and "

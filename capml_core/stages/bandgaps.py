@@ -44,6 +44,7 @@ from capml_core.physics.md import production_frames, read_trajectory, trajectory
 from capml_core.physics.stability import phonon_settings_key
 from capml_core.physics.statistics import GapAverage, average_gaps, ensemble_spread
 from capml_core.provenance import content_key
+from capml_core.stages.estimates import ESTIMATE_METHODS
 from capml_core.stages.labelling import reference_gaps
 from capml_core.store.database import Store
 from capml_core.store.queries import ensemble_level, ensemble_model_dirs, lowest_energy_structures
@@ -158,6 +159,7 @@ class BandGapResult:
     thermal: list[ThermalGap]
     lowest: list[StaticGap] = field(default_factory=list)
     checks: pd.DataFrame = field(default_factory=pd.DataFrame)
+    estimates: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def tables(self) -> list[ResultTable]:
         """Eg(0) per composition (GNN, ensemble spread, DFT check) and Eg(T), ΔEg, ΔEg/Eg(0) per MD run."""
@@ -202,6 +204,8 @@ class BandGapResult:
                 warnings=warnings,
             ),
         ]
+        if not self.estimates.empty:
+            tables.append(estimates_result_table(self.estimates, self.thermal))
         if not self.checks.empty:
             rows, flagged = [], []
             for i, c in enumerate(self.checks.sort_values(["composition_x", "temperature_k"]).itertuples()):
@@ -231,6 +235,38 @@ class BandGapResult:
                 )
             )
         return tables
+
+
+def estimates_result_table(estimates: pd.DataFrame, thermal: list[ThermalGap]) -> ResultTable:
+    """ΔEg/Eg(0) per (x, T): the MD average beside each independent estimate (imaginary modes at |ω| / left out)."""
+    md = {
+        (round(t.composition_x, 6), t.temperature_k): t.average.relative_change
+        for t in thermal
+        if t.average is not None
+    }
+    methods = [m for m in ESTIMATE_METHODS if m in set(estimates["method"])]
+    rows = []
+    for (x, t), group in estimates.groupby([estimates["composition_x"].round(6), "temperature_k"]):
+        cells = [f"{x:.4g}", f"{t:g}", f"{100 * md[(x, t)]:+.1f} %" if (x, t) in md else "-"]
+        for method in methods:
+            of = group[group["method"] == method].set_index("imaginary_treatment")["relative_change"]
+            if of.empty:
+                cells.append("-")
+            elif "abs" in of.index:
+                left_out = f" / {100 * of['exclude']:+.1f}" if "exclude" in of.index else ""
+                cells.append(f"{100 * of['abs']:+.1f}{left_out} %")
+            else:
+                cells.append(f"{100 * of.iloc[0]:+.1f} %")
+        rows.append(cells)
+    return table(
+        "ΔEg/Eg(0): MD vs independent estimates from the same potential",
+        ("x", "T (K)", "MD", *methods),
+        rows,
+        notes=[
+            "harmonic: imaginary modes sampled at |ω| / left out; special-displacement: Zacharias-Giustino, quantum "
+            "amplitudes; harmonic-quantum − harmonic-classical estimates the zero-point part classical MD misses"
+        ],
+    )
 
 
 def _static_gaps(store, config, ensemble_id, level, models, structures, run_id, progress):
@@ -488,6 +524,7 @@ def run_bandgap_stage(
         if progress is not None:
             progress(i + 1, len(runs))
     checks = run_dft_checks(store, config, ensemble_id=ensemble_id, run_id=run_id, progress=reference_progress)
+    estimates = _estimates(store, config, ensemble_id, scan_id, models, static_frame, run_id)
     return BandGapResult(
         ensemble_id,
         level,
@@ -495,6 +532,31 @@ def run_bandgap_stage(
         thermal_results(store, ensemble_id),
         lowest=_static_results(lowest_frame) if len(lowest_frame) else [],
         checks=checks,
+        estimates=estimates,
+    )
+
+
+def _estimates(store, config, ensemble_id, scan_id, models, static_frame, run_id) -> pd.DataFrame:
+    """The independent estimates (:mod:`capml_core.stages.estimates`) with the MACE model of the MD runs."""
+    from capml_core.stages.estimates import run_estimates
+    from capml_core.store.queries import latest_model
+
+    if config.gaps.estimate_samples == 0:
+        return pd.DataFrame()
+    try:
+        mace_model_id = latest_model(store)[0]
+    except NotComputedError:
+        return pd.DataFrame()
+    static_gaps = {r.structure_hash: float(r.gap_ev) for r in static_frame.itertuples(index=False)}
+    return run_estimates(
+        store,
+        config,
+        ensemble_id=ensemble_id,
+        scan_id=scan_id,
+        mace_model_id=mace_model_id,
+        models=models,
+        static_gaps=static_gaps,
+        run_id=run_id,
     )
 
 

@@ -211,6 +211,24 @@ def validate_frame(
     )
 
 
+#: ``config_type`` values of a capml export kept as the structure's kind on import (the dataset's own kinds).
+GENERATED_KINDS = ("thermal", "uniform", "equilibrium")
+
+
+def _imported_kind(extras: dict[str, Any]) -> str:
+    """A frame's kind: the ``config_type`` capml wrote for a generated structure, else 'imported'."""
+    kind = extras.get("config_type")
+    return kind if kind in GENERATED_KINDS else "imported"
+
+
+def _imported_temperature(record: LabelledStructure) -> float | None:
+    """Temperature (K) from the import's ``temperature_key``, else the ``temperature_k`` capml's export writes."""
+    if record.temperature_k is not None:
+        return record.temperature_k
+    value = _finite_scalar(record.extras.get("temperature_k"))
+    return value if value is not None and value > 0.0 else None
+
+
 def _wall_time_s(extras: dict[str, Any]) -> float | None:
     """The label's compute time (s) a file exported by capml carries as ``wall_time_s``; None if absent or invalid."""
     value = _finite_scalar(extras.get("wall_time_s"))
@@ -437,9 +455,9 @@ def import_labelled_dataset(
         StructureRecord(
             atoms=r.atoms,
             structure_hash=h,
-            kind="md-frame" if frames[h] else "imported",
+            kind="md-frame" if frames[h] else _imported_kind(r.extras),
             composition_x=substituted_fraction(r.atoms, sublattice_species) if sublattice_species else None,
-            temperature_k=frames[h]["temperature_k"] if frames[h] else r.temperature_k,
+            temperature_k=frames[h]["temperature_k"] if frames[h] else _imported_temperature(r),
             amplitude_a=r.amplitude_a,
             seed=int(r.extras["seed"]) if isinstance(r.extras.get("seed"), int) else None,
             source=source,

@@ -463,7 +463,7 @@ class Store:
         }
 
     def bandgap_results(self) -> dict[str, pd.DataFrame]:
-        """Eg(0), Eg(T) and snapshot gaps of the newest GNN ensemble used, and the published gaps.
+        """Eg(0), Eg(T), snapshot gaps and DFT checks of the newest gap ensemble used, and the published gaps.
 
         One row per composition (static: the cubic structure; lowest: the lowest quenched minimum, where found)
         and per composition and temperature (thermal): the newest if a composition was computed for several
@@ -477,6 +477,7 @@ class Store:
             return {
                 "static": pd.DataFrame(),
                 "lowest": pd.DataFrame(),
+                "checks": pd.DataFrame(),
                 "thermal": pd.DataFrame(),
                 "snapshots": pd.DataFrame(),
                 "published": published,
@@ -504,12 +505,18 @@ class Store:
                WHERE s.ensemble_id = ? AND s.md_id IN (SELECT unnest(?)) ORDER BY 1, 2, 3""",
             [ensemble_id, thermal["md_id"].tolist()],
         )
+        checks = self.query(
+            """SELECT * FROM gap_dft_checks WHERE ensemble_id = ? AND md_id IN (SELECT unnest(?))
+               ORDER BY composition_x, temperature_k""",
+            [ensemble_id, thermal["md_id"].tolist()],
+        )
         return {
             "static": static,
             "lowest": lowest,
             "thermal": thermal,
             "snapshots": snapshots,
             "published": published,
+            "checks": checks,
         }
 
     def mode_results(self) -> pd.DataFrame:

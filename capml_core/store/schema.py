@@ -291,6 +291,13 @@ _SCHEMA_V16 = [  # error bars that hold: the gap series' own autocorrelation, eq
         dft_gap_ev DOUBLE, dft_error_ev DOUBLE, difference_ev DOUBLE, difference_error_ev DOUBLE,
         tolerance_ev DOUBLE NOT NULL, verdict VARCHAR NOT NULL, note VARCHAR, created_at TIMESTAMP NOT NULL,
         PRIMARY KEY (md_id, ensemble_id))""",
+    """CREATE TABLE gap_estimates (
+        ensemble_id VARCHAR NOT NULL, structure_hash VARCHAR NOT NULL, composition_x DOUBLE,
+        temperature_k DOUBLE NOT NULL, method VARCHAR NOT NULL, imaginary_treatment VARCHAR NOT NULL,
+        n_configurations INTEGER, gap_ev DOUBLE, error_ev DOUBLE, static_gap_ev DOUBLE, relative_change DOUBLE,
+        dft_gap_ev DOUBLE, n_imaginary INTEGER, n_excluded INTEGER, min_frequency_thz DOUBLE,
+        rms_displacement_a DOUBLE, note VARCHAR, run_id VARCHAR, created_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (ensemble_id, structure_hash, temperature_k, method, imaginary_treatment))""",
 ]
 
 
@@ -343,4 +350,5 @@ RESULT_TABLES = (
     "static_minima",
     "gap_dft_frames",
     "gap_dft_checks",
+    "gap_estimates",
 )

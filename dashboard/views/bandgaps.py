@@ -1,7 +1,8 @@
 """Band gaps page: Eg(x) per temperature with experiment, Eg(T) per composition, relative-change heat map.
 
-Reads ``gap_static``, ``gap_thermal``, ``gap_snapshots`` and ``gap_published`` (capml_core.stages.bandgaps). Error bars
-are the stored combined uncertainties (block-averaged snapshot statistics and the GNN ensemble spread).
+Reads ``gap_static``, ``gap_thermal``, ``gap_snapshots``, ``gap_dft_checks`` and ``gap_published``
+(capml_core.stages.bandgaps). Error bars are the stored combined uncertainties (the gap series' own statistics and
+the ensemble spread).
 """
 
 from __future__ import annotations
@@ -147,6 +148,44 @@ def render_bandgaps() -> None:
             labels={"time_fs": "MD time (fs)", "gap_ev": "GNN gap (eV)"},
         )
         st.plotly_chart(figure, width="stretch")
+    checks = results.get("checks", pd.DataFrame())
+    st.subheader("DFT checks of Eg(T) on the same frames")
+    if checks.empty:
+        st.warning(
+            "No thermal average of this project was recomputed with DFT (`gaps.dft_check`): these Eg(T) are the "
+            "gap model's alone."
+        )
+    else:
+        flagged = checks[checks["verdict"] != "agrees"]
+        if not flagged.empty:
+            st.error(
+                f"{len(flagged)} of {len(checks)} checked Eg(T) do not agree with DFT on the same frames: "
+                + "; ".join(
+                    f"x = {r.composition_x:g}, {r.temperature_k:g} K: {r.verdict} (model − DFT "
+                    f"{r.difference_ev:+.3f} ± {r.difference_error_ev:.3f} eV)"
+                    for r in flagged.itertuples()
+                )
+            )
+        shown = checks[
+            [
+                "composition_x",
+                "temperature_k",
+                "n_frames",
+                "model_gap_ev",
+                "dft_gap_ev",
+                "dft_error_ev",
+                "difference_ev",
+                "difference_error_ev",
+                "verdict",
+                "note",
+            ]
+        ].round(3)
+        st.dataframe(shown, hide_index=True, width="stretch")
+        st.caption(
+            f"Paired comparison over the same uncorrelated MD frames ({checks['level'].iloc[0]}): flagged when "
+            f"|model − DFT| > {checks['tolerance_ev'].iloc[0]:g} eV and > 2 x its error; 'too noisy' when that "
+            "error is above the tolerance."
+        )
     if not published.empty:
         st.subheader("Published gaps next to capml's")
         st.dataframe(compare_with_published(table, published), hide_index=True, width="stretch")
