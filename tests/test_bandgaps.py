@@ -130,6 +130,17 @@ def test_reference_compositions_must_be_studied(tmp_path: Path) -> None:
         ConfigError, match=r"field .gaps.reference_compositions. = \[0.3\]: \[0.3\] not studied by the run"
     ):
         load_config(path)
+    base = DEMO_CONFIG.read_text().replace('"../', f'"{REPO}/data/')
+    for check, message in (
+        ("composition_x = 0.3\ntemperatures_k = [300.0]", r"gaps.dft_check\[0\].composition_x: 0.3 not studied"),
+        ("composition_x = 1.0\ntemperatures_k = [450.0]", r"gaps.dft_check\[0\].temperatures_k: \[450.0\] are not MD"),
+        ("composition_x = 1.0\ntemperatures_k = [300.0]\nframes = 1", r"frames.* = 1: .*greater than or equal to 2"),
+    ):
+        path.write_text(base + "\n[[gaps.dft_check]]\n" + check + "\n")
+        with pytest.raises(ConfigError, match=message):
+            load_config(path)
+    path.write_text(base + "\n[[gaps.dft_check]]\ncomposition_x = 1.0\ntemperatures_k = [300.0]\n")
+    assert load_config(path).config.dft_check_frames(1.0, 300.0) == 6  # the default count
 
 
 # ------------------------------------------------------------------------------------------- the stages

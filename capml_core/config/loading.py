@@ -253,9 +253,9 @@ def _problem(root: type[BaseModel], item: Mapping[str, Any], raw: dict[str, Any]
     # model-level checks start their message with the field they concern: "<field>: ..."
     head, sep, rest = message.partition(": ")
     here = _value_at(raw, loc)
-    first = head.split(".")[0]
+    first = head.split(".")[0].split("[")[0]
     if sep and (first in _allowed_keys(root, loc) or (isinstance(here, dict) and first in here)):
-        loc, message = (*loc, *head.split(".")), rest
+        loc, message = (*loc, *_undotted(head)), rest
         field, value = _dotted(loc), _value_at(raw, loc)
     shown = "{...}" if isinstance(value, dict) and len(str(value)) > 80 else repr(value)
     return field, f" = {shown}: {message}"
@@ -268,6 +268,16 @@ def _value_at(raw: Any, loc: tuple[Any, ...]) -> Any:
         except (KeyError, IndexError, TypeError):
             return None
     return raw
+
+
+def _undotted(field: str) -> tuple[Any, ...]:
+    """``a.b[2].c`` -> ("a", "b", 2, "c"): the inverse of :func:`_dotted`."""
+    parts: list[Any] = []
+    for name in field.split("."):
+        base, *indexes = name.replace("]", "").split("[")
+        parts.append(base)
+        parts += [int(i) for i in indexes if i.isdigit()]
+    return tuple(parts)
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:

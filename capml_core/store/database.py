@@ -478,6 +478,7 @@ class Store:
                 "static": pd.DataFrame(),
                 "lowest": pd.DataFrame(),
                 "checks": pd.DataFrame(),
+                "estimates": pd.DataFrame(),
                 "thermal": pd.DataFrame(),
                 "snapshots": pd.DataFrame(),
                 "published": published,
@@ -510,6 +511,10 @@ class Store:
                ORDER BY composition_x, temperature_k""",
             [ensemble_id, thermal["md_id"].tolist()],
         )
+        estimates = self.query(
+            "SELECT * EXCLUDE (run_id) FROM gap_estimates WHERE ensemble_id = ? ORDER BY composition_x, temperature_k",
+            [ensemble_id],
+        )
         return {
             "static": static,
             "lowest": lowest,
@@ -517,6 +522,7 @@ class Store:
             "snapshots": snapshots,
             "published": published,
             "checks": checks,
+            "estimates": estimates,
         }
 
     def mode_results(self) -> pd.DataFrame:

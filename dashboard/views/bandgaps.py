@@ -148,6 +148,71 @@ def render_bandgaps() -> None:
             labels={"time_fs": "MD time (fs)", "gap_ev": "GNN gap (eV)"},
         )
         st.plotly_chart(figure, width="stretch")
+    estimates = results.get("estimates", pd.DataFrame())
+    st.subheader("ΔEg/Eg(0): the MD average beside independent estimates")
+    if estimates.empty:
+        st.info(
+            "No independent estimates yet: they need the harmonic force constants of the phonons stage "
+            "(`capml phonons`) and `gaps.estimate_samples` > 0."
+        )
+    else:
+        shown = estimates[estimates["imaginary_treatment"].isin(["abs", "renormalised", "dataset"])]
+        md = thermal[thermal["mean_gap_ev"].notna()]
+        figure = go.Figure()
+        symbols = {
+            "harmonic-classical": "circle-open",
+            "harmonic-quantum": "diamond-open",
+            "special-displacement": "square-open",
+            "special-displacement-renormalised": "square",
+            "dft-phonon-sampled": "star",
+        }
+        for x in sorted(set(shown["composition_x"]) | set(md["composition_x"])):
+            of_md = md[md["composition_x"] == x].sort_values("temperature_k")
+            if not of_md.empty:
+                figure.add_trace(
+                    go.Scatter(
+                        x=of_md["temperature_k"],
+                        y=100 * of_md["relative_change"],
+                        error_y={"type": "data", "array": 100 * of_md["relative_error"]},
+                        mode="lines+markers",
+                        name=f"MD, x = {x:g}",
+                        legendgroup=f"{x:g}",
+                    )
+                )
+            for method, rows in shown[shown["composition_x"] == x].groupby("method"):
+                figure.add_trace(
+                    go.Scatter(
+                        x=rows["temperature_k"],
+                        y=100 * rows["relative_change"],
+                        mode="markers",
+                        marker={"symbol": symbols.get(method, "x"), "size": 10},
+                        name=f"{method}, x = {x:g}",
+                        legendgroup=f"{x:g}",
+                    )
+                )
+        figure.update_layout(xaxis_title="T (K)", yaxis_title="ΔEg/Eg(0) (%)", height=450)
+        st.plotly_chart(figure, width="stretch")
+        st.caption(
+            "Harmonic sampling and special displacements from the MACE force constants of each composition's "
+            "structure (imaginary modes sampled at |ω|; the table also has them left out); the difference between "
+            "quantum and classical harmonic sampling estimates the zero-point part classical MD cannot give."
+        )
+        columns = [
+            "composition_x",
+            "temperature_k",
+            "method",
+            "imaginary_treatment",
+            "n_configurations",
+            "gap_ev",
+            "error_ev",
+            "relative_change",
+            "dft_gap_ev",
+            "n_imaginary",
+            "n_excluded",
+            "rms_displacement_a",
+            "note",
+        ]
+        st.dataframe(estimates[columns].round(4), hide_index=True, width="stretch")
     checks = results.get("checks", pd.DataFrame())
     st.subheader("DFT checks of Eg(T) on the same frames")
     if checks.empty:
