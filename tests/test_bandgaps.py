@@ -133,7 +133,7 @@ def test_reference_compositions_must_be_studied(tmp_path: Path) -> None:
     base = DEMO_CONFIG.read_text().replace('"../', f'"{REPO}/data/')
     for check, message in (
         ("composition_x = 0.3\ntemperatures_k = [300.0]", r"gaps.dft_check\[0\].composition_x' = 0.3: 0.3 not studied"),
-        ("composition_x = 1.0\ntemperatures_k = [450.0]", r"gaps.dft_check\[0\].temperatures_k' = \[450.0\]: \[450.0\] are not MD"),
+        ("composition_x = 1.0\ntemperatures_k = [450.0]", r"temperatures_k' = \[450.0\]: \[450.0\] are not MD"),
         ("composition_x = 1.0\ntemperatures_k = [300.0]\nframes = 1", r"frames.* = 1: .*greater than or equal to 2"),
     ):
         path.write_text(base + "\n[[gaps.dft_check]]\n" + check + "\n")
