@@ -674,13 +674,14 @@ def _modes_page() -> None:
 def test_published_gaps_are_compared_at_the_same_temperature_interpolated_in_x() -> None:
     import pandas as pd
 
-    from dashboard.views.bandgaps import compare_with_published
+    from capml_core.stages.bandgaps import compare_with_published, published_table
 
     ours = pd.DataFrame(
         {
             "composition_x": [0.0, 0.5, 1.0, 0.0],
             "temperature_k": [300.0, 300.0, 300.0, 0.0],
             "gap_ev": [1.0, 1.2, 1.6, 2.0],
+            "error_ev": [0.02, 0.02, 0.04, 0.01],
         }
     )
     published = load_published_gaps(REPO / "data" / "experiment" / "ag3sbri-table1.csv")
@@ -690,6 +691,16 @@ def test_published_gaps_are_compared_at_the_same_temperature_interpolated_in_x()
     assert experiment.loc[0.7, "capml_gap_ev"].item() == pytest.approx(1.36)
     assert np.isnan(compared.loc[("calculation", 600.0, 0.5), "capml_gap_ev"])  # not computed at 600 K
     assert compared.loc[("calculation", 0.0, 0.0), "capml_gap_ev"] == 2.0
+    # differences with their uncertainty; outside the published range when beyond twice that
+    at_zero = compared.loc[("calculation", 0.0, 0.0)]
+    assert at_zero["difference_ev"] == pytest.approx(0.4) and at_zero["difference_error_ev"] == pytest.approx(
+        np.hypot(0.01, 0.1)
+    )
+    assert bool(at_zero["outside"])  # 2.0 vs 1.6 ± 0.1
+    assert not bool(compared.loc[("experiment", 300.0, 0.0), "outside"])  # 1.0 vs 0.9 ± 0.1: within 2 sigma
+    assert pd.isna(compared.loc[("calculation", 600.0, 0.5), "outside"])  # not computed: neither
+    shown = published_table(compare_with_published(ours, published))
+    assert len(shown.rows) == len(published) and len(shown.warnings) == int(compared["outside"].fillna(False).sum())
 
 
 def test_gap_results_render_once_with_unaveraged_runs_as_warnings() -> None:
@@ -708,13 +719,13 @@ def test_gap_results_render_once_with_unaveraged_runs_as_warnings() -> None:
         ],
     )
     static, thermal = result.tables()
-    assert static.rows == (("0.5", "1.510", "0.010", "1.600"),)
+    assert static.rows == (("0.5", "1.510", "0.010", "1.600", "-"),)  # no lowest minimum quenched
     assert thermal.warnings == {1}  # the dropped run is reported as a problem, the averaged one is not
     assert thermal.rows[0][3].startswith(f"{average.mean_gap_ev:.3f} ± ")
     assert f"{100 * average.relative_change:+.1f}" == "-33.1"  # mean of (1.00 - 1.50) / 1.50 and (1.02 - 1.52) / 1.52
     lines = thermal.lines()
     assert lines[1] == (
         True,
-        "thermal gaps: x 0.5, T (K) 600, snapshots -, Eg (eV) -, ΔEg (eV) -, ΔEg/Eg(0) -, "
-        "note dropped by the phonon gate: unstable",
+        "thermal gaps: x 0.5, T (K) 600, frames (independent) -, Eg (eV) -, ΔEg (eV) -, ΔEg/Eg(0) -, "
+        "vs lowest minimum -, note dropped by the phonon gate: unstable",
     )

@@ -109,6 +109,66 @@ def load_published_gaps(path: str | Path) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+def compare_with_published(ours: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
+    """Each published gap beside capml's at the same temperature, linearly interpolated in x.
+
+    ``ours``: ``composition_x``, ``temperature_k`` (0 for Eg(0)), ``gap_ev`` and optionally ``error_ev``.
+    Adds ``capml_gap_ev``, ``capml_error_ev`` (NaN where not computed: that temperature missing, or x outside the
+    computed compositions), ``difference_ev`` (capml − published), ``difference_error_ev`` (both uncertainties in
+    quadrature) and ``outside`` (the difference is more than twice its uncertainty: capml lies outside the
+    published value's range).
+    """
+    out = published[["kind", "source", "composition_x", "temperature_k", "gap_ev", "uncertainty_ev"]].copy()
+    values, errors = [], []
+    for row in out.itertuples(index=False):
+        same = ours[np.isclose(ours["temperature_k"], row.temperature_k)].sort_values("composition_x")
+        inside = (
+            not same.empty
+            and same["composition_x"].min() - 1e-9 <= row.composition_x <= same["composition_x"].max() + 1e-9
+        )
+        if not inside:
+            values.append(np.nan)
+            errors.append(np.nan)
+            continue
+        values.append(float(np.interp(row.composition_x, same["composition_x"], same["gap_ev"])))
+        error = same["error_ev"] if "error_ev" in same else pd.Series(0.0, index=same.index)
+        errors.append(float(np.interp(row.composition_x, same["composition_x"], error.fillna(0.0))))
+    out["capml_gap_ev"] = values
+    out["capml_error_ev"] = errors
+    out["difference_ev"] = out["capml_gap_ev"] - out["gap_ev"]
+    out["difference_error_ev"] = np.hypot(out["capml_error_ev"], out["uncertainty_ev"].fillna(0.0))
+    out["outside"] = (out["difference_ev"].abs() > 2.0 * out["difference_error_ev"]).where(out["capml_gap_ev"].notna())
+    return out
+
+
+def published_table(comparison: pd.DataFrame) -> ResultTable:
+    """The comparison with the published gaps, differences with their uncertainty, results outside marked."""
+    rows, marked = [], []
+    for i, r in enumerate(comparison.itertuples(index=False)):
+        computed = not np.isnan(r.capml_gap_ev)
+        rows.append(
+            (
+                r.kind,
+                f"{r.composition_x:.4g}",
+                f"{r.temperature_k:g}",
+                f"{r.gap_ev:.2f} ± {r.uncertainty_ev:.2f}",
+                f"{r.capml_gap_ev:.3f} ± {r.capml_error_ev:.3f}" if computed else "not computed",
+                f"{r.difference_ev:+.3f} ± {r.difference_error_ev:.3f}" if computed else "-",
+                ("outside" if r.outside else "within") if computed else "-",
+                r.source,
+            )
+        )
+        if computed and r.outside:
+            marked.append(i)
+    return table(
+        "capml vs published gaps (same T, interpolated in x)",
+        ("kind", "x", "T (K)", "published (eV)", "capml (eV)", "capml − published (eV)", "2σ", "source"),
+        rows,
+        warnings=marked,
+        notes=["outside: the difference exceeds twice the combined uncertainty (published and capml)"],
+    )
+
+
 def store_published_gaps(store, path: str | Path, *, run_id: str | None = None) -> int:
     """Load a published-gaps CSV into ``gap_published`` (keyed by the file's SHA-256 and row); rows written."""
     frame = load_published_gaps(path)
@@ -160,6 +220,17 @@ class BandGapResult:
     lowest: list[StaticGap] = field(default_factory=list)
     checks: pd.DataFrame = field(default_factory=pd.DataFrame)
     estimates: pd.DataFrame = field(default_factory=pd.DataFrame)
+    published: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def gap_table(self) -> pd.DataFrame:
+        """Eg per (x, T) with its uncertainty: Eg(0) of the cubic structures at T = 0, then every averaged run."""
+        rows = [(s.composition_x, 0.0, s.gap_ev, s.gap_std_ev) for s in self.static]
+        rows += [
+            (t.composition_x, t.temperature_k, t.average.mean_gap_ev, t.average.error_ev)
+            for t in self.thermal
+            if t.average is not None
+        ]
+        return pd.DataFrame(rows, columns=["composition_x", "temperature_k", "gap_ev", "error_ev"])
 
     def tables(self) -> list[ResultTable]:
         """Eg(0) per composition (GNN, ensemble spread, DFT check) and Eg(T), ΔEg, ΔEg/Eg(0) per MD run."""
@@ -206,6 +277,8 @@ class BandGapResult:
         ]
         if not self.estimates.empty:
             tables.append(estimates_result_table(self.estimates, self.thermal))
+        if not self.published.empty:
+            tables.append(published_table(compare_with_published(self.gap_table(), self.published)))
         if not self.checks.empty:
             rows, flagged = [], []
             for i, c in enumerate(self.checks.sort_values(["composition_x", "temperature_k"]).itertuples()):
@@ -533,6 +606,7 @@ def run_bandgap_stage(
         lowest=_static_results(lowest_frame) if len(lowest_frame) else [],
         checks=checks,
         estimates=estimates,
+        published=store.query("SELECT * FROM gap_published ORDER BY kind, temperature_k, composition_x"),
     )
 
 

@@ -7,12 +7,12 @@ the ensemble spread).
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
+from capml_core.stages.bandgaps import compare_with_published
 from dashboard import data
 
 
@@ -253,16 +253,11 @@ def render_bandgaps() -> None:
         )
     if not published.empty:
         st.subheader("Published gaps next to capml's")
-        st.dataframe(compare_with_published(table, published), hide_index=True, width="stretch")
-
-
-def compare_with_published(table: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
-    """Each published gap with capml's at the same temperature, linearly interpolated in x (NaN if not computed)."""
-    out = published[["kind", "source", "composition_x", "temperature_k", "gap_ev", "uncertainty_ev"]].copy()
-    ours = []
-    for row in out.itertuples(index=False):
-        same = table[table["temperature_k"] == row.temperature_k].sort_values("composition_x")
-        inside = not same.empty and same["composition_x"].min() <= row.composition_x <= same["composition_x"].max()
-        ours.append(float(np.interp(row.composition_x, same["composition_x"], same["gap_ev"])) if inside else np.nan)
-    out["capml_gap_ev"] = ours
-    return out
+        compared = compare_with_published(table, published)
+        outside = compared[compared["outside"].fillna(False).astype(bool)]
+        if not outside.empty:
+            st.warning(
+                f"{len(outside)} of {compared['capml_gap_ev'].notna().sum()} compared published gaps differ from "
+                "capml's by more than twice the combined uncertainty (marked 'outside')."
+            )
+        st.dataframe(compared.round(3), hide_index=True, width="stretch")
