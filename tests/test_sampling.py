@@ -48,7 +48,7 @@ def test_modes_match_phonopy_and_samples_obey_equipartition(copper) -> None:
     t = 300.0
     classical, treatment = mode_variances(modes, t, quantum=False, floor_thz=0.0)
     assert treatment.n_imaginary == 0 and treatment.n_below_floor_excluded == 0
-    samples = canonical_displacements(atoms, modes, classical, 400, seed=1)
+    samples = canonical_displacements(atoms, fc, t, 400, quantum=False, floor_thz=0.0, seed=1)  # phonopy's
     energies = np.array([_harmonic_energy(modes, atoms, s) for s in samples])
     expected = 0.5 * len(modes.omega2) * units.kB * t  # ½ k_B T per mode
     assert energies.mean() == pytest.approx(expected, rel=0.02)
@@ -64,6 +64,9 @@ def test_modes_match_phonopy_and_samples_obey_equipartition(copper) -> None:
     assert np.allclose(0.5 * modes.omega2 * cold, HBAR_EV_ASE_TIME * omega / 4.0, rtol=1e-6)
     quantum, _ = mode_variances(modes, t, quantum=True, floor_thz=0.0)
     assert (quantum > classical).all()  # zero-point motion adds to the thermal one
+    drawn = canonical_displacements(atoms, fc, t, 400, quantum=True, floor_thz=0.0, seed=2)
+    msd_quantum = np.mean([np.sum((s.positions - atoms.positions) ** 2, axis=1) for s in drawn], axis=0)
+    assert np.allclose(msd_quantum, mean_square_displacement(modes, quantum), rtol=0.15)  # phonopy = our variances
     # the special displacement: every mode at its rms amplitude, so its harmonic energy is the ensemble's mean
     plus, minus = special_displacement(atoms, modes, classical)
     assert _harmonic_energy(modes, atoms, plus) == pytest.approx(expected, rel=1e-6)

@@ -10,7 +10,8 @@ crystal at temperature T, the Gaussian distribution of variance
 
 and the atoms move by u_a = Σ_ν e_ν,a Q_ν / sqrt(m_a). The three translations (the smallest |ω²|) are left out.
 
-- :func:`canonical_displacements`: independent draws of all Q_ν (the harmonic canonical ensemble);
+- :func:`canonical_displacements`: independent draws of all Q_ν (the harmonic canonical ensemble), by phonopy's
+  random displacements (classical or quantum distribution);
 - :func:`special_displacement`: Zacharias and Giustino's special displacement (Phys. Rev. B 94, 075125 (2016),
   Eq. 5): every mode at its root-mean-square amplitude with the sign alternating along the frequency-ordered
   modes, u = Σ_ν (−1)^(ν−1) sqrt(<Q_ν²>) e_ν / sqrt(m): one configuration whose property approximates the thermal
@@ -31,6 +32,7 @@ import numpy as np
 from ase import Atoms, units
 
 from capml_core.errors import InvalidInputError
+from capml_core.physics.harmonic import IMAGINARY_TOLERANCE_THZ
 
 #: ħ in eV times ASE's time unit (so ħ ω is in eV for ω in sqrt(eV / (Å² amu))).
 HBAR_EV_ASE_TIME = units._hbar * units.J * units.s
@@ -146,12 +148,41 @@ def _displace(atoms: Atoms, modes: NormalModes, coordinates: np.ndarray) -> Atom
 
 
 def canonical_displacements(
-    atoms: Atoms, modes: NormalModes, variances: np.ndarray, n_samples: int, *, seed: int
+    atoms: Atoms,
+    force_constants: np.ndarray,
+    temperature_k: float,
+    n_samples: int,
+    *,
+    quantum: bool,
+    imaginary: ImaginaryTreatment = "abs",
+    floor_thz: float = 0.5,
+    seed: int,
 ) -> list[Atoms]:
-    """``n_samples`` configurations of the harmonic canonical ensemble (independent Gaussian Q_ν)."""
-    rng = np.random.default_rng(seed)
-    sigma = np.sqrt(variances)
-    return [_displace(atoms, modes, sigma * rng.standard_normal(len(sigma))) for _ in range(n_samples)]
+    """``n_samples`` configurations of the harmonic canonical ensemble: phonopy's random displacements.
+
+    phonopy (``init_random_displacements``, distribution 'classical' or 'quantum') samples imaginary modes at |ω|
+    and leaves out modes below its cutoff (here ``floor_thz``); ``imaginary = "exclude"`` sets the imaginary
+    modes' frequencies to 0 first, so phonopy leaves them out too. Same variances as :func:`mode_variances`.
+    """
+    from capml_core.physics.phonons import build_phonopy
+
+    phonon = build_phonopy(atoms, np.asarray(force_constants))
+    # the translations at Γ are ~0 numerically: never below the tolerance harmonic.py uses for them
+    cutoff = max(floor_thz, IMAGINARY_TOLERANCE_THZ)
+    phonon.init_random_displacements(dist_func="quantum" if quantum else "classical", cutoff_frequency=cutoff)
+    if imaginary == "exclude":
+        sampler = phonon.random_displacements
+        frequencies = np.array(sampler.frequencies)
+        sampler.frequencies = np.where(frequencies < 0.0, 0.0, frequencies)
+    displacements = phonon.get_random_displacements_at_temperature(
+        temperature_k, n_samples, random_seed=int(seed) % 2**32
+    )
+    out = []
+    for u in np.asarray(displacements):
+        displaced = atoms.copy()
+        displaced.positions = atoms.positions + u
+        out.append(displaced)
+    return out
 
 
 def special_displacement(atoms: Atoms, modes: NormalModes, variances: np.ndarray) -> list[Atoms]:

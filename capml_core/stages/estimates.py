@@ -60,7 +60,16 @@ RENORMALISED = "special-displacement-renormalised"
 
 
 def _harmonic_row(
-    atoms, modes, config: RunConfig, method: str, treatment: str, temperature_k: float, models, *, seed: int
+    atoms,
+    force_constants,
+    modes,
+    config: RunConfig,
+    method: str,
+    treatment: str,
+    temperature_k: float,
+    models,
+    *,
+    seed: int,
 ):
     """One estimate's row (without structure and Eg(0)) and its configurations (canonical draws seeded by seed)."""
     gaps = config.gaps
@@ -72,7 +81,16 @@ def _harmonic_row(
     if method in ("special-displacement", RENORMALISED):
         configurations = special_displacement(atoms, modes, variances)
     else:
-        configurations = canonical_displacements(atoms, modes, variances, gaps.estimate_samples, seed=seed)
+        configurations = canonical_displacements(
+            atoms,
+            force_constants,
+            temperature_k,
+            gaps.estimate_samples,
+            quantum=quantum,
+            imaginary=imaginary,
+            floor_thz=gaps.estimate_floor_thz,
+            seed=seed,
+        )
     mean, error, _ = _model_average(models, configurations, gaps.batch_size)
     row = {
         "method": method,
@@ -191,7 +209,9 @@ def run_estimates(
                 for method in HARMONIC_METHODS:
                     if (digest, t, method, treatment) in done:
                         continue
-                    row, configurations = _harmonic_row(atoms, modes, config, method, treatment, t, models, seed=seed)
+                    row, configurations = _harmonic_row(
+                        atoms, fc, modes, config, method, treatment, t, models, seed=seed
+                    )
                     rows.append({**base, **row, "static_gap_ev": eg0, "relative_change": (row["gap_ev"] - eg0) / eg0})
                     if method == "special-displacement" and gaps.estimate_dft and config.is_gap_checked(x):
                         dft_jobs.append((rows[-1], configurations))
@@ -202,8 +222,11 @@ def run_estimates(
             if len(of_run) and (digest, t, RENORMALISED, "renormalised") not in done:
                 arrays = store.load_arrays(of_run["artifact_id"].iloc[0])
                 if "renormalised_force_constants" in arrays:
-                    r_modes = normal_modes(arrays["renormalised_force_constants"], atoms.get_masses())
-                    row, _ = _harmonic_row(atoms, r_modes, config, RENORMALISED, "renormalised", t, models, seed=seed)
+                    r_fc = arrays["renormalised_force_constants"]
+                    r_modes = normal_modes(r_fc, atoms.get_masses())
+                    row, _ = _harmonic_row(
+                        atoms, r_fc, r_modes, config, RENORMALISED, "renormalised", t, models, seed=seed
+                    )
                     row["note"] = "DynaPhoPy renormalised force constants of the MD run; " + row["note"]
                     rows.append({**base, **row, "static_gap_ev": eg0, "relative_change": (row["gap_ev"] - eg0) / eg0})
     if dft_jobs:
