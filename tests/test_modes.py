@@ -14,8 +14,10 @@ from ase import Atoms, units
 from capml_core.errors import InvalidInputError
 from capml_core.physics.modes import (
     bose_einstein,
-    displacement_shares,
+    degenerate_subspaces,
+    eigenvector_shares,
     freeze,
+    frozen_groups,
     frozen_mode_gaps,
     real_eigenvector,
     spread_over_frequencies,
@@ -93,16 +95,22 @@ def test_acoustic_modes_are_the_rigid_translations(ag3sbr) -> None:
         assert np.allclose(u, u[0], atol=1e-3 * np.abs(u).max())  # every atom moves the same way
 
 
-def test_species_shares_and_dominant_group() -> None:
-    symbols = ["Ag", "Ag", "S", "Br", "I"]
-    u = np.array([[0.1, 0, 0], [0, 0.1, 0], [0.0, 0, 0.0], [0.2, 0, 0], [0, 0.2, 0]])
-    shares = displacement_shares(symbols, u, ["Br", "I"])
+def test_species_shares_are_eigenvector_weights_and_subspaces_are_degenerate_modes(ag3sbr) -> None:
+    cell, _, gamma = ag3sbr
+    symbols = cell.get_chemical_symbols()
+    weights = gamma.species_weights(symbols)
+    shares = eigenvector_shares(gamma, [60], symbols, ["Br", "I"])  # one definition: harmonic.py's weights
     assert sum(shares["elements"].values()) == pytest.approx(1.0)
-    assert shares["elements"]["Ag"] == pytest.approx(0.2) and shares["elements"]["S"] == 0.0
-    assert shares["groups"] == pytest.approx({"Ag": 0.2, "S": 0.0, "Br/I": 0.8})
-    assert shares["dominant"] == "Br/I"
-    moved = freeze(Atoms("Ag2SBrI", positions=np.zeros((5, 3)), cell=[5, 5, 5], pbc=True), u)
-    assert np.allclose(moved.positions, u)
+    assert shares["elements"]["Ag"] == pytest.approx(weights["Ag"][60])
+    assert (
+        shares["groups"]["Br/I"] == pytest.approx(shares["elements"]["Br"]) and shares["dominant"] in shares["groups"]
+    )
+    assert degenerate_subspaces([1.0, 2.0, 1.01, 5.0, 2.015, 2.03], tolerance_thz=0.02) == [[0, 2], [1, 4, 5], [3]]
+    subspaces = degenerate_subspaces(list(gamma.frequencies_thz))
+    assert sorted(m for s in subspaces for m in s) == list(range(120))
+    assert max(len(s) for s in subspaces) >= 3  # cubic Ag3SBr: triply degenerate modes
+    moved = freeze(Atoms("Ag2SBrI", positions=np.zeros((5, 3)), cell=[5, 5, 5], pbc=True), np.ones((5, 3)))
+    assert np.allclose(moved.positions, 1.0)
 
 
 def test_modes_for_dft_checks_span_the_frequency_range() -> None:
@@ -154,3 +162,34 @@ def test_frozen_mode_gaps_of_a_quadratic_gap_model(ag3sbr) -> None:
     single = frozen_mode_gaps(cell, gamma, 0.0, lambda s: np.array([model(1.0)(a) for a in s]))
     frozen = [r for r in single if r.status == "frozen"]
     assert all(r.delta_std_ev == 0.0 for r in frozen) and frozen[0].delta_ev > 0.0
+    # a frequency floor: soft real modes reported, not frozen
+    floored = frozen_mode_gaps(cell, gamma, 300.0, ensemble, floor_thz=2.0)
+    below = [r for r in floored if r.status == "below floor"]
+    assert below and all(0.05 <= r.frequency_thz < 2.0 for r in below) and all(r.delta_ev is None for r in below)
+    # degenerate subspaces: ΔEg summed over the subspace, independent of the basis; bands frozen at once
+    groups = frozen_groups(cell, gamma, results, 300.0, ensemble, sublattice=["Br", "I"], harmonic_limit_a=0.1)
+    subspaces = [g for g in groups if g.kind == "subspace"]
+    assert sum(len(g.modes) for g in subspaces) == 120
+    for g in subspaces:
+        if g.status == "frozen":
+            assert g.delta_ev == pytest.approx(sum(results[m].delta_ev for m in g.modes), rel=1e-9)
+            assert g.resolvable == (abs(g.delta_ev) > max(2 * g.delta_std_ev, 0.01))
+            assert g.beyond_harmonic == (g.rms_displacement_a > 0.1)
+    bands = [g for g in groups if g.kind == "band"]
+    assert sorted(m for b in bands for m in b.modes) == sorted(r.mode for r in results if r.status == "frozen")
+    for b in bands:
+        # the quadratic model: the band's ΔEg is c |Σ ±u_ν|², its modes alone add to c Σ |u_ν|² (cross terms differ)
+        u = b.displaced[0].positions - cell.positions
+        assert b.delta_ev == pytest.approx(0.75 * float(np.sum(u**2)), rel=1e-9)
+        assert b.sum_of_modes_ev == pytest.approx(sum(results[m].delta_ev for m in b.modes), rel=1e-9)
+    # a rotated basis of a degenerate subspace gives the same subspace ΔEg
+    triple = next(g for g in subspaces if g.status == "frozen" and len(g.modes) == 3)
+    columns = list(triple.modes)
+    rotation = np.linalg.qr(np.random.default_rng(2).normal(size=(3, 3)))[0]
+    rotated = gamma.eigenvectors.copy()
+    rotated[:, columns] = gamma.eigenvectors[:, columns] @ rotation
+    turned = type(gamma)(gamma.frequencies_thz, rotated)
+    again = frozen_mode_gaps(cell, turned, 300.0, ensemble, sublattice=["Br", "I"])
+    per_mode_before = [results[m].delta_ev for m in columns]
+    per_mode_after = [again[m].delta_ev for m in columns]
+    assert sum(per_mode_after) == pytest.approx(sum(per_mode_before), rel=1e-6)

@@ -74,20 +74,6 @@ def freeze(atoms: Atoms, displacement_a: np.ndarray) -> Atoms:
     return Atoms(atoms.numbers, positions=atoms.positions + displacement_a, cell=atoms.cell, pbc=True)
 
 
-def displacement_shares(symbols: Sequence[str], displacement_a: np.ndarray, sublattice: Sequence[str]) -> dict:
-    """Share of Σ|u_j|² per element and per group (elements outside the sublattice; the sublattice together)."""
-    squared = np.sum(np.asarray(displacement_a) ** 2, axis=1)
-    total = float(squared.sum())
-    symbols = np.asarray(symbols)
-    elements = {s: float(squared[symbols == s].sum() / total) for s in sorted(set(symbols))}
-    group_name = "/".join(sublattice)
-    groups: dict[str, float] = {}
-    for element, share in elements.items():
-        key = group_name if element in sublattice else element
-        groups[key] = groups.get(key, 0.0) + share
-    return {"elements": elements, "groups": groups, "dominant": max(groups, key=groups.get)}
-
-
 def spread_over_frequencies(frequencies_thz: Sequence[float], n: int) -> list[int]:
     """Indices (into ``frequencies_thz``) of n modes spread evenly over the sorted frequencies (ends included)."""
     order = np.argsort(frequencies_thz)
@@ -122,11 +108,12 @@ class FrozenModeGap:
     delta_ev: float | None = None
     delta_std_ev: float | None = None
     relative_change: float | None = None
+    delta_per_model_ev: tuple[float, ...] | None = None
     displaced: tuple[Atoms, Atoms] | None = None
 
     @property
     def dominant(self) -> str | None:
-        """The species group carrying most of Σ|u_j|² (see :func:`displacement_shares`)."""
+        """The species group with most eigenvector weight (see :func:`eigenvector_shares`)."""
         return None if self.shares is None else self.shares["dominant"]
 
 
@@ -138,6 +125,7 @@ def frozen_mode_gaps(
     *,
     sublattice: Sequence[str] = (),
     imaginary_below_thz: float = IMAGINARY_TOLERANCE_THZ,
+    floor_thz: float = 0.0,
 ) -> list[FrozenModeGap]:
     """ΔEg and ΔEg / Eg(0) of every Γ mode of ``atoms`` frozen in at its thermal amplitude at ``temperature_k``.
 
@@ -157,6 +145,9 @@ def frozen_mode_gaps(
     imaginary_below_thz
         Modes other than the three acoustic ones below this frequency (THz) have no thermal amplitude: status
         "imaginary".
+    floor_thz
+        Real modes below this frequency (THz) are reported with status "below floor", not frozen: their thermal
+        amplitude (∝ 1/ω) leaves the harmonic regime.
 
     Returns
     -------
@@ -174,6 +165,9 @@ def frozen_mode_gaps(
         if frequency < imaginary_below_thz:
             results.append({"mode": mode, "frequency_thz": float(frequency), "status": "imaginary"})
             continue
+        if frequency < floor_thz:
+            results.append({"mode": mode, "frequency_thz": float(frequency), "status": "below floor"})
+            continue
         u = thermal_displacement(atoms, modes.eigenvectors[:, mode], float(frequency), float(temperature_k))
         pair = (freeze(atoms, u), freeze(atoms, -u))
         results.append(
@@ -183,7 +177,7 @@ def frozen_mode_gaps(
                 "status": "frozen",
                 "rms_displacement_a": float(np.sqrt(np.mean(np.sum(u**2, axis=1)))),
                 "max_displacement_a": float(np.max(np.linalg.norm(u, axis=1))),
-                "shares": displacement_shares(atoms.get_chemical_symbols(), u, list(sublattice)),
+                "shares": eigenvector_shares(modes, [mode], atoms.get_chemical_symbols(), list(sublattice)),
                 "displaced": pair,
             }
         )
@@ -209,7 +203,177 @@ def frozen_mode_gaps(
                 "delta_ev": float(delta.mean()),
                 "delta_std_ev": float(np.std(delta, ddof=1)) if len(delta) > 1 else 0.0,
                 "relative_change": float(delta.mean() / gap0.mean()),
+                "delta_per_model_ev": tuple(float(d) for d in delta),
             }
         )
         k += 1
     return [FrozenModeGap(**result) for result in results]
+
+
+# ------------------------------------------------------------------------------------------- subspaces and bands
+def degenerate_subspaces(frequencies_thz: Sequence[float], *, tolerance_thz: float = 0.02) -> list[list[int]]:
+    """Groups of mode indices whose frequencies agree within ``tolerance_thz`` (chained), ascending.
+
+    Within a degenerate subspace the eigenvectors are an arbitrary basis: only quantities summed over the whole
+    subspace (such as the second-order gap change) mean something.
+    """
+    order = np.argsort(np.asarray(frequencies_thz, dtype=float), kind="stable")
+    groups: list[list[int]] = []
+    for index in order:
+        if groups and abs(frequencies_thz[index] - frequencies_thz[groups[-1][-1]]) <= tolerance_thz:
+            groups[-1].append(int(index))
+        else:
+            groups.append([int(index)])
+    return groups
+
+
+def eigenvector_shares(
+    modes: GammaModes, indices: Sequence[int], symbols: Sequence[str], sublattice: Sequence[str]
+) -> dict:
+    """Share of the modes' eigenvector weight |e_j|² per element and group, summed over ``indices``.
+
+    The one definition of a mode's species in capml (:meth:`GammaModes.species_weights`): the sublattice's
+    species together form one group (e.g. 'Br/I'); ``dominant`` is the largest group.
+    """
+    weights = modes.species_weights(list(symbols))
+    elements = {s: float(np.mean(w[list(indices)])) for s, w in weights.items()}
+    group_name = "/".join(sublattice)
+    groups: dict[str, float] = {}
+    for element, share in elements.items():
+        key = group_name if element in sublattice else element
+        groups[key] = groups.get(key, 0.0) + share
+    return {"elements": elements, "groups": groups, "dominant": max(groups, key=groups.get)}
+
+
+@dataclass(frozen=True)
+class FrozenGroup:
+    """The gap change of a degenerate subspace or a frequency band frozen in at thermal amplitudes (eV).
+
+    ``kind``: 'subspace' (ΔEg summed over its modes, each frozen alone: basis-independent to second order) or
+    'band' (every mode of the band frozen at once, signs alternating along the frequency-ordered modes, mean
+    of +u and −u). ``status``: 'frozen', 'acoustic', 'imaginary' or 'below floor' (reported, not frozen).
+    ``sum_of_modes_ev`` (bands): the sum of the band's modes frozen alone; ``resolvable``: |ΔEg| above twice
+    the ensemble's spread of it and above the resolution given; ``beyond_harmonic``: rms displacement above
+    the harmonic limit given (a thermal amplitude ∝ 1/ω of a soft mode is not a harmonic distortion).
+    """
+
+    kind: str
+    modes: tuple[int, ...]
+    frequency_lo_thz: float
+    frequency_hi_thz: float
+    status: str
+    shares: dict | None = None
+    rms_displacement_a: float | None = None
+    max_displacement_a: float | None = None
+    gap0_ev: float | None = None
+    delta_ev: float | None = None
+    delta_std_ev: float | None = None
+    relative_change: float | None = None
+    sum_of_modes_ev: float | None = None
+    resolvable: bool | None = None
+    beyond_harmonic: bool | None = None
+    displaced: tuple[Atoms, Atoms] | None = None
+
+    @property
+    def dominant(self) -> str | None:
+        """The species group with most eigenvector weight (:func:`eigenvector_shares`)."""
+        return None if self.shares is None else self.shares["dominant"]
+
+
+def frozen_groups(
+    atoms: Atoms,
+    modes: GammaModes,
+    mode_gaps: Sequence[FrozenModeGap],
+    temperature_k: float,
+    predict_gaps: GapPredictor,
+    *,
+    sublattice: Sequence[str] = (),
+    band_edges_thz: Sequence[float] = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 10.0),
+    harmonic_limit_a: float = 0.2,
+    resolution_ev: float = 0.01,
+    degeneracy_thz: float = 0.02,
+) -> list[FrozenGroup]:
+    """ΔEg of every degenerate subspace and of every frequency band of ``atoms``' Γ modes at ``temperature_k``.
+
+    ``mode_gaps``: :func:`frozen_mode_gaps` of the same modes and temperature (a subspace's ΔEg is the sum of its
+    modes'); only the bands are predicted here (``predict_gaps`` called once: the undistorted cell, then ±u of
+    every band). A subspace with a mode not frozen (acoustic, imaginary, below the floor) takes that status.
+    """
+    frequencies = np.asarray(modes.frequencies_thz, dtype=float)
+    symbols = atoms.get_chemical_symbols()
+    by_mode = {g.mode: g for g in mode_gaps}
+    frozen = [g.mode for g in mode_gaps if g.status == "frozen"]
+    displacement = {
+        m: thermal_displacement(atoms, modes.eigenvectors[:, m], float(frequencies[m]), float(temperature_k))
+        for m in frozen
+    }
+    softest = min((float(frequencies[m]) for m in frozen), default=0.0)
+    start = max((float(e) for e in band_edges_thz if e <= softest), default=softest)  # every frozen mode in a band
+    edges = sorted({start, float("inf")} | {float(e) for e in band_edges_thz if e > start})
+    structures: list[Atoms] = [atoms]
+    bands = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        members = sorted((m for m in frozen if lo <= frequencies[m] < hi), key=lambda m: frequencies[m])
+        if not members:
+            continue
+        u = sum(((-1.0) ** k) * displacement[m] for k, m in enumerate(members))
+        bands.append((lo, hi, members, u, len(structures)))
+        structures += [freeze(atoms, u), freeze(atoms, -u)]
+    per_model = np.zeros((1, 1))
+    if bands:
+        predicted = np.asarray(predict_gaps(structures), dtype=float)
+        per_model = predicted[None, :] if predicted.ndim == 1 else predicted
+        if per_model.shape[1] != len(structures):
+            raise InvalidInputError(
+                f"the predictor returned {per_model.shape[1]} gaps for {len(structures)} structures"
+            )
+    gap0 = next((g.gap0_ev for g in mode_gaps if g.gap0_ev is not None), None)
+
+    def measured(delta: np.ndarray, u: np.ndarray, reference: float) -> dict:
+        spread = float(np.std(delta, ddof=1)) if len(delta) > 1 else 0.0
+        rms = float(np.sqrt(np.mean(np.sum(u**2, axis=1))))
+        mean = float(delta.mean())
+        return {
+            "gap0_ev": reference,
+            "delta_ev": mean,
+            "delta_std_ev": spread,
+            "relative_change": mean / reference,
+            "rms_displacement_a": rms,
+            "max_displacement_a": float(np.max(np.linalg.norm(u, axis=1))),
+            "resolvable": bool(abs(mean) > max(2.0 * spread, resolution_ev)),
+            "beyond_harmonic": bool(rms > harmonic_limit_a),
+        }
+
+    out = []
+    for subspace in degenerate_subspaces(list(frequencies), tolerance_thz=degeneracy_thz):
+        states = {by_mode[m].status for m in subspace}
+        common = {
+            "kind": "subspace",
+            "modes": tuple(subspace),
+            "frequency_lo_thz": float(frequencies[subspace].min()),
+            "frequency_hi_thz": float(frequencies[subspace].max()),
+            "shares": eigenvector_shares(modes, subspace, symbols, sublattice),
+        }
+        if states != {"frozen"}:
+            out.append(FrozenGroup(status=sorted(states - {"frozen"})[0], **common))
+            continue
+        delta = np.sum([by_mode[m].delta_per_model_ev for m in subspace], axis=0)
+        u_rms = np.sqrt(sum(displacement[m] ** 2 for m in subspace))  # the subspace's thermal rms per atom and axis
+        out.append(FrozenGroup(status="frozen", **common, **measured(delta, u_rms, float(gap0))))
+    for lo, hi, members, u, index in bands:
+        band_gap0 = per_model[:, 0]
+        delta = 0.5 * (per_model[:, index] + per_model[:, index + 1]) - band_gap0
+        out.append(
+            FrozenGroup(
+                kind="band",
+                modes=tuple(members),
+                frequency_lo_thz=float(lo),
+                frequency_hi_thz=float(hi),
+                status="frozen",
+                shares=eigenvector_shares(modes, members, symbols, sublattice),
+                sum_of_modes_ev=float(sum(by_mode[m].delta_ev for m in members)),
+                displaced=(structures[index], structures[index + 1]),
+                **measured(delta, u, float(band_gap0.mean())),
+            )
+        )
+    return out
