@@ -25,7 +25,7 @@ from capml_core.stages.dynamics import MDResult, md_table, run_dynamics
 from capml_core.stages.gnn import GNNStageResult, fit_band_gap_model
 from capml_core.stages.labelling import LabellingReport, label_structures
 from capml_core.stages.mlip import MlipStageResult, fit_mlip, force_constants_cache_dir, force_function, mlip_tables
-from capml_core.stages.modes import ModeGap, mode_table, run_mode_stage
+from capml_core.stages.modes import ModeGap, group_table, mode_groups, mode_table, run_mode_stage
 from capml_core.stages.phonons import StabilityResult, phonon_tables, run_harmonic_phonons, run_phonon_stage
 from capml_core.stages.training_sets import end_members_for, store_structure_set
 from capml_core.store.database import Store
@@ -250,10 +250,11 @@ def mode_gaps(loaded: LoadedConfig, store: Store, run_id: str) -> list[ModeGap]:
     logger = get_run_logger()
     model_id, scan_id = latest_model(store)[0], latest_scan_id(store)
     run_harmonic_phonons(store, loaded.config, model_id=model_id, scan_id=scan_id, run_id=run_id)  # once per model
+    ensemble_id = latest_ensemble(store)[0]
     result = run_mode_stage(
-        store, loaded.config, ensemble_id=latest_ensemble(store)[0], model_id=model_id, scan_id=scan_id, run_id=run_id
+        store, loaded.config, ensemble_id=ensemble_id, model_id=model_id, scan_id=scan_id, run_id=run_id
     )
-    log_tables(logger, [mode_table(result, top=3)])
+    log_tables(logger, [mode_table(result, top=3), group_table(mode_groups(store, ensemble_id), top=3)])
     return result
 
 

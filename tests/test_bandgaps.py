@@ -360,6 +360,7 @@ def test_paired_comparison_decides_only_what_its_error_allows() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # the module's gap project (~270 s) and harmonic phonons of 5 structures
 def test_dft_checks_recompute_the_averaged_frames_and_flag_a_disagreement(gap_project, tmp_path: Path) -> None:
     """gaps.dft_check: uncorrelated frames of the named runs stored as 'gap-check' structures (never training
     data), their reference gaps beside the model's, the paired verdict per (x, T). The reference level here is
@@ -539,6 +540,7 @@ def test_mode_stage_freezes_every_optical_mode_and_checks_one_with_dft(gap_proje
                     "reference_level": "gpaw-pbesol",
                     "reference_compositions": [1.0],
                     "reference_modes": 1,
+                    "reference_bands": 1,
                 }
             ),
             "reference": config.reference.model_copy(
@@ -604,6 +606,18 @@ def test_mode_stage_freezes_every_optical_mode_and_checks_one_with_dft(gap_proje
     assert (kinds["kind"] == "frozen-mode").all() and len(kinds) == 2
     training = set(store.labelled_gaps("gpaw-pbesol")["structure_hash"])
     assert not training & set(checked["plus_hash"]) and checked["structure_hash"].iloc[0] not in training
+    # soft real modes below the floor are reported, not frozen; subspaces cover every mode, bands every frozen one
+    assert (rows.loc[rows["status"] == "below floor", "frequency_thz"] < 0.5).all()
+    groups = store.query("SELECT * FROM gap_mode_groups WHERE source = 'harmonic'")
+    for (x, t), of in groups.groupby(["composition_x", "temperature_k"]):
+        assert of.loc[of["kind"] == "subspace", "n_modes"].sum() == 120
+        n_frozen = ((frozen["composition_x"] == x) & (frozen["temperature_k"] == t)).sum()
+        assert of.loc[of["kind"] == "band", "n_modes"].sum() == n_frozen
+        frozen_subspaces = of[(of["kind"] == "subspace") & (of["status"] == "frozen")]
+        assert (frozen_subspaces["beyond_harmonic"] == (frozen_subspaces["rms_displacement_a"] > 0.2)).all()
+    band_checked = groups[groups["reference_delta_ev"].notna()]  # the band of largest |ΔEg| of x = 1 at 600 K
+    assert len(band_checked) == 1 and band_checked["composition_x"].item() == 1.0
+    assert band_checked["temperature_k"].item() == 600.0 and band_checked["kind"].item() == "band"
     # resume: nothing recomputed, no new DFT
     n_labels = len(labels)
     run_mode_stage(

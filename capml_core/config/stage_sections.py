@@ -356,6 +356,32 @@ class GapsSection(Section):
         description="Compositions whose Eg(0) and mode ΔEg are also computed with DFT (None: the end members "
         "x = 0 and 1 among system.compositions; [] for none).",
     )
+    mode_floor_thz: Annotated[float, Field(ge=0.0, le=5.0)] = Field(
+        default=0.5,
+        description="Real Γ modes softer than this (THz) are reported, not frozen: their thermal amplitude "
+        "(∝ 1/frequency) leaves the harmonic regime.",
+    )
+    mode_band_edges_thz: list[Annotated[float, Field(ge=0.0, le=100.0)]] = Field(
+        default=[0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 10.0],
+        min_length=1,
+        description="Edges (THz) of the frequency bands whose modes are frozen in all at once (the last band is "
+        "open above).",
+    )
+    mode_harmonic_limit_a: Annotated[float, Field(gt=0.0, le=2.0)] = Field(
+        default=0.2,
+        description="A frozen mode, subspace or band whose rms displacement exceeds this (Å) is flagged beyond "
+        "the harmonic regime.",
+    )
+    mode_resolution_ev: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        default=0.01,
+        description="A gap change counts as resolved by the gap model when larger than this (eV) and than twice "
+        "the ensemble's spread of it.",
+    )
+    reference_bands: Annotated[int, Field(ge=0, le=20)] = Field(
+        default=2,
+        description="Frequency bands (largest |ΔEg|) per checked structure whose ΔEg is also computed with DFT "
+        "(two calculations each; 0: none).",
+    )
     reference_modes: Annotated[int, Field(ge=0, le=50)] = Field(
         default=3,
         description="Γ modes per checked structure, spread over the frequency range, whose ΔEg is also computed "

@@ -29,14 +29,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from ase import Atoms
 
 from capml_core.config.schema import RunConfig
 from capml_core.errors import NotComputedError
 from capml_core.models.gnn import load_ensemble, predict_gaps_per_model
 from capml_core.models.mace import resolve_device
-from capml_core.physics.modes import FrozenModeGap, frozen_mode_gaps, spread_over_frequencies
-from capml_core.physics.phonons import GammaModes
+from capml_core.physics.modes import (
+    FrozenGroup,
+    FrozenModeGap,
+    frozen_groups,
+    frozen_mode_gaps,
+    spread_over_frequencies,
+)
+from capml_core.physics.phonons import GammaModes, gamma_modes
 from capml_core.provenance import content_key
 from capml_core.stages.labelling import reference_gaps
 from capml_core.store.database import Store
@@ -87,6 +94,68 @@ def mode_table(result: Sequence[ModeGap], *, top: int = 5) -> ResultTable:
     return table("modes", columns, rows)
 
 
+def mode_groups(store: Store, ensemble_id: str) -> pd.DataFrame:
+    """The stored degenerate subspaces and bands of one ensemble (``gap_mode_groups``)."""
+    return store.query(
+        "SELECT * FROM gap_mode_groups WHERE ensemble_id = ? ORDER BY composition_x, temperature_k, source, kind, "
+        "frequency_lo_thz",
+        [ensemble_id],
+    )
+
+
+def group_table(groups: pd.DataFrame, *, top: int = 5) -> ResultTable:
+    """Per composition and temperature: every band, and the ``top`` subspaces of largest |ΔEg|, with their flags.
+
+    Flagged rows: beyond the harmonic regime, or not resolved by the gap model (|ΔEg| below its resolution).
+    """
+    rows, flagged = [], []
+    shown = []
+    for _, of in groups.groupby(["composition_x", "temperature_k"], sort=True):
+        frozen = of[of["status"] == "frozen"]
+        shown.append(frozen[frozen["kind"] == "band"])
+        subspaces = frozen[(frozen["kind"] == "subspace") & (frozen["source"] == "harmonic")]
+        shown.append(subspaces.reindex(subspaces["delta_ev"].abs().sort_values(ascending=False).index).head(top))
+    for r in (pd.concat(shown) if shown else groups.head(0)).itertuples(index=False):
+        notes = []
+        if r.beyond_harmonic:
+            notes.append("beyond harmonic")
+        if not r.resolvable:
+            notes.append("below the model's resolution")
+        if r.kind == "band" and pd.notna(r.sum_of_modes_ev):
+            notes.append(f"modes alone {r.sum_of_modes_ev:+.4f} eV")
+        if pd.notna(r.reference_delta_ev):
+            notes.append(f"DFT {r.reference_delta_ev:+.4f} eV")
+        if r.beyond_harmonic or not r.resolvable:
+            flagged.append(len(rows))
+        rows.append(
+            (
+                f"{r.composition_x:.4g}",
+                f"{r.temperature_k:g}",
+                f"{r.kind} ({r.source})",
+                f"{r.frequency_lo_thz:.2f}-{r.frequency_hi_thz:.2f}"
+                if r.kind == "band"
+                else f"{r.frequency_lo_thz:.2f}",
+                str(r.n_modes),
+                str(r.dominant),
+                f"{r.rms_displacement_a:.3f}",
+                f"{r.delta_ev:+.4f} ± {r.delta_std_ev:.4f}",
+                f"{100 * r.relative_change:+.2f} %",
+                "; ".join(notes),
+            )
+        )
+    return table(
+        "frozen phonons: degenerate subspaces and frequency bands",
+        ("x", "T (K)", "group", "ν (THz)", "modes", "dominant", "rms u (Å)", "ΔEg (eV)", "ΔEg/Eg(0)", "notes"),
+        rows,
+        warnings=flagged,
+        notes=[
+            "subspace: ΔEg summed over its degenerate modes (basis-independent); band: all its modes frozen at once "
+            "(alternating signs, ±u averaged); modes below gaps.mode_floor_thz, acoustic and imaginary ones are "
+            "not frozen (the renormalised rows use the MD's renormalised frequencies for the soft manifold)"
+        ],
+    )
+
+
 def mode_settings_key(config) -> str:  # RunConfig
     """Key of the settings mode rows depend on besides ensemble, structure and temperature: phonons, DFT checks."""
     return content_key(
@@ -96,6 +165,12 @@ def mode_settings_key(config) -> str:  # RunConfig
             "reference_modes": config.gaps.reference_modes,
             "reference_level": config.gaps.reference_level or config.reference.high_level,
             "checked": config.gap_check_compositions(),
+            "groups": "subspaces-bands-v1",
+            "floor_thz": config.gaps.mode_floor_thz,
+            "band_edges_thz": config.gaps.mode_band_edges_thz,
+            "harmonic_limit_a": config.gaps.mode_harmonic_limit_a,
+            "resolution_ev": config.gaps.mode_resolution_ev,
+            "reference_bands": config.gaps.reference_bands,
         }
     )
 
@@ -148,28 +223,49 @@ def run_mode_stage(
         modes = GammaModes(
             arrays["gamma_frequencies_thz"], arrays["gamma_eigenvectors_real"] + 1j * arrays["gamma_eigenvectors_imag"]
         )
+
+        def predict(structures):
+            return predict_gaps_per_model(structures, models, batch_size=gaps_config.batch_size)
+
         gaps = frozen_mode_gaps(
-            atoms,
-            modes,
-            float(temperature),
-            lambda structures: predict_gaps_per_model(structures, models, batch_size=gaps_config.batch_size),
-            sublattice=sublattice,
+            atoms, modes, float(temperature), predict, sublattice=sublattice, floor_thz=gaps_config.mode_floor_thz
         )
         rows = [_mode_row(g, result, ensemble_id, level, float(temperature), run_id, key) for g in gaps]
         frozen = [k for k, g in enumerate(gaps) if g.status == "frozen"]
         displaced = [structure for k in frozen for structure in gaps[k].displaced]
+        group_settings = {
+            "sublattice": sublattice,
+            "band_edges_thz": gaps_config.mode_band_edges_thz,
+            "harmonic_limit_a": gaps_config.mode_harmonic_limit_a,
+            "resolution_ev": gaps_config.mode_resolution_ev,
+        }
+        groups = {"harmonic": frozen_groups(atoms, modes, gaps, float(temperature), predict, **group_settings)}
+        renormalised = _renormalised_modes(store, model_id, result.structure_hash, float(temperature))
+        if renormalised is not None:  # the soft manifold with the MD's renormalised frequencies
+            r_gaps = frozen_mode_gaps(
+                atoms, renormalised, float(temperature), predict, floor_thz=gaps_config.mode_floor_thz
+            )
+            groups["renormalised"] = frozen_groups(
+                atoms, renormalised, r_gaps, float(temperature), predict, **group_settings
+            )
+        group_rows = [
+            _group_row(g, i, source, result, ensemble_id, float(temperature), run_id, key)
+            for source, found in groups.items()
+            for i, g in enumerate(found)
+        ]
         if config.is_gap_checked(result.composition_x) and temperature == check_temperature:
             _check_with_dft(store, config, rows, frozen, displaced, run_id=run_id, progress=reference_progress)
+            _check_bands_with_dft(store, config, group_rows, groups, atoms, run_id=run_id, progress=reference_progress)
+        where = {
+            "structure_hash": result.structure_hash,
+            "ensemble_id": ensemble_id,
+            "temperature_k": float(temperature),
+        }
         with store.write() as writer:  # replacing rows computed with other settings, if any
-            writer.delete_rows(
-                "gap_modes",
-                {
-                    "structure_hash": result.structure_hash,
-                    "ensemble_id": ensemble_id,
-                    "temperature_k": float(temperature),
-                },
-            )
+            writer.delete_rows("gap_modes", where)
+            writer.delete_rows("gap_mode_groups", where)
             writer.add_rows("gap_modes", rows)
+            writer.add_rows("gap_mode_groups", group_rows)
         logger.info(
             "modes x = %.3f at %.0f K: %d frozen, %d acoustic, %d imaginary",
             result.composition_x,
@@ -221,6 +317,104 @@ def _mode_row(
             }
         )
     return row
+
+
+def _renormalised_modes(store: Store, model_id: str, structure_hash_: str, temperature_k: float) -> GammaModes | None:
+    """Γ modes of DynaPhoPy's renormalised force constants of the MD run of this structure at T, if fitted."""
+    rows = store.query(
+        """SELECT p.artifact_id FROM md_runs m JOIN phonon_anharmonic p USING (md_id)
+           WHERE m.model_id = ? AND m.structure_hash = ? AND abs(m.temperature_k - ?) < 1e-6
+             AND p.artifact_id IS NOT NULL ORDER BY p.created_at DESC LIMIT 1""",
+        [model_id, structure_hash_, temperature_k],
+    )
+    if rows.empty:
+        return None
+    arrays = store.load_arrays(rows["artifact_id"][0])
+    if "renormalised_force_constants" not in arrays:
+        return None
+    return gamma_modes(store.load_atoms(structure_hash_), arrays["renormalised_force_constants"])
+
+
+def _group_row(
+    group: FrozenGroup, index: int, source: str, result, ensemble_id: str, temperature_k: float, run_id, key: str
+) -> dict:
+    """The ``gap_mode_groups`` row of one degenerate subspace or band."""
+    return {
+        "structure_hash": result.structure_hash,
+        "ensemble_id": ensemble_id,
+        "temperature_k": temperature_k,
+        "source": source,
+        "kind": group.kind,
+        "group_index": index,
+        "composition_x": result.composition_x,
+        "modes_json": json.dumps(list(group.modes)),
+        "n_modes": len(group.modes),
+        "frequency_lo_thz": group.frequency_lo_thz,
+        "frequency_hi_thz": group.frequency_hi_thz,
+        "status": group.status,
+        "dominant": group.dominant,
+        "shares_json": json.dumps(group.shares),
+        "rms_displacement_a": group.rms_displacement_a,
+        "max_displacement_a": group.max_displacement_a,
+        "gap0_ev": group.gap0_ev,
+        "delta_ev": group.delta_ev,
+        "delta_std_ev": group.delta_std_ev,
+        "relative_change": group.relative_change,
+        "sum_of_modes_ev": group.sum_of_modes_ev,
+        "resolvable": group.resolvable,
+        "beyond_harmonic": group.beyond_harmonic,
+        "settings_key": key,
+        "run_id": run_id,
+    }
+
+
+def _check_bands_with_dft(
+    store: Store,
+    config: RunConfig,
+    group_rows: list[dict],
+    groups: dict[str, list[FrozenGroup]],
+    atoms: Atoms,
+    *,
+    run_id: str | None,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Reference-level ΔEg of the ``gaps.reference_bands`` harmonic bands of largest |ΔEg| (into ``group_rows``)."""
+    bands = [
+        (row, group)
+        for row, group in zip(group_rows, [g for found in groups.values() for g in found], strict=True)
+        if row["source"] == "harmonic" and group.kind == "band"
+    ]
+    chosen = sorted(bands, key=lambda pair: -abs(pair[1].delta_ev))[: config.gaps.reference_bands]
+    if not chosen:
+        return
+    origin = structure_hash(atoms)
+    records, hashes = [], []
+    for row, group in chosen:
+        pair = []
+        for sign, structure in zip(("plus", "minus"), group.displaced, strict=True):
+            digest = structure_hash(structure)
+            pair.append(digest)
+            records.append(
+                StructureRecord(
+                    atoms=structure,
+                    structure_hash=digest,
+                    kind="frozen-mode",
+                    composition_x=row["composition_x"],
+                    temperature_k=row["temperature_k"],
+                    source=f"band {group.frequency_lo_thz:g}-{group.frequency_hi_thz:g} THz ({sign}) of {origin}",
+                )
+            )
+        hashes.append(pair)
+    with store.write() as writer:
+        writer.add_structures(records, run_id=run_id)
+    level, gaps = reference_gaps(
+        store, config, [origin, *(h for p in hashes for h in p)], run_id=run_id, progress=progress
+    )
+    for (row, _), (plus, minus) in zip(chosen, hashes, strict=True):
+        values = (gaps.get(origin), gaps.get(plus), gaps.get(minus))
+        row["reference_level"] = level
+        if None not in values:
+            row["reference_delta_ev"] = 0.5 * (values[1] + values[2]) - values[0]
 
 
 def _check_with_dft(

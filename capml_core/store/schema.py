@@ -298,6 +298,15 @@ _SCHEMA_V16 = [  # error bars that hold: the gap series' own autocorrelation, eq
         dft_gap_ev DOUBLE, n_imaginary INTEGER, n_excluded INTEGER, min_frequency_thz DOUBLE,
         rms_displacement_a DOUBLE, note VARCHAR, run_id VARCHAR, created_at TIMESTAMP NOT NULL,
         PRIMARY KEY (ensemble_id, structure_hash, temperature_k, method, imaginary_treatment))""",
+    """CREATE TABLE gap_mode_groups (
+        structure_hash VARCHAR NOT NULL, ensemble_id VARCHAR NOT NULL, temperature_k DOUBLE NOT NULL,
+        source VARCHAR NOT NULL, kind VARCHAR NOT NULL, group_index INTEGER NOT NULL, composition_x DOUBLE,
+        modes_json VARCHAR, n_modes INTEGER, frequency_lo_thz DOUBLE, frequency_hi_thz DOUBLE, status VARCHAR NOT NULL,
+        dominant VARCHAR, shares_json VARCHAR, rms_displacement_a DOUBLE, max_displacement_a DOUBLE, gap0_ev DOUBLE,
+        delta_ev DOUBLE, delta_std_ev DOUBLE, relative_change DOUBLE, sum_of_modes_ev DOUBLE, resolvable BOOLEAN,
+        beyond_harmonic BOOLEAN, reference_level VARCHAR, reference_delta_ev DOUBLE, settings_key VARCHAR,
+        run_id VARCHAR, created_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (structure_hash, ensemble_id, temperature_k, source, kind, group_index))""",
 ]
 
 
@@ -351,4 +360,5 @@ RESULT_TABLES = (
     "gap_dft_frames",
     "gap_dft_checks",
     "gap_estimates",
+    "gap_mode_groups",
 )

@@ -136,7 +136,7 @@ def modes(
     scan: ScanOption = None,
 ) -> None:
     """ΔEg/Eg of each Γ mode frozen in at its thermal amplitude (GNN), with DFT checks of a few modes."""
-    from capml_core.stages.modes import mode_table, run_mode_stage
+    from capml_core.stages.modes import group_table, mode_groups, mode_table, run_mode_stage
     from capml_core.stages.phonons import run_harmonic_phonons
     from capml_core.store.database import Store
 
@@ -146,16 +146,17 @@ def modes(
             store = Store(loaded.project_dir)
             model_id, scan_id = model_or_latest(store, model), scan_or_latest(store, scan)
             run_harmonic_phonons(store, loaded.config, model_id=model_id, scan_id=scan_id)  # stored once per model
+            ensemble_id = ensemble_or_latest(store, ensemble)
             result = run_mode_stage(
                 store,
                 loaded.config,
-                ensemble_id=ensemble_or_latest(store, ensemble),
+                ensemble_id=ensemble_id,
                 model_id=model_id,
                 scan_id=scan_id,
                 progress=pairs_done,
                 reference_progress=dft_done,
             )
-    print_tables([mode_table(result, top=top)])
+    print_tables([mode_table(result, top=top), group_table(mode_groups(store, ensemble_id), top=top)])
 
 
 def evaluate(
