@@ -39,13 +39,15 @@ def test_demo_config_is_small_and_imports_the_bundled_data(tmp_path: Path) -> No
     cfg = loaded.config
     assert cfg.mlip.channels < 256 and cfg.md.duration_ps < 40
     levels = [spec.level for spec in cfg.dataset.imports]
-    # the shipped files, capml's own, the held-out MD frames (measured on, never trained on), round 1's MD frames
-    assert levels == ["gpaw-pbesol"] * 3 + ["gpaw-gllbsc"] * 2 + ["gpaw-pbesol", "gpaw-gllbsc"] * 2
+    # the shipped files, capml's own, the held-out MD frames (measured on, never trained on), rounds 1-2's MD frames
+    assert levels == ["gpaw-pbesol"] * 3 + ["gpaw-gllbsc"] * 2 + ["gpaw-pbesol", "gpaw-gllbsc"] * 3
     assert [spec.path.name for spec in cfg.dataset.imports[5:]] == [
         "capml-md-heldout-gpaw-pbesol.extxyz",
         "capml-md-heldout-gpaw-gllbsc.extxyz",
         "capml-md-al-round1-gpaw-pbesol.extxyz",
         "capml-md-al-round1-gpaw-gllbsc.extxyz",
+        "capml-md-al-round2-gpaw-pbesol.extxyz",
+        "capml-md-al-round2-gpaw-gllbsc.extxyz",
     ]
     assert cfg.dataset.imports[0].path == PBESOL_FILE.resolve()
     assert cfg.dataset.imports[3].label_keys() == LabelKeys(energy=None, forces=None, stress=None, gap="gllbsc_gap")
@@ -198,3 +200,23 @@ def test_every_shipped_config_loads_and_the_active_learning_recipe_starts_from_t
         "capml-md-heldout-gpaw-pbesol.extxyz",
         "capml-md-heldout-gpaw-gllbsc.extxyz",
     ]  # held-out frames only: no training set sees them, so the training data are the held-out recipe's
+
+
+def test_study_config_covers_what_the_study_promises() -> None:
+    """data/configs/ag3sbri-study.toml: 9 compositions x 100-600 K, >= 10 ps MD, the gate on, DFT checks of Eg(T)
+    at >= 3 temperatures for the end members and x = 0.5 and at 300 K for every composition, the estimates at
+    every temperature, and the active-learning data (held-out frames and rounds 1-2) among its imports."""
+    cfg = load_config(REPO / "data" / "configs" / "ag3sbri-study.toml").config
+    assert len(cfg.system.compositions) == 9 and cfg.md.temperatures_k == [100.0, 200.0, 300.0, 400.0, 500.0, 600.0]
+    assert cfg.md.duration_ps - cfg.md.equilibration_ps >= 8.0 and cfg.phonons.gate
+    for x in (0.0, 0.5, 1.0):
+        assert sum(cfg.dft_check_frames(x, t) > 0 for t in cfg.md.temperatures_k) >= 3
+    assert all(cfg.dft_check_frames(x, 300.0) >= 2 for x in cfg.system.compositions)
+    assert cfg.gaps.estimate_samples > 0 and cfg.gaps.estimate_temperatures_k is None  # every MD temperature
+    names = {spec.path.name for spec in cfg.dataset.imports}
+    assert {
+        f"capml-md-{part}-gpaw-{level}.extxyz"
+        for part in ("heldout", "al-round1", "al-round2")
+        for level in ("pbesol", "gllbsc")
+    } <= names
+    assert "mace-kernel" in cfg.gnn.search_architectures
