@@ -459,6 +459,40 @@ def _independent_estimates(store: Store, config, ensemble_id: str) -> None:
     assert len(table_.rows) == 5 and table_.columns[:3] == ("x", "T (K)", "MD")
     again = run_bandgap_stage(store, config, ensemble_id=ensemble_id, scan_id=latest_scan_id(store))
     assert again.estimates["created_at"].tolist() == result.estimates["created_at"].tolist()  # resumed, not redone
+    _report_of(store, result)
+
+
+def _report_of(store: Store, result) -> None:
+    """capml report --json on this project: the keys the study promises, the same numbers as the stage's."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from capml_core.stages.report import project_report
+    from flows.cli import app
+
+    report = project_report(store)
+    high = report["models"]["gnn"]["gpaw-gllbsc"]
+    assert high["test_mae_ev"] > 0 and high["md_frames_mae_ev"] is None  # no held-out frame in this project
+    assert any("not measured (capml evaluate)" in f for f in report["flags"])
+    assert report["models"]["mace"]["test_force_mae_ev_per_a"] > 0
+    assert len(report["static"]) == 5 and all(s["cubic_gap_ev"] > 0 for s in report["static"])
+    gaps = {(g["composition_x"], g["temperature_k"]): g for g in report["gaps"]}
+    thermal = {(t.composition_x, t.temperature_k): t for t in result.thermal}
+    assert set(gaps) == set(thermal)
+    for key, g in gaps.items():
+        assert g["gap_ev"] == pytest.approx(thermal[key].average.mean_gap_ev)
+    assert gaps[(1.0, 100.0)]["dft_verdict"] == "disagrees" and gaps[(1.0, 100.0)]["flagged"]
+    assert gaps[(0.0, 100.0)]["dft_verdict"] == "agrees" and gaps[(0.0, 100.0)]["n_dft_frames"] >= 2
+    assert any(f.startswith("x = 1, 100 K: the model disagrees with DFT") for f in report["flags"])
+    assert {e["method"] for e in report["estimates"]} >= {"harmonic-classical", "harmonic-quantum"}
+    assert report["stabilisation_k"] == {}  # no phonon verdicts in this project
+    assert len(report["published"]) == 21 and any(p["capml_gap_ev"] is not None for p in report["published"])
+    shown = CliRunner().invoke(app, ["report", "--project", str(store.project_dir), "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["gaps"] == json.loads(json.dumps(report["gaps"]))
+    text = CliRunner().invoke(app, ["report", "--project", str(store.project_dir)])
+    assert text.exit_code == 0 and "flags: results not to take at face value" in text.output
 
 
 def test_dft_phonon_sampled_estimate_averages_labelled_thermal_cells(tmp_path: Path) -> None:

@@ -164,7 +164,30 @@ def evaluate_on_frames(
         atoms = store.load_structures(frames["structure_hash"].tolist())
         mean, _ = predict_gaps([atoms[h] for h in frames["structure_hash"]], load_ensemble(directories))
         errors.append(gap_errors(mean, frames["gap_ev"].to_numpy(), model=name, level=level))
+    _store_errors(store, errors, set_name)
     return errors
+
+
+def _store_errors(store: Store, errors: Sequence[FrameErrors], set_name: str) -> None:
+    """Keep what was measured (``heldout_errors``, one row per model, level, quantity; a re-measurement replaces)."""
+    if not errors:
+        return
+    with store.write() as writer:
+        for e in errors:
+            writer.delete_rows(
+                "heldout_errors", {"model": e.model, "level": e.level, "quantity": e.quantity, "set_name": set_name}
+            )
+        writer.add_rows("heldout_errors", [{**e.__dict__, "set_name": set_name} for e in errors])
+
+
+def stored_errors(store: Store, *, mace_model_id: str | None, ensemble_id: str | None) -> pd.DataFrame:
+    """The stored held-out errors of a MACE model and a gap ensemble (its cheap stage included)."""
+    names = [n for n in (mace_model_id and f"mace {mace_model_id}", ensemble_id and f"gnn {ensemble_id}") if n]
+    if ensemble_id:
+        names.append(f"gnn {ensemble_id} (cheap stage)")
+    return store.query(
+        "SELECT * FROM heldout_errors WHERE model IN (SELECT unnest(?)) ORDER BY model, quantity", [names]
+    )
 
 
 def require_errors(errors: Sequence[FrameErrors], set_name: str) -> Sequence[FrameErrors]:

@@ -307,6 +307,10 @@ _SCHEMA_V16 = [  # error bars that hold: the gap series' own autocorrelation, eq
         beyond_harmonic BOOLEAN, reference_level VARCHAR, reference_delta_ev DOUBLE, settings_key VARCHAR,
         run_id VARCHAR, created_at TIMESTAMP NOT NULL,
         PRIMARY KEY (structure_hash, ensemble_id, temperature_k, source, kind, group_index))""",
+    """CREATE TABLE heldout_errors (
+        model VARCHAR NOT NULL, level VARCHAR NOT NULL, quantity VARCHAR NOT NULL, set_name VARCHAR NOT NULL,
+        unit VARCHAR, n INTEGER NOT NULL, mae DOUBLE, mean_error DOUBLE, rmse DOUBLE, max_error DOUBLE,
+        created_at TIMESTAMP NOT NULL, PRIMARY KEY (model, level, quantity, set_name))""",
 ]
 
 
@@ -361,4 +365,5 @@ RESULT_TABLES = (
     "gap_dft_checks",
     "gap_estimates",
     "gap_mode_groups",
+    "heldout_errors",
 )

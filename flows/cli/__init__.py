@@ -41,6 +41,7 @@ for command in (
     analysis.evaluate,
     query.runs,
     query.sql,
+    query.report,
     run.dashboard,
     run.version,
 ):

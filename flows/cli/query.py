@@ -1,4 +1,4 @@
-"""Reading the store: ``capml runs`` and ``capml sql``."""
+"""Reading the store: ``capml runs``, ``capml sql`` and ``capml report``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,16 @@ from typing import Annotated
 import typer
 
 from capml_core.errors import CapmlError
-from flows.cli.common import ConfigOption, ProjectOption, capml_errors, console, err_console, fail, open_store
+from flows.cli.common import (
+    ConfigOption,
+    ProjectOption,
+    capml_errors,
+    console,
+    err_console,
+    fail,
+    open_store,
+    print_tables,
+)
 
 
 def runs(config: ConfigOption = None, project: ProjectOption = None) -> None:
@@ -81,3 +90,22 @@ def sql(
             "for every row",
             soft_wrap=True,
         )
+
+
+def report(
+    config: ConfigOption = None,
+    project: ProjectOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (keys: docs/report.md).")] = False,
+) -> None:
+    """What the project found and how far to trust it: model errors, Eg(0), Eg(T, x) with DFT checks, flags."""
+    import json
+
+    from capml_core.stages.report import project_report, report_tables
+
+    with capml_errors():
+        store = open_store(config, project)
+        found = project_report(store)
+    if as_json:
+        print(json.dumps(found, indent=1, default=str))
+        return
+    print_tables(report_tables(found))

@@ -1,0 +1,383 @@
+"""What a project found and how far to trust it: one report from the store alone (``capml report``).
+
+Reads, never computes: the newest gap ensemble used by the bandgaps stage and the MACE model of its MD runs;
+their errors on the test splits and on the held-out MD frames (``heldout_errors``, written by ``capml evaluate``
+and ``capml al record``); Eg(0) of the cubic and of the lowest structure; Eg(T, x) with uncertainty, ΔEg/Eg and
+the DFT checks of the same frames and their verdicts; the independent estimates; the stabilisation temperature of
+each composition from the phonon verdicts; the comparison with the published gaps; the active-learning rounds.
+:func:`project_report` returns one JSON-ready dict (keys listed in docs/report.md); :func:`report_tables` the
+same as tables. ``flags`` lists every result a user must not take at face value.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from capml_core.errors import NotComputedError
+from capml_core.stages.bandgaps import compare_with_published
+from capml_core.stages.heldout import stored_errors
+from capml_core.store.database import Store
+from capml_core.tables import ResultTable, table
+
+#: A checked Eg(T) whose verdict is one of these is flagged.
+FLAGGED_VERDICTS = ("disagrees", "too noisy")
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None (for JSON)."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _composition_key(x: float) -> str:
+    return f"{x:g}"
+
+
+def stabilisation_temperatures(verdicts: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per composition: the lowest MD temperature from which every hotter one is dynamically stable.
+
+    ``verdicts``: composition_x, temperature_k, stable, reason. None (with the reason of the hottest unstable
+    run) when not stabilised by the hottest temperature.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for x, of in verdicts.groupby("composition_x"):
+        of = of.sort_values("temperature_k")
+        stable = of["stable"].astype(bool).to_numpy()
+        temperature, reason = None, None
+        for i in range(len(of)):
+            if stable[i:].all():
+                temperature = float(of["temperature_k"].iloc[i])
+                break
+        if temperature is None:
+            hottest = of[~of["stable"].astype(bool)].iloc[-1]
+            reason = f"not stabilised by {of['temperature_k'].max():g} K: {hottest['reason']}"
+        out[_composition_key(float(x))] = {"temperature_k": temperature, "reason": reason}
+    return out
+
+
+def _models(store: Store, ensemble_id: str, mace_model_id: str | None) -> dict[str, Any]:
+    levels = store.query(
+        """SELECT DISTINCT m.architecture, m.cheap_level, m.high_level FROM gnn_models m WHERE m.ensemble_id = ?""",
+        [ensemble_id],
+    )
+    cheap, high = levels["cheap_level"].iloc[0], levels["high_level"].iloc[0]
+    metrics = store.query(
+        """SELECT stage, avg(mae_ev) AS mae, max(n) AS n FROM gnn_metrics
+           WHERE model_id IN (SELECT model_id FROM gnn_models WHERE ensemble_id = ?) AND split = 'test'
+           GROUP BY stage""",
+        [ensemble_id],
+    ).set_index("stage")
+    heldout = stored_errors(store, mace_model_id=mace_model_id, ensemble_id=ensemble_id)
+    gnn: dict[str, Any] = {}
+    for stage, level in (("cheap", cheap), ("high", high)):
+        if level is None or (isinstance(level, float) and math.isnan(level)):
+            continue
+        name = f"gnn {ensemble_id}" + (" (cheap stage)" if stage == "cheap" and high else "")
+        frames = heldout[(heldout["model"] == name) & (heldout["quantity"] == "gap") & (heldout["level"] == level)]
+        gnn[level] = {
+            "stage": stage,
+            "test_mae_ev": _number(metrics["mae"].get(stage)) if stage in metrics.index else None,
+            "n_test": int(metrics["n"].get(stage)) if stage in metrics.index else 0,
+            "md_frames_mae_ev": _number(frames["mae"].iloc[0]) if len(frames) else None,
+            "md_frames_mean_error_ev": _number(frames["mean_error"].iloc[0]) if len(frames) else None,
+            "n_md_frames": int(frames["n"].iloc[0]) if len(frames) else 0,
+        }
+    mace: dict[str, Any] = {"model_id": mace_model_id}
+    if mace_model_id:
+        test = store.query(
+            "SELECT quantity, mae FROM mlip_metrics WHERE model_id = ? AND split = 'test'", [mace_model_id]
+        ).set_index("quantity")["mae"]
+        mine = heldout[heldout["model"] == f"mace {mace_model_id}"].set_index("quantity")
+        mace.update(
+            {
+                "test_force_mae_ev_per_a": _number(test.get("forces")),
+                "test_energy_mae_mev_per_atom": _number(1000.0 * test["energy"]) if "energy" in test else None,
+                "md_frames_force_mae_ev_per_a": _number(mine["mae"].get("forces")) if "forces" in mine.index else None,
+                "md_frames_energy_mae_mev_per_atom": _number(mine["mae"].get("energy"))
+                if "energy" in mine.index
+                else None,
+                "n_md_frames": int(mine["n"].get("energy", 0)) if "energy" in mine.index else 0,
+            }
+        )
+    return {
+        "gnn": gnn,
+        "gap_ensemble_id": ensemble_id,
+        "gap_architecture": str(levels["architecture"].iloc[0]),
+        "mace": mace,
+    }
+
+
+def project_report(store: Store) -> dict[str, Any]:
+    """The report of one project (see module doc); JSON-ready (None for what was not computed).
+
+    Raises
+    ------
+    NotComputedError
+        No band gaps in the store yet (run the pipeline, or ``capml gaps``).
+    """
+    results = store.bandgap_results()
+    static, thermal = results["static"], results["thermal"]
+    if static.empty:
+        raise NotComputedError(f"{store.path}: no band gaps yet: run the pipeline (capml run) or capml gaps")
+    ensemble_id = static["ensemble_id"].iloc[0]
+    runs = store.query(
+        "SELECT md_id, model_id FROM md_runs WHERE md_id IN (SELECT unnest(?))", [thermal["md_id"].tolist()]
+    )
+    mace_model_id = runs["model_id"].iloc[0] if len(runs) else None
+    checks = results["checks"].set_index("md_id") if len(results["checks"]) else pd.DataFrame()
+    lowest = (
+        results["lowest"].set_index(results["lowest"]["composition_x"].round(6)) if len(results["lowest"]) else None
+    )
+    flags: list[str] = []
+    static_rows = []
+    for r in static.itertuples(index=False):
+        x = round(float(r.composition_x), 6)
+        static_rows.append(
+            {
+                "composition_x": float(r.composition_x),
+                "cubic_gap_ev": _number(r.gap_ev),
+                "cubic_gap_spread_ev": _number(r.gap_std_ev),
+                "cubic_dft_gap_ev": _number(r.reference_gap_ev),
+                "lowest_gap_ev": _number(lowest.loc[x, "gap_ev"]) if lowest is not None and x in lowest.index else None,
+                "lowest_source": str(lowest.loc[x, "structure_source"])
+                if lowest is not None and x in lowest.index
+                else None,
+            }
+        )
+    gap_rows = []
+    for r in thermal.itertuples(index=False):
+        check = checks.loc[r.md_id] if len(checks) and r.md_id in checks.index else None
+        verdict = None if check is None else str(check["verdict"])
+        averaged = _number(r.mean_gap_ev) is not None
+        equilibrated = None if not averaged or pd.isna(getattr(r, "equilibrated", None)) else bool(r.equilibrated)
+        flagged = bool(verdict in FLAGGED_VERDICTS or equilibrated is False or not r.passes_gate)
+        row = {
+            "composition_x": float(r.composition_x),
+            "temperature_k": float(r.temperature_k),
+            "gap_ev": _number(r.mean_gap_ev),
+            "error_ev": _number(r.error_ev),
+            "relative_change": _number(r.relative_change),
+            "relative_error": _number(r.relative_error),
+            "relative_change_lowest": _number(getattr(r, "lowest_relative_change", None)),
+            "n_effective": _number(getattr(r, "n_effective", None)),
+            "equilibrated": equilibrated,
+            "passes_gate": bool(r.passes_gate),
+            "dft_gap_ev": None if check is None else _number(check["dft_gap_ev"]),
+            "dft_error_ev": None if check is None else _number(check["dft_error_ev"]),
+            "model_gap_same_frames_ev": None if check is None else _number(check["model_gap_ev"]),
+            "dft_difference_ev": None if check is None else _number(check["difference_ev"]),
+            "dft_difference_error_ev": None if check is None else _number(check["difference_error_ev"]),
+            "n_dft_frames": 0 if check is None else int(check["n_frames"]),
+            "dft_verdict": verdict,
+            "flagged": flagged,
+            "reason": r.reason,
+        }
+        gap_rows.append(row)
+        where = f"x = {r.composition_x:g}, {r.temperature_k:g} K"
+        if verdict in FLAGGED_VERDICTS:
+            flags.append(
+                f"{where}: the model {verdict} with DFT on the same frames (model − DFT "
+                f"{row['dft_difference_ev']:+.3f} ± {row['dft_difference_error_ev']:.3f} eV)"
+            )
+        if equilibrated is False:
+            flags.append(f"{where}: not equilibrated ({r.reason})")
+        if not r.passes_gate:
+            flags.append(f"{where}: dropped by the phonon gate ({r.reason})")
+    if not len(checks):
+        flags.append("no Eg(T) was checked with DFT on the MD's frames (gaps.dft_check)")
+    estimates = [
+        {
+            "composition_x": float(e.composition_x),
+            "temperature_k": float(e.temperature_k),
+            "method": e.method,
+            "imaginary_treatment": e.imaginary_treatment,
+            "gap_ev": _number(e.gap_ev),
+            "error_ev": _number(e.error_ev),
+            "relative_change": _number(e.relative_change),
+            "dft_gap_ev": _number(e.dft_gap_ev),
+        }
+        for e in results["estimates"].itertuples(index=False)
+    ]
+    verdicts = store.query(
+        """SELECT m.composition_x, m.temperature_k, p.stable, p.reason FROM phonon_anharmonic p
+           JOIN md_runs m USING (md_id) WHERE m.model_id = ?""",
+        [mace_model_id],
+    )
+    stabilisation = stabilisation_temperatures(verdicts) if len(verdicts) else {}
+    ours = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "composition_x": static["composition_x"],
+                    "temperature_k": 0.0,
+                    "gap_ev": static["gap_ev"],
+                    "error_ev": static["gap_std_ev"],
+                }
+            ),
+            thermal.loc[thermal["mean_gap_ev"].notna(), ["composition_x", "temperature_k"]].assign(
+                gap_ev=thermal["mean_gap_ev"], error_ev=thermal["error_ev"]
+            ),
+        ],
+        ignore_index=True,
+    )
+    published = []
+    if len(results["published"]):
+        compared = compare_with_published(ours, results["published"])
+        for c in compared.itertuples(index=False):
+            published.append(
+                {
+                    "kind": c.kind,
+                    "source": c.source,
+                    "composition_x": float(c.composition_x),
+                    "temperature_k": float(c.temperature_k),
+                    "gap_ev": _number(c.gap_ev),
+                    "uncertainty_ev": _number(c.uncertainty_ev),
+                    "capml_gap_ev": _number(c.capml_gap_ev),
+                    "difference_ev": _number(c.difference_ev),
+                    "difference_error_ev": _number(c.difference_error_ev),
+                    "outside": None if pd.isna(c.outside) else bool(c.outside),
+                }
+            )
+        outside = [p for p in published if p["outside"]]
+        if outside:
+            flags.append(
+                f"{len(outside)} of {sum(p['capml_gap_ev'] is not None for p in published)} published gaps lie "
+                "outside capml's value by more than twice the combined uncertainty"
+            )
+    models = _models(store, ensemble_id, mace_model_id)
+    for level, numbers in models["gnn"].items():
+        if numbers["md_frames_mae_ev"] is None:
+            flags.append(f"the gap model's error on held-out MD frames at {level} is not measured (capml evaluate)")
+    rounds = store.query("SELECT * EXCLUDE (run_id, created_at) FROM active_learning_rounds ORDER BY round")
+    return {
+        "project": str(store.project_dir),
+        "models": models,
+        "static": static_rows,
+        "gaps": gap_rows,
+        "estimates": estimates,
+        "stabilisation_k": {x: v["temperature_k"] for x, v in stabilisation.items()},
+        "stabilisation_reasons": {x: v["reason"] for x, v in stabilisation.items() if v["reason"]},
+        "published": published,
+        "active_learning_rounds": [
+            {k: (_number(v) if isinstance(v, (float, np.floating)) else v) for k, v in row.items()}
+            for row in rounds.to_dict("records")
+        ],
+        "flags": flags,
+    }
+
+
+def _fmt(value: float | None, digits: int = 3, *, percent: bool = False, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    value = 100.0 * value if percent else value
+    text = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+    return text + (" %" if percent else "")
+
+
+def report_tables(report: dict[str, Any]) -> list[ResultTable]:
+    """The report as tables: models, Eg(0), Eg(T) with its DFT checks, estimates, stabilisation, flags."""
+    models = report["models"]
+    model_rows = [
+        (
+            f"gap model ({models['gap_architecture']}) at {level}",
+            _fmt(n["test_mae_ev"]),
+            _fmt(n["md_frames_mae_ev"]),
+            _fmt(n["md_frames_mean_error_ev"], signed=True),
+            f"{n['n_test']} / {n['n_md_frames']}",
+        )
+        for level, n in models["gnn"].items()
+    ]
+    mace = models["mace"]
+    if mace.get("model_id"):
+        model_rows.append(
+            (
+                f"MACE {mace['model_id']} forces (eV/Å)",
+                _fmt(mace.get("test_force_mae_ev_per_a")),
+                _fmt(mace.get("md_frames_force_mae_ev_per_a")),
+                "-",
+                f"- / {mace.get('n_md_frames', 0)}",
+            )
+        )
+        model_rows.append(
+            (
+                "MACE energy (meV/atom)",
+                _fmt(mace.get("test_energy_mae_mev_per_atom"), 1),
+                _fmt(mace.get("md_frames_energy_mae_mev_per_atom"), 1),
+                "-",
+                "",
+            )
+        )
+    tables = [
+        table(
+            "models: test split and held-out MD frames (MAE)",
+            ("model", "test", "MD frames", "mean error", "n"),
+            model_rows,
+        ),
+        table(
+            "Eg(0): cubic structure (the paper's definition) and lowest structure found",
+            ("x", "cubic (eV)", "cubic, DFT (eV)", "lowest (eV)"),
+            [
+                (
+                    f"{s['composition_x']:.4g}",
+                    _fmt(s["cubic_gap_ev"]),
+                    _fmt(s["cubic_dft_gap_ev"]),
+                    _fmt(s["lowest_gap_ev"]),
+                )
+                for s in report["static"]
+            ],
+        ),
+    ]
+    gap_rows, flagged = [], []
+    for i, g in enumerate(report["gaps"]):
+        gap_rows.append(
+            (
+                f"{g['composition_x']:.4g}",
+                f"{g['temperature_k']:g}",
+                f"{_fmt(g['gap_ev'])} ± {_fmt(g['error_ev'])}",
+                f"{_fmt(g['relative_change'], 1, percent=True, signed=True)}",
+                "-"
+                if g["dft_gap_ev"] is None
+                else f"{_fmt(g['dft_gap_ev'])} ± {_fmt(g['dft_error_ev'])} ({g['n_dft_frames']})",
+                "-" if g["dft_verdict"] is None else g["dft_verdict"],
+                "flagged" if g["flagged"] else "",
+            )
+        )
+        if g["flagged"]:
+            flagged.append(i)
+    tables.append(
+        table(
+            "Eg(T, x) with its DFT check on the same MD frames",
+            ("x", "T (K)", "Eg (eV)", "ΔEg/Eg(0)", "DFT Eg (frames)", "check", ""),
+            gap_rows,
+            warnings=flagged,
+        )
+    )
+    if report["stabilisation_k"]:
+        tables.append(
+            table(
+                "dynamic stability: stabilisation temperature per composition",
+                ("x", "stable from (K)", "reason"),
+                [
+                    (x, "-" if t is None else f"{t:g}", report["stabilisation_reasons"].get(x, ""))
+                    for x, t in report["stabilisation_k"].items()
+                ],
+            )
+        )
+    tables.append(
+        table(
+            "flags: results not to take at face value",
+            ("flag",),
+            [(f,) for f in report["flags"]] or [("none",)],
+            warnings=range(len(report["flags"])),
+        )
+    )
+    return tables
