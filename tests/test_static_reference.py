@@ -35,3 +35,40 @@ def test_a_killed_relaxation_resumes_from_its_last_step(tmp_path: Path) -> None:
     assert resume_point(start, trajectory)[1] == written + rest.steps  # appended, not overwritten
     trajectory.write_bytes(trajectory.read_bytes()[:100])  # a kill mid-write: start over, no crash
     assert resume_point(start, trajectory)[1] == 0
+
+
+def test_a_minimum_far_from_the_cubic_volume_is_not_the_lowest(tmp_path: Path) -> None:
+    """A quench that swelled the cell (a potential extrapolating off its training volumes) is kept but left out."""
+    from capml_core.stages.static_minima import lowest_minima, minima_table, summary_lines
+    from capml_core.store.database import Store
+
+    store = Store(tmp_path / "p")
+    rows = [
+        ("cubic", -3.000, 900.0),
+        ("md-frame a", -3.090, 910.0),  # +1 %: a candidate
+        ("md-frame b", -3.160, 1500.0),  # +67 %: lower, but not trusted
+    ]
+    with store.write() as writer:
+        writer.add_rows(
+            "static_minima",
+            [
+                {
+                    "model_id": "mace-x",
+                    "composition_x": 1.0,
+                    "source": source,
+                    "structure_hash": source,
+                    "energy_ev_per_atom": energy,
+                    "volume_a3": volume,
+                }
+                for source, energy, volume in rows
+            ],
+        )
+    table = minima_table(store, "mace-x").set_index("source")
+    assert table.loc["md-frame b", "volume_change"] == pytest.approx(600.0 / 900.0)
+    assert table["trusted"].tolist() == [False, True, True]  # ordered by energy
+    lowest = lowest_minima(store, "mace-x")
+    assert lowest["source"].tolist() == ["md-frame a"]
+    assert lowest["below_cubic_mev_per_atom"].item() == pytest.approx(-90.0)
+    (line,) = summary_lines(minima_table(store, "mace-x"))
+    assert "lowest md-frame a" in line and "1 left out" in line
+    assert lowest_minima(store, "mace-x", max_volume_change=1.0)["source"].tolist() == ["md-frame b"]

@@ -148,36 +148,55 @@ def quench_md_frames(
     return minima_table(store, model_id)
 
 
-def minima_table(store: Store, model_id: str) -> pd.DataFrame:
-    """``static_minima`` of one model with each energy relative to the composition's cubic one (meV/atom)."""
-    return store.query(
-        """SELECT m.*, 1000 * (m.energy_ev_per_atom - c.energy_ev_per_atom) AS below_cubic_mev_per_atom
+#: A minimum whose volume differs from the cubic cell's by more than this fraction is not a candidate for the lowest
+#: structure: a potential trained at one volume per composition (the bundled data) extrapolates its energy there
+#: (the demo-profile MACE lets a few quenches swell by 40-70 % to "minima" 150 meV/atom down; docs/active-learning.md).
+MAX_VOLUME_CHANGE = 0.05
+
+
+def minima_table(store: Store, model_id: str, *, max_volume_change: float = MAX_VOLUME_CHANGE) -> pd.DataFrame:
+    """``static_minima`` of one model with each energy relative to the composition's cubic one (meV/atom).
+
+    Adds ``volume_change`` (fraction, against the cubic structure) and ``trusted`` (within ``max_volume_change``).
+    """
+    table = store.query(
+        """SELECT m.*, 1000 * (m.energy_ev_per_atom - c.energy_ev_per_atom) AS below_cubic_mev_per_atom,
+                  m.volume_a3 / c.volume_a3 - 1 AS volume_change
            FROM static_minima m LEFT JOIN static_minima c
              ON c.model_id = m.model_id AND c.composition_x = m.composition_x AND c.source = 'cubic'
            WHERE m.model_id = ? ORDER BY m.composition_x, m.energy_ev_per_atom""",
         [model_id],
     )
+    table["trusted"] = table["volume_change"].isna() | (table["volume_change"].abs() <= max_volume_change)
+    return table
 
 
-def lowest_minima(store: Store, model_id: str) -> pd.DataFrame:
-    """Per composition, the lowest minimum found for ``model_id`` (one row each; empty if none quenched)."""
-    table = minima_table(store, model_id)
+def lowest_minima(store: Store, model_id: str, *, max_volume_change: float = MAX_VOLUME_CHANGE) -> pd.DataFrame:
+    """Per composition, the lowest trusted minimum found for ``model_id`` (one row each; empty if none quenched)."""
+    table = minima_table(store, model_id, max_volume_change=max_volume_change)
+    table = table[table["trusted"]]
     if table.empty:
         return table
     return table.loc[table.groupby("composition_x")["energy_ev_per_atom"].idxmin()].reset_index(drop=True)
 
 
 def summary_lines(table: pd.DataFrame) -> list[str]:
-    """One line per composition: lowest minimum, its space group and energy below the cubic cell."""
+    """One line per composition: lowest trusted minimum, its space group and energy below the cubic cell."""
     lines = []
     for x, group in table.groupby("composition_x"):
-        best = group.loc[group["energy_ev_per_atom"].idxmin()]
-        spread = group.loc[group["source"] != CUBIC, "below_cubic_mev_per_atom"].to_numpy(dtype=float)
+        trusted = group[group["trusted"]] if "trusted" in group else group
+        best = trusted.loc[trusted["energy_ev_per_atom"].idxmin()]
+        quenched = trusted[trusted["source"] != CUBIC]
+        spread = quenched["below_cubic_mev_per_atom"].to_numpy(dtype=float)
+        untrusted = len(group) - len(trusted)
+        skipped = (
+            f"; {untrusted} left out (volume off the cubic cell's by > {MAX_VOLUME_CHANGE:.0%})" if untrusted else ""
+        )
         lines.append(
             f"x = {x:.3f}: lowest {best.source} ({best.space_group}) {best.below_cubic_mev_per_atom:+.1f} meV/atom vs "
-            f"cubic; {len(spread)} quenched frames span {np.nanmin(spread):+.1f} … {np.nanmax(spread):+.1f}"
+            f"cubic; {len(spread)} quenched frames span {np.nanmin(spread):+.1f} … {np.nanmax(spread):+.1f}{skipped}"
             if len(spread)
-            else f"x = {x:.3f}: only the cubic structure relaxed"
+            else f"x = {x:.3f}: only the cubic structure relaxed{skipped}"
         )
     return lines
 

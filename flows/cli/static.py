@@ -36,7 +36,17 @@ def _print_minima(store, model_id: str) -> None:
     if table.empty:
         console.print(f"no minima quenched with {model_id} yet (capml static quench)")
         return
-    columns = ["composition_x", "source", "space_group", "below_cubic_mev_per_atom", "converged", "steps", "volume_a3"]
+    columns = [
+        "composition_x",
+        "source",
+        "space_group",
+        "below_cubic_mev_per_atom",
+        "converged",
+        "steps",
+        "volume_a3",
+        "volume_change",
+        "trusted",
+    ]
     console.print(table[columns].round(3).to_string(index=False))
     for line in summary_lines(table):
         console.print(line)
