@@ -72,6 +72,7 @@ def static_quench(
     with capml_errors():
         loaded = load(config, project)
         store = Store(loaded.project_dir)
+        store.initialise()  # writes: an older store is migrated first
         model_id = model_or_latest(store, model)
         with bar("relaxations") as progress:
             task_id = progress.add_task("quench", total=None)
@@ -118,6 +119,7 @@ def static_dft_relax(
     with capml_errors():
         loaded = load(config, project)
         store = Store(loaded.project_dir)
+        store.initialise()  # writes: an older store is migrated first
         model_id = model_or_latest(store, model)
         table = minima_table(store, model_id)
         of_x = table[(table["composition_x"] - composition).abs() < 1e-9]
