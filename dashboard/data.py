@@ -158,6 +158,12 @@ def bandgap_results(path: str) -> dict[str, pd.DataFrame]:
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def mode_group_results(path: str) -> pd.DataFrame:
+    """Frozen-phonon subspaces and bands of the newest ensemble with mode results."""
+    return Store(path).mode_group_results()
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
 def mode_results(path: str) -> pd.DataFrame:
     """Frozen-mode gap changes."""
     return Store(path).mode_results()

@@ -525,6 +525,14 @@ class Store:
             "estimates": estimates,
         }
 
+    def mode_group_results(self) -> pd.DataFrame:
+        """Degenerate subspaces and frequency bands (``gap_mode_groups``) of the newest ensemble that has them."""
+        return self.query(
+            """SELECT * EXCLUDE (run_id, settings_key) FROM gap_mode_groups
+               WHERE ensemble_id = (SELECT ensemble_id FROM gap_mode_groups ORDER BY created_at DESC LIMIT 1)
+               ORDER BY composition_x, temperature_k, source, kind, frequency_lo_thz"""
+        )
+
     def mode_results(self) -> pd.DataFrame:
         """ΔEg of the frozen Γ modes from the newest GNN ensemble used, with the harmonic artifact of each structure."""
         return self.query(

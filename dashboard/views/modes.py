@@ -35,7 +35,10 @@ def render_modes() -> None:
     skipped = here["status"].value_counts().to_dict()
     st.caption(
         f"{len(frozen)} modes frozen in at their thermal amplitude at {temperature:g} K; not frozen: "
-        f"{skipped.get('acoustic', 0)} acoustic, {skipped.get('imaginary', 0)} imaginary (no thermal amplitude)."
+        f"{skipped.get('acoustic', 0)} acoustic, {skipped.get('imaginary', 0)} imaginary (no thermal amplitude), "
+        f"{skipped.get('below floor', 0)} below the frequency floor (amplitude ∝ 1/ω: beyond the harmonic regime). "
+        "Single-mode values inside a degenerate subspace depend on an arbitrary basis: the subspace and band "
+        "table below is what to read."
     )
     frozen["ΔEg/Eg (%)"] = 100.0 * frozen["relative_change"]
     figure = px.scatter(
@@ -48,6 +51,8 @@ def render_modes() -> None:
     )
     figure.add_hline(y=0.0, line_color="grey", line_width=1)
     st.plotly_chart(figure, width="stretch")
+
+    render_mode_groups(composition, temperature)
 
     checked = modes[modes["reference_delta_ev"].notna()]
     if not checked.empty:
@@ -130,3 +135,40 @@ def render_modes() -> None:
         f"{row['rms_displacement_a']:.3f} Å, largest {row['max_displacement_a']:.3f} Å (arrows scaled to 1 Å)."
     )
     st.plotly_chart(figure, width="stretch")
+
+
+def render_mode_groups(composition: float, temperature: float) -> None:
+    """Degenerate subspaces and frequency bands of one composition and temperature, with their flags."""
+    path = str(data.project_dir())
+    groups = data.read_or_explain(lambda: data.mode_group_results(path))
+    if groups is None or groups.empty:
+        return
+    here = groups[(groups["composition_x"] == composition) & (groups["temperature_k"] == temperature)]
+    if here.empty:
+        return
+    st.subheader("Degenerate subspaces and frequency bands")
+    flagged = here[(here["status"] == "frozen") & (here["beyond_harmonic"] | ~here["resolvable"].fillna(False))]
+    if not flagged.empty:
+        st.warning(
+            f"{int(flagged['beyond_harmonic'].sum())} groups are frozen beyond the harmonic regime (rms displacement "
+            f"above the limit) and {int((~flagged['resolvable'].fillna(False)).sum())} change the gap by less than "
+            "the gap model resolves: read them as flagged in the table."
+        )
+    columns = [
+        "source",
+        "kind",
+        "frequency_lo_thz",
+        "frequency_hi_thz",
+        "n_modes",
+        "status",
+        "dominant",
+        "rms_displacement_a",
+        "delta_ev",
+        "delta_std_ev",
+        "relative_change",
+        "sum_of_modes_ev",
+        "resolvable",
+        "beyond_harmonic",
+        "reference_delta_ev",
+    ]
+    st.dataframe(here[columns].round(4), hide_index=True, width="stretch")
