@@ -1,7 +1,9 @@
-"""Read access for the dashboard: the store of ``CAPML_PROJECT_DIR``, cached for a few seconds.
+"""Read access for the dashboard: the store of ``CAPML_PROJECT_DIR``, cached until the store file changes.
 
 Every read opens a short read-only DuckDB connection (see capml_core.store.database), so the dashboard keeps working
-while a flow writes: a read waits for the writer's current transaction, then sees what it committed.
+while a flow writes: a read waits for the writer's current transaction, then sees what it committed. Results are
+cached per (project, modification of the store file and its write-ahead log): a widget change or a second visit
+re-reads nothing; a write by a flow shows on the next rerun.
 """
 
 from __future__ import annotations
@@ -22,8 +24,38 @@ from capml_core.store.queries import DatasetSummary, active_learning_overview, s
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Seconds a query result is reused before the store is read again.
-CACHE_TTL_S = 5
+#: Results kept per cached function (one per store state: older states are evicted).
+CACHE_ENTRIES = 8
+
+
+def store_stamp(path: str) -> tuple:
+    """What identifies the store's content: (mtime ns, size) of ``capml.duckdb`` and of its WAL, if any."""
+    stamp = []
+    for name in ("capml.duckdb", "capml.duckdb.wal"):
+        try:
+            info = (Path(path) / name).stat()
+            stamp.append((info.st_mtime_ns, info.st_size))
+        except OSError:
+            stamp.append(None)
+    return tuple(stamp)
+
+
+def store_cached(read: Callable[[str], T]) -> Callable[[str], T]:
+    """``read(path)`` cached until the store at ``path`` changes (:func:`store_stamp`)."""
+
+    def cached(path: str, stamp: tuple) -> T:
+        return read(path)
+
+    # Streamlit keys a cache by module, qualified name and source: nested functions would share one cache
+    cached.__qualname__ = f"{read.__qualname__}.cached"
+    cached = st.cache_data(show_spinner=False, max_entries=CACHE_ENTRIES)(cached)
+
+    def reader(path: str) -> T:
+        return cached(path, store_stamp(path))
+
+    reader.__doc__ = read.__doc__
+    reader.__name__ = read.__name__
+    return reader
 
 
 def project_dir() -> Path:
@@ -43,127 +75,127 @@ def read_or_explain(read: Callable[[], T]) -> T | None:
     return None
 
 
-@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+@store_cached
 def runs(path: str) -> pd.DataFrame:
     """All runs (``path`` keys the cache)."""
     return Store(path).runs()
 
 
-@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+@store_cached
 def stages(path: str) -> pd.DataFrame:
     """Stages of the latest run."""
     return Store(path).stages()
 
 
-@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+@store_cached
 def coverage(path: str) -> pd.DataFrame:
     """Structures per composition, condition and level."""
     return Store(path).coverage()
 
 
-@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+@store_cached
 def label_counts(path: str) -> pd.DataFrame:
     """Labels per level and status."""
     return Store(path).label_counts()
 
 
-@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+@store_cached
 def gaps(path: str) -> pd.DataFrame:
     """Band gaps per level."""
     return Store(path).gaps()
 
 
-@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+@store_cached
 def summary(path: str) -> DatasetSummary:
     """Structure and label counts."""
     return summarise_dataset(Store(path))
 
 
-@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+@store_cached
 def set_coverage(path: str) -> pd.DataFrame:
     """Structure sets: members and labels per composition and condition."""
     return Store(path).set_coverage()
 
 
-@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+@store_cached
 def failed_labels(path: str) -> pd.DataFrame:
     """Failed calculations."""
     return Store(path).failed_labels()
 
 
-@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+@store_cached
 def gnn_results(path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Metrics and predictions of the latest GNN ensemble."""
     return Store(path).gnn_results()
 
 
-@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+@store_cached
 def gnn_baseline_comparison(path: str) -> pd.DataFrame:
     """Test metrics of the latest ensemble next to its baseline's (same test structures)."""
     return Store(path).gnn_baseline_comparison()
 
 
-@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+@store_cached
 def gnn_search_and_curve(path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Latest hyperparameter search and learning curve."""
     return Store(path).gnn_search_and_curve()
 
 
-@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+@store_cached
 def mlip_results(path: str) -> dict[str, pd.DataFrame]:
     """Models, metrics, predictions and phonon comparison of the latest MACE model."""
     return Store(path).mlip_results()
 
 
-@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+@store_cached
 def active_learning_results(path: str) -> pd.DataFrame:
     """Frames selected by active learning, per round, with their labels."""
     return Store(path).active_learning_results()
 
 
-@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+@store_cached
 def uncertainty_results(path: str) -> dict[str, pd.DataFrame]:
     """Active learning by uncertainty: rounds, per-frame disagreement along the MD, the stored MD frames."""
     return active_learning_overview(Store(path))
 
 
-@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+@store_cached
 def arrays(path: str, artifact_id: str) -> dict:
     """Arrays of a stored artifact."""
     return Store(path).load_arrays(artifact_id)
 
 
-@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+@store_cached
 def disorder_results(path: str) -> dict[str, pd.DataFrame]:
     """The latest disorder scan: compositions, ranked relaxations, probabilities (empty frames when none)."""
     return Store(path).disorder_results()
 
 
-@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+@store_cached
 def structure(path: str, structure_hash: str):  # ase.Atoms
     """One stored structure."""
     return Store(path).load_atoms(structure_hash)
 
 
-@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+@store_cached
 def phonon_results(path: str) -> dict[str, pd.DataFrame]:
     """Harmonic phonons, MD runs (with health) and stability verdicts."""
     return Store(path).phonon_results()
 
 
-@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+@store_cached
 def bandgap_results(path: str) -> dict[str, pd.DataFrame]:
     """Eg(0), Eg(T), snapshot gaps and published gaps."""
     return Store(path).bandgap_results()
 
 
-@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+@store_cached
 def mode_group_results(path: str) -> pd.DataFrame:
     """Frozen-phonon subspaces and bands of the newest ensemble with mode results."""
     return Store(path).mode_group_results()
 
 
-@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+@store_cached
 def mode_results(path: str) -> pd.DataFrame:
     """Frozen-mode gap changes."""
     return Store(path).mode_results()

@@ -245,7 +245,7 @@ def test_band_gap_model_page_draws_parity_and_errors(demo_store_copy: Path, monk
     train_two_stage(Store(demo_store_copy), gnn, cheap_level="gpaw-pbesol", high_level="gpaw-gllbsc")
     import streamlit as st
 
-    st.cache_data.clear()  # the page caches reads for a few seconds; training may take less
+    st.cache_data.clear()  # the page caches reads until the store changes
     at = AppTest.from_function(_gnn_page, default_timeout=60).run()
     assert not at.exception
     table = at.dataframe[0].value
@@ -345,3 +345,31 @@ def test_active_learning_page_draws_errors_per_round_and_disagreement_along_a_ru
     assert marks == [(50.0, "grey"), (150.0, "crimson")]  # held-out frame, then the frame round 1 chose
     table = at.dataframe[0].value
     assert table["frames_added"].tolist() == [0, 24] and table["dft_cpu_h"].tolist() == [0.0, 2.5]
+
+
+def test_dashboard_reads_are_cached_until_the_store_changes(tmp_path: Path) -> None:
+    """Each read has its own cache, reused while the store file is unchanged, read again once it changes."""
+    import streamlit as st
+
+    from dashboard.data import store_cached
+
+    calls: list[str] = []
+
+    @store_cached
+    def first(path: str) -> str:
+        calls.append("first")
+        return "one"
+
+    @store_cached
+    def second(path: str) -> str:
+        calls.append("second")
+        return "two"
+
+    st.cache_data.clear()
+    store = tmp_path / "capml.duckdb"
+    store.write_text("state 1")
+    path = str(tmp_path)
+    assert (first(path), second(path), first(path), second(path)) == ("one", "two", "one", "two")
+    assert calls == ["first", "second"]  # distinct functions, distinct caches; the second visit reads nothing
+    store.write_text("state 2, longer")
+    assert first(path) == "one" and calls == ["first", "second", "first"]
