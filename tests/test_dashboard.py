@@ -373,3 +373,13 @@ def test_dashboard_reads_are_cached_until_the_store_changes(tmp_path: Path) -> N
     assert calls == ["first", "second"]  # distinct functions, distinct caches; the second visit reads nothing
     store.write_text("state 2, longer")
     assert first(path) == "one" and calls == ["first", "second", "first"]
+
+
+def test_species_and_temperatures_have_one_colour_everywhere() -> None:
+    from dashboard.style import SOURCE_SYMBOLS, species_colour, species_colour_map, temperature_colour
+
+    assert species_colour_map(["I", "S", "Ag"]) == species_colour_map(["Ag", "S", "I"])  # not by plotting order
+    assert len({species_colour(s) for s in ("Ag", "S", "Br", "I", "Br/I")}) == 5
+    assert temperature_colour(300.0) == temperature_colour(300.0) != temperature_colour(600.0)
+    assert temperature_colour(900.0) == temperature_colour(600.0)  # hotter than the scale: clipped
+    assert len(set(SOURCE_SYMBOLS.values())) == 3  # capml, calculation, experiment told apart by marker

@@ -14,6 +14,7 @@ import streamlit as st
 
 from capml_core.stages.bandgaps import compare_with_published
 from dashboard import data
+from dashboard.style import SOURCE_SYMBOLS, temperature_colour
 
 
 def thermal_table(static: pd.DataFrame, thermal: pd.DataFrame) -> pd.DataFrame:
@@ -86,6 +87,8 @@ def render_bandgaps() -> None:
                 y=rows["gap_ev"],
                 error_y={"type": "data", "array": rows["error_ev"]},
                 mode="lines+markers",
+                marker={"symbol": SOURCE_SYMBOLS["capml"], "color": temperature_colour(temperature)},
+                line={"color": temperature_colour(temperature)},
                 name=f"capml {temperature:g} K",
             )
         )
@@ -98,7 +101,12 @@ def render_bandgaps() -> None:
                         y=subset["gap_ev"],
                         error_y={"type": "data", "array": subset["uncertainty_ev"]},
                         mode="markers",
-                        marker={"symbol": "star" if kind == "experiment" else "circle-open", "size": 11},
+                        marker={
+                            "symbol": SOURCE_SYMBOLS.get(kind, "x"),
+                            "size": 12,
+                            "color": temperature_colour(temperature),
+                            "line": {"width": 1.5, "color": temperature_colour(temperature)},
+                        },
                         name=f"{kind} {temperature:g} K ({source})",
                     )
                 )

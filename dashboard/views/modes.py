@@ -13,6 +13,7 @@ import streamlit as st
 
 from capml_core.physics.modes import thermal_displacement
 from dashboard import data
+from dashboard.style import species_colour, species_colour_map
 
 
 def render_modes() -> None:
@@ -46,6 +47,7 @@ def render_modes() -> None:
         x="frequency_thz",
         y="ΔEg/Eg (%)",
         color="dominant",
+        color_discrete_map=species_colour_map(frozen["dominant"].dropna().unique()),
         hover_data=["mode", "delta_ev", "rms_displacement_a"],
         labels={"frequency_thz": "frequency (THz)", "dominant": "moves most"},
     )
@@ -109,7 +111,7 @@ def render_modes() -> None:
                 y=positions[mask, 1],
                 z=positions[mask, 2],
                 mode="markers",
-                marker={"size": 6},
+                marker={"size": 6, "color": species_colour(element)},
                 name=element,
             )
         )
