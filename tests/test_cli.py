@@ -19,8 +19,9 @@ def test_help_lists_only_the_working_commands() -> None:
     commands = set(typer.main.get_command(app).commands)
     # every listed command is exercised by a test (dashboard: test_dashboard.py, run: test_flow.py, mlip:
     # test_mlip.py, disorder: test_disorder.py, md and phonons: test_stability.py, gaps and modes: test_bandgaps.py,
-    # sql: test_sql.py, deploy: test_operations.py, al and static: test_dynamics.py)
+    # sql: test_sql.py, deploy: test_operations.py, al and static: test_dynamics.py, report: test_bandgaps.py)
     assert commands == {
+        "report",
         "run",
         "deploy",
         "runs",
