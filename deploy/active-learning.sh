@@ -5,7 +5,7 @@
 #                                           (and their pool file data/datasets/capml-md-al-roundK-pool.extxyz)
 #   deploy/active-learning.sh label K       label round K's frames at both levels (one worker per level; resumable)
 #   deploy/active-learning.sh export K      write round K's labels to data/datasets/ (commit them)
-#   deploy/active-learning.sh restore K     put exported round-K frames and labels into a new store (another machine)
+#   deploy/active-learning.sh restore K     put exported round-K frames and labels (and the rounds file) into a new store
 #   deploy/active-learning.sh advance K     after round K's labels: retrain both models, new MD, measure (rounds table)
 #   deploy/active-learning.sh record K      measure the current models on the held-out frames as round K
 #   deploy/active-learning.sh static        the static reference: MD frames quenched with MACE, the end members'
@@ -16,6 +16,7 @@ cd "$(dirname "$0")/.."
 CAPML=.venv/bin/capml
 RECIPE=data/configs/ag3sbri-active-learning.toml
 LEVELS=(gpaw-pbesol gpaw-gllbsc)
+ROUNDS=data/datasets/active-learning-rounds.csv   # the rounds so far: the durable copy of the rounds table
 export OMP_NUM_THREADS=1
 
 round="${2:-}"
@@ -55,6 +56,7 @@ case "${1:-}" in
     ;;
   restore)
     need_round restore
+    [ -f "$ROUNDS" ] && "$CAPML" al rounds -c "$RECIPE" --import "$ROUNDS"
     for level in "${LEVELS[@]}"; do
       file="$(file_for "$round" "$level")"
       labels=$([ "$level" = gpaw-gllbsc ] && echo gap || echo energy,forces,stress,gap)
@@ -67,15 +69,17 @@ case "${1:-}" in
     "$CAPML" gnn train -c "$RECIPE"
     "$CAPML" run "$RECIPE" --stage disorder --stage dynamics
     "$CAPML" al record -c "$RECIPE" --round "$round"
+    "$CAPML" al rounds -c "$RECIPE" --export "$ROUNDS"
     ;;
   record)
     need_round record
     "$CAPML" al record -c "$RECIPE" --round "$round"
+    "$CAPML" al rounds -c "$RECIPE" --export "$ROUNDS"
     ;;
   static)
-    "$CAPML" static quench -c "$RECIPE"
+    "$CAPML" static quench -c "$RECIPE" --stored-frames
     for x in 1.0 0.0; do
-      "$CAPML" static dft-relax -c "$RECIPE" --composition "$x" > "runs/static-dft-relax-$x.log" 2>&1
+      "$CAPML" static dft-relax -c "$RECIPE" --composition "$x" --fmax 0.05 > "runs/static-dft-relax-$x.log" 2>&1
     done
     "$CAPML" label -c "$RECIPE" --level gpaw-gllbsc --set static-reference@gpaw-gllbsc --workers 1
     "$CAPML" static show -c "$RECIPE"
