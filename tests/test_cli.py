@@ -189,8 +189,19 @@ def test_generate_then_export_roundtrip(tmp_path: Path) -> None:
         "md_uncertainty",
         "active_learning_rounds",
         "static_minima",
-    ):  # schema 12-15
+        "gap_dft_frames",
+        "gap_dft_checks",
+        "gap_estimates",
+        "gap_mode_groups",
+        "heldout_errors",
+    ):  # schema 12-16
         con.execute(f"DROP TABLE {table}")
+    from capml_core.store.schema import MIGRATIONS
+
+    for statement in MIGRATIONS[16]:  # and the columns schema 16 added
+        if statement.startswith("ALTER TABLE"):
+            table, column = statement.split()[2], statement.split()[5]
+            con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     con.execute("ALTER TABLE mlip_models DROP COLUMN committee_of")
     for column in ("pid", "host"):
         con.execute(f"ALTER TABLE runs DROP COLUMN {column}")
