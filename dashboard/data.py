@@ -199,3 +199,14 @@ def mode_group_results(path: str) -> pd.DataFrame:
 def mode_results(path: str) -> pd.DataFrame:
     """Frozen-mode gap changes."""
     return Store(path).mode_results()
+
+
+@store_cached
+def report(path: str) -> dict | None:
+    """What the project found and how far to trust it (``capml report``); None before any band gap."""
+    from capml_core.stages.report import project_report
+
+    try:
+        return project_report(Store(path))
+    except NotComputedError:
+        return None

@@ -703,6 +703,13 @@ def test_mode_stage_freezes_every_optical_mode_and_checks_one_with_dft(gap_proje
         groups = {t["name"] for t in specs[0]["data"] if t.get("mode") == "markers"}
         assert groups and groups <= {"Ag", "S", "Br/I"}
         assert specs[-1]["data"][-1]["type"] == "cone"  # the displacement pattern of the first frozen mode
+        at = AppTest.from_function(_overview_page, default_timeout=60).run()  # results first, trust visible
+        assert not at.exception
+        assert [h.value for h in at.subheader][:2] == ["Eg(x, T)", "How far to trust it"]
+        warnings = [w.value for w in at.warning]
+        assert any("no Eg(T) was checked with DFT" in w for w in warnings)
+        names = [t.get("name", "") for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]]
+        assert names[:3] == ["capml 0 K (cubic)", "capml 50 K", "capml 100 K"]
     finally:
         del os.environ["CAPML_PROJECT_DIR"]
 
@@ -717,6 +724,12 @@ def _modes_page() -> None:
     from dashboard.views.modes import render_modes
 
     render_modes()
+
+
+def _overview_page() -> None:
+    from dashboard.views.overview import render_overview
+
+    render_overview()
 
 
 def test_published_gaps_are_compared_at_the_same_temperature_interpolated_in_x() -> None:
