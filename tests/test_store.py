@@ -184,7 +184,7 @@ def test_an_older_store_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=f"schema version 1, this capml reads version {SCHEMA_VERSION}"):
         store.runs()
     store.initialise()
-    assert store.query("SELECT value FROM schema_meta")["value"][0] == str(SCHEMA_VERSION) == "15"
+    assert store.query("SELECT value FROM schema_meta")["value"][0] == str(SCHEMA_VERSION) == "16"
     assert store.query("SELECT level FROM levels")["level"].tolist() == ["old-level"]
     assert store.pending_labels("old-level") == []  # structure_sets exists now
     columns = store.query("SELECT column_name FROM information_schema.columns WHERE table_name = 'phonon_anharmonic'")
