@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Results kept per cached function (one per store state: older states are evicted).
-CACHE_ENTRIES = 8
+CACHE_ENTRIES = 64
 
 
 def store_stamp(path: str) -> tuple:
@@ -40,18 +40,18 @@ def store_stamp(path: str) -> tuple:
     return tuple(stamp)
 
 
-def store_cached(read: Callable[[str], T]) -> Callable[[str], T]:
-    """``read(path)`` cached until the store at ``path`` changes (:func:`store_stamp`)."""
+def store_cached(read: Callable[..., T]) -> Callable[..., T]:
+    """``read(path, *args)`` cached until the store at ``path`` changes (:func:`store_stamp`)."""
 
-    def cached(path: str, stamp: tuple) -> T:
-        return read(path)
+    def cached(path: str, stamp: tuple, *args):
+        return read(path, *args)
 
     # Streamlit keys a cache by module, qualified name and source: nested functions would share one cache
     cached.__qualname__ = f"{read.__qualname__}.cached"
     cached = st.cache_data(show_spinner=False, max_entries=CACHE_ENTRIES)(cached)
 
-    def reader(path: str) -> T:
-        return cached(path, store_stamp(path))
+    def reader(path: str, *args):
+        return cached(path, store_stamp(path), *args)
 
     reader.__doc__ = read.__doc__
     reader.__name__ = read.__name__

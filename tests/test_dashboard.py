@@ -374,6 +374,14 @@ def test_dashboard_reads_are_cached_until_the_store_changes(tmp_path: Path) -> N
     store.write_text("state 2, longer")
     assert first(path) == "one" and calls == ["first", "second", "first"]
 
+    @store_cached
+    def with_key(path: str, key: str) -> str:  # reads with more arguments (a structure by hash, ...)
+        calls.append(key)
+        return key.upper()
+
+    assert (with_key(path, "a"), with_key(path, "b"), with_key(path, "a")) == ("A", "B", "A")
+    assert calls[-2:] == ["a", "b"]
+
 
 def test_species_and_temperatures_have_one_colour_everywhere() -> None:
     from dashboard.style import SOURCE_SYMBOLS, species_colour, species_colour_map, temperature_colour
