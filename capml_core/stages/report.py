@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from capml_core.errors import NotComputedError
+from capml_core.physics.stability import stabilisation_temperatures
 from capml_core.stages.bandgaps import compare_with_published
 from capml_core.stages.heldout import stored_errors
 from capml_core.store.database import Store
@@ -42,25 +43,23 @@ def _composition_key(x: float) -> str:
     return f"{x:g}"
 
 
-def stabilisation_temperatures(verdicts: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """Per composition: the lowest MD temperature from which every hotter one is dynamically stable.
+def stabilisation(verdicts: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per composition (as text): the stabilisation temperature, and, where there is none, why.
 
-    ``verdicts``: composition_x, temperature_k, stable, reason. None (with the reason of the hottest unstable
-    run) when not stabilised by the hottest temperature.
+    The temperature is :func:`capml_core.physics.stability.stabilisation_temperatures`'s; ``verdicts``:
+    composition_x, temperature_k, stable, reason of each MD run.
     """
+    onsets = stabilisation_temperatures(
+        (float(r.composition_x), float(r.temperature_k), bool(r.stable)) for r in verdicts.itertuples(index=False)
+    )
     out: dict[str, dict[str, Any]] = {}
-    for x, of in verdicts.groupby("composition_x"):
-        of = of.sort_values("temperature_k")
-        stable = of["stable"].astype(bool).to_numpy()
-        temperature, reason = None, None
-        for i in range(len(of)):
-            if stable[i:].all():
-                temperature = float(of["temperature_k"].iloc[i])
-                break
-        if temperature is None:
+    for x, onset in onsets.items():
+        reason = None
+        if onset is None:
+            of = verdicts[np.isclose(verdicts["composition_x"], x)].sort_values("temperature_k")
             hottest = of[~of["stable"].astype(bool)].iloc[-1]
             reason = f"not stabilised by {of['temperature_k'].max():g} K: {hottest['reason']}"
-        out[_composition_key(float(x))] = {"temperature_k": temperature, "reason": reason}
+        out[_composition_key(x)] = {"temperature_k": onset, "reason": reason}
     return out
 
 
@@ -212,7 +211,7 @@ def project_report(store: Store) -> dict[str, Any]:
            JOIN md_runs m USING (md_id) WHERE m.model_id = ?""",
         [mace_model_id],
     )
-    stabilisation = stabilisation_temperatures(verdicts) if len(verdicts) else {}
+    stabilised = stabilisation(verdicts) if len(verdicts) else {}
     ours = pd.concat(
         [
             pd.DataFrame(
@@ -264,8 +263,8 @@ def project_report(store: Store) -> dict[str, Any]:
         "static": static_rows,
         "gaps": gap_rows,
         "estimates": estimates,
-        "stabilisation_k": {x: v["temperature_k"] for x, v in stabilisation.items()},
-        "stabilisation_reasons": {x: v["reason"] for x, v in stabilisation.items() if v["reason"]},
+        "stabilisation_k": {x: v["temperature_k"] for x, v in stabilised.items()},
+        "stabilisation_reasons": {x: v["reason"] for x, v in stabilised.items() if v["reason"]},
         "published": published,
         "active_learning_rounds": [
             {k: (_number(v) if isinstance(v, (float, np.floating)) else v) for k, v in row.items()}
