@@ -39,7 +39,6 @@ from capml_core.physics.sampling import (
 from capml_core.physics.statistics import ensemble_spread
 from capml_core.store.database import Store
 from capml_core.store.queries import lowest_energy_structures
-from capml_core.store.records import StructureRecord
 from capml_core.system.structures import quantize, structure_hash
 
 logger = logging.getLogger(__name__)
@@ -265,28 +264,24 @@ def run_estimates(
 
 def _special_displacement_dft(store: Store, config: RunConfig, jobs: list, run_id: str | None) -> None:
     """The reference-level gap of special displacements (mean over u and −u), written into their rows."""
-    from capml_core.stages.labelling import reference_gaps
+    from capml_core.stages.labelling import reference_gaps, store_check_structures
 
-    records, hashes = [], []
-    for row, configurations in jobs:
-        row_hashes = []
-        for atoms in configurations:
-            atoms = quantize(atoms)
-            digest = structure_hash(atoms)
-            row_hashes.append(digest)
-            records.append(
-                StructureRecord(
-                    atoms=atoms,
-                    structure_hash=digest,
-                    kind="gap-check",
-                    composition_x=row["composition_x"],
-                    temperature_k=row["temperature_k"],
-                    source=f"special displacement ({row['imaginary_treatment']}) of {row['structure_hash']}",
+    hashes = [
+        store_check_structures(
+            store,
+            [
+                (
+                    [quantize(a) for a in configurations],
+                    f"special displacement ({row['imaginary_treatment']}) of {row['structure_hash']}",
                 )
-            )
-        hashes.append(row_hashes)
-    with store.write() as writer:
-        writer.add_structures(records, run_id=run_id)
+            ],
+            kind="gap-check",
+            composition_x=row["composition_x"],
+            temperature_k=row["temperature_k"],
+            run_id=run_id,
+        )[0]
+        for row, configurations in jobs
+    ]
     _, gaps = reference_gaps(store, config, [h for pair in hashes for h in pair], run_id=run_id)
     for (row, _), pair in zip(jobs, hashes, strict=True):
         values = [gaps.get(h) for h in pair]

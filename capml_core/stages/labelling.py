@@ -278,3 +278,41 @@ def reference_gaps(
         for r in done.itertuples(index=False)
     }
     return level_name, {h: gaps.get(h) for h in structure_hashes}
+
+
+def store_check_structures(
+    store: Store,
+    pairs: list[tuple[Sequence[Atoms], str]],
+    *,
+    kind: str,
+    composition_x: float | None,
+    temperature_k: float | None,
+    run_id: str | None,
+) -> list[list[str]]:
+    """Store the distorted structures a DFT check computes (``pairs``: (structures, source label)); their hashes.
+
+    ``kind`` is a derived kind (never training data); one transaction for all of them. Hashed as given.
+    """
+    from capml_core.store.records import StructureRecord
+    from capml_core.system.structures import structure_hash
+
+    records, hashes = [], []
+    for structures, source in pairs:
+        group = []
+        for sign, atoms in zip(("plus", "minus"), structures, strict=False):
+            digest = structure_hash(atoms)
+            group.append(digest)
+            records.append(
+                StructureRecord(
+                    atoms=atoms,
+                    structure_hash=digest,
+                    kind=kind,
+                    composition_x=composition_x,
+                    temperature_k=temperature_k,
+                    source=f"{source} ({sign})",
+                )
+            )
+        hashes.append(group)
+    with store.write() as writer:
+        writer.add_structures(records, run_id=run_id)
+    return hashes

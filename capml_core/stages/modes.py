@@ -45,10 +45,9 @@ from capml_core.physics.modes import (
 )
 from capml_core.physics.phonons import GammaModes, gamma_modes
 from capml_core.provenance import content_key
-from capml_core.stages.labelling import reference_gaps
+from capml_core.stages.labelling import reference_gaps, store_check_structures
 from capml_core.store.database import Store
 from capml_core.store.queries import ensemble_level, ensemble_model_dirs, harmonic_phonon_rows, lowest_energy_structures
-from capml_core.store.records import StructureRecord
 from capml_core.system.structures import structure_hash
 from capml_core.tables import ResultTable, table
 
@@ -388,25 +387,17 @@ def _check_bands_with_dft(
     if not chosen:
         return
     origin = structure_hash(atoms)
-    records, hashes = [], []
-    for row, group in chosen:
-        pair = []
-        for sign, structure in zip(("plus", "minus"), group.displaced, strict=True):
-            digest = structure_hash(structure)
-            pair.append(digest)
-            records.append(
-                StructureRecord(
-                    atoms=structure,
-                    structure_hash=digest,
-                    kind="frozen-mode",
-                    composition_x=row["composition_x"],
-                    temperature_k=row["temperature_k"],
-                    source=f"band {group.frequency_lo_thz:g}-{group.frequency_hi_thz:g} THz ({sign}) of {origin}",
-                )
-            )
-        hashes.append(pair)
-    with store.write() as writer:
-        writer.add_structures(records, run_id=run_id)
+    hashes = [
+        store_check_structures(
+            store,
+            [(group.displaced, f"band {group.frequency_lo_thz:g}-{group.frequency_hi_thz:g} THz of {origin}")],
+            kind="frozen-mode",
+            composition_x=row["composition_x"],
+            temperature_k=row["temperature_k"],
+            run_id=run_id,
+        )[0]
+        for row, group in chosen
+    ]
     level, gaps = reference_gaps(
         store, config, [origin, *(h for p in hashes for h in p)], run_id=run_id, progress=progress
     )
@@ -434,25 +425,19 @@ def _check_with_dft(
     chosen = spread_over_frequencies([rows[i]["frequency_thz"] for i in frozen], config.gaps.reference_modes)
     if not chosen:  # reference_modes = 0, or no mode frozen: no calculation at all
         return
-    records, hashes = [], {}
     origin = rows[0]["structure_hash"]
+    hashes = {}
     for k in chosen:
         row = rows[frozen[k]]
-        for sign, structure in (("plus", displaced[2 * k]), ("minus", displaced[2 * k + 1])):
-            digest = structure_hash(structure)
-            hashes[(frozen[k], sign)] = digest
-            records.append(
-                StructureRecord(
-                    atoms=structure,
-                    structure_hash=digest,
-                    kind="frozen-mode",
-                    composition_x=row["composition_x"],
-                    temperature_k=row["temperature_k"],
-                    source=f"mode {row['mode']} ({sign}) of {origin}",
-                )
-            )
-    with store.write() as writer:
-        writer.add_structures(records, run_id=run_id)
+        plus, minus = store_check_structures(
+            store,
+            [((displaced[2 * k], displaced[2 * k + 1]), f"mode {row['mode']} of {origin}")],
+            kind="frozen-mode",
+            composition_x=row["composition_x"],
+            temperature_k=row["temperature_k"],
+            run_id=run_id,
+        )[0]
+        hashes[(frozen[k], "plus")], hashes[(frozen[k], "minus")] = plus, minus
     level, gaps = reference_gaps(store, config, [origin, *hashes.values()], run_id=run_id, progress=progress)
     for k in chosen:
         row = rows[frozen[k]]
