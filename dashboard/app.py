@@ -6,8 +6,13 @@ Start it with ``capml dashboard --project DIR`` (or ``streamlit run dashboard/ap
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
+from capml_core.store.database import Store
+from dashboard import data
+from dashboard.charts import FIGURE_FORMAT_KEY, FIGURE_FORMATS
 from dashboard.views.active_learning import render_active_learning_rounds
 from dashboard.views.bandgaps import render_bandgaps
 from dashboard.views.dataset import render_dataset
@@ -33,4 +38,24 @@ PAGES = [
     st.Page(render_active_learning_rounds, title="Active learning", url_path="active-learning"),
     st.Page(render_sql, title="SQL", url_path="sql"),
 ]
-st.navigation(PAGES).run()
+page = st.navigation(PAGES)
+with st.sidebar:
+    st.radio(
+        "chart downloads (toolbar camera)",
+        FIGURE_FORMATS,
+        horizontal=True,
+        key=FIGURE_FORMAT_KEY,
+        format_func=str.upper,
+    )
+    project = str(data.project_dir())
+    if Store(project).exists():
+        st.download_button(
+            "export this project's results",
+            data=lambda: data.export_archive(project),
+            file_name=f"capml-{Path(project).name}-tables.zip",
+            mime="application/zip",
+            help="Every table of the store as Parquet (zip; DuckDB's IMPORT DATABASE rebuilds it from load.sql).",
+            on_click="ignore",
+            key="export_project",
+        )
+page.run()

@@ -210,3 +210,28 @@ def report(path: str) -> dict | None:
         return project_report(Store(path))
     except NotComputedError:
         return None
+
+
+@store_cached
+def composition_title(path: str) -> str:
+    """Axis title of the composition x of this project ('Br fraction x')."""
+    from capml_core.store.queries import substituted_species
+    from dashboard.charts import composition_title as title
+
+    return title(substituted_species(Store(path)))
+
+
+@store_cached
+def export_archive(path: str) -> bytes:
+    """Every table of the store, one Parquet file each (zip), for the export button."""
+    return Store(path).export_archive()
+
+
+@store_cached
+def mode_harmonic_limit_a(path: str) -> float:
+    """The rms displacement (Å) above which a frozen mode is beyond the harmonic regime (the run's config)."""
+    from capml_core.config.stage_sections import GapsSection
+    from capml_core.store.queries import newest_run_config
+
+    recorded = newest_run_config(Store(path)).get("gaps", {}).get("mode_harmonic_limit_a")
+    return float(recorded if recorded is not None else GapsSection.model_fields["mode_harmonic_limit_a"].default)

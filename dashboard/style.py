@@ -40,3 +40,9 @@ def temperature_colour(temperature_k: float) -> str:
     lo, hi = TEMPERATURE_RANGE_K
     fraction = min(max((float(temperature_k) - lo) / (hi - lo), 0.0), 1.0)
     return plotly.colors.sample_colorscale("Plasma_r", [0.1 + 0.8 * fraction])[0]
+
+
+def composition_colour(composition_x: float) -> str:
+    """A fixed colour per composition x in [0, 1] (Viridis: x = 0 purple ... x = 1 yellow-green)."""
+    fraction = min(max(float(composition_x), 0.0), 1.0)
+    return plotly.colors.sample_colorscale("Viridis", [0.05 + 0.85 * fraction])[0]

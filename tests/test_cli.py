@@ -45,7 +45,8 @@ def test_help_lists_only_the_working_commands() -> None:
     assert all(name in result.output for name in commands)
     data_help = runner.invoke(app, ["data", "--help"]).output
     assert all(
-        word in data_help for word in ("import", "generate", "export", "summary", "sample-frames", "restore-frames")
+        word in data_help
+        for word in ("import", "generate", "export", "export-tables", "summary", "sample-frames", "restore-frames")
     )
 
 

@@ -322,3 +322,12 @@ def _evaluate_measures_known_offsets(store, frames) -> None:
     assert errors["energy"]["mean_error"] == pytest.approx(-10.0, abs=1e-6)
     assert errors["energy"]["mae"] == pytest.approx(10.0, abs=1e-6)
     assert errors["forces"]["mean_error"] == pytest.approx(0.02, abs=1e-9) and errors["forces"]["n"] == 10 * 40 * 3
+    kept = store.query(  # per frame, for the dashboard's parity on held-out MD frames
+        "SELECT * FROM mlip_predictions WHERE split = 'md-heldout' ORDER BY structure_hash"
+    )
+    assert sorted(kept["structure_hash"]) == sorted(f.structure_hash for f in frames)
+    offsets = kept["energy_predicted_ev_per_atom"] - kept["energy_reference_ev_per_atom"]
+    assert np.allclose(offsets, -0.010, atol=1e-9) and kept["stress_reference_ev_per_a3"].isna().all()
+    again = CliRunner().invoke(app, ["evaluate", "-c", str(DEMO_CONFIG), "-p", str(store.project_dir)])
+    assert again.exit_code == 0, again.output
+    assert len(store.query("SELECT 1 FROM mlip_predictions WHERE split = 'md-heldout'")) == 10  # replaced, not added

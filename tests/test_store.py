@@ -189,3 +189,32 @@ def test_an_older_store_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
     assert store.pending_labels("old-level") == []  # structure_sets exists now
     columns = store.query("SELECT column_name FROM information_schema.columns WHERE table_name = 'phonon_anharmonic'")
     assert {"settings_key", "max_site_offset_a", "site_offset_atom"} <= set(columns["column_name"])
+
+
+def test_the_results_export_has_every_table_and_rebuilds_the_store(tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    import pandas as pd
+
+    from capml_core.errors import InvalidInputError
+
+    store = Store(tmp_path / "project")
+    records = _records(3)
+    with store.write() as w:
+        w.add_structures(records, run_id="r1")
+    archive = zipfile.ZipFile(io.BytesIO(store.export_archive()))
+    names = set(archive.namelist())
+    assert {"structures.parquet", "labels.parquet", "gap_thermal.parquet", "schema.sql", "load.sql"} <= names
+    with archive.open("structures.parquet") as handle:
+        structures = pd.read_parquet(io.BytesIO(handle.read()))
+    assert sorted(structures["structure_hash"]) == sorted(r.structure_hash for r in records)
+    exported = store.export_tables(tmp_path / "csv", file_format="csv")
+    rebuilt = duckdb.connect(str(tmp_path / "rebuilt.duckdb"))
+    rebuilt.execute(f"IMPORT DATABASE '{exported}'")
+    assert rebuilt.execute("SELECT count(*) FROM structures").fetchone()[0] == 3
+    with pytest.raises(InvalidInputError, match="not empty"):  # an export never overwrites
+        store.export_tables(exported)
+    with pytest.raises(InvalidInputError, match="allowed are 'parquet' and 'csv'"):
+        store.export_tables(tmp_path / "other", file_format="xlsx")
+    assert not (tmp_path / "other").exists()

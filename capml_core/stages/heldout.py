@@ -20,8 +20,8 @@ import pandas as pd
 from ase import Atoms
 
 from capml_core.errors import CapmlError
-from capml_core.models.gnn import load_ensemble, predict_gaps
-from capml_core.models.mace import load_mace_calculator
+from capml_core.models.gnn import load_ensemble, predict_gaps_per_model
+from capml_core.models.mace import load_mace_calculator, predict_labels
 from capml_core.stages.md_frames import HELD_OUT_SET, set_name_for
 from capml_core.store.database import Store
 from capml_core.store.queries import ensemble_level, ensemble_model_dirs, mace_model_path
@@ -75,6 +75,72 @@ def labelled_frames(store, level: str, *, set_name: str = HELD_OUT_SET, flagged:
     )
 
 
+def mace_frame_predictions(
+    calculator,  # ASE calculator
+    frames: Sequence[Atoms],
+    energies_ev: Sequence[float],
+    forces_ev_per_a: Sequence[np.ndarray],
+    stresses_ev_per_a3: Sequence[np.ndarray | None],
+) -> list[dict]:
+    """MACE on labelled frames, per frame as the columns of ``mlip_predictions``.
+
+    n_atoms, energy per atom (eV, reference and MACE), forces (eV/Å) and stress (eV/Å³, Voigt; the reference None
+    without one), arrays as lists.
+    """
+    rows = []
+    for atoms, energy, forces, stress in zip(frames, energies_ev, forces_ev_per_a, stresses_ev_per_a3, strict=True):
+        predicted_energy, predicted_forces, predicted_stress = predict_labels(calculator, atoms)
+        n = len(atoms)
+        has_stress = stress is not None and len(np.ravel(stress)) == 6
+        rows.append(
+            {
+                "n_atoms": n,
+                "energy_reference_ev_per_atom": float(energy) / n,
+                "energy_predicted_ev_per_atom": predicted_energy / n,
+                "forces_reference_ev_per_a": np.reshape(np.asarray(forces, dtype=float), -1).tolist(),
+                "forces_predicted_ev_per_a": predicted_forces.ravel().tolist(),
+                "stress_reference_ev_per_a3": np.asarray(stress, dtype=float).tolist() if has_stress else None,
+                "stress_predicted_ev_per_a3": predicted_stress.tolist(),
+            }
+        )
+    return rows
+
+
+def mace_errors_of(rows: Sequence[dict], *, model: str, level: str) -> list[FrameErrors]:
+    """Energy (meV/atom), force (eV/Å) and stress (eV/Å³) errors of :func:`mace_frame_predictions` rows."""
+    out = [
+        _errors(
+            model,
+            level,
+            "energy",
+            "meV/atom",
+            1000.0 * np.array([r["energy_predicted_ev_per_atom"] for r in rows]),
+            1000.0 * np.array([r["energy_reference_ev_per_atom"] for r in rows]),
+        ),
+        _errors(
+            model,
+            level,
+            "forces",
+            "eV/Å",
+            np.concatenate([r["forces_predicted_ev_per_a"] for r in rows]),
+            np.concatenate([r["forces_reference_ev_per_a"] for r in rows]),
+        ),
+    ]
+    stressed = [r for r in rows if r["stress_reference_ev_per_a3"] is not None]
+    if stressed:
+        out.append(
+            _errors(
+                model,
+                level,
+                "stress",
+                "eV/Å³",
+                np.concatenate([r["stress_predicted_ev_per_a3"] for r in stressed]),
+                np.concatenate([r["stress_reference_ev_per_a3"] for r in stressed]),
+            )
+        )
+    return out
+
+
 def mace_errors(
     calculator,  # ASE calculator
     frames: Sequence[Atoms],
@@ -86,25 +152,8 @@ def mace_errors(
     level: str,
 ) -> list[FrameErrors]:
     """Energy (meV/atom), force (eV/Å) and stress (eV/Å³) errors of a MACE calculator on labelled frames."""
-    predicted_e, reference_e, predicted_f, reference_f, predicted_s, reference_s = [], [], [], [], [], []
-    for atoms, energy, forces, stress in zip(frames, energies_ev, forces_ev_per_a, stresses_ev_per_a3, strict=True):
-        work = atoms.copy()
-        work.calc = calculator
-        n = len(atoms)
-        predicted_e.append(work.get_potential_energy() / n * 1000.0)
-        reference_e.append(energy / n * 1000.0)
-        predicted_f.append(np.asarray(work.get_forces()).ravel())
-        reference_f.append(np.reshape(np.asarray(forces, dtype=float), -1))
-        if stress is not None and len(np.ravel(stress)) == 6:
-            predicted_s.append(np.asarray(work.get_stress(voigt=True)))
-            reference_s.append(np.asarray(stress, dtype=float))
-    out = [
-        _errors(model, level, "energy", "meV/atom", np.array(predicted_e), np.array(reference_e)),
-        _errors(model, level, "forces", "eV/Å", np.concatenate(predicted_f), np.concatenate(reference_f)),
-    ]
-    if predicted_s:
-        out.append(_errors(model, level, "stress", "eV/Å³", np.concatenate(predicted_s), np.concatenate(reference_s)))
-    return out
+    rows = mace_frame_predictions(calculator, frames, energies_ev, forces_ev_per_a, stresses_ev_per_a3)
+    return mace_errors_of(rows, model=model, level=level)
 
 
 def gap_errors(predicted_ev: np.ndarray, reference_ev: np.ndarray, *, model: str, level: str) -> FrameErrors:
@@ -134,45 +183,81 @@ def evaluate_on_frames(
     ``flagged``: the frames marked held out count as members of ``set_name`` (:func:`labelled_frames`).
     """
     errors: list[FrameErrors] = []
+    mlip_rows: list[dict] = []
+    gnn_rows: list[dict] = []
     rows = labelled_frames(store, cheap_level, set_name=set_name, flagged=flagged)
     rows = rows[rows["energy_ev"].notna() & rows["forces_ev_per_a"].notna()]
     if model_id is not None and len(rows):
         atoms = store.load_structures(rows["structure_hash"].tolist())
         stresses = [None if s is None or (isinstance(s, float) and s != s) else s for s in rows["stress_ev_per_a3"]]
-        errors += mace_errors(
+        predictions = mace_frame_predictions(
             load_mace_calculator(mace_model_path(store, model_id), device="cpu", dtype="float64"),
             [atoms[h] for h in rows["structure_hash"]],
             rows["energy_ev"].tolist(),
             rows["forces_ev_per_a"].tolist(),
             stresses,
-            model=f"mace {model_id}",
-            level=cheap_level,
         )
-    if ensemble_id is None:
-        return errors
-    gap_level = ensemble_level(store, ensemble_id)
-    stages = [(gap_level, ensemble_model_dirs(store, ensemble_id), f"gnn {ensemble_id}")]
-    if gap_level != cheap_level:
-        cheap_dirs = ensemble_model_dirs(store, ensemble_id, stage="cheap")
-        if cheap_dirs:
-            stages.append((cheap_level, cheap_dirs, f"gnn {ensemble_id} (cheap stage)"))
-    for level, directories, name in stages:
-        frames = labelled_frames(store, level, set_name=set_name, flagged=flagged)
-        frames = frames[frames["gap_ev"].notna()]
-        if not len(frames):
-            continue
-        atoms = store.load_structures(frames["structure_hash"].tolist())
-        mean, _ = predict_gaps([atoms[h] for h in frames["structure_hash"]], load_ensemble(directories))
-        errors.append(gap_errors(mean, frames["gap_ev"].to_numpy(), model=name, level=level))
-    _store_errors(store, errors, set_name)
+        errors += mace_errors_of(predictions, model=f"mace {model_id}", level=cheap_level)
+        mlip_rows += [
+            {"model_id": model_id, "evaluated_on": cheap_level, "level": cheap_level, "structure_hash": h, **row}
+            for h, row in zip(rows["structure_hash"], predictions, strict=True)
+        ]
+    if ensemble_id is not None:
+        gap_level = ensemble_level(store, ensemble_id)
+        member_ids = store.query(
+            "SELECT model_id FROM gnn_models WHERE ensemble_id = ? ORDER BY ensemble_index", [ensemble_id]
+        )["model_id"].tolist()
+        final_stage = "cheap" if gap_level == cheap_level else "high"
+        stages = [(gap_level, ensemble_model_dirs(store, ensemble_id), f"gnn {ensemble_id}", final_stage)]
+        if gap_level != cheap_level:
+            cheap_dirs = ensemble_model_dirs(store, ensemble_id, stage="cheap")
+            if cheap_dirs:
+                stages.append((cheap_level, cheap_dirs, f"gnn {ensemble_id} (cheap stage)", "cheap"))
+        for level, directories, name, stage in stages:
+            frames = labelled_frames(store, level, set_name=set_name, flagged=flagged)
+            frames = frames[frames["gap_ev"].notna()]
+            if not len(frames):
+                continue
+            atoms = store.load_structures(frames["structure_hash"].tolist())
+            per_model = predict_gaps_per_model([atoms[h] for h in frames["structure_hash"]], load_ensemble(directories))
+            reference = frames["gap_ev"].to_numpy()
+            errors.append(gap_errors(per_model.mean(axis=0), reference, model=name, level=level))
+            for member, gaps in zip(member_ids, per_model, strict=True):
+                gnn_rows += [
+                    {
+                        "model_id": member,
+                        "stage": stage,
+                        "structure_hash": h,
+                        "level": level,
+                        "reference_ev": float(r),
+                        "predicted_ev": float(g),
+                    }
+                    for h, r, g in zip(frames["structure_hash"], reference, gaps, strict=True)
+                ]
+    _store_errors(store, errors, set_name, mlip_rows=mlip_rows, gnn_rows=gnn_rows)
     return errors
 
 
-def _store_errors(store: Store, errors: Sequence[FrameErrors], set_name: str) -> None:
-    """Keep what was measured (``heldout_errors``, one row per model, level, quantity; a re-measurement replaces)."""
+def _store_errors(
+    store: Store,
+    errors: Sequence[FrameErrors],
+    set_name: str,
+    *,
+    mlip_rows: Sequence[dict] = (),
+    gnn_rows: Sequence[dict] = (),
+) -> None:
+    """Keep what was measured, a re-measurement replacing.
+
+    ``heldout_errors``: one row per model, level, quantity; the per-frame predictions: ``mlip_predictions`` and
+    ``gnn_predictions`` with split = ``set_name`` (the dashboard's parity on the held-out MD frames).
+    """
     if not errors:
         return
     with store.write() as writer:
+        if mlip_rows:
+            writer.replace_split_predictions("mlip_predictions", set_name, mlip_rows)
+        if gnn_rows:
+            writer.replace_split_predictions("gnn_predictions", set_name, gnn_rows)
         for e in errors:
             writer.delete_rows(
                 "heldout_errors", {"model": e.model, "level": e.level, "quantity": e.quantity, "set_name": set_name}

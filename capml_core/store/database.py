@@ -67,7 +67,7 @@ import numpy as np
 import pandas as pd
 from ase import Atoms
 
-from capml_core.errors import NotComputedError, StoreError, StoreLockedError
+from capml_core.errors import InvalidInputError, NotComputedError, StoreError, StoreLockedError
 from capml_core.store.hosts import check_project_dir, process_alive
 from capml_core.store.schema import (
     GNN_BASELINE_PREFIX,
@@ -80,6 +80,12 @@ from capml_core.store.writer import StoreWriter
 from capml_core.types import DATASET_KIND_SQL
 
 logger = logging.getLogger(__name__)
+
+
+#: How a structure was made, for hovers and legends: its kind, then its temperature or displacement amplitude
+#: (SQL over ``structures s``), e.g. 'md-frame 300 K', 'imported σ 0.10 Å', 'relaxed'.
+STRUCTURE_ORIGIN_SQL = """(s.kind || coalesce(' ' || CAST(round(s.temperature_k) AS INTEGER) || ' K',
+    CASE WHEN s.amplitude_a > 0 THEN ' σ ' || printf('%.2f', s.amplitude_a) || ' Å' END, ''))"""
 
 
 class Store:
@@ -222,6 +228,35 @@ class Store:
         with self.read() as con:
             return con.execute(sql, params or []).df()
 
+    def export_tables(self, directory: str | Path, *, file_format: str = "parquet") -> Path:
+        """Every table of the store as one file per table (DuckDB's EXPORT DATABASE) in a new ``directory``.
+
+        ``file_format``: 'parquet' or 'csv'. The directory also gets ``schema.sql`` and ``load.sql``, with which
+        DuckDB's IMPORT DATABASE rebuilds the store. Nothing is written when ``directory`` exists and is not empty.
+        """
+        if file_format not in ("parquet", "csv"):
+            raise InvalidInputError(f"export format {file_format!r}: allowed are 'parquet' and 'csv'")
+        target = Path(directory)
+        if target.exists() and any(target.iterdir()):
+            raise InvalidInputError(f"{target}: exists and is not empty; give a new directory for the export")
+        target.mkdir(parents=True, exist_ok=True)
+        with self.read() as con:
+            con.execute(f"EXPORT DATABASE '{_sql_path(target)}' (FORMAT {file_format})")
+        return target
+
+    def export_archive(self, *, file_format: str = "parquet") -> bytes:
+        """:meth:`export_tables` as the bytes of a zip archive (one file per table, schema.sql, load.sql)."""
+        import tempfile
+        import zipfile
+
+        with tempfile.TemporaryDirectory(prefix="capml-export-") as scratch:
+            folder = self.export_tables(Path(scratch) / "tables", file_format=file_format)
+            buffer = io.BytesIO()
+            with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                for file in sorted(folder.iterdir()):
+                    archive.write(file, arcname=file.name)
+        return buffer.getvalue()
+
     # ---------------------------------------------------------------------------------- reads
     def runs(self) -> pd.DataFrame:
         """All runs, newest first; a 'running' run whose process is gone reads 'interrupted'."""
@@ -313,10 +348,12 @@ class Store:
             [ensemble_id],
         )
         predictions = self.query(
-            """SELECT p.stage, p.split, p.level, p.structure_hash, p.reference_ev,
-                      avg(p.predicted_ev) AS predicted_ev, coalesce(stddev_pop(p.predicted_ev), 0) AS spread_ev
-               FROM gnn_predictions p JOIN gnn_models g USING (model_id) WHERE g.ensemble_id = ?
-               GROUP BY ALL ORDER BY ALL""",
+            f"""SELECT p.stage, p.split, p.level, p.structure_hash, p.reference_ev,
+                      avg(p.predicted_ev) AS predicted_ev, coalesce(stddev_pop(p.predicted_ev), 0) AS spread_ev,
+                      any_value(s.composition_x) AS composition_x, any_value({STRUCTURE_ORIGIN_SQL}) AS origin
+               FROM gnn_predictions p JOIN gnn_models g USING (model_id) LEFT JOIN structures s USING (structure_hash)
+               WHERE g.ensemble_id = ?
+               GROUP BY p.stage, p.split, p.level, p.structure_hash, p.reference_ev ORDER BY ALL""",
             [ensemble_id],
         )
         return metrics, predictions
@@ -402,7 +439,9 @@ class Store:
                 [ids],
             ),
             "predictions": self.query(
-                "SELECT * FROM mlip_predictions WHERE model_id IN (SELECT unnest(?)) ORDER BY split, structure_hash",
+                f"""SELECT p.*, s.composition_x, {STRUCTURE_ORIGIN_SQL} AS origin
+                    FROM mlip_predictions p LEFT JOIN structures s USING (structure_hash)
+                    WHERE p.model_id IN (SELECT unnest(?)) ORDER BY p.split, p.structure_hash""",
                 [ids],
             ),
             "phonons": self.query("SELECT * FROM mlip_phonons WHERE model_id = ? ORDER BY end_member", [model_id]),
@@ -618,3 +657,8 @@ class Store:
             raise StoreError(f"{path}: content does not match the SHA-256 recorded for artifact {artifact_id}")
         with np.load(io.BytesIO(payload)) as data:
             return {k: data[k] for k in data.files}
+
+
+def _sql_path(path: Path) -> str:
+    """A path as a SQL string literal's content (single quotes doubled)."""
+    return str(path.resolve()).replace("'", "''")

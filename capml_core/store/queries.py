@@ -45,6 +45,23 @@ def lowest_energy_structures(store: Store, scan_id: str) -> dict[float, Atoms]:
     return {float(x): structures[h] for x, h in zip(frame["composition_x"], frame["structure_hash"], strict=True)}
 
 
+def newest_run_config(store: Store) -> dict[str, Any]:
+    """The configuration (as recorded, a dict) of the newest run that recorded one; {} when none did."""
+    import json
+
+    rows = store.query("SELECT config_json FROM runs WHERE config_json IS NOT NULL ORDER BY started_at DESC LIMIT 1")
+    return json.loads(rows["config_json"][0]) if len(rows) else {}
+
+
+def substituted_species(store: Store) -> str | None:
+    """The species whose fraction is the composition x (first of ``system.sublattice.species`` of the newest run).
+
+    None when no run recorded its configuration.
+    """
+    species = newest_run_config(store).get("system", {}).get("sublattice", {}).get("species") or []
+    return str(species[0]) if species else None
+
+
 def latest_model(store: Store) -> tuple[str, Path]:
     """Id and file of the newest trained or fine-tuned MACE model of a project.
 

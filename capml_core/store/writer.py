@@ -268,6 +268,33 @@ class StoreWriter:
         self._insert_rows("gnn_metrics", list(metrics))
         self._insert_rows("gnn_predictions", list(predictions))
 
+    def replace_split_predictions(self, table: str, split: str, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Per-structure predictions of one evaluation split (e.g. the held-out MD frames), replacing that split's.
+
+        ``table``: 'gnn_predictions' or 'mlip_predictions'. The previous rows of ``split`` for the same models go
+        first; a structure already predicted in another split of a model (a training structure) is left as it is.
+        Returns the number of rows written.
+        """
+        if table not in ("gnn_predictions", "mlip_predictions"):
+            raise StoreError(f"replace_split_predictions: {table!r} is not a prediction table")
+        models = sorted({row["model_id"] for row in rows})
+        self.con.execute(f"DELETE FROM {table} WHERE split = ? AND model_id IN (SELECT unnest(?))", [split, models])
+        key = ("model_id", "stage") if table == "gnn_predictions" else ("model_id", "evaluated_on")
+        taken = {
+            tuple(r)
+            for r in self.con.execute(
+                f"SELECT {key[0]}, {key[1]}, structure_hash FROM {table} WHERE model_id IN (SELECT unnest(?))",
+                [models],
+            ).fetchall()
+        }
+        fresh = [
+            {**row, "split": split} for row in rows if (row[key[0]], row[key[1]], row["structure_hash"]) not in taken
+        ]
+        if table == "mlip_predictions":
+            fresh = [{**row, "created_at": _now()} for row in fresh]
+        self._insert_rows(table, fresh)
+        return len(fresh)
+
     def add_rows(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert rows into a results table (one of ``RESULT_TABLES``), stamped with the time."""
         if table not in RESULT_TABLES:

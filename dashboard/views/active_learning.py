@@ -13,6 +13,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from dashboard import data
+from dashboard.charts import show
 
 #: (column, title, unit) of the error-vs-round panels.
 ROUND_PANELS = (
@@ -100,7 +101,7 @@ def render_active_learning_rounds() -> None:
             "Errors of each round's models on the held-out MD frames (drawn at random from production MD, labelled "
             "at both levels, never trained on). Round 0: the models before any frame was added."
         )
-        st.plotly_chart(rounds_figure(rounds), width="stretch", key="al_rounds")
+        show(rounds_figure(rounds), key="al_rounds", data=rounds)
         shown = rounds[
             [
                 "round",
@@ -141,8 +142,10 @@ def render_active_learning_rounds() -> None:
         "Solid red lines: frames a round chose (by disagreement, then spread out in MACE's descriptor space); "
         "dotted grey: held-out frames."
     )
-    st.plotly_chart(
-        trajectory_figure(of_model[of_model["md_id"] == md_id], marks), width="stretch", key="al_trajectory"
+    show(
+        trajectory_figure(of_model[of_model["md_id"] == md_id], marks),
+        key="al_trajectory",
+        data=of_model[of_model["md_id"] == md_id],
     )
     st.markdown("**Mean disagreement per run**")
     st.dataframe(runs.round(4), hide_index=True, width="stretch")

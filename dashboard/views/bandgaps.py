@@ -14,7 +14,8 @@ import streamlit as st
 
 from capml_core.stages.bandgaps import compare_with_published
 from dashboard import data
-from dashboard.style import SOURCE_SYMBOLS, temperature_colour
+from dashboard.charts import cell_heatmap, show
+from dashboard.style import SOURCE_SYMBOLS, composition_colour, temperature_colour
 
 
 def thermal_table(static: pd.DataFrame, thermal: pd.DataFrame) -> pd.DataFrame:
@@ -41,6 +42,99 @@ def thermal_table(static: pd.DataFrame, thermal: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([zero, hot], ignore_index=True).sort_values(["temperature_k", "composition_x"])
 
 
+def eg_vs_composition_figure(table: pd.DataFrame, published: pd.DataFrame, composition: str) -> go.Figure:
+    """Eg(x) per temperature (colour: temperature) with the published gaps (marker: their source).
+
+    ``table``: composition_x, temperature_k, gap_ev, error_ev (T = 0: the static structure); ``published``:
+    composition_x, temperature_k, gap_ev, uncertainty_ev, kind ('calculation' or 'experiment'), source.
+    """
+    figure = go.Figure()
+    for temperature in sorted(table["temperature_k"].unique()):
+        rows = table[table["temperature_k"] == temperature].sort_values("composition_x")
+        figure.add_trace(
+            go.Scatter(
+                x=rows["composition_x"],
+                y=rows["gap_ev"],
+                error_y={"type": "data", "array": rows["error_ev"]},
+                mode="lines+markers",
+                marker={"symbol": SOURCE_SYMBOLS["capml"], "color": temperature_colour(temperature)},
+                line={"color": temperature_colour(temperature)},
+                name=f"capml {temperature:g} K" + (" (static)" if temperature == 0 else ""),
+                hovertemplate="x = %{x:g}<br>Eg = %{y:.3f} eV<extra>%{fullData.name}</extra>",
+            )
+        )
+    for (kind, source, temperature), rows in (
+        published.groupby(["kind", "source", "temperature_k"]) if len(published) else []
+    ):
+        figure.add_trace(
+            go.Scatter(
+                x=rows["composition_x"],
+                y=rows["gap_ev"],
+                error_y={"type": "data", "array": rows["uncertainty_ev"].fillna(0.0)},
+                mode="markers",
+                marker={
+                    "symbol": SOURCE_SYMBOLS.get(kind, "x"),
+                    "size": 12,
+                    "color": temperature_colour(temperature),
+                    "line": {"width": 1.5, "color": temperature_colour(temperature)},
+                },
+                name=f"{kind} {temperature:g} K ({source})",
+                hovertemplate="x = %{x:g}<br>Eg = %{y:.3f} eV<extra>%{fullData.name}</extra>",
+            )
+        )
+    figure.update_layout(xaxis_title=composition, yaxis_title="Eg (eV)", height=450)
+    figure.update_xaxes(tickvals=sorted(table["composition_x"].unique()))
+    return figure
+
+
+def eg_vs_temperature_figure(table: pd.DataFrame, published: pd.DataFrame) -> go.Figure:
+    """Eg(T) per composition: MD averages joined by lines, the static Eg(0) an open marker at 0 K.
+
+    The static gap is not joined to the MD points (a different kind of value); the published gaps sit at their
+    temperatures (marker: their source).
+    """
+    figure = go.Figure()
+    for x in sorted(table["composition_x"].unique()):
+        colour = composition_colour(x)
+        rows = table[table["composition_x"] == x].sort_values("temperature_k")
+        zero, hot = rows[rows["temperature_k"] == 0], rows[rows["temperature_k"] > 0]
+        for part, mode, symbol, name in (
+            (zero, "markers", "circle-open", f"x = {x:g} static (0 K)"),
+            (hot, "lines+markers", "circle", f"x = {x:g} MD"),
+        ):
+            if part.empty:
+                continue
+            figure.add_trace(
+                go.Scatter(
+                    x=part["temperature_k"],
+                    y=part["gap_ev"],
+                    error_y={"type": "data", "array": part["error_ev"]},
+                    mode=mode,
+                    marker={"symbol": symbol, "size": 9, "color": colour},
+                    line={"color": colour},
+                    name=name,
+                    legendgroup=f"{x:g}",
+                    hovertemplate="T = %{x:g} K<br>Eg = %{y:.3f} eV<extra>%{fullData.name}</extra>",
+                )
+            )
+        of_x = published[(published["composition_x"] - x).abs() < 1e-9] if len(published) else published
+        for (kind, source), rows_p in of_x.groupby(["kind", "source"]) if len(of_x) else []:
+            figure.add_trace(
+                go.Scatter(
+                    x=rows_p["temperature_k"],
+                    y=rows_p["gap_ev"],
+                    error_y={"type": "data", "array": rows_p["uncertainty_ev"].fillna(0.0)},
+                    mode="markers",
+                    marker={"symbol": SOURCE_SYMBOLS.get(kind, "x"), "size": 12, "color": colour},
+                    name=f"x = {x:g} {kind} ({source})",
+                    legendgroup=f"{x:g}",
+                    hovertemplate="T = %{x:g} K<br>Eg = %{y:.3f} eV<extra>%{fullData.name}</extra>",
+                )
+            )
+    figure.update_layout(xaxis_title="T (K)", yaxis_title="Eg (eV)", height=450)
+    return figure
+
+
 def render_bandgaps() -> None:
     """Draw the band gaps page."""
     st.title("Band gaps")
@@ -60,7 +154,6 @@ def render_bandgaps() -> None:
         "embedded default is GPAW GLLB-SC, a different functional: compare trends, not absolute values."
     )
     table = thermal_table(static, thermal)
-    temperatures = sorted(table["temperature_k"].unique())
     lowest = results.get("lowest", pd.DataFrame())
     if not lowest.empty:
         st.subheader("Eg(0): the cubic structure (the paper's definition) and the lowest structure found")
@@ -77,67 +170,38 @@ def render_bandgaps() -> None:
             "per-run table (lowest_relative_change)."
         )
 
+    composition = data.composition_title(path)
     st.subheader("Eg vs composition")
-    figure = go.Figure()
-    for temperature in temperatures:
-        rows = table[table["temperature_k"] == temperature]
-        figure.add_trace(
-            go.Scatter(
-                x=rows["composition_x"],
-                y=rows["gap_ev"],
-                error_y={"type": "data", "array": rows["error_ev"]},
-                mode="lines+markers",
-                marker={"symbol": SOURCE_SYMBOLS["capml"], "color": temperature_colour(temperature)},
-                line={"color": temperature_colour(temperature)},
-                name=f"capml {temperature:g} K",
-            )
-        )
-    if not published.empty:
-        for (kind, source), rows in published.groupby(["kind", "source"]):
-            for temperature, subset in rows.groupby("temperature_k"):
-                figure.add_trace(
-                    go.Scatter(
-                        x=subset["composition_x"],
-                        y=subset["gap_ev"],
-                        error_y={"type": "data", "array": subset["uncertainty_ev"]},
-                        mode="markers",
-                        marker={
-                            "symbol": SOURCE_SYMBOLS.get(kind, "x"),
-                            "size": 12,
-                            "color": temperature_colour(temperature),
-                            "line": {"width": 1.5, "color": temperature_colour(temperature)},
-                        },
-                        name=f"{kind} {temperature:g} K ({source})",
-                    )
-                )
-    figure.update_layout(xaxis_title="x (Br fraction)", yaxis_title="Eg (eV)", height=450)
-    st.plotly_chart(figure, width="stretch")
+    show(eg_vs_composition_figure(table, published, composition), key="eg_vs_x", data=table)
 
     st.subheader("Eg vs temperature")
-    figure = px.line(
-        table,
-        x="temperature_k",
-        y="gap_ev",
-        color=table["composition_x"].map(lambda x: f"x = {x:g}"),
-        error_y="error_ev",
-        markers=True,
-        labels={"temperature_k": "T (K)", "gap_ev": "Eg (eV)", "color": "composition"},
-    )
-    st.plotly_chart(figure, width="stretch")
+    show(eg_vs_temperature_figure(table, published), key="eg_vs_t", data=table)
 
     hot = table[table["temperature_k"] > 0]
     if not hot.empty:
         st.subheader("Relative change ΔEg / Eg(0)")
         grid = hot.pivot_table(index="temperature_k", columns="composition_x", values="relative_change") * 100.0
-        heat = px.imshow(
+        heat = cell_heatmap(
             grid,
-            labels={"x": "x (Br fraction)", "y": "T (K)", "color": "ΔEg/Eg(0) (%)"},
-            color_continuous_scale="RdBu",
-            color_continuous_midpoint=0.0,
-            text_auto=".1f",
-            aspect="auto",
+            x_title=composition,
+            y_title="T (K)",
+            colour_title="ΔEg/Eg(0) (%)",
+            text_format=".1f",
+            colour_scale="RdBu",
+            midpoint=0.0,
         )
-        st.plotly_chart(heat, width="stretch")
+        if heat is None:  # one temperature (or one composition): bars, not a one-row heat map
+            heat = px.bar(
+                hot.assign(percent=100 * hot["relative_change"], T=hot["temperature_k"].map(lambda t: f"{t:g} K")),
+                x="composition_x",
+                y="percent",
+                color="T",
+                barmode="group",
+                color_discrete_map={f"{t:g} K": temperature_colour(t) for t in hot["temperature_k"].unique()},
+                labels={"composition_x": composition, "percent": "ΔEg/Eg(0) (%)", "T": "T"},
+            )
+            heat.update_xaxes(tickvals=sorted(hot["composition_x"].unique()))
+        show(heat, key="relative_change", data=grid.reset_index())
 
     st.subheader("Per MD run")
     columns = [
@@ -170,7 +234,7 @@ def render_bandgaps() -> None:
             error_y="gap_std_ev",
             labels={"time_fs": "MD time (fs)", "gap_ev": "GNN gap (eV)"},
         )
-        st.plotly_chart(figure, width="stretch")
+        show(figure, key="snapshot_gaps", data=chosen)
     estimates = results.get("estimates", pd.DataFrame())
     st.subheader("ΔEg/Eg(0): the MD average beside independent estimates")
     if estimates.empty:
@@ -214,7 +278,7 @@ def render_bandgaps() -> None:
                     )
                 )
         figure.update_layout(xaxis_title="T (K)", yaxis_title="ΔEg/Eg(0) (%)", height=450)
-        st.plotly_chart(figure, width="stretch")
+        show(figure, key="estimates", data=estimates)
         st.caption(
             "Harmonic sampling and special displacements from the MACE force constants of each composition's "
             "structure (imaginary modes sampled at |ω|; the table also has them left out); the difference between "

@@ -10,6 +10,7 @@ import plotly.express as px
 import streamlit as st
 
 from dashboard import data
+from dashboard.charts import cell_heatmap, show
 from dashboard.views.overview import condition_label, condition_order
 
 
@@ -21,6 +22,7 @@ def render_dataset() -> None:
     if loaded is None:
         return
     sets, gaps, failed = loaded
+    composition = data.composition_title(path)
 
     st.subheader("Generated structures")
     if len(sets):
@@ -32,19 +34,19 @@ def render_dataset() -> None:
             index="condition", columns="composition_x", values="n_structures", aggfunc="sum", fill_value=0
         )
         grid = grid.loc[sorted(grid.index, key=condition_order)]
-        grid.columns = [f"{x:.3f}" for x in grid.columns]
-        st.plotly_chart(
-            px.imshow(
-                grid,
-                text_auto=True,
-                aspect="auto",
-                color_continuous_scale="Greens",
-                labels={"x": "x (fraction of first sublattice species)", "y": "condition", "color": "structures"},
-                title=f"set {chosen}: structures per composition and condition",
-            ),
-            width="stretch",
-            key="set_heatmap",
+        heat = cell_heatmap(
+            grid,
+            x_title=composition,
+            y_title="condition",
+            colour_title="structures",
+            colour_scale="Greens",
+            title=f"set {chosen}: structures per composition and condition",
         )
+        if heat is None:  # one row, or the same count everywhere: the table says it plainly
+            st.markdown(f"**set {chosen}: structures per composition ({composition}) and condition**")
+            st.dataframe(grid, width="stretch")
+        else:
+            show(heat, key="set_heatmap", data=grid.reset_index())
         progress = sets.groupby(["set_name", "level"], as_index=False)[["n_structures", "n_ok", "n_failed"]].sum()
         progress["n_pending"] = progress["n_structures"] - progress["n_ok"] - progress["n_failed"]
         st.markdown("**Label coverage per set**")
@@ -55,7 +57,7 @@ def render_dataset() -> None:
             var_name="state",
             value_name="structures",
         )
-        st.plotly_chart(
+        show(
             px.bar(
                 long,
                 x="set_name",
@@ -65,8 +67,8 @@ def render_dataset() -> None:
                 color_discrete_map={"labelled": "#2ca02c", "failed": "#d62728", "pending": "#bbbbbb"},
                 title="labelled, failed and pending structures per set",
             ),
-            width="stretch",
             key="set_progress",
+            data=progress,
         )
     else:
         st.write("no generated structure sets yet (`[[dataset.sets]]` in the config)")
@@ -74,20 +76,18 @@ def render_dataset() -> None:
     st.subheader("Band gaps per composition")
     if len(gaps):
         levels = sorted(gaps["level"].unique())
-        st.plotly_chart(
-            px.box(
-                gaps,
-                x="composition_x",
-                y="gap_ev",
-                color="level",
-                points="all",
-                category_orders={"level": levels},
-                labels={"composition_x": "x (fraction of first sublattice species)", "gap_ev": "band gap (eV)"},
-                title="band-gap distribution per composition and level",
-            ),
-            width="stretch",
-            key="gap_box",
+        box = px.box(
+            gaps,
+            x="composition_x",
+            y="gap_ev",
+            color="level",
+            points="all",
+            category_orders={"level": levels},
+            labels={"composition_x": composition, "gap_ev": "band gap (eV)"},
+            title="band-gap distribution per composition and level",
         )
+        box.update_xaxes(tickvals=sorted(gaps["composition_x"].dropna().unique()))
+        show(box, key="gap_box", data=gaps)
     else:
         st.write("no band gaps yet")
 

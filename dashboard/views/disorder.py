@@ -14,6 +14,7 @@ import streamlit as st
 
 from capml_core.system.arrangements import mixing_energies
 from dashboard import data
+from dashboard.charts import show
 
 #: Marker colours of the species in the 3D view.
 SPECIES_COLOURS = {"Ag": "#a0a0a0", "S": "#e0c000", "Br": "#a52a2a", "I": "#6a0dad"}
@@ -27,6 +28,7 @@ def render_disorder() -> None:
     if results is None:
         return
     relaxations = results["relaxations"]
+    composition = data.composition_title(path)
     if relaxations.empty:
         st.info("No disorder scan yet: `capml disorder -c CONFIG` (or the pipeline's disorder stage).")
         return
@@ -52,11 +54,12 @@ def render_disorder() -> None:
         y="delta_mev_per_atom",
         size="multiplicity",
         color="converged",
-        hover_data=["arrangement", "multiplicity", "rank", "energy_ev_per_atom"],
+        hover_data={"arrangement": True, "multiplicity": True, "rank": True, "delta_mev_per_atom": ":.2f"},
         title="energy above the lowest arrangement (marker size: multiplicity)",
-        labels={"composition_x": "x", "delta_mev_per_atom": "E − E_min (meV/atom)"},
+        labels={"composition_x": composition, "delta_mev_per_atom": "E − E_min (meV/atom)"},
     )
-    left.plotly_chart(ranking, width="stretch", key="disorder_ranking")
+    ranking.update_xaxes(tickvals=sorted(relative["composition_x"].unique()))
+    show(ranking, key="disorder_ranking", data=relative, container=left)
     mixing = mixing_energies(dict(zip(lowest["composition_x"], lowest["energy_ev_per_atom"], strict=True)))
     if mixing:
         frame = pd.DataFrame({"x": list(mixing), "mixing_mev_per_atom": [1000.0 * v for v in mixing.values()]})
@@ -66,9 +69,10 @@ def render_disorder() -> None:
             y="mixing_mev_per_atom",
             markers=True,
             title="energy of mixing of the lowest arrangement",
-            labels={"mixing_mev_per_atom": "E_mix (meV/atom)"},
+            labels={"x": composition, "mixing_mev_per_atom": "E_mix (meV/atom)"},
         )
-        right.plotly_chart(figure, width="stretch", key="disorder_mixing")
+        figure.update_xaxes(tickvals=sorted(frame["x"]))
+        show(figure, key="disorder_mixing", data=frame, container=right)
     else:
         right.write("energy of mixing needs both end members (x = 0 and 1) in the scan")
 
@@ -93,7 +97,7 @@ def render_disorder() -> None:
     atoms = data.structure(path, best["structure_hash"])
     st.subheader(f"Lowest-energy structure at x = {x:g}: {atoms.get_chemical_formula()}")
     st.caption(f"sublattice occupation (1 = first species, sites in supercell order): `{best['arrangement']}`")
-    st.plotly_chart(structure_figure(atoms), width="stretch", key="disorder_structure")
+    show(structure_figure(atoms), key="disorder_structure")
 
 
 def structure_figure(atoms) -> go.Figure:  # ase.Atoms

@@ -6,13 +6,39 @@ baseline architecture on the same test split, hyperparameter-search ranking, lea
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import plotly.express as px
-import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import data
+from dashboard.charts import parity_figure, show
 
 STAGE_TITLES = {"cheap": "trained on the cheap level", "high": "fine-tuned on the high level"}
+SPLIT_ORDER = ["train", "valid", "test", "md-heldout"]
+#: Evaluation sets smaller than this are flagged (an MAE from fewer structures is uncertain by ~20 % or more).
+MIN_EVALUATION_SIZE = 30
+
+
+def split_errors(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Per stage and split: n, MAE (eV) with its standard error, mean error (prediction − reference), RMSE."""
+    rows = []
+    for (stage, split), group in predictions.groupby(["stage", "split"]):
+        error = group["predicted_ev"] - group["reference_ev"]
+        n = len(error)
+        rows.append(
+            {
+                "stage": stage,
+                "split": split,
+                "n": n,
+                "mae_ev": float(error.abs().mean()),
+                "mae_error_ev": float(error.abs().std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
+                "mean_error_ev": float(error.mean()),
+                "rmse_ev": float(np.sqrt((error**2).mean())),
+            }
+        )
+    order = {s: i for i, s in enumerate(SPLIT_ORDER)}
+    return pd.DataFrame(rows).sort_values(["stage", "split"], key=lambda c: c.map(order) if c.name == "split" else c)
 
 
 def render_gnn() -> None:
@@ -30,6 +56,17 @@ def render_gnn() -> None:
     st.subheader("Metrics of the latest ensemble (mean over its members)")
     table = metrics.groupby(["stage", "split"], as_index=False)[["n", "r2", "mae_ev", "rmse_ev", "max_error_ev"]].mean()
     st.dataframe(table.round(4), hide_index=True, width="stretch")
+    st.markdown("**Ensemble-mean errors per split, with the MAE's standard error**")
+    errors = split_errors(predictions)
+    st.dataframe(errors.round(4), hide_index=True, width="stretch")
+    small = errors[(errors["split"].isin(["test", "md-heldout"])) & (errors["n"] < MIN_EVALUATION_SIZE)]
+    for row in small.itertuples():
+        st.warning(
+            f"{row.stage} {row.split}: only {row.n} structures: MAE {row.mae_ev:.3f} ± {row.mae_error_ev:.3f} eV "
+            "is a rough number (fewer than 30)"
+        )
+    if "md-heldout" not in set(predictions["split"]):
+        st.info("No parity on held-out MD frames yet (`capml evaluate -c CONFIG` once they are labelled).")
     comparison = data.gnn_baseline_comparison(path)
     if len(comparison):
         st.subheader("Search's best vs baseline (ensemble means, same test structures)")
@@ -40,23 +77,20 @@ def render_gnn() -> None:
         level = subset["level"].iloc[0]
         st.subheader(f"{level}: {STAGE_TITLES[stage]}")
         left, right = st.columns(2)
-        low = float(min(subset["reference_ev"].min(), subset["predicted_ev"].min())) - 0.05
-        high = float(max(subset["reference_ev"].max(), subset["predicted_ev"].max())) + 0.05
-        parity = px.scatter(
+        parity = parity_figure(
             subset,
-            x="reference_ev",
-            y="predicted_ev",
-            color="split",
-            error_y="spread_ev",
-            hover_data=["structure_hash"],
+            reference="reference_ev",
+            predicted="predicted_ev",
+            quantity=f"gap ({level} / GNN)",
+            unit="eV",
+            digits=3,
+            colour="split",
+            error="spread_ev",
+            hover=["composition_x", "origin", "spread_ev"],
             title=f"parity ({level})",
-            labels={"reference_ev": f"{level} gap (eV)", "predicted_ev": "GNN gap (eV)"},
-            category_orders={"split": ["train", "valid", "test"]},
+            category_orders={"split": SPLIT_ORDER},
         )
-        parity.add_trace(
-            go.Scatter(x=[low, high], y=[low, high], mode="lines", name="y = x", line={"color": "grey", "dash": "dash"})
-        )
-        left.plotly_chart(parity, width="stretch", key=f"parity_{stage}")
+        show(parity, key=f"parity_{stage}", data=subset, container=left)
         errors = subset.assign(error_ev=subset["predicted_ev"] - subset["reference_ev"])
         histogram = px.histogram(
             errors,
@@ -67,9 +101,9 @@ def render_gnn() -> None:
             nbins=30,
             title=f"prediction errors ({level})",
             labels={"error_ev": "GNN − reference (eV)"},
-            category_orders={"split": ["train", "valid", "test"]},
+            category_orders={"split": SPLIT_ORDER},
         )
-        right.plotly_chart(histogram, width="stretch", key=f"errors_{stage}")
+        show(histogram, key=f"errors_{stage}", data=errors, container=right)
 
     trials, curve = data.gnn_search_and_curve(path)
     st.subheader("Hyperparameter search (validation split)")
@@ -87,6 +121,6 @@ def render_gnn() -> None:
             title="test MAE vs training-set size",
             labels={"n_train": "training structures", "test_mae_ev": "test MAE (eV)"},
         )
-        st.plotly_chart(figure, width="stretch", key="learning_curve")
+        show(figure, key="learning_curve", data=curve)
     else:
         st.write("no learning curve recorded")

@@ -8,31 +8,56 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import data
+from dashboard.charts import broken_path, parity_figure, show
 
 QUANTITIES = {
     "energy": ("energy_reference_ev_per_atom", "energy_predicted_ev_per_atom", "energy (eV/atom)"),
     "forces": ("forces_reference_ev_per_a", "forces_predicted_ev_per_a", "force component (eV/Å)"),
     "stress": ("stress_reference_ev_per_a3", "stress_predicted_ev_per_a3", "stress component (eV/Å³)"),
 }
+#: Axis name, unit and hover decimals of each parity plot.
+PARITY_AXES = {
+    "energy": ("energy above the composition's lowest", "meV/atom", 1),
+    "forces": ("force component", "eV/Å", 3),
+    "stress": ("stress component", "eV/Å³", 4),
+}
+
+
+SPLIT_ORDER = ["train", "valid", "test", "md-heldout"]
+#: Below this R² a parity is flagged: the model barely ranks the values (e.g. stress from one volume per composition).
+MIN_R2 = 0.8
 
 
 def parity_frame(predictions: pd.DataFrame, quantity: str) -> pd.DataFrame:
-    """One row per compared value (per structure for energy, per component for forces and stress)."""
+    """One row per compared value (per structure for energy, per component for forces and stress).
+
+    Energies are relative (meV/atom): each composition's lowest reference energy is subtracted from both the
+    reference and the prediction, so the parity shows what MACE must get right (energy differences at one
+    composition) and not a trivial R² = 1 across compositions whose absolute energies differ by eV/atom.
+    """
     ref, pred, _ = QUANTITIES[quantity]
+    keep = ["model_id", "split", "composition_x", "origin", ref, pred]
     subset = predictions.dropna(subset=[ref])
     if quantity == "energy":
-        return subset[["model_id", "split", "structure_hash", ref, pred]].rename(
-            columns={ref: "reference", pred: "predicted"}
+        frame = subset[keep].rename(columns={ref: "reference", pred: "predicted"})
+        lowest = frame.groupby("composition_x", dropna=False)["reference"].transform("min")
+        return frame.assign(
+            reference=1000.0 * (frame["reference"] - lowest), predicted=1000.0 * (frame["predicted"] - lowest)
         )
-    exploded = subset[["model_id", "split", "structure_hash", ref, pred]].explode([ref, pred])
+    exploded = subset[keep].explode([ref, pred])
     return exploded.rename(columns={ref: "reference", pred: "predicted"}).astype(
         {"reference": float, "predicted": float}
     )
+
+
+def r_squared(frame: pd.DataFrame) -> float:
+    """R² of the predictions against the reference values (1 − SSE / total variance)."""
+    total = float(((frame["reference"] - frame["reference"].mean()) ** 2).sum())
+    return float("nan") if total == 0 else 1.0 - float(((frame["predicted"] - frame["reference"]) ** 2).sum()) / total
 
 
 def render_mlip() -> None:
@@ -64,30 +89,39 @@ def render_mlip() -> None:
     kinds = list(models["kind"])
     kind = st.radio("model", kinds[::-1], horizontal=True) if len(kinds) > 1 else kinds[0]
     chosen = predictions[predictions["kind"] == kind]
+    if "md-heldout" in set(chosen["split"]):
+        st.caption("md-heldout: the held-out MD frames (never trained on, `capml evaluate`): where MACE is used.")
     columns = st.columns(3)
     for column, quantity in zip(columns, QUANTITIES, strict=True):
         frame = parity_frame(chosen, quantity)
         if frame.empty:
             column.write(f"no {quantity} labels")
             continue
-        label = QUANTITIES[quantity][2]
-        low = float(min(frame["reference"].min(), frame["predicted"].min()))
-        high = float(max(frame["reference"].max(), frame["predicted"].max()))
-        figure = px.scatter(
+        quantity_title, unit, digits = PARITY_AXES[quantity]
+        figure = parity_figure(
             frame,
-            x="reference",
-            y="predicted",
-            color="split",
-            opacity=0.6,
-            hover_data=["structure_hash"],
+            reference="reference",
+            predicted="predicted",
+            quantity=quantity_title,
+            unit=unit,
+            digits=digits,
+            colour="split",
+            hover=["composition_x", "origin"],
             title=f"{quantity}: MACE vs reference",
-            labels={"reference": f"reference {label}", "predicted": f"MACE {label}"},
-            category_orders={"split": ["train", "valid", "test"]},
+            category_orders={"split": SPLIT_ORDER},
         )
-        figure.add_trace(
-            go.Scatter(x=[low, high], y=[low, high], mode="lines", name="y = x", line={"color": "grey", "dash": "dash"})
-        )
-        column.plotly_chart(figure, width="stretch", key=f"parity_{quantity}_{kind}")
+        show(figure, key=f"parity_{quantity}_{kind}", data=frame, container=column)
+        for split in [s for s in SPLIT_ORDER if s in set(frame["split"])]:
+            r2 = r_squared(frame[frame["split"] == split])
+            if split in ("test", "md-heldout") and r2 < MIN_R2:
+                column.warning(
+                    f"{quantity} R² on {split} = {r2:.2f} (< {MIN_R2}): MACE barely orders these values"
+                    + (
+                        " (one volume per composition in the training data: see docs/mlip.md)"
+                        if quantity == "stress"
+                        else ""
+                    )
+                )
 
     render_active_learning(path)
 
@@ -117,10 +151,10 @@ def render_mlip() -> None:
     columns = st.columns(len(phonons))
     for column, row in zip(columns, phonons.itertuples(), strict=True):
         arrays = data.arrays(path, row.artifact_id)
-        column.plotly_chart(
+        show(
             dispersion_figure(arrays, title=f"{row.end_member} end member (imaginary < 0)", reference=row.reference),
-            width="stretch",
             key=f"dispersion_{row.end_member}",
+            container=column,
         )
 
 
@@ -163,16 +197,16 @@ def render_active_learning(path: str) -> None:
 def dispersion_figure(arrays: dict[str, np.ndarray], *, title: str, reference: str) -> go.Figure:
     """Reference (grey) and MACE (red) dispersions along the stored path, imaginary frequencies negative."""
     figure = go.Figure()
-    distances = arrays["distances"]
     for key, name, colour in (
         ("reference_dispersion_thz", reference, "grey"),
         ("model_dispersion_thz", "MACE", "crimson"),
     ):
-        for band in range(arrays[key].shape[1]):
+        distances, bands = broken_path(arrays["distances"], arrays[key])
+        for band in range(bands.shape[1]):
             figure.add_trace(
                 go.Scatter(
                     x=distances,
-                    y=arrays[key][:, band],
+                    y=bands[:, band],
                     mode="lines",
                     line={"color": colour, "width": 1.2, "dash": "solid" if colour == "crimson" else "dot"},
                     name=name,

@@ -13,6 +13,7 @@ import streamlit as st
 
 from capml_core.physics.modes import thermal_displacement
 from dashboard import data
+from dashboard.charts import parity_figure, show
 from dashboard.style import species_colour, species_colour_map
 
 
@@ -42,35 +43,47 @@ def render_modes() -> None:
         "table below is what to read."
     )
     frozen["ΔEg/Eg (%)"] = 100.0 * frozen["relative_change"]
+    limit = data.mode_harmonic_limit_a(path)
+    frozen["regime"] = np.where(
+        frozen["rms_displacement_a"] > limit, f"beyond harmonic (rms > {limit:g} Å)", "harmonic"
+    )
+    beyond = frozen[frozen["rms_displacement_a"] > limit]
+    if not beyond.empty:
+        st.warning(
+            f"{len(beyond)} frozen modes move atoms by more than {limit:g} Å rms (up to "
+            f"{beyond['rms_displacement_a'].max():.2f} Å, at {beyond['frequency_thz'].min():.2f} THz): beyond the "
+            "harmonic regime, their ΔEg/Eg (open markers) is not a phonon effect to read off."
+        )
     figure = px.scatter(
         frozen,
         x="frequency_thz",
         y="ΔEg/Eg (%)",
         color="dominant",
+        symbol="regime",
+        symbol_map={"harmonic": "circle", **{r: "circle-open" for r in frozen["regime"].unique() if r != "harmonic"}},
         color_discrete_map=species_colour_map(frozen["dominant"].dropna().unique()),
-        hover_data=["mode", "delta_ev", "rms_displacement_a"],
-        labels={"frequency_thz": "frequency (THz)", "dominant": "moves most"},
+        hover_data={"mode": True, "delta_ev": ":.4f", "rms_displacement_a": ":.3f", "frequency_thz": ":.2f"},
+        labels={"frequency_thz": "frequency (THz)", "dominant": "moves most", "delta_ev": "ΔEg (eV)"},
     )
     figure.add_hline(y=0.0, line_color="grey", line_width=1)
-    st.plotly_chart(figure, width="stretch")
+    show(figure, key="mode_changes", data=frozen.drop(columns=["artifact_id"], errors="ignore"))
 
     render_mode_groups(composition, temperature)
 
     checked = modes[modes["reference_delta_ev"].notna()]
     if not checked.empty:
         st.subheader("GNN vs reference DFT")
-        low = float(min(checked["delta_ev"].min(), checked["reference_delta_ev"].min()))
-        high = float(max(checked["delta_ev"].max(), checked["reference_delta_ev"].max()))
-        parity = px.scatter(
-            checked,
-            x="reference_delta_ev",
-            y="delta_ev",
-            color=checked["composition_x"].map(lambda x: f"x = {x:g}"),
-            hover_data=["mode", "frequency_thz", "temperature_k"],
-            labels={"reference_delta_ev": "ΔEg DFT (eV)", "delta_ev": "ΔEg GNN (eV)", "color": "composition"},
+        parity = parity_figure(
+            checked.assign(composition=checked["composition_x"].map(lambda x: f"x = {x:g}")),
+            reference="reference_delta_ev",
+            predicted="delta_ev",
+            quantity="ΔEg (DFT / GNN)",
+            unit="eV",
+            digits=4,
+            colour="composition",
+            hover=["mode", "frequency_thz", "temperature_k"],
         )
-        parity.add_trace(go.Scatter(x=[low, high], y=[low, high], mode="lines", line_color="grey", showlegend=False))
-        st.plotly_chart(parity, width="stretch")
+        show(parity, key="mode_dft_parity", data=checked.drop(columns=["artifact_id"], errors="ignore"))
         st.dataframe(
             checked[
                 [
@@ -136,7 +149,7 @@ def render_modes() -> None:
         f"Mode {mode}, {row['frequency_thz']:.2f} THz, at {temperature:g} K: rms displacement "
         f"{row['rms_displacement_a']:.3f} Å, largest {row['max_displacement_a']:.3f} Å (arrows scaled to 1 Å)."
     )
-    st.plotly_chart(figure, width="stretch")
+    show(figure, key="mode_pattern")
 
 
 def render_mode_groups(composition: float, temperature: float) -> None:

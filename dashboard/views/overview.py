@@ -13,7 +13,8 @@ import plotly.express as px
 import streamlit as st
 
 from dashboard import data
-from dashboard.style import SOURCE_SYMBOLS, temperature_colour
+from dashboard.charts import cell_heatmap, show
+from dashboard.views.bandgaps import eg_vs_composition_figure
 
 logger = logging.getLogger(__name__)
 
@@ -35,56 +36,25 @@ def condition_order(label: str) -> tuple[int, float]:
     return (1 if label.startswith("T") else 2, value)
 
 
-def render_results(report: dict) -> None:
+def render_results(report: dict, path: str) -> None:
     """Eg(x) per temperature with the published points, ΔEg/Eg per composition, and the trust panel."""
-    import plotly.graph_objects as go
-
     gaps = pd.DataFrame(report["gaps"])
     static = pd.DataFrame(report["static"])
     st.subheader("Eg(x, T)")
-    figure = go.Figure()
-    figure.add_trace(
-        go.Scatter(
-            x=static["composition_x"],
-            y=static["cubic_gap_ev"],
-            mode="lines+markers",
-            marker={"symbol": SOURCE_SYMBOLS["capml"], "color": temperature_colour(0.0)},
-            line={"color": temperature_colour(0.0)},
-            name="capml 0 K (cubic)",
-        )
-    )
     averaged = gaps[gaps["gap_ev"].notna()] if len(gaps) else gaps
-    for temperature, rows in averaged.groupby("temperature_k") if len(averaged) else []:
-        figure.add_trace(
-            go.Scatter(
-                x=rows["composition_x"],
-                y=rows["gap_ev"],
-                error_y={"type": "data", "array": rows["error_ev"]},
-                mode="lines+markers",
-                marker={"symbol": SOURCE_SYMBOLS["capml"], "color": temperature_colour(temperature)},
-                line={"color": temperature_colour(temperature)},
-                name=f"capml {temperature:g} K",
-            )
-        )
-    for p in report["published"]:
-        figure.add_trace(
-            go.Scatter(
-                x=[p["composition_x"]],
-                y=[p["gap_ev"]],
-                error_y={"type": "data", "array": [p["uncertainty_ev"] or 0.0]},
-                mode="markers",
-                marker={
-                    "symbol": SOURCE_SYMBOLS.get(p["kind"], "x"),
-                    "size": 11,
-                    "color": temperature_colour(p["temperature_k"]),
-                },
-                name=f"{p['kind']} {p['temperature_k']:g} K",
-                showlegend=False,
-            )
-        )
-    figure.update_layout(xaxis_title="Br fraction x", yaxis_title="Eg (eV)", height=420)
-    figure.update_xaxes(tickvals=sorted(static["composition_x"]))
-    st.plotly_chart(figure, width="stretch", key="results_eg")
+    zero = pd.DataFrame(
+        {
+            "composition_x": static["composition_x"],
+            "temperature_k": 0.0,
+            "gap_ev": static["cubic_gap_ev"],
+            "error_ev": static["cubic_gap_spread_ev"],
+        }
+    )
+    table = pd.concat([zero, averaged[list(zero.columns)]] if len(averaged) else [zero], ignore_index=True)
+    published = pd.DataFrame(report["published"])
+    figure = eg_vs_composition_figure(table, published, data.composition_title(path))
+    figure.update_layout(height=420)
+    show(figure, key="results_eg", data=table)
     st.caption("circles: capml; diamonds: the paper's calculation; stars: experiment; colour: temperature.")
     if len(averaged):
         table = averaged.pivot_table(index="composition_x", columns="temperature_k", values="relative_change") * 100
@@ -104,16 +74,20 @@ def render_results(report: dict) -> None:
         )
     force = models["mace"].get("md_frames_force_mae_ev_per_a")
     cells[-1].metric("MACE force MAE on held-out MD frames", "not measured" if force is None else f"{force:.3f} eV/Å")
+    st.markdown(
+        "Held-out errors by round: [Active learning](./active-learning); test splits: "
+        "[Band-gap model](./band-gap-model), [Interatomic potential](./interatomic-potential)."
+    )
     checked = [g for g in report["gaps"] if g["dft_verdict"]]
     verdicts = pd.Series([g["dft_verdict"] for g in checked]).value_counts().to_dict() if checked else {}
-    st.write(
-        f"DFT checks of Eg(T) on the MD's own frames: {len(checked)} of {len(report['gaps'])} averages checked"
-        + (": " + ", ".join(f"{n} {v}" for v, n in verdicts.items()) if verdicts else "")
+    st.markdown(
+        f"[DFT checks of Eg(T)](./band-gaps) on the MD's own frames: {len(checked)} of {len(report['gaps'])} "
+        "averages checked" + (": " + ", ".join(f"{n} {v}" for v, n in verdicts.items()) if verdicts else "")
     )
     stabilised = report["stabilisation_k"]
     if stabilised:
-        st.write(
-            "Dynamic stability (phonon gate): "
+        st.markdown(
+            "[Dynamic stability](./phonons) (phonon gate): "
             + ", ".join(
                 f"x = {x}: {'not by the hottest T' if t is None else f'from {t:g} K'}" for x, t in stabilised.items()
             )
@@ -139,7 +113,7 @@ def render_overview() -> None:
     if report is None:
         st.info("No results yet: the band-gap stage has not run (`capml run CONFIG`); the bookkeeping below says why.")
     else:
-        render_results(report)
+        render_results(report, path)
     st.divider()
     st.header("Pipeline bookkeeping")
 
@@ -172,16 +146,17 @@ def render_overview() -> None:
             index="condition", columns="composition_x", values="n_structures", aggfunc="sum", fill_value=0
         )
         grid = grid.loc[sorted(grid.index, key=condition_order)]
-        grid.columns = [f"{x:.3f}" for x in grid.columns]
-        heat = px.imshow(
+        heat = cell_heatmap(
             grid,
-            text_auto=True,
-            aspect="auto",
-            color_continuous_scale="Blues",
-            labels={"x": "x (fraction of first sublattice species)", "y": "condition", "color": "structures"},
+            x_title=data.composition_title(path),
+            y_title="condition",
+            colour_title="structures",
             title=f"structures per composition and condition at {level}",
         )
-        st.plotly_chart(heat, width="stretch", key="coverage_heatmap")
+        if heat is None:
+            st.dataframe(grid, width="stretch")
+        else:
+            show(heat, key="coverage_heatmap", data=grid.reset_index())
     else:
         st.write("no labelled structures yet")
 
@@ -197,7 +172,7 @@ def render_overview() -> None:
             labels={"n_structures": "structures"},
             title="labelled structures per reference level",
         )
-        st.plotly_chart(bars, width="stretch", key="label_bars")
+        show(bars, key="label_bars", data=counts)
         st.dataframe(counts, hide_index=True, width="stretch")
 
     st.subheader("Band-gap distributions")
@@ -212,6 +187,6 @@ def render_overview() -> None:
             labels={"gap_ev": "band gap (eV)"},
             title="band gaps per reference level",
         )
-        st.plotly_chart(hist, width="stretch", key="gap_histogram")
+        show(hist, key="gap_histogram", data=gaps)
     else:
         st.write("no band gaps yet")

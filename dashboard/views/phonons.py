@@ -15,6 +15,7 @@ import streamlit as st
 
 from capml_core.physics.stability import stabilisation_temperatures
 from dashboard import data
+from dashboard.charts import broken_path, show
 
 
 def render_phonons() -> None:
@@ -44,29 +45,41 @@ def render_phonons() -> None:
             "median_linewidth_thz": "median linewidth (THz)",
             "max_site_offset_a": "largest mean site offset (Å)",  # from the 0 K sites, time-averaged
         }
-        columns = ["composition_x", "temperature_k", "stable", "passes_gate", *names, "reason"]
+        columns = ["composition_x", "temperature_k", "stable", "passes_gate", *names]
         st.dataframe(verdicts[columns].rename(columns=names), hide_index=True, width="stretch")
+        ungated = verdicts[~verdicts["stable"].astype(bool) & verdicts["passes_gate"].astype(bool)]
+        if not ungated.empty:
+            st.warning(
+                f"The phonon gate is off (`phonons.gate = false`): {len(ungated)} MD run(s) judged not dynamically "
+                "stable still feed Eg(T). Their averages are marked passes_gate in the band-gap tables."
+            )
+        with_reasons = verdicts[verdicts["reason"].fillna("").astype(str).str.len() > 0]
+        if not with_reasons.empty:
+            st.markdown("**Why (each verdict in full)**")
+            st.markdown(
+                "\n".join(
+                    f"- x = {r.composition_x:g}, {r.temperature_k:g} K, {'stable' if r.stable else 'not stable'}: "
+                    f"{r.reason}"
+                    for r in with_reasons.itertuples()
+                )
+            )
 
     x = st.selectbox("composition x", harmonic["composition_x"].tolist(), key="phonons_x")
     row = harmonic[harmonic["composition_x"] == x].iloc[-1]
     arrays = data.arrays(path, row["artifact_id"])
-    left, right = st.columns(2)
     runs = verdicts[verdicts["composition_x"] == x]
     analysed = runs.dropna(subset=["artifact_id"])
     renormalised, temperature = None, None
     if not analysed.empty:
-        temperature = right.selectbox("MD temperature (K)", analysed["temperature_k"].tolist(), key="phonons_t")
+        temperature = st.selectbox("MD temperature (K)", analysed["temperature_k"].tolist(), key="phonons_t")
         chosen = analysed[analysed["temperature_k"] == temperature].iloc[0]
         renormalised = data.arrays(path, chosen["artifact_id"])
-    left.plotly_chart(
-        dispersion_figure(arrays, x, renormalised, temperature), width="stretch", key="phonons_dispersion"
-    )
+    show(dispersion_figure(arrays, x, renormalised, temperature), key="phonons_dispersion")
     if renormalised is None:
-        right.write("no renormalised phonons for this composition (see the verdicts above)")
+        st.write("no renormalised phonons for this composition (see the verdicts above)")
     else:
-        right.plotly_chart(
+        show(
             renormalised_figure(renormalised, temperature, chosen["thermostat_broadening_thz"]),
-            width="stretch",
             key="phonons_renormalised",
         )
 
@@ -106,11 +119,11 @@ def dispersion_figure(
     """
     figure = go.Figure()
     if renormalised is not None and "renormalised_dispersion_thz" in renormalised:
-        bands_t = renormalised["renormalised_dispersion_thz"]
+        distances_t, bands_t = broken_path(renormalised["distances"], renormalised["renormalised_dispersion_thz"])
         for branch in range(bands_t.shape[1]):
             figure.add_trace(
                 go.Scatter(
-                    x=renormalised["distances"],
+                    x=distances_t,
                     y=bands_t[:, branch],
                     mode="lines",
                     line={"color": "royalblue", "width": 1},
@@ -119,12 +132,12 @@ def dispersion_figure(
                     showlegend=branch == 0,
                 )
             )
-    bands = arrays["dispersion_thz"]
-    unstable = bands.min(axis=0) < -0.05
+    distances, bands = broken_path(arrays["distances"], arrays["dispersion_thz"])
+    unstable = np.nanmin(bands, axis=0) < -0.05
     for branch in range(bands.shape[1]):
         figure.add_trace(
             go.Scatter(
-                x=arrays["distances"],
+                x=distances,
                 y=bands[:, branch],
                 mode="lines",
                 line={"color": "crimson" if unstable[branch] else "grey", "width": 1},
@@ -135,7 +148,8 @@ def dispersion_figure(
         )
     figure.add_hline(y=0.0, line={"color": "black", "width": 0.5})
     figure.update_layout(
-        title=f"x = {x:g}: harmonic dispersion at 0 K (imaginary < 0)",
+        title=f"x = {x:g}: harmonic dispersion at 0 K (imaginary < 0), {bands.shape[1]} branches"
+        + (" (the decorated cell's folded bands: no smaller primitive cell)" if bands.shape[1] > 15 else ""),
         yaxis_title="frequency (THz)",
         xaxis={"tickvals": arrays["tick_distances"].tolist(), "ticktext": [str(t) for t in arrays["tick_labels"]]},
     )

@@ -158,6 +158,19 @@ def data_export(
     )
 
 
+@data_app.command("export-tables")
+def data_export_tables(
+    output: Annotated[Path, typer.Argument(help="New directory: one file per table, schema.sql, load.sql.")],
+    config: ConfigOption = None,
+    project: ProjectOption = None,
+    file_format: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
+) -> None:
+    """Every table of the project's store as Parquet or CSV files (DuckDB's IMPORT DATABASE rebuilds the store)."""
+    with capml_errors():
+        folder = open_store(config, project).export_tables(output, file_format=file_format)
+    console.print(f"{len(list(folder.glob('*.' + file_format)))} tables -> {folder}")
+
+
 def _frame_levels(loaded, levels: str | None) -> list[str]:  # LoadedConfig
     """The levels MD frames are to be labelled at: ``--levels`` or the config's cheap and high level."""
     if levels:
