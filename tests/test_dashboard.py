@@ -197,6 +197,15 @@ def test_dataset_page_shows_sets_coverage_gaps_and_failures(demo_store_copy: Pat
     }
     records = list(generate_structure_set(config.system, config.dataset, config.dataset.sets[0], end_members))
     with store.write() as w:
+        w.start_run(  # a run records its configuration: the axis is named after the system's species
+            run_id="run-demo",
+            name="demo",
+            config_hash="abc",
+            config_json=config.model_dump_json(),
+            config_path=None,
+            code_version="test",
+            packages={},
+        )
         w.add_structures(records, run_id=None)
         w.add_to_set("demo", "gpaw-pbesol", [r.structure_hash for r in records])
         w.add_labels(
