@@ -26,8 +26,15 @@ from dashboard.views.sql import render_sql
 
 st.set_page_config(page_title="capml", layout="wide")
 
+
+def overview_at_its_name() -> None:
+    """The overview at /overview too (Streamlit serves the default page at / only)."""
+    render_overview()
+
+
 PAGES = [
-    st.Page(render_overview, title="Overview", url_path="overview", default=True),
+    st.Page(render_overview, title="Overview", url_path="home", default=True),
+    st.Page(overview_at_its_name, title="Overview", url_path="overview", visibility="hidden"),
     st.Page(render_dataset, title="Dataset", url_path="dataset"),
     st.Page(render_gnn, title="Band-gap model", url_path="band-gap-model"),
     st.Page(render_mlip, title="Interatomic potential", url_path="interatomic-potential"),

@@ -134,6 +134,15 @@ def parity_figure(
     return figure
 
 
+#: More points than this in one scatter are thinned for drawing (SVG slows beyond ~10^4; statistics use all).
+MAX_PLOTTED_POINTS = 10_000
+
+
+def thinned(frame: pd.DataFrame, limit: int = MAX_PLOTTED_POINTS) -> pd.DataFrame:
+    """``frame``, or a fixed random sample (seed 0) of ``limit`` of its rows where it has more (for drawing only)."""
+    return frame if len(frame) <= limit else frame.sample(n=limit, random_state=0).sort_index()
+
+
 def show(figure: go.Figure, *, key: str, data: pd.DataFrame | None = None, container=None) -> None:
     """Draw ``figure`` (download as PNG or SVG from its toolbar, the sidebar's format) and offer ``data`` as CSV."""
     where = container if container is not None else st

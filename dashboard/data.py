@@ -78,31 +78,36 @@ def read_or_explain(read: Callable[[], T]) -> T | None:
 @store_cached
 def runs(path: str) -> pd.DataFrame:
     """All runs (``path`` keys the cache)."""
-    return Store(path).runs()
+    with Store(path).batch() as store:
+        return store.runs()
 
 
 @store_cached
 def stages(path: str) -> pd.DataFrame:
     """Stages of the latest run."""
-    return Store(path).stages()
+    with Store(path).batch() as store:
+        return store.stages()
 
 
 @store_cached
 def coverage(path: str) -> pd.DataFrame:
     """Structures per composition, condition and level."""
-    return Store(path).coverage()
+    with Store(path).batch() as store:
+        return store.coverage()
 
 
 @store_cached
 def label_counts(path: str) -> pd.DataFrame:
     """Labels per level and status."""
-    return Store(path).label_counts()
+    with Store(path).batch() as store:
+        return store.label_counts()
 
 
 @store_cached
 def gaps(path: str) -> pd.DataFrame:
     """Band gaps per level."""
-    return Store(path).gaps()
+    with Store(path).batch() as store:
+        return store.gaps()
 
 
 @store_cached
@@ -114,43 +119,50 @@ def summary(path: str) -> DatasetSummary:
 @store_cached
 def set_coverage(path: str) -> pd.DataFrame:
     """Structure sets: members and labels per composition and condition."""
-    return Store(path).set_coverage()
+    with Store(path).batch() as store:
+        return store.set_coverage()
 
 
 @store_cached
 def failed_labels(path: str) -> pd.DataFrame:
     """Failed calculations."""
-    return Store(path).failed_labels()
+    with Store(path).batch() as store:
+        return store.failed_labels()
 
 
 @store_cached
 def gnn_results(path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Metrics and predictions of the latest GNN ensemble."""
-    return Store(path).gnn_results()
+    with Store(path).batch() as store:
+        return store.gnn_results()
 
 
 @store_cached
 def gnn_baseline_comparison(path: str) -> pd.DataFrame:
     """Test metrics of the latest ensemble next to its baseline's (same test structures)."""
-    return Store(path).gnn_baseline_comparison()
+    with Store(path).batch() as store:
+        return store.gnn_baseline_comparison()
 
 
 @store_cached
 def gnn_search_and_curve(path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Latest hyperparameter search and learning curve."""
-    return Store(path).gnn_search_and_curve()
+    with Store(path).batch() as store:
+        return store.gnn_search_and_curve()
 
 
 @store_cached
 def mlip_results(path: str) -> dict[str, pd.DataFrame]:
     """Models, metrics, predictions and phonon comparison of the latest MACE model."""
-    return Store(path).mlip_results()
+    with Store(path).batch() as store:
+        return store.mlip_results()
 
 
 @store_cached
 def active_learning_results(path: str) -> pd.DataFrame:
     """Frames selected by active learning, per round, with their labels."""
-    return Store(path).active_learning_results()
+    with Store(path).batch() as store:
+        return store.active_learning_results()
 
 
 @store_cached
@@ -162,43 +174,50 @@ def uncertainty_results(path: str) -> dict[str, pd.DataFrame]:
 @store_cached
 def arrays(path: str, artifact_id: str) -> dict:
     """Arrays of a stored artifact."""
-    return Store(path).load_arrays(artifact_id)
+    with Store(path).batch() as store:
+        return store.load_arrays(artifact_id)
 
 
 @store_cached
 def disorder_results(path: str) -> dict[str, pd.DataFrame]:
     """The latest disorder scan: compositions, ranked relaxations, probabilities (empty frames when none)."""
-    return Store(path).disorder_results()
+    with Store(path).batch() as store:
+        return store.disorder_results()
 
 
 @store_cached
 def structure(path: str, structure_hash: str):  # ase.Atoms
     """One stored structure."""
-    return Store(path).load_atoms(structure_hash)
+    with Store(path).batch() as store:
+        return store.load_atoms(structure_hash)
 
 
 @store_cached
 def phonon_results(path: str) -> dict[str, pd.DataFrame]:
     """Harmonic phonons, MD runs (with health) and stability verdicts."""
-    return Store(path).phonon_results()
+    with Store(path).batch() as store:
+        return store.phonon_results()
 
 
 @store_cached
 def bandgap_results(path: str) -> dict[str, pd.DataFrame]:
     """Eg(0), Eg(T), snapshot gaps and published gaps."""
-    return Store(path).bandgap_results()
+    with Store(path).batch() as store:
+        return store.bandgap_results()
 
 
 @store_cached
 def mode_group_results(path: str) -> pd.DataFrame:
     """Frozen-phonon subspaces and bands of the newest ensemble with mode results."""
-    return Store(path).mode_group_results()
+    with Store(path).batch() as store:
+        return store.mode_group_results()
 
 
 @store_cached
 def mode_results(path: str) -> pd.DataFrame:
     """Frozen-mode gap changes."""
-    return Store(path).mode_results()
+    with Store(path).batch() as store:
+        return store.mode_results()
 
 
 @store_cached
@@ -207,7 +226,8 @@ def report(path: str) -> dict | None:
     from capml_core.stages.report import project_report
 
     try:
-        return project_report(Store(path))
+        with Store(path).batch() as store:
+            return project_report(store)
     except NotComputedError:
         return None
 
@@ -224,7 +244,8 @@ def composition_title(path: str) -> str:
 @store_cached
 def export_archive(path: str) -> bytes:
     """Every table of the store, one Parquet file each (zip), for the export button."""
-    return Store(path).export_archive()
+    with Store(path).batch() as store:
+        return store.export_archive()
 
 
 @store_cached

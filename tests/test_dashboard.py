@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -14,17 +13,18 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from tests.browser import (
+    CHROMIUM_ARGS,
+    PAGES,
+    chromium_path,
+    free_port,
+    served_dashboard,
+    shipped_results,
+    visit_page,
+)
 from tests.conftest import REPO, wait_until_served
 
 APP = REPO / "dashboard" / "app.py"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def _run_app(project: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
@@ -117,20 +117,13 @@ def test_empty_project_says_what_to_do(tmp_path: Path, monkeypatch) -> None:
     assert not (tmp_path / "nothing-here").exists()  # the dashboard never creates a store
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_real_browser_draws_the_charts(demo_store_copy: Path, tmp_path: Path) -> None:
     from PIL import Image
     from playwright.sync_api import sync_playwright
 
-    chromium = shutil.which("chromium")
-    assert chromium, "Debian's chromium is missing: `make test` installs it (deploy/install-system-deps.sh)"
-    port = _free_port()
+    chromium = chromium_path()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "dashboard", "--project", str(demo_store_copy), "--port", str(port)],
         cwd=REPO,
@@ -403,3 +396,35 @@ def test_species_and_temperatures_have_one_colour_everywhere() -> None:
     assert temperature_colour(300.0) == temperature_colour(300.0) != temperature_colour(600.0)
     assert temperature_colour(900.0) == temperature_colour(600.0)  # hotter than the scale: clipped
     assert len(set(SOURCE_SYMBOLS.values())) == 3  # capml, calculation, experiment told apart by marker
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("results", shipped_results(), ids=lambda p: p.name)
+def test_every_page_of_the_shipped_results_in_a_real_browser(results: Path) -> None:
+    """What a user must see on the shipped results: every page drawn, the trust panel, one species legend.
+
+    One screenshot per page lands in build/screenshots/<results>/ for review (not compared: looked at).
+    """
+    from playwright.sync_api import sync_playwright
+
+    shots = REPO / "build" / "screenshots" / results.name
+    visits = {}
+    with served_dashboard(results) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        for name in PAGES:
+            visits[name] = visit_page(page, url, name, screenshot=shots / f"{name}.png")
+        browser.close()
+    for name, visit in visits.items():
+        assert visit.n_exceptions == 0, (name, visit.text[:2000])
+        assert "Page not found" not in visit.text, name
+        assert PAGES[name] in visit.text, (name, visit.text[:500])
+        assert visit.n_charts >= (0 if name == "sql" else 1), name
+        assert (shots / f"{name}.png").stat().st_size > 20_000, name  # a drawn page, not a blank one
+    overview = visits["overview"].text
+    assert "Eg(x, T)" in overview and "gap MAE on held-out MD frames" in overview
+    shared = set(visits["disorder"].species_colours) & set(visits["modes"].species_colours)
+    assert {"Ag", "S"} <= shared  # both pages draw the atoms by species
+    assert {s: visits["disorder"].species_colours[s] for s in shared} == {
+        s: visits["modes"].species_colours[s] for s in shared
+    }

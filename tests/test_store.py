@@ -218,3 +218,31 @@ def test_the_results_export_has_every_table_and_rebuilds_the_store(tmp_path: Pat
     with pytest.raises(InvalidInputError, match="allowed are 'parquet' and 'csv'"):
         store.export_tables(tmp_path / "other", file_format="xlsx")
     assert not (tmp_path / "other").exists()
+
+
+def test_shipped_results_read_without_the_project_and_leave_models_and_large_arrays_behind(tmp_path: Path) -> None:
+    import json
+
+    from capml_core.errors import InvalidInputError
+    from capml_core.stages.shipping import MANIFEST, ship_results
+
+    store = Store(tmp_path / "project")
+    records = _records(4)
+    dispersion = np.linspace(-1.0, 5.0, 60).reshape(20, 3)
+    with store.write() as w:
+        w.add_structures(records, run_id="r1")
+        phonons = w.save_arrays("phonons", {"dispersion_thz": dispersion}, run_id="r1")
+        w.save_arrays("gnn", {"weights": np.ones(10)}, run_id="r1")
+        w.save_arrays("phonons", {"big": np.random.default_rng(0).normal(size=200_000)}, run_id="r1")  # 1.5 MB
+    manifest = ship_results(store, tmp_path / "shipped", max_artifact_bytes=1_000_000)
+    shipped = Store(tmp_path / "shipped")
+    assert shipped.query("SELECT count(*) AS n FROM structures")["n"][0] == 4
+    assert np.array_equal(shipped.load_arrays(phonons)["dispersion_thz"], dispersion)  # checked against its SHA
+    assert manifest["artifacts"] == 1
+    assert sorted(item["why"] for item in manifest["left_out"]) == ["model", "too large"]
+    assert json.loads((tmp_path / "shipped" / MANIFEST).read_text())["artifacts"] == 1
+    assert {p.name for p in (tmp_path / "shipped").iterdir()} == {"capml.duckdb", "artifacts", MANIFEST}
+    with pytest.raises(InvalidInputError, match="not empty"):
+        ship_results(store, tmp_path / "shipped")
+    with pytest.raises(InvalidInputError, match="the project itself"):
+        ship_results(store, tmp_path / "project")

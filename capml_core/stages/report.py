@@ -123,6 +123,11 @@ def project_report(store: Store) -> dict[str, Any]:
     NotComputedError
         No band gaps in the store yet (run the pipeline, or ``capml gaps``).
     """
+    with store.batch():  # a dozen reads, one connection
+        return _project_report(store)
+
+
+def _project_report(store: Store) -> dict[str, Any]:
     results = store.bandgap_results()
     static, thermal = results["static"], results["thermal"]
     if static.empty:

@@ -106,6 +106,7 @@ class Store:
         self.path = self.project_dir / STORE_FILENAME
         self.lock_timeout_s = lock_timeout_s
         self._schema_checked = False
+        self._batch: duckdb.DuckDBPyConnection | None = None
 
     def __repr__(self) -> str:
         return f"Store({str(self.project_dir)!r})"
@@ -208,6 +209,9 @@ class Store:
 
         ``sandboxed``: for users' SQL (:mod:`capml_core.store.sql`): no file access, no extensions, settings locked.
         """
+        if self._batch is not None and not sandboxed:  # inside batch(): its connection, already checked
+            yield self._batch
+            return
         if not self.exists():
             raise NotComputedError(f"{self.path}: no store yet; run the pipeline first (capml run CONFIG)")
         sandbox = {"enable_external_access": False, "lock_configuration": True} if sandboxed else None
@@ -222,6 +226,22 @@ class Store:
             yield con
         finally:
             con.close()
+
+    @contextmanager
+    def batch(self) -> Iterator[Store]:
+        """Reads inside the block share one read-only connection (a report's dozen queries: one connect).
+
+        The connection is held for the block only: keep it short, a writer waits for it.
+        """
+        if self._batch is not None:
+            yield self
+            return
+        with self.read() as con:
+            self._batch = con
+            try:
+                yield self
+            finally:
+                self._batch = None
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
         """Run a read-only SQL query and return a DataFrame."""

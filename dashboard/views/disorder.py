@@ -15,9 +15,7 @@ import streamlit as st
 from capml_core.system.arrangements import mixing_energies
 from dashboard import data
 from dashboard.charts import show
-
-#: Marker colours of the species in the 3D view.
-SPECIES_COLOURS = {"Ag": "#a0a0a0", "S": "#e0c000", "Br": "#a52a2a", "I": "#6a0dad"}
+from dashboard.style import species_colour
 
 
 def render_disorder() -> None:
@@ -113,7 +111,7 @@ def structure_figure(atoms) -> go.Figure:  # ase.Atoms
                 z=xyz[:, 2],
                 mode="markers",
                 name=species,
-                marker={"size": 9 if species in ("Br", "I", "Cl") else 5, "color": SPECIES_COLOURS.get(species)},
+                marker={"size": 9 if species in ("Br", "I", "Cl") else 5, "color": species_colour(species)},
             )
         )
     cell = np.asarray(atoms.cell[:])

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import data
-from dashboard.charts import broken_path, parity_figure, show
+from dashboard.charts import broken_path, parity_figure, show, thinned
 
 QUANTITIES = {
     "energy": ("energy_reference_ev_per_atom", "energy_predicted_ev_per_atom", "energy (eV/atom)"),
@@ -98,8 +98,9 @@ def render_mlip() -> None:
             column.write(f"no {quantity} labels")
             continue
         quantity_title, unit, digits = PARITY_AXES[quantity]
+        drawn = thinned(frame)
         figure = parity_figure(
-            frame,
+            drawn,
             reference="reference",
             predicted="predicted",
             quantity=quantity_title,
@@ -111,6 +112,8 @@ def render_mlip() -> None:
             category_orders={"split": SPLIT_ORDER},
         )
         show(figure, key=f"parity_{quantity}_{kind}", data=frame, container=column)
+        if len(drawn) < len(frame):
+            column.caption(f"{len(drawn):,} of {len(frame):,} components drawn (random, seed 0); R² from all.")
         for split in [s for s in SPLIT_ORDER if s in set(frame["split"])]:
             r2 = r_squared(frame[frame["split"] == split])
             if split in ("test", "md-heldout") and r2 < MIN_R2:

@@ -171,6 +171,27 @@ def data_export_tables(
     console.print(f"{len(list(folder.glob('*.' + file_format)))} tables -> {folder}")
 
 
+@data_app.command("ship-results")
+def data_ship_results(
+    output: Annotated[Path, typer.Argument(help="New project directory to write the results to.")],
+    config: ConfigOption = None,
+    project: ProjectOption = None,
+) -> None:
+    """The project's results to ship: its store (compacted) and arrays, no trajectories or model files.
+
+    ``capml dashboard``, ``capml sql`` and ``capml report`` read the written directory as a project.
+    """
+    from capml_core.stages.shipping import ship_results
+
+    with capml_errors():
+        manifest = ship_results(open_store(config, project), output)
+    size = (manifest["store_bytes"] + manifest["artifacts_bytes"]) / 1e6
+    console.print(
+        f"{output}: store {manifest['store_bytes'] / 1e6:.1f} MB, {manifest['artifacts']} array files, "
+        f"{size:.1f} MB in all; {len(manifest['left_out'])} artifacts left out (SHIPPED.json)"
+    )
+
+
 def _frame_levels(loaded, levels: str | None) -> list[str]:  # LoadedConfig
     """The levels MD frames are to be labelled at: ``--levels`` or the config's cheap and high level."""
     if levels:

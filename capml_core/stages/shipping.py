@@ -1,0 +1,73 @@
+"""A project's results as a small directory to ship: its store and arrays, without trajectories or model files.
+
+``ship_results`` writes a new project directory that ``capml dashboard``, ``capml sql`` and ``capml report`` read
+without computing anything: the DuckDB store rebuilt compactly (DuckDB's EXPORT / IMPORT DATABASE), the array
+artifacts the pages draw (phonon dispersions, eigenvectors: ``artifacts/<kind>/*.npz``) and a ``SHIPPED.json``
+saying where it came from. MD trajectories, MACE and gap-model files stay behind: the rows that name them are kept
+(they say what was computed), the files are not needed to read the results.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import duckdb
+
+from capml_core.errors import InvalidInputError
+from capml_core.provenance import code_version
+from capml_core.store.database import Store
+from capml_core.store.schema import STORE_FILENAME
+
+#: Array artifacts larger than this (bytes) are left out, named in SHIPPED.json.
+MAX_ARTIFACT_BYTES = 5_000_000
+#: Artifact kinds that are models or trajectories, not results to draw.
+UNSHIPPED_KINDS = ("gnn",)
+MANIFEST = "SHIPPED.json"
+
+
+def ship_results(store: Store, target: str | Path, *, max_artifact_bytes: int = MAX_ARTIFACT_BYTES) -> dict:
+    """Write the results of ``store`` to the new directory ``target``; returns what SHIPPED.json records.
+
+    Nothing is written when ``target`` exists and is not empty, or is the project itself.
+    """
+    out = Path(target)
+    if out.resolve() == store.project_dir.resolve():
+        raise InvalidInputError(f"{out}: the project itself; give a new directory to ship its results to")
+    if out.exists() and any(out.iterdir()):
+        raise InvalidInputError(f"{out}: exists and is not empty; give a new directory to ship the results to")
+    artifacts = store.query("SELECT artifact_id, kind, relpath, n_bytes FROM artifacts ORDER BY relpath")
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="capml-ship-") as scratch:
+        tables = store.export_tables(Path(scratch) / "tables")
+        quoted = str(tables.resolve()).replace("'", "''")
+        con = duckdb.connect(str(out / STORE_FILENAME))
+        try:
+            con.execute(f"IMPORT DATABASE '{quoted}'")
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+    copied, left_out = [], []
+    for row in artifacts.itertuples(index=False):
+        source = store.project_dir / row.relpath
+        if row.kind in UNSHIPPED_KINDS or row.n_bytes > max_artifact_bytes or not source.is_file():
+            reason = "missing" if not source.is_file() else ("model" if row.kind in UNSHIPPED_KINDS else "too large")
+            left_out.append({"artifact_id": row.artifact_id, "relpath": row.relpath, "why": reason})
+            continue
+        destination = out / row.relpath
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, destination)
+        copied.append(row.relpath)
+    manifest = {
+        "shipped_from": store.project_dir.name,
+        "code_version": code_version(),
+        "store_bytes": (out / STORE_FILENAME).stat().st_size,
+        "artifacts": len(copied),
+        "artifacts_bytes": sum((out / p).stat().st_size for p in copied),
+        "left_out": left_out,
+        "not_shipped": "MD trajectories, MACE and gap-model files (their rows are kept)",
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

@@ -1,0 +1,125 @@
+"""Drive the dashboard in a real browser (Debian's chromium via Playwright): shared by tests and benchmarks.
+
+``served_dashboard`` runs ``capml dashboard`` on a free port and stops it afterwards; ``visit_page`` opens one page,
+waits for its first chart, and reports what a user sees (time to the first chart, errors, species colours).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.conftest import REPO, wait_until_served
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+#: Every page of dashboard/app.py: (url path, what its first screen must show).
+PAGES = {
+    "overview": "How far to trust it",
+    "dataset": "Dataset",
+    "band-gap-model": "Band-gap model",
+    "interatomic-potential": "Interatomic potential",
+    "disorder": "Disorder",
+    "phonons": "Phonons",
+    "band-gaps": "Band gaps",
+    "modes": "Modes",
+    "active-learning": "Active learning",
+    "sql": "SQL",
+}
+SPECIES_COLOURS_JS = """() => Object.fromEntries([...document.querySelectorAll('.js-plotly-plot')]
+    .flatMap(gd => (gd.data || []).map(t => [t.name, t.marker && typeof t.marker.color === 'string'
+        ? t.marker.color : null]))
+    .filter(([name, colour]) => colour && /^[A-Z][a-z]?$/.test(name || '')))"""
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def chromium_path() -> str:
+    """Debian's chromium (``make test`` installs it)."""
+    path = shutil.which("chromium")
+    assert path, "Debian's chromium is missing: `make test` installs it (deploy/install-system-deps.sh)"
+    return path
+
+
+@contextmanager
+def served_dashboard(project: Path) -> Iterator[str]:
+    """``capml dashboard --project project`` on a free port; yields its URL and stops it (and checks it is gone)."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "dashboard", "--project", str(project), "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ},
+    )
+    try:
+        wait_until_served(f"http://127.0.0.1:{port}/_stcore/health", server, 90, lambda: server.stdout.read().decode())
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+@dataclass
+class PageVisit:
+    """What one page showed: seconds to its first chart (None: it has none), text, errors, species colours."""
+
+    page: str
+    first_chart_s: float | None
+    n_charts: int
+    text: str
+    n_exceptions: int
+    species_colours: dict[str, str] = field(default_factory=dict)
+
+
+def visit_page(
+    browser_page, url: str, page: str, *, screenshot: Path | None = None, timeout_s: float = 60
+) -> PageVisit:
+    """Open ``url/page`` in a Playwright page, wait until Streamlit has drawn it, and describe it."""
+    start = time.perf_counter()
+    browser_page.goto(f"{url}/{page}", wait_until="domcontentloaded")
+    first_chart = None
+    try:
+        browser_page.wait_for_selector(".js-plotly-plot .main-svg", timeout=timeout_s * 1000)
+        first_chart = time.perf_counter() - start
+    except Exception:  # noqa: BLE001 - a page without charts (SQL) or one that failed: the checks below say which
+        pass
+    browser_page.wait_for_function(  # the script run is over: Streamlit's status widget gone
+        "!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_s * 1000
+    )
+    browser_page.wait_for_timeout(500)
+    if screenshot is not None:
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        browser_page.screenshot(path=str(screenshot), full_page=True)
+    return PageVisit(
+        page=page,
+        first_chart_s=first_chart,
+        n_charts=browser_page.locator(".js-plotly-plot").count(),
+        text=browser_page.locator("body").inner_text(),  # dialogs too ('Page not found' is one)
+        n_exceptions=browser_page.locator("[data-testid='stException']").count(),
+        species_colours=browser_page.evaluate(SPECIES_COLOURS_JS),
+    )
+
+
+def shipped_results() -> list[Path]:
+    """The result projects shipped in the repository (``data/results/*/capml.duckdb``)."""
+    return sorted(p.parent for p in (REPO / "data" / "results").glob("*/capml.duckdb"))
