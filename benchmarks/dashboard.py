@@ -16,12 +16,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from capml_core.stages.shipping import shipped_result_dirs  # noqa: E402 - the repository root on the path first
 from tests.browser import (  # noqa: E402 - the repository root first, so that `tests` is importable
     CHROMIUM_ARGS,
     PAGES,
     chromium_path,
     served_dashboard,
-    shipped_results,
     visit_page,
 )
 
@@ -29,7 +29,7 @@ from tests.browser import (  # noqa: E402 - the repository root first, so that `
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
-    project = Path(sys.argv[1]) if len(sys.argv) > 1 else shipped_results()[0]
+    project = Path(sys.argv[1]) if len(sys.argv) > 1 else shipped_result_dirs()[0]
     print(f"dashboard of {project.name}: seconds to the first chart (first visit / second visit)")
     slowest = 0.0
     with served_dashboard(project) as url, sync_playwright() as pw:

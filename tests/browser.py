@@ -118,8 +118,3 @@ def visit_page(
         n_exceptions=browser_page.locator("[data-testid='stException']").count(),
         species_colours=browser_page.evaluate(SPECIES_COLOURS_JS),
     )
-
-
-def shipped_results() -> list[Path]:
-    """The result projects shipped in the repository (``data/results/*/capml.duckdb``)."""
-    return sorted(p.parent for p in (REPO / "data" / "results").glob("*/capml.duckdb"))

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from capml_core.stages.shipping import shipped_result_dirs
 from tests.browser import (
     CHROMIUM_ARGS,
     PAGES,
     chromium_path,
     free_port,
     served_dashboard,
-    shipped_results,
     visit_page,
 )
 from tests.conftest import REPO, wait_until_served
@@ -399,7 +399,7 @@ def test_species_and_temperatures_have_one_colour_everywhere() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("results", shipped_results(), ids=lambda p: p.name)
+@pytest.mark.parametrize("results", shipped_result_dirs(), ids=lambda p: p.name)
 def test_every_page_of_the_shipped_results_in_a_real_browser(results: Path) -> None:
     """What a user must see on the shipped results: every page drawn, the trust panel, one species legend.
 

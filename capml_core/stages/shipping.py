@@ -26,6 +26,13 @@ MAX_ARTIFACT_BYTES = 5_000_000
 #: Artifact kinds that are models or trajectories, not results to draw.
 UNSHIPPED_KINDS = ("gnn",)
 MANIFEST = "SHIPPED.json"
+#: Where this checkout keeps the result projects it ships.
+SHIPPED_RESULTS_DIR = Path(__file__).resolve().parents[2] / "data" / "results"
+
+
+def shipped_result_dirs() -> list[Path]:
+    """The result projects shipped with this checkout (``data/results/*/``, each with its store)."""
+    return sorted(p.parent for p in SHIPPED_RESULTS_DIR.glob("*/capml.duckdb"))
 
 
 def ship_results(store: Store, target: str | Path, *, max_artifact_bytes: int = MAX_ARTIFACT_BYTES) -> dict:

@@ -70,6 +70,15 @@ def run(
     console.print(f"\nrun [bold]{result['run_id']}[/] done; results in [bold]{result['store']}[/]")
     console.print(f"open the dashboard:  {exe} dashboard --project {loaded.project_dir}")
     console.print(f'query with SQL:      {exe} sql --project {loaded.project_dir} "SELECT * FROM labelled_structures"')
+    console.print(f"what it found:       {exe} report --project {loaded.project_dir}")
+    from capml_core.stages.shipping import shipped_result_dirs
+
+    for shipped in shipped_result_dirs():
+        if shipped.resolve() != loaded.project_dir.resolve():
+            console.print(
+                f"shipped results of {shipped.name} (computed for you, nothing to run): "
+                f"{exe} dashboard --project {shipped}  |  {exe} report --project {shipped}"
+            )
 
 
 def deploy(
