@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import os
 import socket
 import subprocess
 import sys
@@ -18,11 +17,10 @@ from tests.browser import (
     CHROMIUM_ARGS,
     PAGES,
     chromium_path,
-    free_port,
     served_dashboard,
     visit_page,
 )
-from tests.conftest import REPO, wait_until_served
+from tests.conftest import REPO
 
 APP = REPO / "dashboard" / "app.py"
 
@@ -122,50 +120,36 @@ def test_real_browser_draws_the_charts(demo_store_copy: Path, tmp_path: Path) ->
     from PIL import Image
     from playwright.sync_api import sync_playwright
 
-    chromium = chromium_path()
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "dashboard", "--project", str(demo_store_copy), "--port", str(port)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ},
-    )
-    try:
-        url = f"http://127.0.0.1:{port}/_stcore/health"
-        wait_until_served(url, server, 90, lambda: server.stdout.read().decode())
-        shot = tmp_path / "overview.png"
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 2400})
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
-            page.wait_for_selector(".js-plotly-plot .main-svg .trace", timeout=60_000)
-            page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=60_000)
-            page.wait_for_timeout(1000)
-            n_bars = page.locator(".js-plotly-plot .trace.bars .point").count()
-            heat_drawn = page.locator(".js-plotly-plot .hm, .js-plotly-plot image").count()
-            page.screenshot(path=str(shot), full_page=True)
-            title = page.title()
-            page.goto(f"http://127.0.0.1:{port}/dataset", wait_until="domcontentloaded")
-            page.wait_for_selector(".js-plotly-plot .trace.boxes", timeout=60_000)
-            n_boxes = page.locator(".js-plotly-plot .trace.boxes").count()
-            page.screenshot(path=str(tmp_path / "dataset.png"), full_page=True)
-            browser.close()
-        assert n_boxes == 2  # one box trace per reference level
-        assert title == "capml"
-        assert n_bars >= 10, n_bars  # histogram bins + label bars are drawn as SVG paths
-        assert heat_drawn >= 1
-        image = np.asarray(Image.open(shot).convert("RGB"))
-        assert image.shape[1] == 1400
-        colours = {tuple(c) for c in image[::4, ::4].reshape(-1, 3)}
-        assert len(colours) > 50  # a drawn page, not a blank one
-        blues = np.mean((image[..., 2] > 150) & (image[..., 0] < 120))
-        assert blues > 0.005  # the blue histogram/heat-map pixels are there
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
+    shot = tmp_path / "overview.png"
+    with served_dashboard(demo_store_copy) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 2400})
+        page.goto(f"{url}/", wait_until="domcontentloaded")
+        page.wait_for_selector(".js-plotly-plot .main-svg .trace", timeout=60_000)
+        page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=60_000)
+        page.wait_for_timeout(1000)
+        n_bars = page.locator(".js-plotly-plot .trace.bars .point").count()
+        heat_drawn = page.locator(".js-plotly-plot .hm, .js-plotly-plot image").count()
+        page.screenshot(path=str(shot), full_page=True)
+        title = page.title()
+        page.goto(f"{url}/dataset", wait_until="domcontentloaded")
+        page.wait_for_selector(".js-plotly-plot .trace.boxes", timeout=60_000)
+        n_boxes = page.locator(".js-plotly-plot .trace.boxes").count()
+        page.screenshot(path=str(tmp_path / "dataset.png"), full_page=True)
+        browser.close()
+    port = int(url.rsplit(":", 1)[1])
     with pytest.raises(ConnectionRefusedError):  # `capml dashboard` is the server: stopping it leaves none behind
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    assert n_boxes == 2  # one box trace per reference level
+    assert title == "capml"
+    assert n_bars >= 10, n_bars  # histogram bins + label bars are drawn as SVG paths
+    assert heat_drawn >= 1
+    image = np.asarray(Image.open(shot).convert("RGB"))
+    assert image.shape[1] == 1400
+    colours = {tuple(c) for c in image[::4, ::4].reshape(-1, 3)}
+    assert len(colours) > 50  # a drawn page, not a blank one
+    blues = np.mean((image[..., 2] > 150) & (image[..., 0] < 120))
+    assert blues > 0.005  # the blue histogram/heat-map pixels are there
 
 
 def _dataset_page() -> None:
