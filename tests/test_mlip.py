@@ -305,8 +305,12 @@ def test_dashboard_page_draws_parity_and_both_dispersions(trained, monkeypatch: 
     assert len(specs) == 5  # energy, forces, stress parity + one dispersion per end member
     energy = specs[0]
     assert sum(len(_decoded(t["x"])) for t in energy["data"] if t["name"] != "y = x") == 103
-    forces = specs[1]
-    assert sum(len(_decoded(t["x"])) for t in forces["data"] if t["name"] != "y = x") == 103 * 120
+    relative = np.concatenate([_decoded(t["x"]) for t in energy["data"] if t["name"] != "y = x"])
+    assert relative.min() == 0.0 and relative.max() < 500.0  # meV/atom above each composition's lowest
+    assert energy["layout"]["yaxis"]["scaleanchor"] == "x"  # equal axes
+    forces = specs[1]  # 103 x 120 components: 10,000 drawn, the caption says so
+    assert sum(len(_decoded(t["x"])) for t in forces["data"] if t["name"] != "y = x") == 10_000
+    assert any("10,000 of 12,360 components drawn" in c.value for c in at.caption)
     dispersion = specs[3]
     assert len(dispersion["data"]) == 30  # 15 branches from the reference and 15 from MACE
     assert {t["name"] for t in dispersion["data"]} == {"gpaw-pbesol", "MACE"}
