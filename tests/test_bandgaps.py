@@ -356,7 +356,8 @@ def test_paired_comparison_decides_only_what_its_error_allows() -> None:
     assert noisy.verdict == "too noisy" and noisy.difference_error_ev > 0.05
     small = compare_paired(thermal + 0.04, thermal, tolerance_ev=0.05)  # within the tolerance, however precise
     assert small.verdict == "agrees"
-    assert compare_paired(thermal[:1], thermal[:1], tolerance_ev=0.05).verdict == "incomplete"
+    one = compare_paired(thermal[:1] + 0.2, thermal[:1], tolerance_ev=0.05)
+    assert one.verdict == "incomplete" and one.difference_ev == pytest.approx(0.2) and np.isnan(one.difference_error_ev)
 
 
 @pytest.mark.slow

@@ -288,8 +288,8 @@ class BandGapResult:
                         f"{c.temperature_k:g}",
                         f"{c.n_frames}/{c.n_requested}",
                         f"{c.model_gap_ev:.3f}",
-                        f"{c.dft_gap_ev:.3f} ± {c.dft_error_ev:.3f}",
-                        f"{c.difference_ev:+.3f} ± {c.difference_error_ev:.3f}",
+                        _value_and_error(c.dft_gap_ev, c.dft_error_ev, "{:.3f}"),
+                        _value_and_error(c.difference_ev, c.difference_error_ev, "{:+.3f}"),
                         c.verdict + (f" ({c.note})" if isinstance(c.note, str) else ""),
                     )
                 )
@@ -652,6 +652,15 @@ class PairedCheck:
     verdict: str
 
 
+def _value_and_error(value: float, error: float, form: str) -> str:
+    """'1.206 ± 0.010', '1.206 (one frame: no error)' or '-' where there is no value."""
+    if value is None or not np.isfinite(value):
+        return "-"
+    if error is None or not np.isfinite(error):
+        return form.format(value) + " (one frame: no error)"
+    return f"{form.format(value)} ± {error:.3f}"
+
+
 def compare_paired(model_gaps_ev: np.ndarray, dft_gaps_ev: np.ndarray, *, tolerance_ev: float) -> PairedCheck:
     """Compare two averages over the same frames by their per-frame differences (model − DFT).
 
@@ -660,10 +669,11 @@ def compare_paired(model_gaps_ev: np.ndarray, dft_gaps_ev: np.ndarray, *, tolera
     """
     model, dft = np.asarray(model_gaps_ev, dtype=float), np.asarray(dft_gaps_ev, dtype=float)
     n = len(dft)
-    if n < 2:
+    if n < 2:  # one frame: its difference, but no error to judge it by
         nan = float("nan")
         mean = float(dft.mean()) if n else nan
-        return PairedCheck(n, float(model.mean()) if n else nan, mean, nan, nan, nan, "incomplete")
+        difference = float(model[0] - dft[0]) if n else nan
+        return PairedCheck(n, float(model.mean()) if n else nan, mean, nan, difference, nan, "incomplete")
     difference = model - dft
     d, d_error = float(difference.mean()), float(np.std(difference, ddof=1) / np.sqrt(n))
     if d_error > tolerance_ev:
