@@ -149,7 +149,7 @@ def dispersion_figure(
     figure.add_hline(y=0.0, line={"color": "black", "width": 0.5})
     figure.update_layout(
         title=f"x = {x:g}: harmonic dispersion at 0 K (imaginary < 0), {bands.shape[1]} branches"
-        + (" (the decorated cell's folded bands: no smaller primitive cell)" if bands.shape[1] > 15 else ""),
+        + (f" (the {bands.shape[1] // 3}-atom cell's bands, folded)" if bands.shape[1] > 15 else ""),
         yaxis_title="frequency (THz)",
         xaxis={"tickvals": arrays["tick_distances"].tolist(), "ticktext": [str(t) for t in arrays["tick_labels"]]},
     )

@@ -1,0 +1,39 @@
+"""The result projects shipped under data/results/: read as they are, on a fresh clone, computing nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from capml_core.stages.shipping import MANIFEST, shipped_result_dirs
+from flows.cli import app
+
+
+def test_results_are_shipped() -> None:
+    assert shipped_result_dirs(), "no result project under data/results/ (capml data ship-results)"
+
+
+@pytest.mark.parametrize("results", shipped_result_dirs(), ids=lambda p: p.name)
+def test_shipped_results_answer_report_and_sql_and_stay_small(results: Path, tmp_path: Path) -> None:
+    files = [p for p in results.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) < 50e6
+    assert not (results / "md").exists() and not list(results.rglob("*.h5"))  # no trajectories
+    assert json.loads((results / MANIFEST).read_text())["artifacts"] >= 1
+    before = {p: p.stat().st_mtime_ns for p in files}
+    runner = CliRunner()
+    report = runner.invoke(app, ["report", "--project", str(results), "--json"])
+    assert report.exit_code == 0, report.output
+    found = json.loads(report.stdout)
+    assert {"models", "gaps", "static", "estimates", "stabilisation_k"} <= set(found)
+    assert found["gaps"] and all(g["gap_ev"] is None or 0.0 < g["gap_ev"] < 4.0 for g in found["gaps"])
+    assert found["models"]["mace"]["md_frames_force_mae_ev_per_a"] is not None  # checked where it is used
+    sql = runner.invoke(
+        app,
+        ["sql", "--project", str(results), "--output", "json", "SELECT count(*) AS n FROM gap_thermal"],
+    )
+    assert sql.exit_code == 0, sql.output
+    assert json.loads(sql.stdout)[0]["n"] == len(found["gaps"])
+    assert {p: p.stat().st_mtime_ns for p in files} == before  # reading wrote nothing
