@@ -238,6 +238,8 @@ def test_shipped_results_read_without_the_project_and_leave_models_and_large_arr
     shipped = Store(tmp_path / "shipped")
     assert shipped.query("SELECT count(*) AS n FROM structures")["n"][0] == 4
     assert np.array_equal(shipped.load_arrays(phonons)["dispersion_thz"], dispersion)  # checked against its SHA
+    with duckdb.connect(str(tmp_path / "shipped" / "capml.duckdb"), read_only=True) as con:  # small blocks
+        assert con.execute("SELECT block_size FROM pragma_database_size()").fetchone()[0] == 16384
     assert manifest["artifacts"] == 1
     assert sorted(item["why"] for item in manifest["left_out"]) == ["model", "too large"]
     assert json.loads((tmp_path / "shipped" / MANIFEST).read_text())["artifacts"] == 1
