@@ -141,21 +141,6 @@ def mace_errors_of(rows: Sequence[dict], *, model: str, level: str) -> list[Fram
     return out
 
 
-def mace_errors(
-    calculator,  # ASE calculator
-    frames: Sequence[Atoms],
-    energies_ev: Sequence[float],
-    forces_ev_per_a: Sequence[np.ndarray],
-    stresses_ev_per_a3: Sequence[np.ndarray | None],
-    *,
-    model: str,
-    level: str,
-) -> list[FrameErrors]:
-    """Energy (meV/atom), force (eV/Å) and stress (eV/Å³) errors of a MACE calculator on labelled frames."""
-    rows = mace_frame_predictions(calculator, frames, energies_ev, forces_ev_per_a, stresses_ev_per_a3)
-    return mace_errors_of(rows, model=model, level=level)
-
-
 def gap_errors(predicted_ev: np.ndarray, reference_ev: np.ndarray, *, model: str, level: str) -> FrameErrors:
     """Gap errors (eV) of an ensemble's mean prediction against DFT gaps of the same frames."""
     return _errors(model, level, "gap", "eV", predicted_ev, reference_ev)
