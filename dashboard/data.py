@@ -41,10 +41,15 @@ def store_stamp(path: str) -> tuple:
 
 
 def store_cached(read: Callable[..., T]) -> Callable[..., T]:
-    """``read(path, *args)`` cached until the store at ``path`` changes (:func:`store_stamp`)."""
+    """``read(store, *args)`` as ``reader(path, *args)``, cached until the store at ``path`` changes.
+
+    ``read`` gets the :class:`Store` of ``path`` inside :meth:`Store.batch`: all its queries share one read-only
+    connection. The cache is keyed on :func:`store_stamp`.
+    """
 
     def cached(path: str, stamp: tuple, *args):
-        return read(path, *args)
+        with Store(path).batch() as store:
+            return read(store, *args)
 
     # Streamlit keys a cache by module, qualified name and source: nested functions would share one cache
     cached.__qualname__ = f"{read.__qualname__}.cached"
@@ -76,183 +81,162 @@ def read_or_explain(read: Callable[[], T]) -> T | None:
 
 
 @store_cached
-def runs(path: str) -> pd.DataFrame:
-    """All runs (``path`` keys the cache)."""
-    with Store(path).batch() as store:
-        return store.runs()
+def runs(store: Store) -> pd.DataFrame:
+    """All runs."""
+    return store.runs()
 
 
 @store_cached
-def stages(path: str) -> pd.DataFrame:
+def stages(store: Store) -> pd.DataFrame:
     """Stages of the latest run."""
-    with Store(path).batch() as store:
-        return store.stages()
+    return store.stages()
 
 
 @store_cached
-def coverage(path: str) -> pd.DataFrame:
+def coverage(store: Store) -> pd.DataFrame:
     """Structures per composition, condition and level."""
-    with Store(path).batch() as store:
-        return store.coverage()
+    return store.coverage()
 
 
 @store_cached
-def label_counts(path: str) -> pd.DataFrame:
+def label_counts(store: Store) -> pd.DataFrame:
     """Labels per level and status."""
-    with Store(path).batch() as store:
-        return store.label_counts()
+    return store.label_counts()
 
 
 @store_cached
-def gaps(path: str) -> pd.DataFrame:
+def gaps(store: Store) -> pd.DataFrame:
     """Band gaps per level."""
-    with Store(path).batch() as store:
-        return store.gaps()
+    return store.gaps()
 
 
 @store_cached
-def summary(path: str) -> DatasetSummary:
+def summary(store: Store) -> DatasetSummary:
     """Structure and label counts."""
-    return summarise_dataset(Store(path))
+    return summarise_dataset(store)
 
 
 @store_cached
-def set_coverage(path: str) -> pd.DataFrame:
+def set_coverage(store: Store) -> pd.DataFrame:
     """Structure sets: members and labels per composition and condition."""
-    with Store(path).batch() as store:
-        return store.set_coverage()
+    return store.set_coverage()
 
 
 @store_cached
-def failed_labels(path: str) -> pd.DataFrame:
+def failed_labels(store: Store) -> pd.DataFrame:
     """Failed calculations."""
-    with Store(path).batch() as store:
-        return store.failed_labels()
+    return store.failed_labels()
 
 
 @store_cached
-def gnn_results(path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def gnn_results(store: Store) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Metrics and predictions of the latest GNN ensemble."""
-    with Store(path).batch() as store:
-        return store.gnn_results()
+    return store.gnn_results()
 
 
 @store_cached
-def gnn_baseline_comparison(path: str) -> pd.DataFrame:
+def gnn_baseline_comparison(store: Store) -> pd.DataFrame:
     """Test metrics of the latest ensemble next to its baseline's (same test structures)."""
-    with Store(path).batch() as store:
-        return store.gnn_baseline_comparison()
+    return store.gnn_baseline_comparison()
 
 
 @store_cached
-def gnn_search_and_curve(path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def gnn_search_and_curve(store: Store) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Latest hyperparameter search and learning curve."""
-    with Store(path).batch() as store:
-        return store.gnn_search_and_curve()
+    return store.gnn_search_and_curve()
 
 
 @store_cached
-def mlip_results(path: str) -> dict[str, pd.DataFrame]:
+def mlip_results(store: Store) -> dict[str, pd.DataFrame]:
     """Models, metrics, predictions and phonon comparison of the latest MACE model."""
-    with Store(path).batch() as store:
-        return store.mlip_results()
+    return store.mlip_results()
 
 
 @store_cached
-def active_learning_results(path: str) -> pd.DataFrame:
+def active_learning_results(store: Store) -> pd.DataFrame:
     """Frames selected by active learning, per round, with their labels."""
-    with Store(path).batch() as store:
-        return store.active_learning_results()
+    return store.active_learning_results()
 
 
 @store_cached
-def uncertainty_results(path: str) -> dict[str, pd.DataFrame]:
+def uncertainty_results(store: Store) -> dict[str, pd.DataFrame]:
     """Active learning by uncertainty: rounds, per-frame disagreement along the MD, the stored MD frames."""
-    return active_learning_overview(Store(path))
+    return active_learning_overview(store)
 
 
 @store_cached
-def arrays(path: str, artifact_id: str) -> dict:
+def arrays(store: Store, artifact_id: str) -> dict:
     """Arrays of a stored artifact."""
-    with Store(path).batch() as store:
-        return store.load_arrays(artifact_id)
+    return store.load_arrays(artifact_id)
 
 
 @store_cached
-def disorder_results(path: str) -> dict[str, pd.DataFrame]:
+def disorder_results(store: Store) -> dict[str, pd.DataFrame]:
     """The latest disorder scan: compositions, ranked relaxations, probabilities (empty frames when none)."""
-    with Store(path).batch() as store:
-        return store.disorder_results()
+    return store.disorder_results()
 
 
 @store_cached
-def structure(path: str, structure_hash: str):  # ase.Atoms
+def structure(store: Store, structure_hash: str):  # ase.Atoms
     """One stored structure."""
-    with Store(path).batch() as store:
-        return store.load_atoms(structure_hash)
+    return store.load_atoms(structure_hash)
 
 
 @store_cached
-def phonon_results(path: str) -> dict[str, pd.DataFrame]:
+def phonon_results(store: Store) -> dict[str, pd.DataFrame]:
     """Harmonic phonons, MD runs (with health) and stability verdicts."""
-    with Store(path).batch() as store:
-        return store.phonon_results()
+    return store.phonon_results()
 
 
 @store_cached
-def bandgap_results(path: str) -> dict[str, pd.DataFrame]:
+def bandgap_results(store: Store) -> dict[str, pd.DataFrame]:
     """Eg(0), Eg(T), snapshot gaps and published gaps."""
-    with Store(path).batch() as store:
-        return store.bandgap_results()
+    return store.bandgap_results()
 
 
 @store_cached
-def mode_group_results(path: str) -> pd.DataFrame:
+def mode_group_results(store: Store) -> pd.DataFrame:
     """Frozen-phonon subspaces and bands of the newest ensemble with mode results."""
-    with Store(path).batch() as store:
-        return store.mode_group_results()
+    return store.mode_group_results()
 
 
 @store_cached
-def mode_results(path: str) -> pd.DataFrame:
+def mode_results(store: Store) -> pd.DataFrame:
     """Frozen-mode gap changes."""
-    with Store(path).batch() as store:
-        return store.mode_results()
+    return store.mode_results()
 
 
 @store_cached
-def report(path: str) -> dict | None:
+def report(store: Store) -> dict | None:
     """What the project found and how far to trust it (``capml report``); None before any band gap."""
     from capml_core.stages.report import project_report
 
     try:
-        with Store(path).batch() as store:
-            return project_report(store)
+        return project_report(store)
     except NotComputedError:
         return None
 
 
 @store_cached
-def composition_title(path: str) -> str:
+def composition_title(store: Store) -> str:
     """Axis title of the composition x of this project ('Br fraction x')."""
     from capml_core.store.queries import substituted_species
     from dashboard.charts import composition_title as title
 
-    return title(substituted_species(Store(path)))
+    return title(substituted_species(store))
 
 
 @store_cached
-def export_archive(path: str) -> bytes:
+def export_archive(store: Store) -> bytes:
     """Every table of the store, one Parquet file each (zip), for the export button."""
-    with Store(path).batch() as store:
-        return store.export_archive()
+    return store.export_archive()
 
 
 @store_cached
-def mode_harmonic_limit_a(path: str) -> float:
+def mode_harmonic_limit_a(store: Store) -> float:
     """The rms displacement (Å) above which a frozen mode is beyond the harmonic regime (the run's config)."""
     from capml_core.config.stage_sections import GapsSection
     from capml_core.store.queries import newest_run_config
 
-    recorded = newest_run_config(Store(path)).get("gaps", {}).get("mode_harmonic_limit_a")
+    recorded = newest_run_config(store).get("gaps", {}).get("mode_harmonic_limit_a")
     return float(recorded if recorded is not None else GapsSection.model_fields["mode_harmonic_limit_a"].default)

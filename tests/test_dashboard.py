@@ -344,27 +344,36 @@ def test_dashboard_reads_are_cached_until_the_store_changes(tmp_path: Path) -> N
 
     calls: list[str] = []
 
+    from ase.build import bulk
+
+    from capml_core.store.database import Store
+    from capml_core.store.records import StructureRecord
+    from capml_core.system.structures import structure_hash
+
     @store_cached
-    def first(path: str) -> str:
+    def first(store: Store) -> str:
         calls.append("first")
         return "one"
 
     @store_cached
-    def second(path: str) -> str:
+    def second(store: Store) -> str:
         calls.append("second")
-        return "two"
+        return store.query("SELECT count(*) AS n FROM structures")["n"][0]  # the batch's connection
 
     st.cache_data.clear()
-    store = tmp_path / "capml.duckdb"
-    store.write_text("state 1")
+    store = Store(tmp_path)
+    store.initialise()
     path = str(tmp_path)
-    assert (first(path), second(path), first(path), second(path)) == ("one", "two", "one", "two")
+    assert (first(path), second(path), first(path), second(path)) == ("one", 0, "one", 0)
     assert calls == ["first", "second"]  # distinct functions, distinct caches; the second visit reads nothing
-    store.write_text("state 2, longer")
+    with store.write() as writer:  # the store file changes
+        atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True)
+        record = StructureRecord(atoms=atoms, structure_hash=structure_hash(atoms), kind="equilibrium", seed=0)
+        writer.add_structures([record], run_id=None)
     assert first(path) == "one" and calls == ["first", "second", "first"]
 
     @store_cached
-    def with_key(path: str, key: str) -> str:  # reads with more arguments (a structure by hash, ...)
+    def with_key(store: Store, key: str) -> str:  # reads with more arguments (a structure by hash, ...)
         calls.append(key)
         return key.upper()
 
