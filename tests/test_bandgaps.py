@@ -695,7 +695,7 @@ def test_mode_stage_freezes_every_optical_mode_and_checks_one_with_dft(gap_proje
         assert not at.exception
         specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
         names = [t.get("name", "") for t in specs[0]["data"]]
-        assert "capml 0 K" in names and "capml 50 K" in names and "capml 100 K" in names
+        assert "capml 0 K (cubic)" in names and "capml 50 K" in names and "capml 100 K" in names
         assert any(n.startswith("experiment 300 K") for n in names)  # Table I next to our gaps
         assert specs[2]["data"][0]["type"] == "heatmap"
         at = AppTest.from_function(_modes_page, default_timeout=60).run()

@@ -45,7 +45,7 @@ def thermal_table(static: pd.DataFrame, thermal: pd.DataFrame) -> pd.DataFrame:
 def eg_vs_composition_figure(table: pd.DataFrame, published: pd.DataFrame, composition: str) -> go.Figure:
     """Eg(x) per temperature (colour: temperature) with the published gaps (marker: their source).
 
-    ``table``: composition_x, temperature_k, gap_ev, error_ev (T = 0: the static structure); ``published``:
+    ``table``: composition_x, temperature_k, gap_ev, error_ev (T = 0: the cubic structure); ``published``:
     composition_x, temperature_k, gap_ev, uncertainty_ev, kind ('calculation' or 'experiment'), source.
     """
     figure = go.Figure()
@@ -59,7 +59,7 @@ def eg_vs_composition_figure(table: pd.DataFrame, published: pd.DataFrame, compo
                 mode="lines+markers",
                 marker={"symbol": SOURCE_SYMBOLS["capml"], "color": temperature_colour(temperature)},
                 line={"color": temperature_colour(temperature)},
-                name=f"capml {temperature:g} K" + (" (static)" if temperature == 0 else ""),
+                name=f"capml {temperature:g} K" + (" (cubic)" if temperature == 0 else ""),
                 hovertemplate="x = %{x:g}<br>Eg = %{y:.3f} eV<extra>%{fullData.name}</extra>",
             )
         )
