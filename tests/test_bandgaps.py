@@ -428,6 +428,26 @@ def test_dft_checks_recompute_the_averaged_frames_and_flag_a_disagreement(gap_pr
     assert kinds["kind"].tolist() == ["gap-check"] and store.labelled_gaps("vasp-hsesol").empty  # never training
     (check_table,) = [t for t in result.tables() if t.title.startswith("DFT checks")]
     assert len(check_table.rows) == 3 and len(check_table.warnings) == 2  # the disagreement and the incomplete one
+    # the missing labels arrive later (another machine): the checked frames come from the store, not the trajectories
+    missing = frames[frames["dft_gap_ev"].isna()]
+    with store.write() as writer:
+        writer.add_labels(
+            [
+                LabelRecord(r.structure_hash, "vasp-hsesol", gap_ev=r.model_gap_ev + 0.01 * (-1) ** i, wall_time_s=60.0)
+                for i, r in enumerate(missing.itertuples(index=False))
+            ],
+            run_id=None,
+        )
+    md_dir = store.project_dir / "md"
+    md_dir.rename(store.project_dir / "md-away")
+    try:
+        later = run_bandgap_stage(store, config, ensemble_id=ensemble_id, scan_id=latest_scan_id(store))
+    finally:
+        (store.project_dir / "md-away").rename(md_dir)
+    completed = later.checks.set_index(["composition_x", "temperature_k"]).loc[(0.5, 50.0)]
+    assert completed["verdict"] != "incomplete" and completed["n_frames"] == len(
+        frames[frames["md_id"] == missing["md_id"].iloc[0]]
+    )
     _independent_estimates(store, config, ensemble_id)
 
 

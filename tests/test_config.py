@@ -129,6 +129,11 @@ def _write(tmp_path: Path, replace: tuple[str, str] | None = None, append: str =
             ["dataset.imports[3].labels[0]", "'bandgap'", "'energy', 'forces', 'stress' or 'gap'"],
         ),
         (("[md]", "[md]\ntimestep_fs = 0"), "", ["md.timestep_fs", "greater than 0"]),
+        (
+            ("[md]", "[md]\ncompositions = [0.0, 0.3]"),
+            "",
+            ["md.compositions", "[0.3] not studied by the run", "allowed: values of system.compositions"],
+        ),
         (None, "\n[phonons2]\nx = 1\n", ["phonons2", "unknown key", "allowed keys here:", "phonons"]),
     ],
 )

@@ -133,12 +133,17 @@ def test_dynamics_stage_runs_every_composition_once(trained, tmp_path: Path) -> 
     project, store = project_copy(source, tmp_path)
     config = md_config(config, [100.0], duration_ps=0.1, equilibration_ps=0.02)
     run_disorder_scan(store, config, model_id=latest_model(store)[0])
+    part = config.model_copy(update={"md": config.md.model_copy(update={"compositions": [0.0, 1.0]})})
+    first = run_dynamics(store, part, model_id=latest_model(store)[0], scan_id=latest_scan_id(store))
+    assert sorted(r.composition_x for r in first) == [0.0, 1.0]  # a study split in parts: these first
     results = run_dynamics(store, config, model_id=latest_model(store)[0], scan_id=latest_scan_id(store))
     assert sorted(r.composition_x for r in results) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert {r.md_id for r in first} <= {r.md_id for r in results}  # the same runs, not repeated
     rows = store.query("SELECT * FROM md_runs ORDER BY composition_x")
     assert rows["complete"].all() and (rows["n_frames"] == 21).all() and (rows["n_steps"] == 100).all()
     assert rows["status"].isin(["ok", "warning"]).all() and (rows["decorrelation_fs"] >= 5.0).all()
     stamps = {r.md_id: r.path.stat().st_mtime_ns for r in results}
+    assert all(stamps[r.md_id] == r.path.stat().st_mtime_ns for r in first)
     again = run_dynamics(store, config, model_id=latest_model(store)[0], scan_id=latest_scan_id(store))
     assert {r.md_id: r.path.stat().st_mtime_ns for r in again} == stamps  # nothing rerun
     _held_out_frames_round_trip(store, config, tmp_path)
@@ -163,7 +168,10 @@ def _quenched_minima(store, config) -> None:
         "SELECT DISTINCT kind FROM structures WHERE structure_hash IN (SELECT unnest(?))",
         [table["structure_hash"].tolist()],
     )["kind"].tolist() == ["relaxed"]
+    moved = store.project_dir / store.query("SELECT path FROM md_runs WHERE composition_x = 0.5")["path"][0]
+    moved.rename(moved.with_suffix(".away"))  # a run quenched before: its trajectory is not read again
     again = quench_md_frames(store, config, model_id=model_id, scan_id=scan_id)
+    moved.with_suffix(".away").rename(moved)
     assert again["created_at"].tolist() == table["created_at"].tolist()  # nothing relaxed twice
     # the stored MD frames (held-out, rounds') of one composition as further sources
     stored = store.query("SELECT structure_hash FROM md_frames WHERE composition_x = 1.0")["structure_hash"]

@@ -248,3 +248,44 @@ def test_shipped_results_read_without_the_project_and_leave_models_and_large_arr
         ship_results(store, tmp_path / "shipped")
     with pytest.raises(InvalidInputError, match="the project itself"):
         ship_results(store, tmp_path / "project")
+
+
+def test_shipped_with_models_is_a_project_to_continue_and_replaces_only_a_shipped_directory(tmp_path: Path) -> None:
+    import json
+
+    from capml_core.errors import InvalidInputError
+    from capml_core.stages.shipping import MANIFEST, ship_results
+
+    store = Store(tmp_path / "project")
+    (tmp_path / "project" / "models").mkdir(parents=True)
+    (tmp_path / "project" / "models" / "mace-a.model").write_bytes(b"m" * 100)
+    member = tmp_path / "project" / "gnn" / "ens-a" / "member-0"
+    (member / "cheap").mkdir(parents=True)
+    (member / "weights.pt").write_bytes(b"w" * 10)
+    (member / "cheap" / "weights.pt").write_bytes(b"c" * 10)
+    model_row = {"run_id": "r1", "kind": "trained", "sha256": "0" * 64}
+    gnn_row = {"ensemble_id": "ens-a", "architecture": "paper", "cheap_level": "gpaw-pbesol", "seed": 1}
+    with store.write() as w:
+        w.add_structures(_records(2), run_id="r1")
+        w.add_rows("mlip_models", [{"model_id": "mace-a", "path": "models/mace-a.model", **model_row}])
+        w.add_rows("mlip_models", [{"model_id": "mace-f", "path": "/elsewhere/foundation.model", **model_row}])
+        w.add_gnn_model({"model_id": "g0", "ensemble_index": 0, "relpath": "gnn/ens-a/member-0", **gnn_row}, [], [])
+    target = tmp_path / "shipped"
+    first = ship_results(store, target)
+    assert first["model_files"] == 0 and not (target / "models").exists()
+    with pytest.raises(InvalidInputError, match="not empty"):  # replacing is asked for, never assumed
+        ship_results(store, target, with_models=True)
+    with store.write() as w:
+        w.add_structures(_records(4), run_id="r2")
+    manifest = ship_results(store, target, with_models=True, replace=True)
+    assert manifest["model_files"] == 3 and manifest["model_bytes"] == 120  # the foundation file outside stays out
+    assert (target / "models" / "mace-a.model").read_bytes() == b"m" * 100
+    assert (target / "gnn" / "ens-a" / "member-0" / "cheap" / "weights.pt").is_file()
+    assert Store(target).query("SELECT count(*) AS n FROM structures")["n"][0] == 4  # the new results
+    assert json.loads((target / MANIFEST).read_text())["not_shipped"] == "MD trajectories (their rows are kept)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project", "shipped"]  # no staging copy left
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(InvalidInputError, match="not a shipped results directory"):
+        ship_results(store, tmp_path / "other", replace=True)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"

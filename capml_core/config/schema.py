@@ -85,6 +85,16 @@ class RunConfig(Section):
                 f"gaps.reference_compositions: {missing} not studied by the run; allowed: values of "
                 f"system.compositions {self.system.compositions}"
             )
+        outside = [
+            x
+            for x in self.md.compositions or []
+            if not any(math.isclose(x, c, abs_tol=1e-9) for c in self.system.compositions)
+        ]
+        if outside:
+            raise ValueError(
+                f"md.compositions: {outside} not studied by the run; allowed: values of system.compositions "
+                f"{self.system.compositions}"
+            )
         for i, check in enumerate(self.gaps.dft_check):
             if not any(math.isclose(check.composition_x, c, abs_tol=1e-9) for c in self.system.compositions):
                 raise ValueError(
@@ -107,6 +117,11 @@ class RunConfig(Section):
             ):
                 return check.frames
         return 0
+
+    def simulates(self, composition_x: float) -> bool:
+        """Whether the dynamics stage runs MD of this composition (``md.compositions``; default: every one)."""
+        chosen = self.md.compositions
+        return chosen is None or any(math.isclose(composition_x, c, abs_tol=1e-9) for c in chosen)
 
     def gap_check_compositions(self) -> list[float]:
         """Compositions checked with DFT in the gap stages: ``gaps.reference_compositions``, or the end members."""

@@ -273,6 +273,13 @@ class MDSection(Section):
     workers: PositiveInt = Field(
         default=1, description="MD runs (compositions x temperatures) in parallel (processes, one thread each)."
     )
+    compositions: list[float] | None = Field(
+        default=None,
+        min_length=1,
+        description="Simulate only these compositions (values of system.compositions; default: every one). Splits a "
+        "long study into parts that each run MD and its analysis (e.g. one machine session each); the runs of the "
+        "others stay in the store.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> MDSection:

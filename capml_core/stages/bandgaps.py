@@ -727,6 +727,16 @@ def run_dft_checks(
             [run.md_id, ensemble_id],
         )
         picked = dft_check_choice(snapshots, n).copy()
+        stored = store.query(
+            "SELECT frame, structure_hash FROM gap_dft_frames WHERE md_id = ? AND ensemble_id = ?",
+            [run.md_id, ensemble_id],
+        )
+        if set(stored["frame"]) == set(picked["frame"]):  # chosen before: the trajectory is not needed again
+            picked["structure_hash"] = picked["frame"].map(
+                dict(zip(stored["frame"], stored["structure_hash"], strict=True))
+            )
+            chosen.append((run, picked))
+            continue
         trajectory = read_trajectory(store.project_dir / run.path)
         atoms = [quantize(trajectory_frame(trajectory, int(f))) for f in picked["frame"]]
         picked["structure_hash"] = [structure_hash(a) for a in atoms]

@@ -44,7 +44,7 @@ def md_job_id(structure_hash: str, temperature_k: float, md: MDSection, model_id
     payload = {
         "structure": structure_hash,
         "temperature_k": temperature_k,
-        "md": md.model_dump(mode="json", exclude={"workers", "device", "temperatures_k"}),
+        "md": md.model_dump(mode="json", exclude={"workers", "device", "temperatures_k", "compositions"}),
         "model_id": model_id,
     }
 
@@ -131,7 +131,8 @@ def run_dynamics(
 ) -> list[MDResult]:
     """The ``dynamics`` stage: MD with MACE model ``model_id`` at every ``md.temperatures_k``.
 
-    The runs start from the lowest-energy structure of each composition in disorder scan ``scan_id``.
+    The runs start from the lowest-energy structure of each composition in disorder scan ``scan_id`` (only those of
+    ``md.compositions`` when it is set).
     Runs recorded complete in the store are not repeated; an unfinished trajectory file is continued.
     The runs go through ``job_map`` (default: ``md.workers`` local processes, one torch thread each); this
     process alone writes the results.
@@ -142,6 +143,8 @@ def run_dynamics(
     structures = lowest_energy_structures(store, scan_id)
     jobs: dict[str, tuple[MDJob, float, str]] = {}
     for x, atoms in structures.items():
+        if not config.simulates(x):
+            continue
         digest = structure_hash(atoms)
         for temperature in md.temperatures_k:
             md_id = md_job_id(digest, temperature, md, model_id)

@@ -5,6 +5,10 @@ without computing anything: the DuckDB store rebuilt compactly (DuckDB's EXPORT 
 the array artifacts the pages draw (phonon dispersions, eigenvectors: ``artifacts/<kind>/*.npz``) and a
 ``SHIPPED.json`` saying where it came from. MD trajectories, MACE and gap-model files stay behind: the rows that
 name them are kept (they say what was computed), the files are not needed to read the results.
+
+``with_models=True`` also copies the MACE and gap-model files: the directory is then a project that later stages
+continue (a study split over machines: only the MD trajectories are left behind, so every stage that reads them
+must have run for the MD runs it holds).
 """
 
 from __future__ import annotations
@@ -37,16 +41,38 @@ def shipped_result_dirs() -> list[Path]:
     return sorted(p.parent for p in SHIPPED_RESULTS_DIR.glob("*/capml.duckdb"))
 
 
-def ship_results(store: Store, target: str | Path, *, max_artifact_bytes: int = MAX_ARTIFACT_BYTES) -> dict:
+def ship_results(
+    store: Store,
+    target: str | Path,
+    *,
+    max_artifact_bytes: int = MAX_ARTIFACT_BYTES,
+    with_models: bool = False,
+    replace: bool = False,
+) -> dict:
     """Write the results of ``store`` to the new directory ``target``; returns what SHIPPED.json records.
 
-    Nothing is written when ``target`` exists and is not empty, or is the project itself.
+    ``with_models``: the MACE and gap-model files too (see module). ``replace``: ``target`` may be a directory
+    shipped before (it holds SHIPPED.json); the new one is written beside it and takes its place only when complete.
+    Nothing is written when ``target`` exists and is not empty (and not a shipped directory with ``replace``), or
+    is the project itself.
     """
     out = Path(target)
     if out.resolve() == store.project_dir.resolve():
         raise InvalidInputError(f"{out}: the project itself; give a new directory to ship its results to")
     if out.exists() and any(out.iterdir()):
-        raise InvalidInputError(f"{out}: exists and is not empty; give a new directory to ship the results to")
+        if not replace:
+            raise InvalidInputError(f"{out}: exists and is not empty; give a new directory to ship the results to")
+        if not (out / MANIFEST).is_file():
+            raise InvalidInputError(f"{out}: not a shipped results directory (no {MANIFEST}); not replaced")
+        staging = out.with_name(out.name + ".shipping")
+        shutil.rmtree(staging, ignore_errors=True)
+        manifest = ship_results(store, staging, max_artifact_bytes=max_artifact_bytes, with_models=with_models)
+        previous = out.with_name(out.name + ".replaced")
+        shutil.rmtree(previous, ignore_errors=True)
+        out.rename(previous)
+        staging.rename(out)
+        shutil.rmtree(previous)
+        return manifest
     artifacts = store.query("SELECT artifact_id, kind, relpath, n_bytes FROM artifacts ORDER BY relpath")
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="capml-ship-") as scratch:
@@ -62,8 +88,12 @@ def ship_results(store: Store, target: str | Path, *, max_artifact_bytes: int = 
         finally:
             con.close()
     copied, left_out = [], []
+    models = _copy_model_files(store, out) if with_models else []
     for row in artifacts.itertuples(index=False):
         source = store.project_dir / row.relpath
+        if with_models and row.kind in UNSHIPPED_KINDS and source.is_file():
+            models.append(_copy(source, out / row.relpath))
+            continue
         if row.kind in UNSHIPPED_KINDS or row.n_bytes > max_artifact_bytes or not source.is_file():
             reason = "missing" if not source.is_file() else ("model" if row.kind in UNSHIPPED_KINDS else "too large")
             left_out.append({"artifact_id": row.artifact_id, "relpath": row.relpath, "why": reason})
@@ -79,7 +109,31 @@ def ship_results(store: Store, target: str | Path, *, max_artifact_bytes: int = 
         "artifacts": len(copied),
         "artifacts_bytes": sum((out / p).stat().st_size for p in copied),
         "left_out": left_out,
-        "not_shipped": "MD trajectories, MACE and gap-model files (their rows are kept)",
+        "model_files": len(models),
+        "model_bytes": sum(p.stat().st_size for p in models),
+        "not_shipped": "MD trajectories (their rows are kept)"
+        if with_models
+        else "MD trajectories, MACE and gap-model files (their rows are kept)",
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _copy(source: Path, destination: Path) -> Path:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, destination)
+    return destination
+
+
+def _copy_model_files(store: Store, out: Path) -> list[Path]:
+    """Copy the project's MACE files (relative paths of ``mlip_models``) and gap-model directories; the copies."""
+    copied = []
+    for path in store.query("SELECT path FROM mlip_models ORDER BY model_id")["path"]:
+        source = store.project_dir / path
+        if not Path(path).is_absolute() and source.is_file():  # a foundation file outside the project stays out
+            copied.append(_copy(source, out / path))
+    for relpath in store.query("SELECT relpath FROM gnn_models ORDER BY model_id")["relpath"]:
+        source = store.project_dir / relpath
+        for file in sorted(p for p in source.rglob("*") if p.is_file()):
+            copied.append(_copy(file, out / relpath / file.relative_to(source)))
+    return copied

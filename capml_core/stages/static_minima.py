@@ -91,8 +91,9 @@ def quench_md_frames(
         )
     )
     jobs = [(x, CUBIC, None, atoms) for x, atoms in cubic.items() if (x, CUBIC) not in done and wanted(x)]
+    quenched_runs = {source.split("#")[0] for _, source in done if "#" in source}
     for run in runs.itertuples():
-        if not wanted(float(run.composition_x)):
+        if not wanted(float(run.composition_x)) or run.md_id in quenched_runs:  # the file is not needed again
             continue
         trajectory = read_trajectory(store.project_dir / run.path)
         last = int(production_frames(trajectory, config.md.equilibration_ps)[-1])

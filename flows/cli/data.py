@@ -176,6 +176,17 @@ def data_ship_results(
     output: Annotated[Path, typer.Argument(help="New project directory to write the results to.")],
     config: ConfigOption = None,
     project: ProjectOption = None,
+    with_models: Annotated[
+        bool,
+        typer.Option(
+            "--with-models",
+            help="Also the MACE and gap-model files: later stages can continue in the written directory (a study "
+            "split over machines).",
+        ),
+    ] = False,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="OUTPUT may be a directory shipped before; it is replaced when done.")
+    ] = False,
 ) -> None:
     """The project's results to ship: its store (compacted) and arrays, no trajectories or model files.
 
@@ -184,10 +195,11 @@ def data_ship_results(
     from capml_core.stages.shipping import ship_results
 
     with capml_errors():
-        manifest = ship_results(open_store(config, project), output)
-    size = (manifest["store_bytes"] + manifest["artifacts_bytes"]) / 1e6
+        manifest = ship_results(open_store(config, project), output, with_models=with_models, replace=replace)
+    size = (manifest["store_bytes"] + manifest["artifacts_bytes"] + manifest["model_bytes"]) / 1e6
+    models = f", {manifest['model_files']} model files" if with_models else ""
     console.print(
-        f"{output}: store {manifest['store_bytes'] / 1e6:.1f} MB, {manifest['artifacts']} array files, "
+        f"{output}: store {manifest['store_bytes'] / 1e6:.1f} MB, {manifest['artifacts']} array files{models}, "
         f"{size:.1f} MB in all; {len(manifest['left_out'])} artifacts left out (SHIPPED.json)"
     )
 

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The study (data/configs/ag3sbri-study.toml: 9 compositions x 100-600 K, 10 ps MD, DFT checks) in parts that each
+# fit one machine session, its project shipped after each part so that the next part continues on a fresh machine.
+#   deploy/study.sh resume            on a fresh machine: the project from data/results/ag3sbri-study (when runs/
+#                                     has none); a no-op when runs/ag3sbri-study exists
+#   deploy/study.sh models            dataset, MACE, gap model, disorder scan of every composition
+#   deploy/study.sh part X [X ...]    MD of these compositions at every temperature, then everything that reads the
+#                                     trajectories: phonon verdicts (DynaPhoPy), quenched minima, band gaps with
+#                                     their DFT checks (GLLB-SC on the MD's own frames) and the estimates
+#   deploy/study.sh finish            what needs every composition: the band-gap stage once more, the mode stage
+#   deploy/study.sh checkpoint        ship the project (store, arrays, model files; no trajectories) to
+#                                     data/results/ag3sbri-study, replacing the previous checkpoint (commit it)
+#   deploy/study.sh status            MD runs per composition, DFT checks, CPU time so far
+# The whole study in one go on a machine that keeps runs/: capml run data/configs/ag3sbri-study.toml.
+# Environment: PROJECT (default runs/ag3sbri-study), WORKERS (MD runs and labels in parallel, default 2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CAPML=${CAPML:-.venv/bin/capml}
+RECIPE=data/configs/ag3sbri-study.toml
+PROJECT=${PROJECT:-runs/ag3sbri-study}
+SHIPPED=data/results/ag3sbri-study
+WORKERS=${WORKERS:-2}
+export OMP_NUM_THREADS=1
+
+run() { "$CAPML" run "$RECIPE" --project "$PROJECT" "$@"; }
+
+case "${1:-}" in
+  resume)
+    if [ -e "$PROJECT/capml.duckdb" ]; then
+      echo "$PROJECT exists: continuing there"
+    elif [ -f "$SHIPPED/capml.duckdb" ]; then
+      mkdir -p "$(dirname "$PROJECT")"
+      cp -r "$SHIPPED" "$PROJECT"
+      echo "$PROJECT: restored from $SHIPPED ($(du -sh "$PROJECT" | cut -f1))"
+    else
+      echo "no checkpoint in $SHIPPED: start with $0 models" >&2
+      exit 1
+    fi
+    ;;
+  models)
+    run --stage dataset-import --stage dataset-generate --stage label --stage dataset-summary --stage mlip \
+      --stage gnn --stage disorder --set "disorder.workers=$WORKERS"
+    ;;
+  part)
+    shift
+    if [ $# -eq 0 ]; then
+      echo "usage: $0 part X [X ...] (compositions of $RECIPE)" >&2
+      exit 2
+    fi
+    compositions="[$(IFS=,; echo "$*")]"
+    run --stage dynamics --stage phonons --set "md.compositions=$compositions" --set "md.workers=$WORKERS"
+    quench=()
+    for x in "$@"; do quench+=(--composition "$x"); done
+    "$CAPML" static quench -c "$RECIPE" -p "$PROJECT" "${quench[@]}"
+    run --stage bandgaps --set "reference.workers=$WORKERS"
+    ;;
+  finish)
+    run --stage bandgaps --stage modes --set "reference.workers=$WORKERS"
+    ;;
+  checkpoint)
+    "$CAPML" data ship-results "$SHIPPED" --project "$PROJECT" --with-models --replace
+    ;;
+  status)
+    "$CAPML" sql --project "$PROJECT" "SELECT composition_x, count(*) AS md_runs, round(sum(wall_time_s) / 3600, 2) AS md_wall_h FROM md_runs WHERE complete GROUP BY 1 ORDER BY 1"
+    "$CAPML" sql --project "$PROJECT" "SELECT composition_x, temperature_k, n_frames, verdict FROM gap_dft_checks ORDER BY 1, 2"
+    "$CAPML" sql --project "$PROJECT" "SELECT level, count(*) AS labels, round(sum(wall_time_s) / 3600, 2) AS cpu_h FROM labels GROUP BY 1"
+    ;;
+  *)
+    sed -n '2,17p' "$0"
+    exit 2
+    ;;
+esac
