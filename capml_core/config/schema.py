@@ -75,28 +75,18 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _gap_checks_in_compositions(self) -> RunConfig:
-        missing = [
-            x
-            for x in self.gaps.reference_compositions or []
-            if not any(math.isclose(x, c, abs_tol=1e-9) for c in self.system.compositions)
-        ]
-        if missing:
-            raise ValueError(
-                f"gaps.reference_compositions: {missing} not studied by the run; allowed: values of "
-                f"system.compositions {self.system.compositions}"
-            )
-        outside = [
-            x
-            for x in self.md.compositions or []
-            if not any(math.isclose(x, c, abs_tol=1e-9) for c in self.system.compositions)
-        ]
-        if outside:
-            raise ValueError(
-                f"md.compositions: {outside} not studied by the run; allowed: values of system.compositions "
-                f"{self.system.compositions}"
-            )
+        for field, values in (
+            ("gaps.reference_compositions", self.gaps.reference_compositions),
+            ("md.compositions", self.md.compositions),
+        ):
+            missing = [x for x in values or [] if not self.studies(x)]
+            if missing:
+                raise ValueError(
+                    f"{field}: {missing} not studied by the run; allowed: values of system.compositions "
+                    f"{self.system.compositions}"
+                )
         for i, check in enumerate(self.gaps.dft_check):
-            if not any(math.isclose(check.composition_x, c, abs_tol=1e-9) for c in self.system.compositions):
+            if not self.studies(check.composition_x):
                 raise ValueError(
                     f"gaps.dft_check[{i}].composition_x: {check.composition_x} not studied by the run; allowed: "
                     f"values of system.compositions {self.system.compositions}"
@@ -117,6 +107,10 @@ class RunConfig(Section):
             ):
                 return check.frames
         return 0
+
+    def studies(self, composition_x: float) -> bool:
+        """Whether ``composition_x`` is one of ``system.compositions`` (to 1e-9)."""
+        return any(math.isclose(composition_x, c, abs_tol=1e-9) for c in self.system.compositions)
 
     def simulates(self, composition_x: float) -> bool:
         """Whether the dynamics stage runs MD of this composition (``md.compositions``; default: every one)."""
