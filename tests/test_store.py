@@ -244,6 +244,7 @@ def test_shipped_results_read_without_the_project_and_leave_models_and_large_arr
     assert sorted(item["why"] for item in manifest["left_out"]) == ["model", "too large"]
     assert json.loads((tmp_path / "shipped" / MANIFEST).read_text())["artifacts"] == 1
     assert {p.name for p in (tmp_path / "shipped").iterdir()} == {"capml.duckdb", "artifacts", MANIFEST}
+    assert manifest["relaxation_trajectories"] == 0
     with pytest.raises(InvalidInputError, match="not empty"):
         ship_results(store, tmp_path / "shipped")
     with pytest.raises(InvalidInputError, match="the project itself"):
@@ -270,8 +271,14 @@ def test_shipped_with_models_is_a_project_to_continue_and_replaces_only_a_shippe
         w.add_rows("mlip_models", [{"model_id": "mace-a", "path": "models/mace-a.model", **model_row}])
         w.add_rows("mlip_models", [{"model_id": "mace-f", "path": "/elsewhere/foundation.model", **model_row}])
         w.add_gnn_model({"model_id": "g0", "ensemble_index": 0, "relpath": "gnn/ens-a/member-0", **gnn_row}, [], [])
+    steps = tmp_path / "project" / "static-reference" / "abc-full"
+    steps.mkdir(parents=True)
+    (steps / "relax.traj").write_bytes(b"t" * 30)
+    (steps / "gpaw-pbesol.txt").write_text("the DFT log stays behind")
     target = tmp_path / "shipped"
     first = ship_results(store, target)
+    assert first["relaxation_trajectories"] == 1 and (target / "static-reference" / "abc-full" / "relax.traj").is_file()
+    assert not (target / "static-reference" / "abc-full" / "gpaw-pbesol.txt").exists()
     assert first["model_files"] == 0 and not (target / "models").exists()
     with pytest.raises(InvalidInputError, match="not empty"):  # replacing is asked for, never assumed
         ship_results(store, target, with_models=True)

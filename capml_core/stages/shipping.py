@@ -6,6 +6,9 @@ the array artifacts the pages draw (phonon dispersions, eigenvectors: ``artifact
 ``SHIPPED.json`` saying where it came from. MD trajectories, MACE and gap-model files stay behind: the rows that
 name them are kept (they say what was computed), the files are not needed to read the results.
 
+The steps of the project's DFT relaxations (``static-reference/*/relax.traj``, ASE trajectories of a few hundred
+kB) are results too and go with it: an unfinished relaxation continues from them in the shipped directory.
+
 ``with_models=True`` also copies the MACE and gap-model files: the directory is then a project that later stages
 continue (a study split over machines: only the MD trajectories are left behind, so every stage that reads them
 must have run for the MD runs it holds).
@@ -22,6 +25,7 @@ import duckdb
 
 from capml_core.errors import InvalidInputError
 from capml_core.provenance import code_version
+from capml_core.stages.static_minima import RELAXATIONS_DIR
 from capml_core.store.database import Store
 from capml_core.store.schema import STORE_FILENAME
 
@@ -102,6 +106,10 @@ def ship_results(
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, destination)
         copied.append(row.relpath)
+    relaxations = [
+        _copy(path, out / path.relative_to(store.project_dir))
+        for path in sorted(store.project_dir.glob(f"{RELAXATIONS_DIR}/*/relax.traj"))
+    ]
     manifest = {
         "shipped_from": store.project_dir.name,
         "code_version": code_version(),
@@ -109,6 +117,7 @@ def ship_results(
         "artifacts": len(copied),
         "artifacts_bytes": sum((out / p).stat().st_size for p in copied),
         "left_out": left_out,
+        "relaxation_trajectories": len(relaxations),
         "model_files": len(models),
         "model_bytes": sum(p.stat().st_size for p in models),
         "not_shipped": "MD trajectories (their rows are kept)"

@@ -35,6 +35,8 @@ SYMPREC_A = 0.05
 CUBIC = "cubic"
 #: Structure set (``<name>@<level>``) of the DFT-relaxed minima still to be labelled at the high level.
 STATIC_REFERENCE_SET = "static-reference"
+#: Project subdirectory of the DFT relaxations: ``<hash>-<mode>/relax.traj`` (their steps) and the DFT files.
+RELAXATIONS_DIR = "static-reference"
 
 
 def space_group(atoms) -> str:
@@ -226,7 +228,7 @@ def dft_relax_minimum(
     from capml_core.store.records import LabelRecord
 
     level = get_level(config.reference.cheap_level, config.reference)
-    workdir = store.project_dir / "static-reference" / f"{structure_hash_[:12]}-{mode}"
+    workdir = store.project_dir / RELAXATIONS_DIR / f"{structure_hash_[:12]}-{mode}"
     workdir.mkdir(parents=True, exist_ok=True)
     trajectory = workdir / "relax.traj"
     start = store.load_structures([structure_hash_])[structure_hash_]
