@@ -58,6 +58,13 @@ case "${1:-}" in
     run --stage bandgaps --stage modes --set "reference.workers=$WORKERS"
     ;;
   checkpoint)
+    # only between parts: an MD run whose analysis is not stored would be lost with its trajectory
+    unanalysed=$("$CAPML" sql --project "$PROJECT" --output csv \
+      "SELECT count(*) AS n FROM md_runs WHERE complete AND md_id NOT IN (SELECT md_id FROM gap_thermal)" | tail -1)
+    if [ "$unanalysed" != "0" ]; then
+      echo "$unanalysed MD runs have no band gaps yet: finish the part (or rerun it) before the checkpoint" >&2
+      exit 1
+    fi
     "$CAPML" data ship-results "$SHIPPED" --project "$PROJECT" --with-models --replace
     ;;
   status)
