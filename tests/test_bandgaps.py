@@ -721,8 +721,9 @@ def test_mode_stage_freezes_every_optical_mode_and_checks_one_with_dft(gap_proje
         at = AppTest.from_function(_modes_page, default_timeout=60).run()
         assert not at.exception
         specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-        groups = {t["name"] for t in specs[0]["data"] if t.get("mode") == "markers"}
-        assert groups and groups <= {"Ag", "S", "Br/I"}
+        groups = {t["name"] for t in specs[0]["data"] if t.get("mode") == "markers"}  # "<species>, <regime>"
+        assert groups and {g.split(", ")[0] for g in groups} <= {"Ag", "S", "Br/I"}
+        assert all(g.split(", ")[1] == "harmonic" or g.split(", ")[1].startswith("beyond harmonic") for g in groups)
         assert specs[-1]["data"][-1]["type"] == "cone"  # the displacement pattern of the first frozen mode
         at = AppTest.from_function(_overview_page, default_timeout=60).run()  # results first, trust visible
         assert not at.exception
