@@ -208,12 +208,13 @@ def test_every_shipped_config_loads_and_the_active_learning_recipe_starts_from_t
 
 
 def test_study_config_covers_what_the_study_promises() -> None:
-    """data/configs/ag3sbri-study.toml: 9 compositions x 100-600 K, >= 10 ps MD, the gate on, DFT checks of Eg(T)
+    """data/configs/ag3sbri-study.toml: 9 compositions x 100-600 K, >= 10 ps MD, phonon verdicts, DFT checks of Eg(T)
     at >= 3 temperatures for the end members and x = 0.5 and at 300 K for every composition, the estimates at
     every temperature, and the active-learning data (held-out frames and rounds 1-2) among its imports."""
     cfg = load_config(REPO / "data" / "configs" / "ag3sbri-study.toml").config
     assert len(cfg.system.compositions) == 9 and cfg.md.temperatures_k == [100.0, 200.0, 300.0, 400.0, 500.0, 600.0]
-    assert cfg.md.duration_ps - cfg.md.equilibration_ps >= 8.0 and cfg.phonons.gate
+    # verdicts for every run, the gate off: every 10-ps Ag3SBr run sits off the cubic sites (the config says why)
+    assert cfg.md.duration_ps - cfg.md.equilibration_ps >= 8.0 and not cfg.phonons.gate
     for x in (0.0, 0.5, 1.0):
         assert sum(cfg.dft_check_frames(x, t) > 0 for t in cfg.md.temperatures_k) >= 3
     assert all(cfg.dft_check_frames(x, 300.0) >= 2 for x in cfg.system.compositions)
