@@ -4,7 +4,8 @@ Stages so far: ``dataset-import`` (validate and load the labelled datasets named
 ``dataset-generate`` (thermal/uniform/equilibrium structure sets), ``label`` (reference calculations of the
 sets' structures that have no label yet, up to ``reference.max_calculations`` per level) and
 ``dataset-summary`` (counts per level, gap statistics, published as a Prefect artifact), ``gnn`` (band-gap
-model ensemble: cheap level, then fine-tuned on the high level) and ``mlip`` (MACE trained or fine-tuned on the
+model ensemble: cheap level, then fine-tuned on the high level; then both models measured on the held-out MD
+frames where the project has them) and ``mlip`` (MACE trained or fine-tuned on the
 cheap level's energies, forces and stresses; evaluated; end-member phonons compared with the reference) and
 ``disorder`` (inequivalent arrangements per composition relaxed with that MACE and ranked) and ``dynamics``
 (Langevin MD of each composition's lowest-energy structure per temperature, with health checks) and
@@ -39,6 +40,7 @@ from flows.tasks import (
     generate_set,
     import_dataset,
     label_level,
+    measure_on_heldout_frames,
     mode_gaps,
     molecular_dynamics,
     phonon_stability,
@@ -104,9 +106,11 @@ def _dataset_summary(ctx: StageContext) -> dict[str, Any]:
 
 def _gnn(ctx: StageContext) -> dict[str, Any]:
     gnn = train_gnn(ctx.loaded, ctx.store, ctx.run_id)
+    heldout = measure_on_heldout_frames(ctx.loaded, ctx.store, gnn.ensemble.ensemble_id)  # both models, where used
     return {
         "gnn": {
             "ensemble_id": gnn.ensemble.ensemble_id,
+            "heldout": [{"model": e.model, "quantity": e.quantity, "n": e.n, "mae": e.mae} for e in heldout],
             "test": {stage: vars(m) for stage, m in gnn.ensemble.ensemble_test_metrics.items()},
             "search": [(t.architecture, t.learning_rate, t.batch_size, t.valid.mae_ev) for t in gnn.search],
             "learning_curve": [(n, m.mae_ev) for n, m in gnn.curve],

@@ -23,6 +23,7 @@ from capml_core.stages.datasets import ImportReport, import_spec
 from capml_core.stages.disorder import DisorderScanResult, run_disorder_scan
 from capml_core.stages.dynamics import MDResult, md_table, run_dynamics
 from capml_core.stages.gnn import GNNStageResult, fit_band_gap_model
+from capml_core.stages.heldout import FrameErrors, evaluate_newest_models
 from capml_core.stages.labelling import LabellingReport, label_structures
 from capml_core.stages.mlip import MlipStageResult, fit_mlip, force_constants_cache_dir, force_function, mlip_tables
 from capml_core.stages.modes import ModeGap, group_table, mode_groups, mode_table, run_mode_stage
@@ -166,6 +167,23 @@ def train_gnn(loaded: LoadedConfig, store: Store, run_id: str) -> GNNStageResult
     )
     log_tables(get_run_logger(), result.tables())
     return result
+
+
+@task(name="held-out MD frames", cache_policy=NO_CACHE)
+def measure_on_heldout_frames(loaded: LoadedConfig, store: Store, ensemble_id: str) -> list[FrameErrors]:
+    """Errors of the newest MACE and the gap ensemble on the held-out MD frames, where the project has them."""
+    errors = evaluate_newest_models(store, loaded.config, ensemble_id=ensemble_id)
+    logger = get_run_logger()
+    if not errors:
+        logger.info(
+            "held-out MD frames (%s): none labelled; no errors measured", loaded.config.active_learning.heldout_set
+        )
+    for e in errors:
+        logger.info(
+            "held-out MD frames: %s at %s, %s: n %d, MAE %.4f %s, mean error %+.4f",
+            *(e.model, e.level, e.quantity, e.n, e.mae, e.unit, e.mean_error),
+        )
+    return errors
 
 
 @task(name="mlip", cache_policy=NO_CACHE)

@@ -51,6 +51,10 @@ def test_capml_run_is_the_demo_command(tmp_path: Path) -> None:
     test = mlip["metrics"].query("split == 'test'").set_index("quantity")
     assert test.loc["forces", "mae"] < 0.1 and test.loc["energy", "mae"] < 0.02  # eV/Å, eV/atom
     assert set(mlip["phonons"]["end_member"]) == {"Br", "I"}
+    heldout = store.query("SELECT model, quantity, n, mae FROM heldout_errors WHERE set_name = 'md-heldout'")
+    forces = heldout[heldout["model"].str.startswith("mace") & (heldout["quantity"] == "forces")]
+    assert len(forces) == 1 and 0.0 < forces["mae"].iloc[0] < 0.3  # MACE measured on the held-out MD frames (eV/Å)
+    assert heldout["model"].str.startswith("gnn").any() and (heldout["n"] >= 40).all()  # and the gap model
     gaps = store.bandgap_results()  # Eg(0) for every composition, Eg(300 K) for every run (the demo's gate is off)
     assert len(gaps["static"]) == 5 and gaps["thermal"]["mean_gap_ev"].notna().sum() == 5
     assert len(gaps["published"]) == 21

@@ -223,6 +223,29 @@ def evaluate_on_frames(
     return errors
 
 
+def evaluate_newest_models(store: Store, config, *, ensemble_id: str | None) -> list[FrameErrors]:  # RunConfig
+    """The newest MACE and gap ensemble ``ensemble_id`` measured on the config's held-out MD frames; stored.
+
+    :func:`evaluate_on_frames` on ``active_learning.heldout_set`` (the frames marked held out count); without a MACE
+    model, the gap errors only. An empty list when none of those frames is labelled (a project without held-out frames).
+    """
+    from capml_core.errors import NotComputedError
+    from capml_core.store.queries import latest_model
+
+    try:
+        model_id: str | None = latest_model(store)[0]
+    except NotComputedError:
+        model_id = None
+    return evaluate_on_frames(
+        store,
+        cheap_level=config.mlip.level or config.reference.cheap_level,
+        model_id=model_id,
+        ensemble_id=ensemble_id,
+        set_name=config.active_learning.heldout_set,
+        flagged=True,
+    )
+
+
 def _store_errors(
     store: Store,
     errors: Sequence[FrameErrors],
