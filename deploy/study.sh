@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The study (data/configs/ag3sbri-study.toml: 9 compositions x 100-600 K, 10 ps MD, DFT checks) in parts that each
-# fit one machine session, its project shipped after each part so that the next part continues on a fresh machine.
-#   deploy/study.sh resume            on a fresh machine: the project from data/results/ag3sbri-study (when runs/
-#                                     has none); a no-op when runs/ag3sbri-study exists
-#   deploy/study.sh models            dataset, MACE, gap model, disorder scan of every composition
+# fit one machine session, its project checkpointed after each part so that the next part continues on a fresh machine.
+#   deploy/study.sh resume            on a fresh machine: the project from data/checkpoints/ag3sbri-study (when
+#                                     runs/ has none); a no-op when runs/ag3sbri-study exists
+#   deploy/study.sh models            dataset, MACE, gap model (both measured on the held-out MD frames), disorder
+#                                     scan of every composition
 #   deploy/study.sh part X [X ...]    MD of these compositions at every temperature, then everything that reads the
 #                                     trajectories: phonon verdicts (DynaPhoPy), quenched minima, band gaps with
 #                                     their DFT checks (GLLB-SC on the MD's own frames) and the estimates
 #   deploy/study.sh finish            what needs every composition: the band-gap stage once more, the mode stage
-#   deploy/study.sh checkpoint        ship the project (store, arrays, model files; no trajectories) to
-#                                     data/results/ag3sbri-study, replacing the previous checkpoint (commit it)
+#   deploy/study.sh checkpoint        the project (store, arrays, model files; no trajectories) to
+#                                     data/checkpoints/ag3sbri-study, replacing the previous one (commit it)
+#   deploy/study.sh ship              the finished study's results to data/results/ag3sbri-study (no model files)
 #   deploy/study.sh status            MD runs per composition, DFT checks, CPU time so far
 # The whole study in one go on a machine that keeps runs/: capml run data/configs/ag3sbri-study.toml.
 # Environment: PROJECT (default runs/ag3sbri-study), WORKERS (MD runs and labels in parallel, default 2).
@@ -18,7 +20,8 @@ cd "$(dirname "$0")/.."
 CAPML=${CAPML:-.venv/bin/capml}
 RECIPE=data/configs/ag3sbri-study.toml
 PROJECT=${PROJECT:-runs/ag3sbri-study}
-SHIPPED=data/results/ag3sbri-study
+CHECKPOINT=data/checkpoints/ag3sbri-study
+RESULTS=data/results/ag3sbri-study
 WORKERS=${WORKERS:-2}
 export OMP_NUM_THREADS=1
 
@@ -28,12 +31,12 @@ case "${1:-}" in
   resume)
     if [ -e "$PROJECT/capml.duckdb" ]; then
       echo "$PROJECT exists: continuing there"
-    elif [ -f "$SHIPPED/capml.duckdb" ]; then
+    elif [ -f "$CHECKPOINT/capml.duckdb" ]; then
       mkdir -p "$(dirname "$PROJECT")"
-      cp -r "$SHIPPED" "$PROJECT"
-      echo "$PROJECT: restored from $SHIPPED ($(du -sh "$PROJECT" | cut -f1))"
+      cp -r "$CHECKPOINT" "$PROJECT"
+      echo "$PROJECT: restored from $CHECKPOINT ($(du -sh "$PROJECT" | cut -f1))"
     else
-      echo "no checkpoint in $SHIPPED: start with $0 models" >&2
+      echo "no checkpoint in $CHECKPOINT: start with $0 models" >&2
       exit 1
     fi
     ;;
@@ -65,7 +68,10 @@ case "${1:-}" in
       echo "$unanalysed MD runs have no band gaps yet: finish the part (or rerun it) before the checkpoint" >&2
       exit 1
     fi
-    "$CAPML" data ship-results "$SHIPPED" --project "$PROJECT" --with-models --replace
+    "$CAPML" data ship-results "$CHECKPOINT" --project "$PROJECT" --with-models --replace
+    ;;
+  ship)
+    "$CAPML" data ship-results "$RESULTS" --project "$PROJECT" --replace
     ;;
   status)
     "$CAPML" sql --project "$PROJECT" "SELECT composition_x, count(*) AS md_runs, round(sum(wall_time_s) / 3600, 2) AS md_wall_h FROM md_runs WHERE complete GROUP BY 1 ORDER BY 1"
@@ -73,7 +79,7 @@ case "${1:-}" in
     "$CAPML" sql --project "$PROJECT" "SELECT level, count(*) AS labels, round(sum(wall_time_s) / 3600, 2) AS cpu_h FROM labels GROUP BY 1"
     ;;
   *)
-    sed -n '2,17p' "$0"
+    sed -n '2,19p' "$0"
     exit 2
     ;;
 esac
