@@ -128,6 +128,7 @@ def test_md_file_resumes_after_a_kill_without_gaps(trained, tmp_path: Path) -> N
 def test_dynamics_stage_runs_every_composition_once(trained, tmp_path: Path) -> None:
     from capml_core.stages.disorder import run_disorder_scan
     from capml_core.stages.dynamics import run_dynamics
+    from capml_core.stages.md_frames import sample_random_frames
 
     source, config, _, _ = trained
     project, store = project_copy(source, tmp_path)
@@ -136,7 +137,17 @@ def test_dynamics_stage_runs_every_composition_once(trained, tmp_path: Path) -> 
     part = config.model_copy(update={"md": config.md.model_copy(update={"compositions": [0.0, 1.0]})})
     first = run_dynamics(store, part, model_id=latest_model(store)[0], scan_id=latest_scan_id(store))
     assert sorted(r.composition_x for r in first) == [0.0, 1.0]  # a study split in parts: these first
+    levels = ["gpaw-pbesol", "gpaw-gllbsc"]  # the held-out draw of _held_out_frames_round_trip, in two parts
+    drawn = sample_random_frames(store, config.md, model_id=latest_model(store)[0], levels=levels, per_run=2, seed=3)
+    assert sorted({f.md_id for f in drawn}) == sorted(r.md_id for r in first) and len(drawn) == 4  # the first part's
     results = run_dynamics(store, config, model_id=latest_model(store)[0], scan_id=latest_scan_id(store))
+    for r in first:  # the next part: the first part's trajectories are gone, their frames stay
+        r.path.rename(r.path.with_suffix(".away"))
+    more = sample_random_frames(store, config.md, model_id=latest_model(store)[0], levels=levels, per_run=2, seed=3)
+    for r in first:
+        r.path.with_suffix(".away").rename(r.path)
+    assert [f.structure_hash for f in more[:4]] == [f.structure_hash for f in drawn] and len(more) == 10
+    assert sorted({f.md_id for f in more}) == sorted(r.md_id for r in results)  # as one draw: the round trip below
     assert sorted(r.composition_x for r in results) == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert {r.md_id for r in first} <= {r.md_id for r in results}  # the same runs, not repeated
     rows = store.query("SELECT * FROM md_runs ORDER BY composition_x")

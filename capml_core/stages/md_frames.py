@@ -164,7 +164,8 @@ def sample_random_frames(
 
     The frames are stored (kind ``md-frame``), made members of ``<set_name>@<level>`` for every level (so
     ``capml label --set`` labels them) and recorded in ``md_frames``. A selection already stored under
-    ``set_name`` is returned as it is (resume; the draw is not repeated).
+    ``set_name`` is kept (resume; the draw is not repeated): only runs it has no frame of are drawn from (MD runs
+    added since, e.g. by a later part of a study), and their trajectories alone are read.
 
     Parameters
     ----------
@@ -187,10 +188,13 @@ def sample_random_frames(
         raise DatasetError("sample_random_frames: give at least one level to label the frames at")
     store.initialise()
     existing = stored_frames(store, set_name=set_name, level=levels[0])
-    if existing:
-        logger.info("%s: %d frames drawn before; reusing them", set_name, len(existing))
-        return existing
     runs = complete_md_runs(store, model_id)
+    drawn = {frame.md_id for frame in existing}
+    runs = runs[~runs["md_id"].isin(drawn)]
+    if existing:
+        logger.info("%s: %d frames drawn before; %d runs added since", set_name, len(existing), len(runs))
+    if runs.empty:
+        return existing
     frames: list[MDFrame] = []
     for run in runs.itertuples():
         trajectory = read_trajectory(store.project_dir / run.path)
@@ -215,7 +219,7 @@ def sample_random_frames(
             )
     store_frames(store, frames, set_name=set_name, levels=levels, run_id=run_id)
     logger.info("%s: %d frames drawn at random from %d MD runs of model %s", set_name, len(frames), len(runs), model_id)
-    return frames
+    return existing + frames
 
 
 def frame_atoms(frame: MDFrame) -> Atoms:
