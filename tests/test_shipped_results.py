@@ -37,3 +37,52 @@ def test_shipped_results_answer_report_and_sql_and_stay_small(results: Path, tmp
     assert sql.exit_code == 0, sql.output
     assert json.loads(sql.stdout)[0]["n"] == len(found["gaps"])
     assert {p: p.stat().st_mtime_ns for p in files} == before  # reading wrote nothing
+
+
+def test_report_keeps_the_yardstick_and_lists_every_held_out_set(tmp_path: Path) -> None:
+    """md_frames_* numbers stay those of the md-heldout frames when a study measures its own frames as well."""
+    import shutil
+
+    from capml_core.stages.report import project_report, report_tables
+    from capml_core.store.database import Store
+
+    source = next(p for p in shipped_result_dirs() if p.name == "ag3sbri-active-learning")
+    shutil.copy(source / "capml.duckdb", tmp_path / "capml.duckdb")
+    store = Store(tmp_path)
+    before = project_report(store)["models"]
+    mace = f"mace {before['mace']['model_id']}"
+    with store.write() as writer:
+        writer.add_rows(
+            "heldout_errors",
+            [
+                {
+                    "model": mace,
+                    "level": "gpaw-pbesol",
+                    "quantity": "forces",
+                    "unit": "eV/Å",
+                    "n": 720,
+                    "mae": 0.5,
+                    "mean_error": 0.0,
+                    "rmse": 0.6,
+                    "max_error": 2.0,
+                    "set_name": "study-heldout",
+                },
+            ],
+        )
+    after = project_report(store)["models"]
+    assert after["mace"] == before["mace"] and after["gnn"] == before["gnn"]  # still the md-heldout frames
+    other = [e for e in after["heldout_sets"] if e["set_name"] == "study-heldout"]
+    assert other == [
+        {
+            "set_name": "study-heldout",
+            "model": mace,
+            "level": "gpaw-pbesol",
+            "quantity": "forces",
+            "unit": "eV/Å",
+            "n": 720,
+            "mae": 0.5,
+            "mean_error": 0.0,
+        }
+    ]
+    titles = [t.title for t in report_tables(project_report(store))]
+    assert titles[1] == "models on other held-out MD frames (model - DFT)"

@@ -21,6 +21,7 @@ from capml_core.errors import NotComputedError
 from capml_core.physics.stability import stabilisation_temperatures
 from capml_core.stages.bandgaps import compare_with_published
 from capml_core.stages.heldout import stored_errors
+from capml_core.stages.md_frames import HELD_OUT_SET
 from capml_core.store.database import Store
 from capml_core.tables import ResultTable, table
 
@@ -75,7 +76,8 @@ def _models(store: Store, ensemble_id: str, mace_model_id: str | None) -> dict[s
            GROUP BY stage""",
         [ensemble_id],
     ).set_index("stage")
-    heldout = stored_errors(store, mace_model_id=mace_model_id, ensemble_id=ensemble_id)
+    every_set = stored_errors(store, mace_model_id=mace_model_id, ensemble_id=ensemble_id)
+    heldout = every_set[every_set["set_name"] == HELD_OUT_SET]  # the yardstick of the md_frames_* numbers
     gnn: dict[str, Any] = {}
     for stage, level in (("cheap", cheap), ("high", high)):
         if level is None or (isinstance(level, float) and math.isnan(level)):
@@ -112,6 +114,19 @@ def _models(store: Store, ensemble_id: str, mace_model_id: str | None) -> dict[s
         "gap_ensemble_id": ensemble_id,
         "gap_architecture": str(levels["architecture"].iloc[0]),
         "mace": mace,
+        "heldout_sets": [
+            {
+                "set_name": r.set_name,
+                "model": r.model,
+                "level": r.level,
+                "quantity": r.quantity,
+                "unit": r.unit,
+                "n": int(r.n),
+                "mae": _number(r.mae),
+                "mean_error": _number(r.mean_error),
+            }
+            for r in every_set.sort_values(["set_name", "model", "quantity"]).itertuples(index=False)
+        ],
     }
 
 
@@ -322,7 +337,7 @@ def report_tables(report: dict[str, Any]) -> list[ResultTable]:
         )
     tables = [
         table(
-            "models: test split and held-out MD frames (MAE)",
+            f"models: test split and held-out MD frames ({HELD_OUT_SET}; MAE)",
             ("model", "test", "MD frames", "mean error", "n"),
             model_rows,
         ),
@@ -340,6 +355,26 @@ def report_tables(report: dict[str, Any]) -> list[ResultTable]:
             ],
         ),
     ]
+    other_sets = [e for e in models.get("heldout_sets", []) if e["set_name"] != HELD_OUT_SET]
+    if other_sets:  # e.g. the study's own MD frames: the models measured where they are used
+        tables.insert(
+            1,
+            table(
+                "models on other held-out MD frames (model - DFT)",
+                ("frames", "model", "quantity", "n", "MAE", "mean error"),
+                [
+                    (
+                        e["set_name"],
+                        f"{e['model']} at {e['level']}",
+                        f"{e['quantity']} ({e['unit']})",
+                        str(e["n"]),
+                        _fmt(e["mae"], 4),
+                        _fmt(e["mean_error"], 4, signed=True),
+                    )
+                    for e in other_sets
+                ],
+            ),
+        )
     gap_rows, flagged = [], []
     for i, g in enumerate(report["gaps"]):
         gap_rows.append(
