@@ -226,6 +226,9 @@ def data_sample_frames(
     trainable: Annotated[
         bool, typer.Option("--trainable", help="Frames may be trained on (default: a held-out set, never trained on).")
     ] = False,
+    round_index: Annotated[
+        int, typer.Option("--round", min=0, help="Active-learning round the frames are drawn for (provenance).")
+    ] = 0,
     model: ModelOption = None,
 ) -> None:
     """Draw MD frames at random from every MD run's production part, store them as sets to label, write a pool file.
@@ -249,6 +252,7 @@ def data_sample_frames(
             seed=seed,
             set_name=set_name,
             held_out=not trainable,
+            round_index=round_index,
         )
         write_frame_pool(frames, output)
     sets = ", ".join(f"{set_name}@{level}" for level in chosen_levels)
