@@ -514,6 +514,17 @@ def _report_of(store: Store, result) -> None:
     assert json.loads(shown.output)["gaps"] == json.loads(json.dumps(report["gaps"]))
     text = CliRunner().invoke(app, ["report", "--project", str(store.project_dir)])
     assert text.exit_code == 0 and "flags: results not to take at face value" in text.output
+    # an MD run outside MACE's training data: its Eg(T) is flagged, whatever DFT said of its gaps
+    before = {key for key, g in gaps.items() if g["flagged"]}
+    why = "outside MACE's training data: Br-S at 1.56 Å, closer than any training structure's 2.92 Å (x 0.53)"
+    with store.write() as writer:
+        writer.con.execute(
+            "UPDATE md_runs SET status = 'warning', problems = ? WHERE composition_x = 0.0 AND temperature_k = 100.0",
+            [why],
+        )
+    again = {(g["composition_x"], g["temperature_k"]): g for g in project_report(store)["gaps"]}
+    assert {key for key, g in again.items() if g["flagged"]} == before | {(0.0, 100.0)}
+    assert f"x = 0, 100 K: MD health: {why}" in project_report(store)["flags"]
 
 
 def test_dft_phonon_sampled_estimate_averages_labelled_thermal_cells(tmp_path: Path) -> None:

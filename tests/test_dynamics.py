@@ -82,6 +82,23 @@ def test_health_checks_flag_temperature_drift_and_diffusion() -> None:
     assert not any(p.startswith("S atoms") for p in wandering.problems)
 
 
+def test_a_run_closer_than_any_training_structure_has_left_the_training_data() -> None:
+    """An S pair at 1.5 Å where the training structures never had two S closer than 2.9 Å: MACE extrapolates."""
+    from capml_core.stages.dynamics import CONTACT_FRACTION, contacts_outside_training
+
+    trajectory = _synthetic(300.0, 300.0)  # sites 3 Å apart, 0.1 Å noise
+    training = {("Ag", "Ag"): 2.5, ("Ag", "S"): 2.5, ("S", "S"): 2.9}
+    assert contacts_outside_training(trajectory, training, 0.1) is None
+    assert contacts_outside_training(trajectory, {("S", "S"): 2.0 / CONTACT_FRACTION}, 0.1) is None  # not closer
+    close = {**trajectory, "positions_a": trajectory["positions_a"].copy()}
+    first_s, second_s = 4, 5  # the 5th and 6th atom are S, 3 Å apart
+    close["positions_a"][300:350, second_s] = close["positions_a"][300:350, first_s] + [1.5, 0.0, 0.0]  # 1.5-1.75 ps
+    why = contacts_outside_training(close, training, 0.1)
+    assert why is not None and why.startswith("outside MACE's training data: S-S at 1.") and "2.90 Å" in why
+    assert contacts_outside_training(close, {("Ag", "Ag"): 2.5}, 0.1) is None  # a pair the data never had: not judged
+    assert contacts_outside_training(close, training, 1.8) is None  # only in the equilibration: not judged
+
+
 # ------------------------------------------------------------------------------------------- slow
 @pytest.mark.slow
 def test_md_file_resumes_after_a_kill_without_gaps(trained, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ase import Atoms
@@ -28,8 +28,9 @@ from capml_core.config.schema import RunConfig
 from capml_core.config.stage_sections import MDSection
 from capml_core.models.mace import cached_mace_calculator, resolve_device
 from capml_core.parallel import JobMap, local_map
-from capml_core.physics.md import MDHealth, check_health, read_trajectory, run_md
+from capml_core.physics.md import MDHealth, check_health, production_frames, read_trajectory, run_md, trajectory_frame
 from capml_core.provenance import content_key
+from capml_core.stages.active_learning import shortest_distances, training_contact_distances
 from capml_core.store.database import Store
 from capml_core.store.queries import lowest_energy_structures, mace_model_path
 from capml_core.system.structures import structure_hash
@@ -49,6 +50,36 @@ def md_job_id(structure_hash: str, temperature_k: float, md: MDSection, model_id
     }
 
     return "md-" + content_key(payload)
+
+
+#: A run whose atoms come closer than this fraction of the shortest distance of the same species pair in MACE's
+#: training structures has left the training data (MACE extrapolates there: spurious basins were seen, e.g. an
+#: Ag3SBr 400 K run quenched to a minimum 125 meV/atom below the cubic cell in MACE and 226 meV/atom above it in DFT).
+CONTACT_FRACTION = 0.9
+#: Every this many saved frames are searched for close contacts.
+CONTACT_STRIDE = 5
+
+
+def contacts_outside_training(
+    trajectory: dict, training: dict[tuple[str, str], float], equilibration_ps: float
+) -> str | None:
+    """Why a run left MACE's training data (its closest pair vs the training structures' closest), or None.
+
+    ``training``: shortest distance (Å) per species pair in the training structures
+    (:func:`capml_core.stages.active_learning.training_contact_distances`); pairs it lacks are not judged.
+    """
+    worst: tuple[float, tuple[str, str], float] | None = None
+    for frame in production_frames(trajectory, equilibration_ps)[::CONTACT_STRIDE]:
+        for pair, distance in shortest_distances(trajectory_frame(trajectory, int(frame))).items():
+            if pair in training and (worst is None or distance / training[pair] < worst[0]):
+                worst = (distance / training[pair], pair, distance)
+    if worst is None or worst[0] >= CONTACT_FRACTION:
+        return None
+    ratio, (a, b), distance = worst
+    return (
+        f"outside MACE's training data: {a}-{b} at {distance:.2f} Å, closer than any training structure's "
+        f"{training[(a, b)]:.2f} Å (x {ratio:.2f}): MACE extrapolates"
+    )
 
 
 # ------------------------------------------------------------------------------------------- the stage
@@ -158,10 +189,15 @@ def run_dynamics(
     if progress is not None:
         progress(count, len(jobs))
 
+    training = training_contact_distances(store, config.mlip.level or config.reference.cheap_level) if todo else {}
+
     def record(md_id: str, wall_s: float) -> None:
         job, x, digest = jobs[md_id]
         trajectory = read_trajectory(job.path)
         health = check_health(trajectory, md.equilibration_ps)
+        outside = contacts_outside_training(trajectory, training, md.equilibration_ps)
+        if outside:
+            health = replace(health, problems=[*health.problems, outside])
         with store.write() as writer:
             writer.add_rows(
                 "md_runs",

@@ -149,9 +149,11 @@ def _project_report(store: Store) -> dict[str, Any]:
         raise NotComputedError(f"{store.path}: no band gaps yet: run the pipeline (capml run) or capml gaps")
     ensemble_id = static["ensemble_id"].iloc[0]
     runs = store.query(
-        "SELECT md_id, model_id FROM md_runs WHERE md_id IN (SELECT unnest(?))", [thermal["md_id"].tolist()]
+        "SELECT md_id, model_id, status, problems FROM md_runs WHERE md_id IN (SELECT unnest(?))",
+        [thermal["md_id"].tolist()],
     )
     mace_model_id = runs["model_id"].iloc[0] if len(runs) else None
+    md_problems = {r.md_id: r.problems for r in runs.itertuples(index=False) if r.status != "ok" and r.problems}
     checks = results["checks"].set_index("md_id") if len(results["checks"]) else pd.DataFrame()
     lowest = (
         results["lowest"].set_index(results["lowest"]["composition_x"].round(6)) if len(results["lowest"]) else None
@@ -178,7 +180,8 @@ def _project_report(store: Store) -> dict[str, Any]:
         verdict = None if check is None else str(check["verdict"])
         averaged = _number(r.mean_gap_ev) is not None
         equilibrated = None if not averaged or pd.isna(getattr(r, "equilibrated", None)) else bool(r.equilibrated)
-        flagged = bool(verdict in FLAGGED_VERDICTS or equilibrated is False or not r.passes_gate)
+        unhealthy = md_problems.get(r.md_id)  # the MD itself: drift, contacts outside MACE's training data
+        flagged = bool(verdict in FLAGGED_VERDICTS or equilibrated is False or not r.passes_gate or unhealthy)
         row = {
             "composition_x": float(r.composition_x),
             "temperature_k": float(r.temperature_k),
@@ -211,6 +214,8 @@ def _project_report(store: Store) -> dict[str, Any]:
             flags.append(f"{where}: not equilibrated ({r.reason})")
         if not r.passes_gate:
             flags.append(f"{where}: dropped by the phonon gate ({r.reason})")
+        if unhealthy:
+            flags.append(f"{where}: MD health: {unhealthy}")
     if not len(checks):
         flags.append("no Eg(T) was checked with DFT on the MD's frames (gaps.dft_check)")
     estimates = [
