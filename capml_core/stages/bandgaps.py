@@ -596,8 +596,9 @@ def run_bandgap_stage(
         logger.info("gaps x = %.3f, %.0f K: %s", run.composition_x, run.temperature_k, row["reason"])
         if progress is not None:
             progress(i + 1, len(runs))
-    estimates = _estimates(store, config, ensemble_id, scan_id, models, static_frame, run_id)  # model only: first
+    # the DFT checks of the averages first (the yardstick of Eg(T)), then the independent estimates (their DFT last)
     checks = run_dft_checks(store, config, ensemble_id=ensemble_id, run_id=run_id, progress=reference_progress)
+    estimates = _estimates(store, config, ensemble_id, scan_id, models, static_frame, run_id)
     return BandGapResult(
         ensemble_id,
         level,
