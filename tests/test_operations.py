@@ -209,3 +209,46 @@ def test_a_killed_pipeline_resumes_without_recomputing_or_duplicating(trained, t
         assert after[key][0] == pytest.approx(energy, abs=1e-6) and after[key][1] == digest
     assert sorted(store.runs()["status"]) == ["done", "interrupted"]  # the next run marked the killed one
     assert store.query("SELECT status FROM runs ORDER BY started_at")["status"].tolist() == ["interrupted", "done"]
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes of ``pid`` (Linux /proc)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")  # a zombie has stopped
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")
+def test_fan_out_workers_stop_when_the_stage_process_is_killed() -> None:
+    """A killed stage (kill -9, a lost machine session) leaves no worker computing on: they die with it."""
+    script = (
+        "import time\nfrom capml_core.parallel import local_map\nlist(local_map(2)(time.sleep, [(300,), (300,)]))\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        while time.monotonic() < deadline:
+            workers = [c for c in _children(parent.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+            if len(workers) == 2:
+                break
+            time.sleep(0.5)
+        assert len(workers) == 2, "the two workers did not start"
+        time.sleep(3)  # both past their initialiser, sleeping in their job
+        parent.kill()
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers), "a worker outlived the process that started it"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
