@@ -164,8 +164,9 @@ def sample_random_frames(
 
     The frames are stored (kind ``md-frame``), made members of ``<set_name>@<level>`` for every level (so
     ``capml label --set`` labels them) and recorded in ``md_frames``. A selection already stored under
-    ``set_name`` is kept (resume; the draw is not repeated): only runs it has no frame of are drawn from (MD runs
-    added since, e.g. by a later part of a study), and their trajectories alone are read.
+    ``set_name`` is kept (resume; the draw is not repeated): only runs of the same model it has no frame of are
+    drawn from (MD runs added since, e.g. by a later part of a study), and their trajectories alone are read; a
+    selection drawn from another model's runs is returned as it is.
 
     Parameters
     ----------
@@ -188,6 +189,9 @@ def sample_random_frames(
         raise DatasetError("sample_random_frames: give at least one level to label the frames at")
     store.initialise()
     existing = stored_frames(store, set_name=set_name, level=levels[0])
+    if existing and model_id not in {frame.model_id for frame in existing}:
+        logger.info("%s: %d frames drawn before from another model's runs; kept as they are", set_name, len(existing))
+        return existing  # a yardstick drawn once (e.g. the held-out frames): a new model's runs do not join it
     runs = complete_md_runs(store, model_id)
     drawn = {frame.md_id for frame in existing}
     runs = runs[~runs["md_id"].isin(drawn)]
