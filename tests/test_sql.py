@@ -85,6 +85,8 @@ def test_cli_sql_uses_the_same_guard(demo_store_copy: Path) -> None:
     assert files.exit_code == 2 and "reaches outside the store" in files.output
     ok = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM labels", "-p", str(demo_store_copy), "--output", "csv"])
     assert ok.exit_code == 0 and ok.output.strip().splitlines() == ["n", "151"]
+    none = runner.invoke(app, ["sql", "SELECT level, gap_ev FROM labels WHERE false", "-p", str(demo_store_copy)])
+    assert none.exit_code == 0 and none.output.strip() == "no rows (level, gap_ev)"  # not pandas' repr
 
 
 def test_dashboard_sql_page_runs_examples_and_refuses_writes(demo_store_copy: Path, monkeypatch) -> None:

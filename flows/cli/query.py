@@ -82,8 +82,10 @@ def sql(
         sys.stdout.write(frame.to_csv(index=False))
     elif output == "json":
         sys.stdout.write(frame.to_json(orient="records", date_format="iso") + "\n")
-    else:
+    elif len(frame):
         console.print(frame.to_string(index=False))
+    else:
+        console.print(f"no rows ({', '.join(map(str, frame.columns)) or 'no columns'})")
     if left_out:
         err_console.print(
             f"{left_out} more rows left out (first {len(frame)} shown): --max-rows N (0: all) or --file OUT.csv "
