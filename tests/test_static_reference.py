@@ -53,7 +53,7 @@ def test_a_minimum_far_from_the_cubic_volume_is_not_the_lowest(tmp_path: Path) -
             "static_minima",
             [
                 {
-                    "model_id": "mace-x",
+                    "model_id": model_id,
                     "composition_x": 1.0,
                     "source": source,
                     "structure_hash": source,
@@ -61,6 +61,7 @@ def test_a_minimum_far_from_the_cubic_volume_is_not_the_lowest(tmp_path: Path) -
                     "volume_a3": volume,
                 }
                 for source, energy, volume in rows
+                for model_id in ("mace-x", "dft-gpaw-pbesol")
             ],
         )
     table = minima_table(store, "mace-x").set_index("source")
@@ -72,3 +73,5 @@ def test_a_minimum_far_from_the_cubic_volume_is_not_the_lowest(tmp_path: Path) -
     (line,) = summary_lines(minima_table(store, "mace-x"))
     assert "lowest md-frame a" in line and "1 left out" in line
     assert lowest_minima(store, "mace-x", max_volume_change=1.0)["source"].tolist() == ["md-frame b"]
+    assert minima_table(store, "dft-gpaw-pbesol")["trusted"].all()  # DFT's own volume is not a potential's bias
+    assert lowest_minima(store, "dft-gpaw-pbesol")["source"].tolist() == ["md-frame b"]

@@ -91,6 +91,7 @@ def static_quench(
 @static_app.command("show")
 def static_show(config: ConfigArg, project: ProjectOption = None, model: ModelOption = None) -> None:
     """The minima of a MACE model (default: the newest) and of the DFT relaxations."""
+    from capml_core.stages.static_minima import DFT_MODEL_PREFIX
     from capml_core.store.database import Store
 
     with capml_errors():
@@ -98,7 +99,7 @@ def static_show(config: ConfigArg, project: ProjectOption = None, model: ModelOp
         store = Store(loaded.project_dir)
         _print_minima(store, model_or_latest(store, model))
         level = loaded.config.reference.cheap_level
-        _print_minima(store, f"dft-{level}")
+        _print_minima(store, f"{DFT_MODEL_PREFIX}{level}")
 
 
 @static_app.command("dft-relax")
@@ -113,7 +114,13 @@ def static_dft_relax(
     ] = 0.02,
 ) -> None:
     """Relax with the cheap level the cubic cell (cell only) and the MACE-lowest minimum (cell and positions)."""
-    from capml_core.stages.static_minima import CUBIC, dft_relax_minimum, lowest_minima, minima_table
+    from capml_core.stages.static_minima import (
+        CUBIC,
+        DFT_MODEL_PREFIX,
+        dft_relax_minimum,
+        lowest_minima,
+        minima_table,
+    )
     from capml_core.store.database import Store
 
     with capml_errors():
@@ -145,4 +152,4 @@ def static_dft_relax(
                 f"x = {composition}: {label}: {done['energy_ev_per_atom']:.5f} eV/atom, {done['space_group']}, "
                 f"{done['steps']} steps, converged {done['converged']}"
             )
-        _print_minima(store, f"dft-{loaded.config.reference.cheap_level}")
+        _print_minima(store, f"{DFT_MODEL_PREFIX}{loaded.config.reference.cheap_level}")
