@@ -60,18 +60,21 @@ def _errors(model: str, level: str, quantity: str, unit: str, predicted: np.ndar
 def labelled_frames(store, level: str, *, set_name: str = HELD_OUT_SET, flagged: bool = False) -> pd.DataFrame:
     """Frames of the selection ``set_name`` labelled 'ok' at ``level``, with their provenance and labels.
 
-    ``flagged``: also every frame marked held out in ``md_frames`` (``held_out``), such as the frames a dataset
-    import of a held-out file (``config_type=md-frame``, ``held_out=True``) brought in without a selection: the
-    held-out set of a store rebuilt from the shipped files.
+    ``flagged``: also every frame marked held out in ``md_frames`` (``held_out``) that belongs to no other
+    selection, such as the frames a dataset import of a held-out file (``config_type=md-frame``,
+    ``held_out=True``) brought in without a selection: the held-out set of a store rebuilt from the shipped files.
+    Frames held out under another name (a study's own, ``study-heldout``) stay out.
     """
     return store.query(
         """SELECT f.structure_hash, f.composition_x, f.temperature_k, f.md_id, f.frame, l.energy_ev,
                   l.forces_ev_per_a, l.stress_ev_per_a3, l.gap_ev
            FROM md_frames f JOIN labels l ON l.structure_hash = f.structure_hash AND l.level = ?
            WHERE l.status = 'ok' AND (f.structure_hash IN (SELECT structure_hash FROM structure_sets
-                                                            WHERE set_name = ?) OR (? AND f.held_out))
+                                                            WHERE set_name = ?)
+                                      OR (? AND f.held_out AND f.structure_hash NOT IN (
+                                          SELECT structure_hash FROM structure_sets WHERE set_name <> ?)))
            ORDER BY f.composition_x, f.temperature_k, f.md_id, f.frame""",
-        [level, set_name_for(set_name, level), flagged],
+        [level, set_name_for(set_name, level), flagged, set_name_for(set_name, level)],
     )
 
 
