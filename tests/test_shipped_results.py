@@ -51,38 +51,12 @@ def test_report_keeps_the_yardstick_and_lists_every_held_out_set(tmp_path: Path)
     store = Store(tmp_path)
     before = project_report(store)["models"]
     mace = f"mace {before['mace']['model_id']}"
+    shown = {"set_name": "study-heldout", "model": mace, "level": "gpaw-pbesol", "quantity": "forces", "unit": "eV/Å"}
+    shown |= {"n": 720, "mae": 0.5, "mean_error": 0.0}
     with store.write() as writer:
-        writer.add_rows(
-            "heldout_errors",
-            [
-                {
-                    "model": mace,
-                    "level": "gpaw-pbesol",
-                    "quantity": "forces",
-                    "unit": "eV/Å",
-                    "n": 720,
-                    "mae": 0.5,
-                    "mean_error": 0.0,
-                    "rmse": 0.6,
-                    "max_error": 2.0,
-                    "set_name": "study-heldout",
-                },
-            ],
-        )
+        writer.add_rows("heldout_errors", [{**shown, "rmse": 0.6, "max_error": 2.0}])
     after = project_report(store)["models"]
     assert after["mace"] == before["mace"] and after["gnn"] == before["gnn"]  # still the md-heldout frames
-    other = [e for e in after["heldout_sets"] if e["set_name"] == "study-heldout"]
-    assert other == [
-        {
-            "set_name": "study-heldout",
-            "model": mace,
-            "level": "gpaw-pbesol",
-            "quantity": "forces",
-            "unit": "eV/Å",
-            "n": 720,
-            "mae": 0.5,
-            "mean_error": 0.0,
-        }
-    ]
+    assert [e for e in after["heldout_sets"] if e["set_name"] == "study-heldout"] == [shown]
     titles = [t.title for t in report_tables(project_report(store))]
     assert titles[1] == "models on other held-out MD frames (model - DFT)"
