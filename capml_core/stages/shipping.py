@@ -96,7 +96,8 @@ def ship_results(
     for row in artifacts.itertuples(index=False):
         source = store.project_dir / row.relpath
         if with_models and row.kind in UNSHIPPED_KINDS and source.is_file():
-            models.append(_copy(source, out / row.relpath))
+            if not (out / row.relpath).is_file():  # not inside a model directory copied above
+                models.append(_copy(source, out / row.relpath))
             continue
         if row.kind in UNSHIPPED_KINDS or row.n_bytes > max_artifact_bytes or not source.is_file():
             reason = "missing" if not source.is_file() else ("model" if row.kind in UNSHIPPED_KINDS else "too large")
