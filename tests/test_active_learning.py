@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import DEMO_CONFIG, TINY, project_copy
+from tests.conftest import DATASETS, DEMO_CONFIG, TINY, project_copy
 
 
 def _brute_shortest(atoms, cutoff: float = 4.0) -> dict[tuple[str, str], float]:
@@ -196,3 +196,30 @@ def test_rounds_travel_as_a_checked_csv_file(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="columns __import__ unknown"):
         import_rounds(second, bad)
     assert len(second.query("SELECT * FROM active_learning_rounds")) == 2  # nothing written by a refused file
+
+
+def test_a_rounds_cost_comes_from_its_frames_also_when_its_files_were_imported(tmp_path: Path) -> None:
+    """Round 3's shipped files imported into a new store: 24 frames, 48 DFT calls and their CPU hours, as labelled."""
+    from ase.io import read
+
+    from capml_core.config.inputs import LabelKeys
+    from capml_core.stages.datasets import import_labelled_dataset
+    from capml_core.stages.rounds import round_costs
+    from capml_core.store.database import Store
+
+    store = Store(tmp_path / "imported")
+    files = {
+        "gpaw-pbesol": (DATASETS / "capml-md-al-round3-gpaw-pbesol.extxyz", LabelKeys.build(prefix="REF")),
+        "gpaw-gllbsc": (
+            DATASETS / "capml-md-al-round3-gpaw-gllbsc.extxyz",
+            LabelKeys.build(labels=("gap",), prefix="REF"),
+        ),
+    }
+    seconds = 0.0
+    for level, (path, keys) in files.items():
+        import_labelled_dataset(store, path, level=level, keys=keys)
+        seconds += sum(float(a.info["wall_time_s"]) for a in read(path, ":"))
+    costs = round_costs(store, 3, list(files))
+    assert (costs["frames_added"], costs["frames_total"], costs["dft_calls"], costs["dft_failed"]) == (24, 24, 48, 0)
+    assert costs["dft_cpu_h"] == pytest.approx(seconds / 3600.0) and 1.0 < costs["dft_cpu_h"] < 3.0
+    assert round_costs(store, 2, list(files))["dft_calls"] == 0  # another round's frames are not in this store

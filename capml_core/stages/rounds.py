@@ -21,7 +21,6 @@ from capml_core.config.schema import RunConfig
 from capml_core.errors import InvalidInputError
 from capml_core.stages.heldout import FrameErrors, evaluate_on_frames
 from capml_core.stages.mlip import committee_ids
-from capml_core.stages.uncertainty import round_set_name
 from capml_core.store.database import Store
 from capml_core.tables import ResultTable, table
 
@@ -87,11 +86,13 @@ def round_costs(store: Store, round_index: int, levels: list[str]) -> dict[str, 
     """Frames the round added (labelled ok at the first level), all frames added so far, its DFT calls and CPU hours."""
     if round_index == 0:
         return {"frames_added": 0, "frames_total": 0, "dft_calls": 0, "dft_failed": 0, "dft_cpu_h": 0.0}
+    # the frames' provenance (md_frames.round), not the set names: a store that imported a round's files has no
+    # al-roundK sets, and the same frames and labels must cost the same there
     rows = store.query(
-        """SELECT m.set_name, l.level, l.status, l.wall_time_s FROM structure_sets m
-           JOIN labels l ON l.structure_hash = m.structure_hash AND l.level = m.level
-           WHERE m.set_name IN (SELECT unnest(?))""",
-        [[f"{round_set_name(round_index)}@{level}" for level in levels]],
+        """SELECT l.level, l.status, l.wall_time_s FROM labels l
+           WHERE l.level IN (SELECT unnest(?)) AND l.structure_hash IN (
+               SELECT structure_hash FROM md_frames WHERE "round" = ? AND NOT held_out)""",
+        [levels, round_index],
     )
     total = store.query(
         """SELECT count(DISTINCT f.structure_hash) AS n FROM md_frames f JOIN labels l USING (structure_hash)
