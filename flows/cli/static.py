@@ -137,7 +137,15 @@ def static_dft_relax(
         cubic = of_x[of_x["source"] == CUBIC].iloc[0]
         lowest = lowest_minima(store, model_id)
         best = lowest[(lowest["composition_x"] - composition).abs() < 1e-9].iloc[0]
+        done_rows = store.query(
+            "SELECT source FROM static_minima WHERE model_id = ? AND abs(composition_x - ?) < 1e-9 "
+            "AND converged AND max_force_ev_per_a <= ?",
+            [f"{DFT_MODEL_PREFIX}{loaded.config.reference.cheap_level}", composition, fmax],
+        )
         for row, mode, label in ((cubic, "cell", CUBIC), (best, "full", f"lowest {best.source}")):
+            if label in set(done_rows["source"]):
+                console.print(f"x = {composition}: {label}: relaxed before (converged below {fmax} eV/Å), kept")
+                continue
             done = dft_relax_minimum(
                 store,
                 loaded.config,
