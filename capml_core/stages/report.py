@@ -206,8 +206,13 @@ def _project_report(store: Store) -> dict[str, Any]:
         gap_rows.append(row)
         where = f"x = {r.composition_x:g}, {r.temperature_k:g} K"
         if verdict in FLAGGED_VERDICTS:
+            finding = (
+                "the model disagrees with DFT on the same frames"
+                if verdict == "disagrees"
+                else f"the DFT check on the same frames cannot decide ({verdict})"
+            )
             flags.append(
-                f"{where}: the model {verdict} with DFT on the same frames (model − DFT "
+                f"{where}: {finding} (model − DFT "
                 f"{row['dft_difference_ev']:+.3f} ± {row['dft_difference_error_ev']:.3f} eV)"
             )
         if equilibrated is False:
