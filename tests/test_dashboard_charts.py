@@ -92,3 +92,24 @@ def test_energy_parity_is_relative_to_each_compositions_lowest_and_split_errors_
     assert np.isclose(errors.loc["test", "mae_ev"], 0.2)
     assert np.isclose(errors.loc["test", "mae_error_ev"], np.std([0.1, 0.1, 0.3, 0.3], ddof=1) / 2)
     assert np.isclose(errors.loc["md-heldout", "mean_error_ev"], 0.5) and errors.loc["md-heldout", "n"] == 2
+
+
+def test_an_unfolded_dispersion_draws_only_weighted_bands_sized_by_weight_with_imaginary_ones_red() -> None:
+    from dashboard.views.phonons import MIN_UNFOLDED_WEIGHT, unfolded_figure
+
+    arrays = {  # 3 q-points, 4 bands: band 0 imaginary, band 3 without the parent's character
+        "unfolded_distances": np.array([0.0, 0.5, 1.0]),
+        "unfolded_thz": np.array([[-1.0, 2.0, 3.0, 4.0]] * 3),
+        "unfolded_weights": np.array([[1.0, 0.5, 0.25, 0.0]] * 3),
+        "unfolded_tick_distances": np.array([0.0, 1.0]),
+        "unfolded_tick_labels": np.array(["Γ", "X"]),
+    }
+    figure = unfolded_figure(arrays, 0.5)
+    (trace,) = figure.data
+    frequencies = np.asarray(trace.y, dtype=float)
+    assert sorted(set(frequencies)) == [-1.0, 2.0, 3.0] and MIN_UNFOLDED_WEIGHT > 0.0  # weight 0 not drawn
+    sizes = dict(zip(frequencies, np.asarray(trace.marker.size, dtype=float), strict=False))
+    assert sizes[-1.0] > sizes[2.0] > sizes[3.0]  # marker size grows with the spectral weight
+    colours = dict(zip(frequencies, trace.marker.color, strict=False))
+    assert colours[-1.0] == "crimson" and colours[2.0] == colours[3.0] != "crimson"
+    assert list(figure.layout.xaxis.ticktext) == ["Γ", "X"] and "unfolded" in figure.layout.title.text

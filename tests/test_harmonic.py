@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from capml_core.config.loading import load_config
+from capml_core.errors import InvalidInputError
 from capml_core.physics.harmonic import cell_dispersion, find_imaginary_modes, harmonic_phonons, phonon_dos
-from capml_core.physics.phonons import dispersion, gamma_modes, symmetry_path
+from capml_core.physics.phonons import dispersion, gamma_modes, symmetry_path, unfolded_dispersion
 from capml_core.stages.training_sets import end_member_force_constants
 from capml_core.store.database import Store
 from tests.conftest import DEMO_CONFIG
@@ -56,6 +57,42 @@ def test_folded_dispersion_matches_the_primitive_one_at_gamma_and_marks_the_unst
     assert len(imaginary.branches) >= 66
 
 
+def test_an_ordered_supercell_unfolds_onto_the_parent_bands_and_disorder_spreads_their_weight(bromide) -> None:
+    from capml_core.system.structures import build_cubic_antiperovskite
+
+    parent = build_cubic_antiperovskite("Ag", "S", "Br", 4.793)
+    unfolded = unfolded_dispersion(bromide.cell, bromide.force_constants, parent, (2, 2, 2))
+    primitive = dispersion(bromide.cell, bromide.force_constants)  # the 5-atom cell's own 15 bands
+    assert [t for _, t in unfolded.ticks] == [t for _, t in primitive.ticks] == ["Γ", "X", "M", "Γ", "R", "X|R", "M"]
+    assert np.allclose(unfolded.distances, primitive.distances, atol=1e-9)
+    assert unfolded.frequencies_thz.shape == unfolded.weights.shape == (len(primitive.distances), 120)
+    assert np.allclose(unfolded.weights.sum(axis=1), 15.0)  # one parent cell's worth of bands at every q
+    for q in range(len(unfolded.distances)):  # all the weight on the parent's bands, none elsewhere
+        on_parent = np.abs(unfolded.frequencies_thz[q][:, None] - primitive.frequencies_thz[q][None, :]).min(1) < 1e-4
+        assert unfolded.weights[q][on_parent].sum() == pytest.approx(15.0, abs=1e-8)
+    # four of eight halogens iodine in a low-symmetry arrangement (its masses): the weight spreads over more bands
+    mixed = bromide.cell.copy()
+    halogens = [i for i, s in enumerate(mixed.get_chemical_symbols()) if s == "Br"]
+    symbols = mixed.get_chemical_symbols()
+    for i in (0, 1, 2, 5):
+        symbols[halogens[i]] = "I"
+    mixed.set_chemical_symbols(symbols)
+    disordered = unfolded_dispersion(mixed, bromide.force_constants, parent, (2, 2, 2))
+    assert np.allclose(disordered.weights.sum(axis=1), 15.0)
+
+    def purity(bands) -> float:  # mean over q of sum_b w^2 / 15: 1 when each parent band sits on one band
+        return float(((bands.weights**2).sum(axis=1) / 15.0).mean())
+
+    assert purity(unfolded) > 0.93 and purity(disordered) < 0.82  # measured 0.947 and 0.793
+    # not a supercell of the parent: said, with the site and the distance
+    moved = bromide.cell.copy()
+    moved.positions[0] += (1.6, 1.0, 0.0)
+    with pytest.raises(InvalidInputError, match="not a \\(2, 2, 2\\) supercell.*Å away"):
+        unfolded_dispersion(moved, bromide.force_constants, parent, (2, 2, 2))
+    with pytest.raises(InvalidInputError, match="40 atoms is not a \\(3, 3, 3\\) supercell"):
+        unfolded_dispersion(bromide.cell, bromide.force_constants, parent, (3, 3, 3))
+
+
 @pytest.mark.slow
 def test_stage_computes_each_lowest_structure_once(trained, tmp_path: Path) -> None:
     from capml_core.stages.disorder import run_disorder_scan
@@ -79,6 +116,10 @@ def test_stage_computes_each_lowest_structure_once(trained, tmp_path: Path) -> N
         if r.composition_x in (0.0, 1.0):
             assert labels == ["Γ", "X", "M", "Γ", "R", "X|R", "M"]
     arrays = store.load_arrays(results[2].artifact_id)
+    # x = 0.5 unfolded onto the 5-atom parent's zone: every q-point carries one parent cell's 15 bands of weight
+    assert arrays["unfolded_tick_labels"].tolist() == ["Γ", "X", "M", "Γ", "R", "X|R", "M"]
+    assert arrays["unfolded_thz"].shape == arrays["unfolded_weights"].shape == (len(arrays["unfolded_distances"]), 120)
+    assert np.allclose(arrays["unfolded_weights"].sum(axis=1), 15.0)
     fc = arrays["force_constants"]
     assert fc.shape == (40, 40, 3, 3) and np.allclose(fc.sum(axis=1), 0.0, atol=1e-3)  # acoustic sum rule
     assert np.allclose(fc, fc.transpose(1, 0, 3, 2), atol=1e-3)  # symmetric (eV/Å²)

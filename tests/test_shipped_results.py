@@ -60,3 +60,34 @@ def test_report_keeps_the_yardstick_and_lists_every_held_out_set(tmp_path: Path)
     assert [e for e in after["heldout_sets"] if e["set_name"] == "study-heldout"] == [shown]
     titles = [t.title for t in report_tables(project_report(store))]
     assert titles[1] == "models on other held-out MD frames (model - DFT)"
+
+
+def test_report_says_whether_the_phonon_gate_was_on_and_counts_the_verdicts() -> None:
+    import pandas as pd
+
+    from capml_core.stages.report import phonon_gate, report_tables
+
+    def verdicts(stable, passes, gate=None):
+        config = None if gate is None else json.dumps({"phonons": {"gate": gate}})
+        return pd.DataFrame({"stable": stable, "passes_gate": passes, "config_json": [config] * len(stable)})
+
+    off = phonon_gate(verdicts([True, False, False], [True, True, True], gate=False))
+    assert off == {"gate": False, "n_runs": 3, "n_stable": 1, "n_not_stable": 2, "n_not_stable_averaged": 2}
+    assert phonon_gate(verdicts([True, False], [True, False], gate=True))["gate"] is True
+    # no configuration stored: read off the verdicts, or undecidable when every run is stable
+    assert phonon_gate(verdicts([False], [True]))["gate"] is False
+    assert phonon_gate(verdicts([False], [False]))["gate"] is True
+    assert phonon_gate(verdicts([True, True], [True, True]))["gate"] is None
+    # a report (the shipped one, whose project has no verdicts, given these): the stability table says it
+    source = next(p for p in shipped_result_dirs() if p.name == "ag3sbri-active-learning")
+    found = json.loads(CliRunner().invoke(app, ["report", "--project", str(source), "--json"]).stdout)
+    assert found["phonon_gate"] == {
+        "gate": None,
+        "n_runs": 0,
+        "n_stable": 0,
+        "n_not_stable": 0,
+        "n_not_stable_averaged": 0,
+    }
+    found |= {"phonon_gate": off, "stabilisation_k": {"1": None}, "stabilisation_reasons": {"1": "S off its site"}}
+    (title,) = [t.title for t in report_tables(found) if t.title.startswith("dynamic stability")]
+    assert title.endswith("(phonon gate off: 1 of 3 MD runs stable, 2 not stable averaged anyway)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -363,6 +364,17 @@ def dispersion(
     segment_distances = [np.asarray(d) for d in result.distances]
     distances = np.concatenate(segment_distances)
     frequencies = np.concatenate([np.asarray(f) for f in result.frequencies])
+    return Dispersion(
+        distances=distances, frequencies_thz=frequencies, ticks=path_ticks(path, segment_distances), path=path
+    )
+
+
+def path_ticks(path: BandPath, segment_distances: Sequence[np.ndarray]) -> list[tuple[float, str]]:
+    """(distance, label) of each high-symmetry point of ``path``.
+
+    ``segment_distances``: one line of distances per pair of the path's consecutive points; a point where the
+    path breaks gets both labels ("X|R").
+    """
     ticks: list[tuple[float, str]] = []
     segment_labels = [(part[i], part[i + 1]) for part in path.segments for i in range(len(part) - 1)]
     for (start, end), d in zip(segment_labels, segment_distances, strict=True):
@@ -372,7 +384,7 @@ def dispersion(
                     ticks[-1] = (value, f"{ticks[-1][1]}|{label}")
             else:
                 ticks.append((value, label))
-    return Dispersion(distances=distances, frequencies_thz=frequencies, ticks=ticks, path=path)
+    return ticks
 
 
 def acoustic_modes(atoms: Atoms, eigenvectors: np.ndarray) -> list[int]:
@@ -427,3 +439,114 @@ def thermal_displacements(
         max_distance=max_displacement_a,
     )
     return np.asarray(phonon.displacements[0], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class UnfoldedDispersion:
+    """A supercell's phonons unfolded onto its parent cell's Brillouin zone (Allen et al., PRB 87, 085322 (2013)).
+
+    Attributes
+    ----------
+    distances
+        Path coordinate of each q-point (1/Å, in the parent cell's zone), shape (n_q,); a break of the path
+        starts the next segment at the distance where the last one ended.
+    frequencies_thz
+        Every band of the supercell at the q-point folded from each path point (THz; imaginary as negative),
+        shape (n_q, n_bands).
+    weights
+        Spectral weight of each band on the parent's q-point (0-1; the weights of one q-point add to the number
+        of parent-cell bands), shape (n_q, n_bands): an ordered supercell has weights 0 or 1 and its weight-1
+        bands are the parent cell's dispersion; disorder spreads the weight.
+    ticks
+        (distance, label) of each high-symmetry point of the parent's path; "X|R" marks a break.
+    """
+
+    distances: np.ndarray
+    frequencies_thz: np.ndarray
+    weights: np.ndarray
+    ticks: list[tuple[float, str]]
+
+
+#: Largest distance (Å) between an atom and the parent-lattice site it is mapped to in :func:`unfolded_dispersion`.
+UNFOLDING_SITE_TOLERANCE_A = 1.0
+
+
+def parent_site_mapping(cell: Atoms, parent: Atoms, supercell: Sequence[int]) -> tuple[np.ndarray, list[int]]:
+    """The ideal sites of ``supercell`` x ``parent`` in ``cell``'s fractional coordinates, and the atom on each.
+
+    Sites in the parent's order within each cell, cells in C order (as ASE's ``repeat``); atoms are matched to
+    sites by the shortest distance under periodic boundaries (``cell``'s lattice), one atom per site.
+
+    Raises
+    ------
+    InvalidInputError
+        ``cell`` has another number of atoms, or an atom is more than :data:`UNFOLDING_SITE_TOLERANCE_A` from
+        every free site: it is not a (decorated, displaced) supercell of the parent.
+    """
+    repeats = np.asarray(supercell, dtype=int)
+    if len(cell) != len(parent) * int(np.prod(repeats)):
+        raise InvalidInputError(
+            f"a cell of {len(cell)} atoms is not a {tuple(int(n) for n in repeats)} supercell of a "
+            f"{len(parent)}-atom parent"
+        )
+    translations = np.array(np.meshgrid(*[np.arange(n) for n in repeats], indexing="ij")).reshape(3, -1).T
+    parent_fractions = parent.get_scaled_positions(wrap=True)
+    sites = np.array([(f + t) / repeats for t in translations for f in parent_fractions])
+    fractions = cell.get_scaled_positions(wrap=True)
+    difference = fractions[None, :, :] - sites[:, None, :]
+    difference -= np.round(difference)
+    distance = np.linalg.norm(difference @ np.asarray(cell.cell[:]), axis=2)  # (sites, atoms), Å
+    mapping = [int(i) for i in np.argmin(distance, axis=1)]
+    closest = distance[np.arange(len(sites)), mapping]
+    if len(set(mapping)) != len(mapping) or closest.max() > UNFOLDING_SITE_TOLERANCE_A:
+        worst = int(np.argmax(closest))
+        raise InvalidInputError(
+            f"{cell.get_chemical_formula()}: not a {tuple(int(n) for n in repeats)} supercell of the "
+            f"{parent.get_chemical_formula()} "
+            f"parent (site {worst} has its nearest atom {closest[worst]:.2f} Å away, allowed "
+            f"{UNFOLDING_SITE_TOLERANCE_A} Å, or two sites share an atom)"
+        )
+    return sites, mapping
+
+
+def unfolded_dispersion(
+    cell: Atoms,
+    force_constants: np.ndarray,
+    parent: Atoms,
+    supercell: Sequence[int],
+    *,
+    n_per_segment: int = 31,
+    symprec: float = PATH_SYMPREC_A,
+) -> UnfoldedDispersion:
+    """Phonons of ``cell`` (force constants of the whole cell, eV/Å²) unfolded along the parent's band path (THz).
+
+    ``cell`` is a ``supercell`` (diagonal repetitions) of ``parent`` with any decoration and displacements
+    (:func:`parent_site_mapping`); the path is :func:`symmetry_path` of the parent (Γ-X-M-Γ-R-X|R-M for a cubic
+    Pm-3m parent), with the parent's lattice taken as ``cell``'s divided by the repetitions. phonopy's
+    :class:`phonopy.unfolding.Unfolding` computes the weights.
+    """
+    from phonopy.phonon.band_structure import get_band_qpoints_and_path_connections
+    from phonopy.unfolding.core import Unfolding
+
+    repeats = np.asarray(supercell, dtype=int)
+    sites, mapping = parent_site_mapping(cell, parent, repeats)
+    path = symmetry_path(parent, symprec=symprec)
+    segments = [[list(path.points[label]) for label in part] for part in path.segments]
+    qpoints, _ = get_band_qpoints_and_path_connections(segments, npoints=n_per_segment)
+    unfolding = Unfolding(
+        build_phonopy(cell, force_constants), np.diag(repeats), sites, mapping, np.concatenate(qpoints)
+    )
+    unfolding.run()
+    parent_lattice = np.asarray(cell.cell[:]) / repeats[:, None]
+    reciprocal = np.linalg.inv(parent_lattice).T  # rows: reciprocal vectors without 2π (phonopy's distances)
+    distances, start = [], 0.0
+    for line in qpoints:
+        steps = np.linalg.norm(np.diff(np.asarray(line) @ reciprocal, axis=0), axis=1)
+        distances.append(start + np.concatenate([[0.0], np.cumsum(steps)]))
+        start = float(distances[-1][-1])
+    return UnfoldedDispersion(
+        distances=np.concatenate(distances),
+        frequencies_thz=np.asarray(unfolding.frequencies, dtype=float),
+        weights=np.asarray(unfolding.unfolding_weights, dtype=float),
+        ticks=path_ticks(path, distances),
+    )

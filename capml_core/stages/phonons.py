@@ -23,14 +23,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from ase import Atoms
 
+from capml_core.config.inputs import SystemSection
 from capml_core.config.schema import RunConfig
 from capml_core.config.stage_sections import MDSection
-from capml_core.errors import CapmlError, SitesLeftError
+from capml_core.errors import CapmlError, InvalidInputError, SitesLeftError
 from capml_core.models.mace import calculator_forces, load_mace_calculator, resolve_device
 from capml_core.physics.anharmonic import renormalised_phonons
 from capml_core.physics.harmonic import IMAGINARY_TOLERANCE_THZ, ImaginaryModes, cell_dispersion, harmonic_phonons
 from capml_core.physics.md import production_frames, read_trajectory
+from capml_core.physics.phonons import unfolded_dispersion
 from capml_core.physics.stability import (
     StabilityVerdict,
     phonon_settings_key,
@@ -98,6 +101,28 @@ def stability_result(row: dict, *, gate: bool) -> StabilityResult:
         row["reason"],
         **{name: value(name) for name in _STORED_NUMBERS},
     )
+
+
+def unfolded_arrays(cell: Atoms, force_constants: np.ndarray, system: SystemSection, prefix: str = "") -> dict:
+    """The dispersion of ``cell`` unfolded onto the parent cell's zone, as arrays to store.
+
+    Empty if ``cell`` is not a supercell of the parent: then only the folded dispersion is drawn.
+
+    Keys ``<prefix>unfolded_distances`` (1/Å), ``<prefix>unfolded_thz`` (THz), ``<prefix>unfolded_weights``,
+    ``<prefix>unfolded_tick_distances``, ``<prefix>unfolded_tick_labels``.
+    """
+    try:
+        bands = unfolded_dispersion(cell, force_constants, system.parent.build(), system.supercell)
+    except InvalidInputError as err:
+        logger.warning("no unfolded dispersion: %s", err)
+        return {}
+    return {
+        f"{prefix}unfolded_distances": bands.distances,
+        f"{prefix}unfolded_thz": bands.frequencies_thz,
+        f"{prefix}unfolded_weights": bands.weights,
+        f"{prefix}unfolded_tick_distances": np.array([d for d, _ in bands.ticks]),
+        f"{prefix}unfolded_tick_labels": np.array([label for _, label in bands.ticks]),
+    }
 
 
 def run_phonon_stage(
@@ -176,6 +201,7 @@ def run_phonon_stage(
                 bands = cell_dispersion(atoms, result.renormalised_force_constants)
                 saved["renormalised_dispersion_thz"] = bands.frequencies_thz
                 saved["distances"] = bands.distances
+                saved |= unfolded_arrays(atoms, result.renormalised_force_constants, config.system, "renormalised_")
             with store.write() as writer:
                 row["artifact_id"] = writer.save_arrays(
                     "phonons-anharmonic", saved, run_id=run_id, meta={"md_id": run.md_id}
@@ -315,6 +341,7 @@ def run_harmonic_phonons(
             "tick_labels": np.array([label for _, label in bands.ticks]),
             "dos_frequencies_thz": dos_f,
             "dos_states_per_thz": dos,
+            **unfolded_arrays(computed.cell, computed.force_constants, config.system),
         }
         with store.write() as writer:
             artifact = writer.save_arrays(

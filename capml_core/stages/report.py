@@ -11,6 +11,7 @@ same as tables. ``flags`` lists every result a user must not take at face value.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -62,6 +63,38 @@ def stabilisation(verdicts: pd.DataFrame) -> dict[str, dict[str, Any]]:
             reason = f"not stabilised by {of['temperature_k'].max():g} K: {hottest['reason']}"
         out[_composition_key(x)] = {"temperature_k": onset, "reason": reason}
     return out
+
+
+def phonon_gate(verdicts: pd.DataFrame) -> dict[str, Any]:
+    """Whether the phonon gate was on and how the MD runs' stability verdicts came out.
+
+    ``verdicts``: stable, passes_gate and config_json (the run configuration that judged it) of each MD run.
+    ``gate``: ``phonons.gate`` of the judging run's configuration; where no configuration is stored, read off the
+    verdicts (a run judged not stable that passes had the gate off; one that does not, on; None: cannot tell).
+    """
+    stable = verdicts["stable"].astype(bool)
+    passes = verdicts["passes_gate"].astype(bool)
+    gates = set()
+    for text in verdicts.get("config_json", pd.Series(dtype=object)).dropna().unique():
+        try:
+            gates.add(bool(json.loads(text).get("phonons", {}).get("gate", True)))
+        except (ValueError, AttributeError):
+            continue
+    if len(gates) == 1:
+        gate = gates.pop()
+    elif (~stable & passes).any():
+        gate = False
+    elif (~stable & ~passes).any():
+        gate = True
+    else:
+        gate = None
+    return {
+        "gate": gate,
+        "n_runs": int(len(verdicts)),
+        "n_stable": int(stable.sum()),
+        "n_not_stable": int((~stable).sum()),
+        "n_not_stable_averaged": int((~stable & passes).sum()),
+    }
 
 
 def _models(store: Store, ensemble_id: str, mace_model_id: str | None) -> dict[str, Any]:
@@ -237,11 +270,18 @@ def _project_report(store: Store) -> dict[str, Any]:
         for e in results["estimates"].itertuples(index=False)
     ]
     verdicts = store.query(
-        """SELECT m.composition_x, m.temperature_k, p.stable, p.reason FROM phonon_anharmonic p
-           JOIN md_runs m USING (md_id) WHERE m.model_id = ?""",
+        """SELECT m.composition_x, m.temperature_k, p.stable, p.passes_gate, p.reason, r.config_json
+           FROM phonon_anharmonic p JOIN md_runs m USING (md_id) LEFT JOIN runs r ON r.run_id = p.run_id
+           WHERE m.model_id = ?""",
         [mace_model_id],
     )
     stabilised = stabilisation(verdicts) if len(verdicts) else {}
+    gate = phonon_gate(verdicts)
+    if gate["n_not_stable_averaged"]:
+        flags.append(
+            f"the phonon gate is off: {gate['n_not_stable_averaged']} of {gate['n_runs']} MD runs judged not "
+            "dynamically stable feed Eg(T) (docs/dynamics.md)"
+        )
     ours = pd.concat(
         [
             pd.DataFrame(
@@ -295,6 +335,7 @@ def _project_report(store: Store) -> dict[str, Any]:
         "estimates": estimates,
         "stabilisation_k": {x: v["temperature_k"] for x, v in stabilised.items()},
         "stabilisation_reasons": {x: v["reason"] for x, v in stabilised.items() if v["reason"]},
+        "phonon_gate": gate,
         "published": published,
         "active_learning_rounds": [
             {k: (_number(v) if isinstance(v, (float, np.floating)) else v) for k, v in row.items()}
@@ -310,6 +351,17 @@ def _fmt(value: float | None, digits: int = 3, *, percent: bool = False, signed:
     value = 100.0 * value if percent else value
     text = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
     return text + (" %" if percent else "")
+
+
+def _gate_text(gate: dict[str, Any] | None) -> str:
+    """'phonon gate off: 4 of 6 runs stable, 2 not stable averaged' and the like."""
+    if not gate or not gate["n_runs"]:
+        return "no verdicts"
+    state = {True: "on", False: "off", None: "on or off: every run stable"}[gate["gate"]]
+    text = f"phonon gate {state}: {gate['n_stable']} of {gate['n_runs']} MD runs stable"
+    if gate["n_not_stable_averaged"]:
+        text += f", {gate['n_not_stable_averaged']} not stable averaged anyway"
+    return text
 
 
 def report_tables(report: dict[str, Any]) -> list[ResultTable]:
@@ -413,7 +465,9 @@ def report_tables(report: dict[str, Any]) -> list[ResultTable]:
     if report["stabilisation_k"]:
         tables.append(
             table(
-                "dynamic stability: stabilisation temperature per composition",
+                "dynamic stability: stabilisation temperature per composition ("
+                + _gate_text(report.get("phonon_gate"))
+                + ")",
                 ("x", "stable from (K)", "reason"),
                 [
                     (x, "-" if t is None else f"{t:g}", report["stabilisation_reasons"].get(x, ""))

@@ -85,9 +85,17 @@ def render_results(report: dict, path: str) -> None:
         "averages checked" + (": " + ", ".join(f"{n} {v}" for v, n in verdicts.items()) if verdicts else "")
     )
     stabilised = report["stabilisation_k"]
+    gate = report.get("phonon_gate")  # absent from reports of older capml versions
+    if gate and gate["n_runs"]:
+        state = {True: "on", False: "**off**", None: "on or off (every run stable)"}[gate["gate"]]
+        st.markdown(
+            f"[Dynamic stability](./phonons): phonon gate {state}; {gate['n_stable']} of {gate['n_runs']} MD runs "
+            f"stable, {gate['n_not_stable']} not"
+            + (f" ({gate['n_not_stable_averaged']} averaged anyway)" if gate["n_not_stable_averaged"] else "")
+        )
     if stabilised:
         st.markdown(
-            "[Dynamic stability](./phonons) (phonon gate): "
+            "Stabilisation temperature: "
             + ", ".join(
                 f"x = {x}: {'not by the hottest T' if t is None else f'from {t:g} K'}" for x, t in stabilised.items()
             )

@@ -1,8 +1,9 @@
 """Phonons page.
 
 For a chosen composition: the 0 K dispersion of the relaxed lowest-energy cell with its imaginary branches
-marked, the renormalised (DynaPhoPy) frequencies and linewidths at a chosen MD temperature next to the harmonic
-ones, and for every composition the temperature from which it is dynamically stable; the MD health checks.
+marked (unfolded onto the parent cell's Brillouin zone, or folded in the whole cell's), the renormalised
+(DynaPhoPy) frequencies and linewidths at a chosen MD temperature next to the harmonic ones, and for every
+composition the temperature from which it is dynamically stable; the MD health checks.
 """
 
 from __future__ import annotations
@@ -74,7 +75,22 @@ def render_phonons() -> None:
         temperature = st.selectbox("MD temperature (K)", analysed["temperature_k"].tolist(), key="phonons_t")
         chosen = analysed[analysed["temperature_k"] == temperature].iloc[0]
         renormalised = data.arrays(path, chosen["artifact_id"])
-    show(dispersion_figure(arrays, x, renormalised, temperature), key="phonons_dispersion")
+    unfoldable = "unfolded_thz" in arrays
+    view = st.radio(
+        "dispersion",
+        ["unfolded onto the parent cell's zone", "folded (the whole cell's zone)"] if unfoldable else ["folded"],
+        horizontal=True,
+        key="phonons_view",
+        help="Unfolded: the cell's bands at each q-point of the parent (5-atom) cell's path, marker size the "
+        "spectral weight (an ordered end member gives the parent's bands; disorder spreads the weight). Folded: "
+        "every band of the whole cell along its own, smaller zone.",
+    )
+    if view.startswith("unfolded"):
+        show(unfolded_figure(arrays, x, renormalised, temperature), key="phonons_unfolded")
+    else:
+        if unfoldable is False:
+            st.caption("this project stored no unfolded dispersion (computed before capml unfolded them)")
+        show(dispersion_figure(arrays, x, renormalised, temperature), key="phonons_dispersion")
     if renormalised is None:
         st.write("no renormalised phonons for this composition (see the verdicts above)")
     else:
@@ -152,6 +168,66 @@ def dispersion_figure(
         + (f" (the {bands.shape[1] // 3}-atom cell's bands, folded)" if bands.shape[1] > 15 else ""),
         yaxis_title="frequency (THz)",
         xaxis={"tickvals": arrays["tick_distances"].tolist(), "ticktext": [str(t) for t in arrays["tick_labels"]]},
+    )
+    return figure
+
+
+#: Weights below this are not drawn in an unfolded dispersion (they carry none of the parent's character).
+MIN_UNFOLDED_WEIGHT = 0.03
+
+
+def _unfolded_points(distances: np.ndarray, bands: np.ndarray, weights: np.ndarray) -> pd.DataFrame:
+    q, band = np.nonzero(weights >= MIN_UNFOLDED_WEIGHT)
+    return pd.DataFrame({"distance": distances[q], "frequency_thz": bands[q, band], "weight": weights[q, band]}).round(
+        {"frequency_thz": 3, "weight": 2}
+    )
+
+
+def unfolded_figure(
+    arrays: dict[str, np.ndarray],
+    x: float,
+    renormalised: dict[str, np.ndarray] | None = None,
+    temperature: float | None = None,
+) -> go.Figure:
+    """0 K dispersion unfolded onto the parent cell's path (marker size: spectral weight; imaginary in red).
+
+    The renormalised one at ``temperature`` in blue where DynaPhoPy fitted every mode.
+    """
+    figure = go.Figure()
+    layers = []
+    if renormalised is not None and "renormalised_unfolded_thz" in renormalised:
+        layers.append(("renormalised", renormalised, "renormalised_", f"renormalised, {temperature:g} K"))
+    layers.append(("harmonic", arrays, "", "harmonic, 0 K"))
+    for kind, source, prefix, name in layers:
+        points = _unfolded_points(
+            np.asarray(source[f"{prefix}unfolded_distances"]),
+            np.asarray(source[f"{prefix}unfolded_thz"]),
+            np.asarray(source[f"{prefix}unfolded_weights"]),
+        )
+        if kind == "renormalised":
+            colours = "royalblue"
+        else:
+            colours = np.where(points["frequency_thz"] < -0.05, "crimson", "dimgrey").tolist()
+        figure.add_trace(
+            go.Scattergl(
+                x=points["distance"],
+                y=points["frequency_thz"],
+                mode="markers",
+                marker={"size": 2 + 7 * np.sqrt(points["weight"]), "color": colours, "line": {"width": 0}},
+                customdata=points[["weight"]],
+                hovertemplate="%{y:.2f} THz, weight %{customdata[0]:.2f}<extra>" + name + "</extra>",
+                name=name + (" (red: imaginary)" if kind == "harmonic" else ""),
+            )
+        )
+    figure.add_hline(y=0.0, line={"color": "black", "width": 0.5})
+    ticks = arrays["unfolded_tick_distances"].tolist()
+    for tick in ticks[1:-1]:
+        figure.add_vline(x=tick, line={"color": "lightgrey", "width": 0.5})
+    figure.update_layout(
+        title=f"x = {x:g}: dispersion unfolded onto the parent cell's Brillouin zone (marker size: spectral "
+        "weight; imaginary < 0)",
+        yaxis_title="frequency (THz)",
+        xaxis={"tickvals": ticks, "ticktext": [str(t) for t in arrays["unfolded_tick_labels"]]},
     )
     return figure
 
