@@ -143,6 +143,21 @@ def test_reference_compositions_must_be_studied(tmp_path: Path) -> None:
     assert load_config(path).config.dft_check_frames(1.0, 300.0) == 6  # the default count
 
 
+def test_special_displacements_go_to_dft_only_at_the_configured_compositions_and_temperatures() -> None:
+    from capml_core.config.loading import load_config
+    from capml_core.stages.estimates import _estimated_with_dft
+
+    config = load_config(REPO / "data" / "configs" / "ag3sbri-study.toml").config
+    assert config.gaps.estimate_dft and config.gaps.estimate_dft_temperatures_k == [100.0, 300.0, 600.0]
+    assert _estimated_with_dft(config, 1.0, 300.0) and _estimated_with_dft(config, 0.0, 600.0)
+    assert not _estimated_with_dft(config, 1.0, 200.0)  # the model's estimate only
+    assert not _estimated_with_dft(config, 0.5, 300.0)  # not a reference composition
+    every = config.model_copy(update={"gaps": config.gaps.model_copy(update={"estimate_dft_temperatures_k": None})})
+    assert _estimated_with_dft(every, 1.0, 200.0)
+    off = config.model_copy(update={"gaps": config.gaps.model_copy(update={"estimate_dft": False})})
+    assert not _estimated_with_dft(off, 1.0, 300.0)
+
+
 # ------------------------------------------------------------------------------------------- the stages
 @pytest.fixture(scope="module")
 def gap_project(trained, tmp_path_factory: pytest.TempPathFactory):  # (project, config)
@@ -458,11 +473,24 @@ def _independent_estimates(store: Store, config, ensemble_id: str) -> None:
     from capml_core.stages.phonons import run_harmonic_phonons
 
     run_harmonic_phonons(store, config, model_id=latest_model(store)[0], scan_id=latest_scan_id(store))
+    # the anharmonic variant reads DynaPhoPy's renormalised force constants of an MD run (here: |ω| ones)
+    _lifted_renormalised_verdict(store, 0.0, 100.0)
     config = config.model_copy(
         update={"gaps": config.gaps.model_copy(update={"estimate_samples": 4, "estimate_temperatures_k": [100.0]})}
     )
     result = run_bandgap_stage(store, config, ensemble_id=ensemble_id, scan_id=latest_scan_id(store))
-    estimates = result.estimates[result.estimates["method"] != "dft-phonon-sampled"]
+    renormalised = result.estimates[result.estimates["method"] == "special-displacement-renormalised"]
+    assert len(renormalised) == 1 and renormalised["composition_x"].iloc[0] == 0.0  # only where the MD gave them
+    (r,) = renormalised.itertuples(index=False)
+    sd_abs = result.estimates.set_index(["composition_x", "method", "imaginary_treatment"]).loc[
+        (0.0, "special-displacement", "abs")
+    ]
+    assert r.imaginary_treatment == "renormalised" and r.n_imaginary == 0 and r.n_configurations == 2
+    assert r.note.startswith("DynaPhoPy renormalised force constants")
+    # the same |ω| spectrum: the same mean-square displacement, a gap within the basis choice of degenerate modes
+    assert r.rms_displacement_a == pytest.approx(sd_abs["rms_displacement_a"], rel=1e-6)
+    assert r.gap_ev == pytest.approx(sd_abs["gap_ev"], abs=0.05)
+    estimates = result.estimates[~result.estimates["method"].isin(["dft-phonon-sampled", r.method])]
     assert len(estimates) == 5 * 3 * 2  # compositions x (classical, quantum, special displacement) x treatments
     by = estimates.set_index(["composition_x", "method", "imaginary_treatment"])
     static = {s.composition_x: s.gap_ev for s in result.static}
@@ -481,6 +509,26 @@ def _independent_estimates(store: Store, config, ensemble_id: str) -> None:
     again = run_bandgap_stage(store, config, ensemble_id=ensemble_id, scan_id=latest_scan_id(store))
     assert again.estimates["created_at"].tolist() == result.estimates["created_at"].tolist()  # resumed, not redone
     _report_of(store, result)
+
+
+def _lifted_renormalised_verdict(store: Store, x: float, temperature_k: float) -> None:
+    """A stable verdict for the MD run at (x, T) whose 'renormalised' force constants are the harmonic ones with
+    every imaginary mode at |ω| (what the stages read from DynaPhoPy; DynaPhoPy itself: test_anharmonic)."""
+    from capml_core.physics.sampling import normal_modes
+
+    run = store.query("SELECT * FROM md_runs WHERE composition_x = ? AND temperature_k = ?", [x, temperature_k]).iloc[0]
+    harmonic = store.query("SELECT artifact_id FROM phonon_harmonic WHERE structure_hash = ?", [run["structure_hash"]])
+    fc = store.load_arrays(harmonic["artifact_id"].iloc[0])["force_constants"]
+    masses = store.load_atoms(run["structure_hash"]).get_masses()
+    modes = normal_modes(fc, masses)
+    root = np.repeat(masses**0.5, 3)
+    lifted = (modes.vectors * np.abs(modes.omega2)) @ modes.vectors.T * root[:, None] * root[None, :]
+    lifted = lifted.reshape(len(masses), 3, len(masses), 3).transpose(0, 2, 1, 3)
+    with store.write() as writer:
+        artifact = writer.save_arrays("phonons-anharmonic", {"renormalised_force_constants": lifted}, run_id=None)
+        row = {"md_id": run["md_id"], "structure_hash": run["structure_hash"], "composition_x": x}
+        row |= {"temperature_k": temperature_k, "stable": True, "passes_gate": True, "artifact_id": artifact}
+        writer.add_rows("phonon_anharmonic", [row])
 
 
 def _report_of(store: Store, result) -> None:
@@ -507,7 +555,14 @@ def _report_of(store: Store, result) -> None:
     assert gaps[(0.0, 100.0)]["dft_verdict"] == "agrees" and gaps[(0.0, 100.0)]["n_dft_frames"] >= 2
     assert any(f.startswith("x = 1, 100 K: the model disagrees with DFT") for f in report["flags"])
     assert {e["method"] for e in report["estimates"]} >= {"harmonic-classical", "harmonic-quantum"}
-    assert report["stabilisation_k"] == {}  # no phonon verdicts in this project
+    assert report["stabilisation_k"] == {"0": 100.0}  # the one verdict given above: stable at 100 K
+    assert report["phonon_gate"] == {
+        "gate": None,  # every judged run stable, no configuration stored with the verdict
+        "n_runs": 1,
+        "n_stable": 1,
+        "n_not_stable": 0,
+        "n_not_stable_averaged": 0,
+    }
     assert len(report["published"]) == 21 and any(p["capml_gap_ev"] is not None for p in report["published"])
     shown = CliRunner().invoke(app, ["report", "--project", str(store.project_dir), "--json"])
     assert shown.exit_code == 0, shown.output
@@ -602,7 +657,7 @@ def test_mode_stage_freezes_every_optical_mode_and_checks_one_with_dft(gap_proje
         update={
             "gaps": config.gaps.model_copy(
                 update={
-                    "mode_temperatures_k": [300.0, 600.0],
+                    "mode_temperatures_k": [100.0, 600.0],  # 100 K: an MD temperature (renormalised modes)
                     "reference_level": "gpaw-pbesol",
                     "reference_compositions": [1.0],
                     "reference_modes": 1,
@@ -615,6 +670,7 @@ def test_mode_stage_freezes_every_optical_mode_and_checks_one_with_dft(gap_proje
         }
     )
     run_harmonic_phonons(store, config, model_id=latest_model(store)[0], scan_id=latest_scan_id(store))
+    _lifted_renormalised_verdict(store, 1.0, 100.0)  # the soft manifold with the MD's frequencies, x = 1 at 100 K
     result = run_mode_stage(
         store,
         config,
@@ -626,7 +682,7 @@ def test_mode_stage_freezes_every_optical_mode_and_checks_one_with_dft(gap_proje
     assert len(rows) == 5 * 2 * 120 and len(result) == len(rows)
     harmonic = store.query("SELECT composition_x, n_imaginary_gamma, artifact_id FROM phonon_harmonic")
     for h in harmonic.itertuples(index=False):
-        mine = rows[(rows["composition_x"] == h.composition_x) & (rows["temperature_k"] == 300.0)]
+        mine = rows[(rows["composition_x"] == h.composition_x) & (rows["temperature_k"] == 100.0)]
         assert (mine["status"] == "acoustic").sum() == 3
         assert (mine["status"] == "imaginary").sum() == h.n_imaginary_gamma
     frozen = rows[rows["status"] == "frozen"]
@@ -637,7 +693,7 @@ def test_mode_stage_freezes_every_optical_mode_and_checks_one_with_dft(gap_proje
     assert set(frozen["dominant"]) <= {"Ag", "S", "Br/I"}
     # hotter modes are displaced further: the rms displacement grows as sqrt(1 + 2n(T))
     hot = frozen.set_index(["composition_x", "mode", "temperature_k"])["rms_displacement_a"].unstack()
-    assert (hot[600.0] > hot[300.0]).all()
+    assert (hot[600.0] > hot[100.0]).all()
     # the GNN gap of a frozen structure, recomputed
     bromide = store.load_atoms(frozen[frozen["composition_x"] == 1.0]["structure_hash"].iloc[0])
     arrays = store.load_arrays(harmonic[harmonic["composition_x"] == 1.0]["artifact_id"].item())
@@ -681,6 +737,12 @@ def test_mode_stage_freezes_every_optical_mode_and_checks_one_with_dft(gap_proje
         assert of.loc[of["kind"] == "band", "n_modes"].sum() == n_frozen
         frozen_subspaces = of[(of["kind"] == "subspace") & (of["status"] == "frozen")]
         assert (frozen_subspaces["beyond_harmonic"] == (frozen_subspaces["rms_displacement_a"] > 0.2)).all()
+    # the renormalised source: only where the MD run gave force constants, every mode in a subspace, none imaginary
+    renormalised = store.query("SELECT * FROM gap_mode_groups WHERE source = 'renormalised'")
+    assert set(zip(renormalised["composition_x"], renormalised["temperature_k"], strict=True)) == {(1.0, 100.0)}
+    subspaces = renormalised[renormalised["kind"] == "subspace"]
+    assert subspaces["n_modes"].sum() == 120 and (subspaces["status"] == "frozen").any()
+    assert not (subspaces["status"] == "imaginary").any() and (subspaces["frequency_lo_thz"] >= -0.05).all()
     band_checked = groups[groups["reference_delta_ev"].notna()]  # the band of largest |ΔEg| of x = 1 at 600 K
     assert len(band_checked) == 1 and band_checked["composition_x"].item() == 1.0
     assert band_checked["temperature_k"].item() == 600.0 and band_checked["kind"].item() == "band"

@@ -423,6 +423,11 @@ class GapsSection(Section):
         description="Also compute the special displacements of the reference compositions at the reference level "
         "(two DFT calculations per composition, temperature and imaginary-mode treatment).",
     )
+    estimate_dft_temperatures_k: list[Annotated[float, Field(gt=0.0, le=5000.0)]] | None = Field(
+        default=None,
+        description="With estimate_dft: the temperatures (K) whose special displacements are computed with DFT "
+        "(None: every estimate temperature); the model's estimates stay at every temperature.",
+    )
     dft_check_tolerance_ev: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
         default=0.05,
         description="A checked Eg(T) is flagged when its model-minus-DFT difference is larger than this (eV) and "

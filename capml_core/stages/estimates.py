@@ -212,7 +212,7 @@ def run_estimates(
                         atoms, fc, modes, config, method, treatment, t, models, seed=seed
                     )
                     rows.append({**base, **row, "static_gap_ev": eg0, "relative_change": (row["gap_ev"] - eg0) / eg0})
-                    if method == "special-displacement" and gaps.estimate_dft and config.is_gap_checked(x):
+                    if method == "special-displacement" and _estimated_with_dft(config, x, t):
                         dft_jobs.append((rows[-1], configurations))
             # the anharmonic variant: DynaPhoPy's renormalised force constants of the MD run at (x, T)
             of_run = renormalised[
@@ -260,6 +260,14 @@ def run_estimates(
             with store.write() as writer:
                 writer.add_rows("gap_estimates", fresh)
     return estimates_table(store, ensemble_id)
+
+
+def _estimated_with_dft(config: RunConfig, composition_x: float, temperature_k: float) -> bool:
+    """Whether the special displacement of (x, T) is also computed at the reference level (``gaps.estimate_dft``)."""
+    gaps = config.gaps
+    at = gaps.estimate_dft_temperatures_k
+    wanted = at is None or any(np.isclose(temperature_k, t) for t in at)
+    return bool(gaps.estimate_dft and wanted and config.is_gap_checked(composition_x))
 
 
 def _special_displacement_dft(store: Store, config: RunConfig, jobs: list, run_id: str | None) -> None:
