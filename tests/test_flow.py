@@ -41,7 +41,7 @@ def _demo_copy(tmp_path: Path, replace: tuple[str, str] = ("", ""), append: str 
     text = DEMO_CONFIG.read_text().replace('"../', f'"{REPO}/data/')
     smaller = {
         "max_calculations = 2": "max_calculations = 0",
-        "ensemble_size = 2": "ensemble_size = 1",
+        "ensemble_size = 3 ": "ensemble_size = 1 ",
         "epochs = 150": "epochs = 60",
         "max_epochs = 20": "max_epochs = 3",
         "channels = 32": "channels = 8",
