@@ -179,6 +179,12 @@ def test_stage_analyses_real_md_stores_the_verdicts_gates_and_resumes(trained, t
     specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     assert len(specs) == 1 + rows["artifact_id"].notna().iloc[0]  # x = 0: dispersion (+ renormalised modes)
     assert specs[0]["layout"]["xaxis"]["ticktext"] == ["Γ", "X", "M", "Γ", "R", "X|R", "M"]  # the cubic cell's path
+    assert "unfolded onto the parent cell's Brillouin zone" in specs[0]["layout"]["title"]["text"]  # the default
+    zero_k = store.load_arrays(harmonic[0].artifact_id)  # a 5-atom cell is its own parent: every weight 1 or 0
+    assert (
+        np.allclose(zero_k["unfolded_weights"].sum(axis=1), 15.0)
+        and np.isin(zero_k["unfolded_weights"].round(6), [0, 1]).all()
+    )
     # an analysis that cannot be done (a resolution coarser than the whole spectrum): unstable, with the error
     coarse = config.model_copy(update={"phonons": config.phonons.model_copy(update={"resolution_thz": 100.0})})
     _, failed = run_phonon_stage(store, coarse, **ids)
