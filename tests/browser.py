@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -61,8 +62,9 @@ def chromium_path() -> str:
 
 
 @contextmanager
-def served_dashboard(project: Path) -> Iterator[str]:
-    """``capml dashboard --project project`` on a free port; yields its URL and stops it (and checks it is gone)."""
+def served_dashboard(project: Path, *, stop_signal: int = signal.SIGTERM) -> Iterator[str]:
+    """``capml dashboard --project project`` on a free port; yields its URL and stops it with ``stop_signal``
+    (SIGTERM as a service manager, SIGINT as Ctrl-C), waiting for it to exit."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "dashboard", "--project", str(project), "--port", str(port)],
@@ -75,7 +77,7 @@ def served_dashboard(project: Path) -> Iterator[str]:
         wait_until_served(f"http://127.0.0.1:{port}/_stcore/health", server, 90, lambda: server.stdout.read().decode())
         yield f"http://127.0.0.1:{port}"
     finally:
-        server.terminate()
+        server.send_signal(stop_signal)
         server.wait(timeout=20)
 
 

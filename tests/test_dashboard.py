@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import signal
 import socket
 import subprocess
 import sys
@@ -402,12 +403,14 @@ def test_every_page_of_the_shipped_results_in_a_real_browser(results: Path) -> N
 
     shots = REPO / "build" / "screenshots" / results.name
     visits = {}
-    with served_dashboard(results) as url, sync_playwright() as pw:
+    with served_dashboard(results, stop_signal=signal.SIGINT) as url, sync_playwright() as pw:  # Ctrl-C ends it
         browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1800})
         for name in PAGES:
             visits[name] = visit_page(page, url, name, screenshot=shots / f"{name}.png")
         browser.close()
+    with pytest.raises(ConnectionRefusedError):  # Ctrl-C on `capml dashboard` leaves no server behind
+        socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=5).close()
     for name, visit in visits.items():
         assert visit.n_exceptions == 0, (name, visit.text[:2000])
         assert "Page not found" not in visit.text, name
