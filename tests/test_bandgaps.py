@@ -400,7 +400,16 @@ def test_dft_checks_recompute_the_averaged_frames_and_flag_a_disagreement(gap_pr
             ),
         }
     )
+    # an MD run of an earlier MACE model from the same structure, its trajectory gone (a study resumed from a
+    # checkpoint): not this scan's, so neither averaged nor read
+    earlier = store.query("SELECT * FROM md_runs WHERE composition_x = 1.0 AND temperature_k = 100.0").iloc[0]
+    earlier = {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in earlier.to_dict().items()}
+    earlier |= {"md_id": "md-earlier-model", "model_id": "mace-earlier", "path": "md/gone.h5"}
+    with store.write() as writer:
+        columns, marks = ", ".join(earlier), ", ".join("?" * len(earlier))
+        writer.con.execute(f"INSERT INTO md_runs ({columns}) VALUES ({marks})", list(earlier.values()))
     run_bandgap_stage(store, config, ensemble_id=ensemble_id, scan_id=latest_scan_id(store))
+    assert store.query("SELECT count(*) AS n FROM gap_thermal WHERE md_id = 'md-earlier-model'")["n"][0] == 0
     offsets = {(0.0, 100.0): [0.01, -0.02, 0.01], (1.0, 100.0): [0.19, 0.20, 0.21], (0.5, 50.0): [0.0]}
     labels, expected_frames, expected_pairs, used = [], 0, 0, {}
     for (x, t), shifts in offsets.items():

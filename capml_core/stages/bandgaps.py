@@ -478,7 +478,8 @@ def run_bandgap_stage(
 ) -> BandGapResult:
     """Eg(0) and Eg(T) from GNN ensemble ``ensemble_id`` (see module doc).
 
-    Eg(0) of the lowest-energy structures of disorder scan ``scan_id``, Eg(T) of every complete MD run of them.
+    Eg(0) of the lowest-energy structures of disorder scan ``scan_id``, Eg(T) of every complete MD run of them with
+    the scan's MACE model.
 
     ``progress(done, total)`` counts MD runs, ``reference_progress`` DFT calculations of the static check.
 
@@ -500,12 +501,17 @@ def run_bandgap_stage(
     static_by_hash = {r.structure_hash: r for r in static_frame.itertuples(index=False)}
     lowest_frame = _lowest_static_gaps(store, config, ensemble_id, level, models, run_id)
     lowest_by_x = {round(float(r.composition_x), 6): r for r in lowest_frame.itertuples(index=False)}
+    # the MD runs of these structures with the scan's MACE model: a run of an earlier model whose structure relaxed
+    # to the same cell (a cubic end member) belongs to that model's results, and its trajectory may be gone
     runs = store.query(
         """SELECT m.md_id, m.structure_hash, m.composition_x, m.temperature_k, m.path, m.decorrelation_fs,
                   m.status, m.problems, m.settings_json, p.stable, p.reason AS verdict
            FROM md_runs m LEFT JOIN phonon_anharmonic p USING (md_id)
-           WHERE m.complete AND m.structure_hash IN (SELECT unnest(?)) ORDER BY m.composition_x, m.temperature_k""",
-        [list(static_by_hash)],
+           WHERE m.complete AND m.structure_hash IN (SELECT unnest(?))
+             AND m.model_id IS NOT DISTINCT FROM coalesce(
+                 (SELECT model_id FROM disorder_scans WHERE scan_id = ?), m.model_id)
+           ORDER BY m.composition_x, m.temperature_k""",
+        [list(static_by_hash), scan_id],
     )
     key = thermal_settings_key(config)
     stored_rows = store.query(
