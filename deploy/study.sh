@@ -7,9 +7,9 @@
 #                                     scan of every composition
 #   deploy/study.sh part X [X ...]    MD of these compositions at every temperature, then everything that reads the
 #                                     trajectories: phonon verdicts (DynaPhoPy), quenched minima, band gaps with
-#                                     their DFT checks (GLLB-SC on the MD's own frames) and the estimates; one
-#                                     frame per run held out (set study-heldout), labelled at both levels, and
-#                                     both models measured on them
+#                                     their DFT checks (GLLB-SC on the MD's own frames) and the estimates; before
+#                                     them one frame per run held out (set study-heldout-<MACE model id>),
+#                                     labelled at both levels, and both models measured on them
 #   deploy/study.sh finish            what needs every composition: the band-gap stage once more, the mode stage
 #   deploy/study.sh checkpoint        the project (store, arrays, model files; no trajectories) to
 #                                     data/checkpoints/ag3sbri-study, replacing the previous one (commit it)
@@ -25,7 +25,14 @@ PROJECT=${PROJECT:-runs/ag3sbri-study}
 CHECKPOINT=data/checkpoints/ag3sbri-study
 RESULTS=data/results/ag3sbri-study
 WORKERS=${WORKERS:-2}
-HELDOUT=study-heldout   # one MD frame per run of the study, drawn at random, labelled at both levels, never trained on
+# one MD frame per run of the study, drawn at random, labelled at both levels, never trained on: one set per MACE
+# model (study-heldout-<model id>), since a restart with new models has new runs to measure them on
+heldout_set() {
+  local model
+  model=$("$CAPML" sql --project "$PROJECT" --output csv \
+    "SELECT model_id FROM mlip_models WHERE kind <> 'foundation' AND committee_of IS NULL ORDER BY created_at DESC LIMIT 1" | tail -1)
+  echo "study-heldout-$model"
+}
 export OMP_NUM_THREADS=1
 
 run() { "$CAPML" run "$RECIPE" --project "$PROJECT" "$@"; }
@@ -56,16 +63,18 @@ case "${1:-}" in
     compositions="[$(IFS=,; echo "$*")]"
     run --stage dynamics --stage phonons --set "md.compositions=$compositions" --set "md.workers=$WORKERS"
     # the study's own held-out frames: one per run at random, both levels (the models measured where they are used)
+    HELDOUT=$(heldout_set)
     "$CAPML" data sample-frames "$PROJECT/$HELDOUT-pool.extxyz" -c "$RECIPE" -p "$PROJECT" --set "$HELDOUT" \
       --per-run 1 --seed 2026
     quench=()
     for x in "$@"; do quench+=(--composition "$x"); done
     "$CAPML" static quench -c "$RECIPE" -p "$PROJECT" "${quench[@]}"
-    run --stage bandgaps --set "reference.workers=$WORKERS"
+    # the yardstick first: both models measured on the held-out frames, then Eg(T) with its DFT checks
     for level in gpaw-pbesol gpaw-gllbsc; do
       "$CAPML" label -c "$RECIPE" -p "$PROJECT" --level "$level" --set "$HELDOUT@$level" --workers "$WORKERS"
     done
     "$CAPML" evaluate -c "$RECIPE" -p "$PROJECT" --set "$HELDOUT"
+    run --stage bandgaps --set "reference.workers=$WORKERS"
     ;;
   finish)
     run --stage bandgaps --stage modes --set "reference.workers=$WORKERS"
