@@ -124,7 +124,8 @@ def test_gnn_train_and_predict_commands(demo_store_copy: Path, tmp_path: Path) -
 
     config = tmp_path / "c.toml"
     text = DEMO_CONFIG.read_text().replace('"../', f'"{REPO}/data/')
-    text = text.replace("ensemble_size = 2", "ensemble_size = 1").replace("epochs = 150", "epochs = 80")
+    assert "ensemble_size = 3 " in text, "the demo config's ensemble size changed: update this test"
+    text = text.replace("ensemble_size = 3 ", "ensemble_size = 1 ").replace("epochs = 150", "epochs = 80")
     config.write_text(text)
     runner = CliRunner()
     no_mace = runner.invoke(app, ["gnn", "train", "-c", str(config), "-p", str(demo_store_copy)])
