@@ -353,7 +353,7 @@ def _fmt(value: float | None, digits: int = 3, *, percent: bool = False, signed:
     return text + (" %" if percent else "")
 
 
-def _gate_text(gate: dict[str, Any] | None) -> str:
+def gate_summary(gate: dict[str, Any] | None) -> str:
     """'phonon gate off: 4 of 6 runs stable, 2 not stable averaged' and the like."""
     if not gate or not gate["n_runs"]:
         return "no verdicts"
@@ -466,7 +466,7 @@ def report_tables(report: dict[str, Any]) -> list[ResultTable]:
         tables.append(
             table(
                 "dynamic stability: stabilisation temperature per composition ("
-                + _gate_text(report.get("phonon_gate"))
+                + gate_summary(report.get("phonon_gate"))
                 + ")",
                 ("x", "stable from (K)", "reason"),
                 [

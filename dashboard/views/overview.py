@@ -12,6 +12,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from capml_core.stages.report import gate_summary
 from dashboard import data
 from dashboard.charts import cell_heatmap, show
 from dashboard.views.bandgaps import eg_vs_composition_figure
@@ -86,13 +87,8 @@ def render_results(report: dict, path: str) -> None:
     )
     stabilised = report["stabilisation_k"]
     gate = report.get("phonon_gate")  # absent from reports of older capml versions
-    if gate and gate["n_runs"]:
-        state = {True: "on", False: "**off**", None: "on or off (every run stable)"}[gate["gate"]]
-        st.markdown(
-            f"[Dynamic stability](./phonons): phonon gate {state}; {gate['n_stable']} of {gate['n_runs']} MD runs "
-            f"stable, {gate['n_not_stable']} not"
-            + (f" ({gate['n_not_stable_averaged']} averaged anyway)" if gate["n_not_stable_averaged"] else "")
-        )
+    if gate and gate["n_runs"]:  # the report's own sentence: one wording of the gate's state
+        st.markdown(f"[Dynamic stability](./phonons): {gate_summary(gate)}")
     if stabilised:
         st.markdown(
             "Stabilisation temperature: "
