@@ -223,3 +223,57 @@ def test_a_rounds_cost_comes_from_its_frames_also_when_its_files_were_imported(t
     assert (costs["frames_added"], costs["frames_total"], costs["dft_calls"], costs["dft_failed"]) == (24, 24, 48, 0)
     assert costs["dft_cpu_h"] == pytest.approx(seconds / 3600.0) and 1.0 < costs["dft_cpu_h"] < 3.0
     assert round_costs(store, 2, list(files))["dft_calls"] == 0  # another round's frames are not in this store
+
+
+def test_trainable_frames_keep_away_from_the_frames_measured_on_and_held_out_ones_from_the_trained(
+    tmp_path: Path,
+) -> None:
+    """A frame trained on within the gap's correlation time of a held-out or DFT-checked frame of the same run
+    makes that measurement optimistic: draws keep a separation, on both sides of the line, per run."""
+    from capml_core.stages.md_frames import draw_random_frames, frames_apart, frames_to_avoid
+    from capml_core.store.database import Store
+
+    rng = np.random.default_rng(1)
+    draws = np.array([draw_random_frames(np.arange(100, 200), 4, rng) for _ in range(2000)])
+    assert all((draws[:, k] // 25 == 4 + k).all() for k in range(4))  # one frame per quarter of the candidates
+    counts = np.bincount(draws.ravel() - 100, minlength=100)
+    assert counts.min() > 40 and counts.max() < 120  # each frame drawn about 8000 / 100 = 80 times
+    assert draw_random_frames(np.array([7, 3, 5]), 4, rng).tolist() == [3, 5, 7]  # fewer candidates: all
+
+    times = np.arange(11) * 500.0  # frames every 0.5 ps, 0-5 ps
+    kept = frames_apart(np.arange(2, 11), times, [2000.0], separation_fs=1000.0)
+    assert kept.tolist() == [2, 6, 7, 8, 9, 10]  # 1.5-2.5 ps gone: within 1 ps of the frame at 2 ps
+    assert frames_apart(np.arange(2, 11), times, [2000.0, 4500.0], 1000.0).tolist() == [2, 6, 7]  # 1 ps: kept
+    assert frames_apart(np.arange(2, 11), times, [2000.0], 0.0).tolist() == list(range(2, 11))  # no separation
+    assert frames_apart(np.arange(2, 11), times, [], 1000.0).tolist() == list(range(2, 11))
+
+    store = Store(tmp_path / "p")
+    store.initialise()
+    frame = {"composition_x": 1.0, "temperature_k": 300.0, "model_id": "mace-x", "selection": "random", "round": 0}
+    with store.write() as writer:
+        writer.add_rows(
+            "md_frames",
+            [
+                {**frame, "structure_hash": "h1", "md_id": "md-a", "frame": 4, "time_fs": 2000.0, "held_out": True},
+                {**frame, "structure_hash": "h2", "md_id": "md-a", "frame": 8, "time_fs": 4000.0, "held_out": False},
+                {**frame, "structure_hash": "h3", "md_id": "md-b", "frame": 2, "time_fs": 1000.0, "held_out": True},
+            ],
+        )
+        writer.add_rows(
+            "gap_dft_frames",
+            [
+                {
+                    "md_id": "md-a",
+                    "ensemble_id": "e",
+                    "frame": 9,
+                    "time_fs": 4500.0,
+                    "structure_hash": "h4",
+                    "level": "gpaw-gllbsc",
+                    "model_gap_ev": 1.2,
+                    "dft_gap_ev": 1.1,
+                },
+            ],
+        )
+    assert frames_to_avoid(store, ["md-a", "md-b"], held_out=False) == {"md-a": [2000.0, 4500.0], "md-b": [1000.0]}
+    assert frames_to_avoid(store, ["md-a", "md-b"], held_out=True) == {"md-a": [4000.0]}
+    assert frames_to_avoid(store, [], held_out=False) == {}

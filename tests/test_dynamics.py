@@ -177,6 +177,33 @@ def test_dynamics_stage_runs_every_composition_once(trained, tmp_path: Path) -> 
     _held_out_frames_round_trip(store, config, tmp_path)
     _uncertainty_round(store, config)
     _quenched_minima(store, config)
+    _trainable_frames_keep_away(store, config)
+
+
+def _trainable_frames_keep_away(store, config) -> None:
+    """A trainable draw on runs with held-out frames: no frame within the separation, no DFT-checked run."""
+    from capml_core.stages.md_frames import sample_random_frames
+
+    held = store.query("SELECT md_id, time_fs FROM md_frames WHERE held_out")
+    skipped = str(held["md_id"].iloc[0])
+    frames = sample_random_frames(
+        store,
+        config.md,
+        model_id=latest_model(store)[0],
+        levels=["gpaw-pbesol"],
+        per_run=3,
+        seed=4,
+        set_name="al-round9",
+        held_out=False,
+        round_index=9,
+        separation_fs=20.0,
+        skip_md_ids=[skipped],
+    )
+    assert len(frames) == 3 * (held["md_id"].nunique() - 1) and skipped not in {f.md_id for f in frames}
+    for f in frames:
+        assert not f.held_out and f.round == 9
+        times = held.loc[held["md_id"] == f.md_id, "time_fs"].to_numpy()
+        assert times.size == 2 and np.abs(times - f.time_fs).min() >= 20.0  # 4 frames of 5 fs or more away
 
 
 def _quenched_minima(store, config) -> None:

@@ -57,12 +57,78 @@ def set_name_for(name: str, level: str) -> str:
     return f"{name}@{level}"
 
 
-def draw_random_frames(candidates: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` distinct frame indices drawn uniformly from ``candidates`` (sorted; all of them if fewer)."""
+def frames_apart(
+    candidates: np.ndarray, times_fs: np.ndarray, avoid_times_fs: Sequence[float], separation_fs: float
+) -> np.ndarray:
+    """The ``candidates`` (frame indices) whose time is at least ``separation_fs`` from every ``avoid_times_fs``.
+
+    ``times_fs`` holds each frame's time (fs), indexed by frame. Frames of one MD run closer than the gap's
+    correlation time carry nearly the same information: a frame trained on next to a frame measured on makes
+    the measurement optimistic.
+    """
     candidates = np.asarray(candidates, dtype=int)
+    avoid = np.asarray(list(avoid_times_fs), dtype=float)
+    if separation_fs <= 0.0 or avoid.size == 0 or candidates.size == 0:
+        return candidates
+    times = np.asarray(times_fs, dtype=float)[candidates]
+    distance = np.abs(times[:, None] - avoid[None, :]).min(axis=1)
+    return candidates[distance >= separation_fs]
+
+
+def frames_to_avoid(store: Store, md_ids: Sequence[str], *, held_out: bool) -> dict[str, list[float]]:
+    """Times (fs) of the frames a new draw must keep away from, per MD run.
+
+    A trainable draw (``held_out`` False) keeps away from the frames measured on: held-out frames and the
+    frames of DFT checks of Eg(T) (``gap_dft_frames``, every ensemble). A held-out draw keeps away from the
+    frames trained on (trainable MD frames).
+    """
+    if not md_ids:
+        return {}
+    marks = ", ".join("?" for _ in md_ids)
+    if held_out:
+        rows = store.query(
+            f"SELECT md_id, time_fs FROM md_frames WHERE NOT held_out AND md_id IN ({marks})", list(md_ids)
+        )
+    else:
+        rows = store.query(
+            f"""SELECT md_id, time_fs FROM md_frames WHERE held_out AND md_id IN ({marks})
+                UNION SELECT md_id, time_fs FROM gap_dft_frames WHERE md_id IN ({marks})""",
+            list(md_ids) * 2,
+        )
+    avoid: dict[str, list[float]] = {}
+    for row in rows.itertuples(index=False):
+        avoid.setdefault(str(row.md_id), []).append(float(row.time_fs))
+    return {md_id: sorted(times) for md_id, times in avoid.items()}
+
+
+def dft_checked_runs(store: Store, config, model_id: str) -> list[str]:  # RunConfig
+    """MD runs of ``model_id`` whose Eg(T) is checked with DFT: a trainable draw leaves them alone.
+
+    Those whose (x, T) ``gaps.dft_check`` names, and those with DFT-check frames stored already.
+    """
+    runs = complete_md_runs(store, model_id)
+    named = [
+        str(r.md_id)
+        for r in runs.itertuples(index=False)
+        if not pd.isna(r.composition_x) and config.dft_check_frames(float(r.composition_x), float(r.temperature_k))
+    ]
+    stored = store.query("SELECT DISTINCT md_id FROM gap_dft_frames")["md_id"].astype(str).tolist()
+    return sorted(set(named) | (set(stored) & set(runs["md_id"].astype(str))))
+
+
+def draw_random_frames(candidates: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` distinct frame indices drawn at random from ``candidates`` (sorted; all of them if fewer).
+
+    One frame is drawn uniformly; several are stratified: the sorted candidates split into ``n`` runs of
+    consecutive frames, one drawn uniformly from each, so that two frames of one draw are not neighbours
+    (near-copies cost a label each and teach one thing).
+    """
+    candidates = np.sort(np.asarray(candidates, dtype=int))
     if n >= len(candidates):
-        return np.sort(candidates)
-    return np.sort(rng.choice(candidates, size=n, replace=False))
+        return candidates
+    if n == 1:
+        return np.sort(rng.choice(candidates, size=1, replace=False))
+    return np.array([rng.choice(chunk) for chunk in np.array_split(candidates, n)], dtype=int)
 
 
 @dataclass(frozen=True)
@@ -159,6 +225,8 @@ def sample_random_frames(
     held_out: bool = True,
     round_index: int = 0,
     run_id: str | None = None,
+    separation_fs: float = 0.0,
+    skip_md_ids: Sequence[str] = (),
 ) -> list[MDFrame]:
     """Draw ``per_run`` frames at random from the production part of every complete MD run of ``model_id``.
 
@@ -184,6 +252,11 @@ def sample_random_frames(
         MACE model whose runs to draw from.
     held_out
         Whether the frames are a held-out set (never trained on).
+    separation_fs
+        No frame is drawn closer than this (fs) to a frame of the same run on the other side of the line
+        (:func:`frames_to_avoid`: measured-on frames for a trainable draw, trained-on frames for a held-out one).
+    skip_md_ids
+        Runs not to draw from at all (e.g. runs whose Eg(T) is checked with DFT, for a trainable draw).
     """
     if not levels:
         raise DatasetError("sample_random_frames: give at least one level to label the frames at")
@@ -194,16 +267,32 @@ def sample_random_frames(
         return existing  # a yardstick drawn once (e.g. the held-out frames): a new model's runs do not join it
     runs = complete_md_runs(store, model_id)
     drawn = {frame.md_id for frame in existing}
-    runs = runs[~runs["md_id"].isin(drawn)]
+    runs = runs[~runs["md_id"].isin(drawn) & ~runs["md_id"].isin(list(skip_md_ids))]
     if existing:
         logger.info("%s: %d frames drawn before; %d runs added since", set_name, len(existing), len(runs))
     if runs.empty:
         return existing
     frames: list[MDFrame] = []
+    avoid = frames_to_avoid(store, runs["md_id"].tolist(), held_out=held_out) if separation_fs > 0 else {}
     for run in runs.itertuples():
         trajectory = read_trajectory(store.project_dir / run.path)
         rng = np.random.default_rng([seed, int(run.md_id.encode().hex()[:12], 16)])
-        for index in draw_random_frames(production_frames(trajectory, md.equilibration_ps), per_run, rng):
+        candidates = frames_apart(
+            production_frames(trajectory, md.equilibration_ps),
+            trajectory["time_fs"],
+            avoid.get(run.md_id, []),
+            separation_fs,
+        )
+        if len(candidates) < per_run:
+            logger.warning(
+                "%s: %d frames of run %s are %.0f fs from the frames to avoid (asked for %d)",
+                set_name,
+                len(candidates),
+                run.md_id,
+                separation_fs,
+                per_run,
+            )
+        for index in draw_random_frames(candidates, per_run, rng):
             atoms = quantize(trajectory_frame(trajectory, int(index)))
             frames.append(
                 MDFrame(

@@ -230,29 +230,43 @@ def data_sample_frames(
         int, typer.Option("--round", min=0, help="Active-learning round the frames are drawn for (provenance).")
     ] = 0,
     model: ModelOption = None,
+    separation_ps: Annotated[
+        float,
+        typer.Option(
+            "--separation-ps",
+            min=0.0,
+            help="No frame closer than this (ps) to a frame of the same run measured on (held-out, DFT check) "
+            "when --trainable, or trained on when held out (use the gap's correlation time).",
+        ),
+    ] = 0.0,
 ) -> None:
     """Draw MD frames at random from every MD run's production part, store them as sets to label, write a pool file.
 
     The runs are those of the --model MACE model (default: the newest); a selection drawn before under the same
-    --set is reused.
+    --set is reused. A --trainable draw never takes frames of a run whose Eg(T) gaps.dft_check checks with DFT
+    (the check stays independent of the training data).
     """
-    from capml_core.stages.md_frames import sample_random_frames, write_frame_pool
+    from capml_core.stages.md_frames import dft_checked_runs, sample_random_frames, write_frame_pool
     from capml_core.store.database import Store
 
     with capml_errors():
         loaded = load(config, project)
         chosen_levels = _frame_levels(loaded, levels)
         store = Store(loaded.project_dir)
+        model_id = model_or_latest(store, model)
+        checked = dft_checked_runs(store, loaded.config, model_id) if trainable else []
         frames = sample_random_frames(
             store,
             loaded.config.md,
-            model_id=model_or_latest(store, model),
+            model_id=model_id,
             levels=chosen_levels,
             per_run=per_run,
             seed=seed,
             set_name=set_name,
             held_out=not trainable,
             round_index=round_index,
+            separation_fs=separation_ps * 1000.0,
+            skip_md_ids=checked,
         )
         write_frame_pool(frames, output)
     sets = ", ".join(f"{set_name}@{level}" for level in chosen_levels)
