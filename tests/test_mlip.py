@@ -19,7 +19,7 @@ from capml_core.config.loading import load_config
 from capml_core.config.stage_sections import MLIPSection
 from capml_core.errors import ConfigError, DatasetError, InvalidInputError
 from capml_core.models.mace import mace_arguments
-from capml_core.stages.mlip import inspect_mace_model, labelled_structures, split_structures
+from capml_core.stages.mlip import inspect_mace_model, labelled_structures, model_id_for, split_structures
 from capml_core.store.database import Store
 from capml_core.store.queries import latest_model
 from capml_core.store.records import LabelRecord
@@ -109,6 +109,24 @@ def test_missing_stress_is_a_clear_error_and_the_split_is_reproducible(demo_stor
     with pytest.raises(DatasetError, match=r"1 of 12 structures labelled at other have no stress \(from no-stress"):
         labelled_structures(store, "other", need_stress=True)
     assert len(labelled_structures(store, "other", need_stress=False)) == 12
+    frame = {"md_id": "md-x", "model_id": "mace-x", "held_out": False, "selection": "random", "temperature_k": 300.0}
+    with store.write() as writer:  # two of them MD frames of active-learning rounds 2 and 4
+        writer.add_rows(
+            "md_frames",
+            [
+                {**frame, "structure_hash": s.structure_hash, "frame": i, "round": r}
+                for i, (s, r) in enumerate(zip(structures[1:3], (2, 4), strict=True))
+            ],
+        )
+    kept = labelled_structures(store, "other", need_stress=False, max_md_frame_round=3)
+    assert len(kept) == 11 and structures[2].structure_hash not in {s.structure_hash for s in kept}
+    assert len(labelled_structures(store, "other", need_stress=False, max_md_frame_round=1)) == 10
+    assert len(labelled_structures(store, "other", need_stress=False, max_md_frame_round=None)) == 12
+    mlip = MLIPSection(test_fraction=0.1, valid_fraction=0.05)
+    splits = split_structures(kept, mlip)  # the id follows the structures trained on, not the setting
+    assert model_id_for(mlip, "other", splits, None) == model_id_for(
+        mlip.model_copy(update={"max_md_frame_round": 3}), "other", splits, None
+    )
 
 
 def test_dispersion_contains_the_supercell_gamma_modes_and_three_acoustic_zeros() -> None:

@@ -140,6 +140,12 @@ class MLIPSection(Section):
         default=0,
         description="Seed of the train/validation/test split (a hash of seed and structure, stable as data grow).",
     )
+    max_md_frame_round: Annotated[int, Field(ge=0)] | None = Field(
+        default=None,
+        description="MD frames of active-learning rounds above this are not trained on (default: every round): "
+        "MACE met its targets and later rounds add frames for the gap model only. The model's id depends on the "
+        "structures trained on, not on this setting.",
+    )
     seed: Annotated[int, Field(ge=0)] = Field(default=1, description="Seed of MACE's trainer (MACE --seed).")
     committee_size: PositiveInt = Field(
         default=1,

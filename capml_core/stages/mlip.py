@@ -63,8 +63,12 @@ SPLITS = ("train", "valid", "test")
 QUANTITY_UNITS = {"energy": "eV/atom", "forces": "eV/Å", "stress": "eV/Å³"}
 
 
-def labelled_structures(store: Store, level: str, *, need_stress: bool) -> list[LabelledStructure]:
+def labelled_structures(
+    store: Store, level: str, *, need_stress: bool, max_md_frame_round: int | None = None
+) -> list[LabelledStructure]:
     """Structures with energy and forces at ``level`` (and stress when ``need_stress``), sorted by hash.
+
+    MD frames of active-learning rounds above ``max_md_frame_round`` are left out (None: none left out).
 
     Raises
     ------
@@ -73,11 +77,15 @@ def labelled_structures(store: Store, level: str, *, need_stress: bool) -> list[
     DatasetError
         ``need_stress`` and some structures have no stress (names them and their source).
     """
+    later_rounds = ""
+    if max_md_frame_round is not None:
+        later = f"SELECT structure_hash FROM md_frames WHERE round > {int(max_md_frame_round)}"
+        later_rounds = f"AND s.structure_hash NOT IN ({later})"
     rows = store.query(
         f"""SELECT l.structure_hash, l.energy_ev, l.forces_ev_per_a, l.stress_ev_per_a3, l.source, s.kind
            FROM labels l JOIN structures s USING (structure_hash)
            WHERE l.level = ? AND l.status = 'ok' AND l.energy_ev IS NOT NULL
-             AND l.forces_ev_per_a IS NOT NULL AND {DATASET_KIND_SQL} ORDER BY l.structure_hash""",
+             AND l.forces_ev_per_a IS NOT NULL AND {DATASET_KIND_SQL} {later_rounds} ORDER BY l.structure_hash""",
         [level],
     )
     if len(rows) < 10:
@@ -139,7 +147,8 @@ def model_id_for(
 ) -> str:
     """Content id of a training: settings, level, training/validation structures and foundation file."""
     settings = mlip.model_dump(
-        mode="json", exclude={"device", "validate_phonons", "foundation_model", "committee_size"}
+        mode="json",
+        exclude={"device", "validate_phonons", "foundation_model", "committee_size", "max_md_frame_round"},
     )
     payload = {
         "settings": settings,
@@ -198,7 +207,9 @@ def train_mace(
         foundation = inspect_mace_model(mlip.foundation_model)
         check_foundation(foundation, mlip, species, source="mlip.foundation_model")
     store.initialise()
-    structures = labelled_structures(store, level, need_stress=mlip.stress_weight > 0)
+    structures = labelled_structures(
+        store, level, need_stress=mlip.stress_weight > 0, max_md_frame_round=mlip.max_md_frame_round
+    )
     splits = split_structures(structures, mlip)
     model_id = model_id_for(mlip, level, splits, foundation.sha256 if foundation else None)
     split_hashes = {name: [s.structure_hash for s in items] for name, items in splits.items()}
@@ -599,7 +610,7 @@ def evaluate_file(store: Store, config, model_file: str | Path, *, device: str =
     if not store.exists():
         raise NotComputedError(f"{store.path}: no store yet; import labelled data first (capml data import)")
     store.initialise()
-    structures = labelled_structures(store, level, need_stress=False)
+    structures = labelled_structures(store, level, need_stress=False, max_md_frame_round=mlip.max_md_frame_round)
     splits = split_structures(structures, mlip)
     model_id = foundation_model_id(info)
     metrics, predictions = evaluate_model(info.path, model_id, splits, level=level, device=resolve_device(device))
