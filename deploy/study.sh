@@ -10,6 +10,13 @@
 #                                     their DFT checks (GLLB-SC on the MD's own frames) and the estimates; before
 #                                     them one frame per run held out (set study-heldout-<MACE model id>),
 #                                     labelled at both levels, and both models measured on them
+#   deploy/study.sh round K           active-learning round K of the gap model on the study's own MD (MACE kept:
+#                                     mlip.max_md_frame_round): 4 frames per run drawn at random (once) from the runs
+#                                     whose Eg(T) is not DFT-checked, 2 ps from their held-out frame, labelled at both
+#                                     levels, exported to data/datasets/capml-md-al-roundK-*.extxyz (commit them and
+#                                     add them to the recipe's imports), then: deploy/study.sh refit K
+#   deploy/study.sh refit K           the gap model retrained with round K's frames, measured on every held-out set
+#                                     (recorded as round K), Eg(T) of every analysed run again with its DFT checks
 #   deploy/study.sh finish            what needs every composition: the band-gap stage once more, the mode stage
 #   deploy/study.sh checkpoint        the project (store, arrays, model files; no trajectories) to
 #                                     data/checkpoints/ag3sbri-study, replacing the previous one (commit it)
@@ -76,6 +83,32 @@ case "${1:-}" in
     "$CAPML" evaluate -c "$RECIPE" -p "$PROJECT" --set "$HELDOUT"
     run --stage bandgaps --set "reference.workers=$WORKERS"
     ;;
+  round)
+    round="${2:?usage: $0 round K}"
+    pool="data/datasets/capml-md-al-round$round-pool.extxyz"
+    "$CAPML" data sample-frames "$pool" -c "$RECIPE" -p "$PROJECT" --set "al-round$round" --trainable \
+      --round "$round" --per-run 4 --seed 2026 --separation-ps 2
+    for level in gpaw-pbesol gpaw-gllbsc; do  # one worker per level, both at once
+      "$CAPML" label -c "$RECIPE" -p "$PROJECT" --level "$level" --set "al-round$round@$level" --workers 1 &
+    done
+    wait
+    for level in gpaw-pbesol gpaw-gllbsc; do
+      "$CAPML" data export "data/datasets/capml-md-al-round$round-$level.extxyz" -c "$RECIPE" -p "$PROJECT" \
+        --level "$level" --set "al-round$round@$level"
+    done
+    ;;
+  refit)
+    round="${2:?usage: $0 refit K}"
+    run --stage dataset-import --stage gnn
+    "$CAPML" sql --project "$PROJECT" --output csv \
+      "SELECT DISTINCT split FROM gnn_predictions WHERE split LIKE '%heldout%' ORDER BY 1" | tail -n +2 |
+      while read -r heldout; do "$CAPML" evaluate -c "$RECIPE" -p "$PROJECT" --set "$heldout"; done
+    rounds=data/datasets/active-learning-rounds.csv  # the earlier rounds beside this one, the durable copy after
+    "$CAPML" al rounds -c "$RECIPE" -p "$PROJECT" --import "$rounds" > /dev/null
+    "$CAPML" al record -c "$RECIPE" -p "$PROJECT" --round "$round"
+    "$CAPML" al rounds -c "$RECIPE" -p "$PROJECT" --export "$rounds"
+    run --stage bandgaps --set "reference.workers=$WORKERS"
+    ;;
   finish)
     run --stage bandgaps --stage modes --set "reference.workers=$WORKERS"
     ;;
@@ -98,7 +131,7 @@ case "${1:-}" in
     "$CAPML" sql --project "$PROJECT" "SELECT level, count(*) AS labels, round(sum(wall_time_s) / 3600, 2) AS cpu_h FROM labels GROUP BY 1"
     ;;
   *)
-    sed -n '2,19p' "$0"
+    sed -n '2,26p' "$0"
     exit 2
     ;;
 esac
