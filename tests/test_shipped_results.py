@@ -91,3 +91,31 @@ def test_report_says_whether_the_phonon_gate_was_on_and_counts_the_verdicts() ->
     found |= {"phonon_gate": off, "stabilisation_k": {"1": None}, "stabilisation_reasons": {"1": "S off its site"}}
     (title,) = [t.title for t in report_tables(found) if t.title.startswith("dynamic stability")]
     assert title.endswith("(phonon gate off: 1 of 3 MD runs stable, 2 not stable averaged anyway)")
+
+
+def test_report_gives_relative_changes_against_the_dft_eg0_and_flags_a_model_eg0_off_dft() -> None:
+    """ΔEg/Eg against DFT's cubic Eg(0) where it was computed, for the model's Eg(T) and for DFT on the checked
+    frames; a model Eg(0) more than the check tolerance off DFT is a flag (it enters the model's ΔEg/Eg)."""
+    from capml_core.stages.report import project_report
+    from capml_core.store.database import Store
+
+    source = next(p for p in shipped_result_dirs() if p.name == "ag3sbri-active-learning")
+    report = project_report(Store(source))
+    static = {s["composition_x"]: s for s in report["static"]}
+    assert static[0.0]["cubic_model_minus_dft_ev"] == pytest.approx(-0.0975, abs=1e-3)  # 1.585 vs 1.683 eV
+    assert static[0.5]["cubic_dft_gap_ev"] is None and static[0.5]["cubic_model_minus_dft_ev"] is None
+    flagged = [f for f in report["flags"] if "cubic Eg(0)" in f]
+    assert len(flagged) == 2 and flagged[0].startswith("x = 0: the model's cubic Eg(0) 1.585 eV is -0.098 eV off")
+    for g in report["gaps"]:
+        eg0 = static[g["composition_x"]]["cubic_dft_gap_ev"]
+        if eg0 is None:
+            assert g["relative_change_dft_eg0"] is None and g["dft_relative_change"] is None
+            continue
+        assert g["dft_eg0_ev"] == eg0
+        assert g["relative_change_dft_eg0"] == pytest.approx((g["gap_ev"] - eg0) / eg0)
+        assert g["relative_error_dft_eg0"] == pytest.approx(g["error_ev"] / eg0)
+        if g["dft_gap_ev"] is not None:
+            assert g["dft_relative_change"] == pytest.approx((g["dft_gap_ev"] - eg0) / eg0)
+    x0 = {g["temperature_k"]: g for g in report["gaps"] if g["composition_x"] == 0.0}
+    assert x0[300.0]["relative_change"] == pytest.approx(-0.335, abs=1e-3)  # against the model's 1.585 eV
+    assert x0[300.0]["relative_change_dft_eg0"] == pytest.approx(-0.374, abs=1e-3)  # against DFT's 1.683 eV

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from capml_core.config.stage_sections import GapsSection
 from capml_core.errors import NotComputedError
 from capml_core.physics.stability import stabilisation_temperatures
 from capml_core.stages.bandgaps import compare_with_published
@@ -39,6 +40,12 @@ def _number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def _relative(gap_ev: Any, eg0_ev: float | None) -> float | None:
+    """(Eg − Eg(0)) / Eg(0), or None where either is missing."""
+    gap = _number(gap_ev)
+    return None if gap is None or not eg0_ev else (gap - eg0_ev) / eg0_ev
 
 
 def _composition_key(x: float) -> str:
@@ -207,9 +214,24 @@ def _project_report(store: Store) -> dict[str, Any]:
                 else None,
             }
         )
+    tolerance_ev = (
+        float(checks["tolerance_ev"].iloc[0])
+        if len(checks)
+        else GapsSection.model_fields["dft_check_tolerance_ev"].default
+    )
+    dft_eg0 = {round(s["composition_x"], 6): s["cubic_dft_gap_ev"] for s in static_rows if s["cubic_dft_gap_ev"]}
+    for s in static_rows:  # the model's own Eg(0) enters ΔEg/Eg: say when it is off the DFT value of the same cell
+        error = None if s["cubic_dft_gap_ev"] is None else s["cubic_gap_ev"] - s["cubic_dft_gap_ev"]
+        s["cubic_model_minus_dft_ev"] = error
+        if error is not None and abs(error) > tolerance_ev:
+            flags.append(
+                f"x = {s['composition_x']:g}: the model's cubic Eg(0) {s['cubic_gap_ev']:.3f} eV is {error:+.3f} eV "
+                f"off DFT's {s['cubic_dft_gap_ev']:.3f} eV: read ΔEg/Eg against the DFT Eg(0)"
+            )
     gap_rows = []
     for r in thermal.itertuples(index=False):
         check = checks.loc[r.md_id] if len(checks) and r.md_id in checks.index else None
+        eg0 = dft_eg0.get(round(float(r.composition_x), 6))
         verdict = None if check is None else str(check["verdict"])
         averaged = _number(r.mean_gap_ev) is not None
         equilibrated = None if not averaged or pd.isna(getattr(r, "equilibrated", None)) else bool(r.equilibrated)
@@ -223,6 +245,9 @@ def _project_report(store: Store) -> dict[str, Any]:
             "relative_change": _number(r.relative_change),
             "relative_error": _number(r.relative_error),
             "relative_change_lowest": _number(getattr(r, "lowest_relative_change", None)),
+            "dft_eg0_ev": eg0,
+            "relative_change_dft_eg0": _relative(r.mean_gap_ev, eg0),
+            "relative_error_dft_eg0": None if eg0 is None else _number(r.error_ev / eg0),
             "n_effective": _number(getattr(r, "n_effective", None)),
             "equilibrated": equilibrated,
             "passes_gate": bool(r.passes_gate),
@@ -232,6 +257,8 @@ def _project_report(store: Store) -> dict[str, Any]:
             "dft_difference_ev": None if check is None else _number(check["difference_ev"]),
             "dft_difference_error_ev": None if check is None else _number(check["difference_error_ev"]),
             "n_dft_frames": 0 if check is None else int(check["n_frames"]),
+            "dft_relative_change": None if check is None else _relative(check["dft_gap_ev"], eg0),
+            "dft_relative_error": None if check is None or eg0 is None else _number(check["dft_error_ev"] / eg0),
             "dft_verdict": verdict,
             "flagged": flagged,
             "reason": r.reason,
@@ -445,9 +472,11 @@ def report_tables(report: dict[str, Any]) -> list[ResultTable]:
                 f"{g['temperature_k']:g}",
                 f"{_fmt(g['gap_ev'])} ± {_fmt(g['error_ev'])}",
                 f"{_fmt(g['relative_change'], 1, percent=True, signed=True)}",
+                f"{_fmt(g.get('relative_change_dft_eg0'), 1, percent=True, signed=True)}",
                 "-"
                 if g["dft_gap_ev"] is None
                 else f"{_fmt(g['dft_gap_ev'])} ± {_fmt(g['dft_error_ev'])} ({g['n_dft_frames']})",
+                f"{_fmt(g.get('dft_relative_change'), 1, percent=True, signed=True)}",
                 "-" if g["dft_verdict"] is None else g["dft_verdict"],
                 "flagged" if g["flagged"] else "",
             )
@@ -456,8 +485,8 @@ def report_tables(report: dict[str, Any]) -> list[ResultTable]:
             flagged.append(i)
     tables.append(
         table(
-            "Eg(T, x) with its DFT check on the same MD frames",
-            ("x", "T (K)", "Eg (eV)", "ΔEg/Eg(0)", "DFT Eg (frames)", "check", ""),
+            "Eg(T, x) with its DFT check on the same MD frames (ΔEg/Eg against the model's and DFT's cubic Eg(0))",
+            ("x", "T (K)", "Eg (eV)", "ΔEg/Eg model", "ΔEg/Eg DFT Eg(0)", "DFT Eg (frames)", "DFT ΔEg/Eg", "check", ""),
             gap_rows,
             warnings=flagged,
         )
