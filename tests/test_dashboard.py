@@ -109,6 +109,30 @@ def test_overview_shows_runs_coverage_and_gap_histograms(demo_store_copy: Path, 
     assert _decoded(heat["data"][0]["z"]).sum() == 103
 
 
+def test_overview_gives_relative_changes_against_the_model_and_the_dft_eg0(tmp_path: Path, monkeypatch) -> None:
+    """Where DFT computed the cubic Eg(0), the overview shows ΔEg/Eg against it beside the model's own."""
+    import shutil
+
+    from capml_core.stages.report import project_report
+    from capml_core.store.database import Store
+
+    source = next(p for p in shipped_result_dirs() if p.name == "ag3sbri-active-learning")
+    shutil.copy(source / "capml.duckdb", tmp_path / "capml.duckdb")
+    at = _run_app(tmp_path, monkeypatch)
+    assert not at.exception
+    titles = [m.value for m in at.markdown]
+    first = titles.index("**ΔEg/Eg(0) (%) against the cubic structure** (the model's Eg(0))")
+    second = next(i for i, t in enumerate(titles) if t.startswith("**ΔEg/Eg(0) (%) against DFT's cubic Eg(0)**"))
+    assert first < second
+    against_dft = next(d.value for d in at.dataframe if "300 K" in d.value and len(d.value) == 2)
+    report = {(g["composition_x"], g["temperature_k"]): g for g in project_report(Store(tmp_path))["gaps"]}
+    assert against_dft.index.tolist() == [0.0, 1.0]  # the end members: DFT's Eg(0) computed there
+    assert against_dft.loc[0.0, "300 K"] == pytest.approx(
+        100 * report[(0.0, 300.0)]["relative_change_dft_eg0"], abs=0.06
+    )
+    assert any("cubic Eg(0) 1.585 eV is -0.098 eV off" in w.value for w in at.warning)
+
+
 def test_empty_project_says_what_to_do(tmp_path: Path, monkeypatch) -> None:
     at = _run_app(tmp_path / "nothing-here", monkeypatch)
     assert not at.exception

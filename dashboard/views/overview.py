@@ -60,8 +60,22 @@ def render_results(report: dict, path: str) -> None:
     if len(averaged):
         table = averaged.pivot_table(index="composition_x", columns="temperature_k", values="relative_change") * 100
         table.columns = [f"{t:g} K" for t in table.columns]
-        st.markdown("**ΔEg/Eg(0) (%) against the cubic structure**")
+        st.markdown("**ΔEg/Eg(0) (%) against the cubic structure** (the model's Eg(0))")
         st.dataframe(table.round(1), width="stretch")
+        if "relative_change_dft_eg0" in averaged and averaged["relative_change_dft_eg0"].notna().any():
+            against_dft = averaged[averaged["relative_change_dft_eg0"].notna()]
+            table = (
+                against_dft.pivot_table(
+                    index="composition_x", columns="temperature_k", values="relative_change_dft_eg0"
+                )
+                * 100
+            )
+            table.columns = [f"{t:g} K" for t in table.columns]
+            st.markdown(
+                "**ΔEg/Eg(0) (%) against DFT's cubic Eg(0)** (where DFT computed it: the model's Eg(T), DFT's Eg(0); "
+                "read this one where the model's Eg(0) is off DFT, see the flags)"
+            )
+            st.dataframe(table.round(1), width="stretch")
 
     st.subheader("How far to trust it")
     models = report["models"]
