@@ -436,10 +436,18 @@ def test_dft_checks_recompute_the_averaged_frames_and_flag_a_disagreement(gap_pr
         GapDFTCheck(composition_x=0.5, temperatures_k=[50.0], frames=3),
     ]
     config = config.model_copy(update={"gaps": config.gaps.model_copy(update={"dft_check": checks})})
+    trained_on = store.query("SELECT md_id FROM md_runs WHERE composition_x = 0.0 AND temperature_k = 100.0")["md_id"][
+        0
+    ]
+    frame = {"model_id": "mace-x", "held_out": False, "selection": "random", "round": 4, "temperature_k": 100.0}
+    with store.write() as writer:  # a frame of the (0, 100 K) run in the training data: the check says so
+        writer.add_rows("md_frames", [{**frame, "structure_hash": "trained", "md_id": trained_on, "frame": 0}])
     result = run_bandgap_stage(store, config, ensemble_id=ensemble_id, scan_id=latest_scan_id(store))
     by = result.checks.set_index(["composition_x", "temperature_k"])
     assert len(by) == 3 and set(by["level"]) == {"vasp-hsesol"}
     assert by.loc[(0.0, 100.0), "verdict"] == "agrees"
+    assert "1 of this run's frames are training data" in by.loc[(0.0, 100.0), "note"]
+    assert by.loc[(1.0, 100.0), "note"] is None or "training data" not in by.loc[(1.0, 100.0), "note"]
     assert by.loc[(1.0, 100.0), "verdict"] == "disagrees"
     assert by.loc[(1.0, 100.0), "difference_ev"] == pytest.approx(np.mean(used[(1.0, 100.0)]), abs=1e-6)  # model − DFT
     assert by.loc[(0.5, 50.0), "verdict"] == "incomplete" and "DFT calculations missing" in by.loc[(0.5, 50.0), "note"]

@@ -796,7 +796,7 @@ def run_dft_checks(
             notes.append(f"{len(picked) - len(done)} of {len(picked)} DFT calculations missing or failed")
         trained = store.query("SELECT count(*) AS n FROM md_frames WHERE md_id = ? AND NOT held_out", [run.md_id])
         if int(trained["n"][0]):
-            notes.append(f"{int(trained['n'][0])} frames of this run are training data: the check is not independent")
+            notes.append(f"{int(trained['n'][0])} of this run's frames are training data: the check is not independent")
         summary = {
             "md_id": run.md_id,
             "ensemble_id": ensemble_id,
