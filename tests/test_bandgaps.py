@@ -377,7 +377,9 @@ def test_paired_comparison_decides_only_what_its_error_allows() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)  # the module's gap project (~270 s) and harmonic phonons of 5 structures
-def test_dft_checks_recompute_the_averaged_frames_and_flag_a_disagreement(gap_project, tmp_path: Path) -> None:
+def test_dft_checks_recompute_the_averaged_frames_and_flag_a_disagreement(
+    gap_project, tmp_path: Path, monkeypatch
+) -> None:
     """gaps.dft_check: uncorrelated frames of the named runs stored as 'gap-check' structures (never training
     data), their reference gaps beside the model's, the paired verdict per (x, T). The reference level here is
     one that cannot run on this machine (VASP without a command) with labels written beforehand: the
@@ -442,7 +444,24 @@ def test_dft_checks_recompute_the_averaged_frames_and_flag_a_disagreement(gap_pr
     frame = {"model_id": "mace-x", "held_out": False, "selection": "random", "round": 4, "temperature_k": 100.0}
     with store.write() as writer:  # a frame of the (0, 100 K) run in the training data: the check says so
         writer.add_rows("md_frames", [{**frame, "structure_hash": "trained", "md_id": trained_on, "frame": 0}])
-    result = run_bandgap_stage(store, config, ensemble_id=ensemble_id, scan_id=latest_scan_id(store))
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed during the DFT")
+
+    import capml_core.stages.bandgaps as bandgaps
+
+    with monkeypatch.context() as patch:  # the process dies in the DFT: the chosen frames are stored already
+        patch.setattr(bandgaps, "reference_gaps", killed)
+        with pytest.raises(RuntimeError, match="killed during the DFT"):
+            run_bandgap_stage(store, config, ensemble_id=ensemble_id, scan_id=latest_scan_id(store))
+    stored = store.query("SELECT * FROM gap_dft_frames WHERE ensemble_id = ?", [ensemble_id])
+    assert len(stored) == expected_frames and stored["dft_gap_ev"].isna().all()
+    md_dir = store.project_dir / "md"
+    md_dir.rename(store.project_dir / "md-away")
+    try:  # and the next run goes on without the trajectories (a checkpoint on another machine)
+        result = run_bandgap_stage(store, config, ensemble_id=ensemble_id, scan_id=latest_scan_id(store))
+    finally:
+        (store.project_dir / "md-away").rename(md_dir)
     by = result.checks.set_index(["composition_x", "temperature_k"])
     assert len(by) == 3 and set(by["level"]) == {"vasp-hsesol"}
     assert by.loc[(0.0, 100.0), "verdict"] == "agrees"
@@ -470,7 +489,6 @@ def test_dft_checks_recompute_the_averaged_frames_and_flag_a_disagreement(gap_pr
             ],
             run_id=None,
         )
-    md_dir = store.project_dir / "md"
     md_dir.rename(store.project_dir / "md-away")
     try:
         later = run_bandgap_stage(store, config, ensemble_id=ensemble_id, scan_id=latest_scan_id(store))

@@ -761,13 +761,9 @@ def run_dft_checks(
         chosen.append((run, picked))
     if not chosen:
         return store.query("SELECT * FROM gap_dft_checks WHERE ensemble_id = ?", [ensemble_id])
-    with store.write() as writer:
-        writer.add_structures(structures, run_id=run_id)
-    hashes = [h for _, picked in chosen for h in picked["structure_hash"]]
-    level, gaps = reference_gaps(store, config, hashes, run_id=run_id, progress=progress)
-    tolerance = config.gaps.dft_check_tolerance_ev
-    for run, picked in chosen:
-        frame_rows = [
+
+    def frame_rows(run: Any, picked: pd.DataFrame, level: str, gaps: dict[str, float | None]) -> list[dict]:
+        return [
             {
                 "md_id": run.md_id,
                 "ensemble_id": ensemble_id,
@@ -780,7 +776,21 @@ def run_dft_checks(
             }
             for r in picked.itertuples(index=False)
         ]
-        done = [r for r in frame_rows if r["dft_gap_ev"] is not None]
+
+    level = config.gaps.reference_level or config.reference.high_level
+    with (
+        store.write() as writer
+    ):  # the chosen frames first: a check interrupted in its DFT resumes without trajectories
+        writer.add_structures(structures, run_id=run_id)
+        for run, picked in chosen:
+            writer.delete_rows("gap_dft_frames", {"md_id": run.md_id, "ensemble_id": ensemble_id})
+            writer.add_rows("gap_dft_frames", frame_rows(run, picked, level, {}))
+    hashes = [h for _, picked in chosen for h in picked["structure_hash"]]
+    level, gaps = reference_gaps(store, config, hashes, run_id=run_id, progress=progress)
+    tolerance = config.gaps.dft_check_tolerance_ev
+    for run, picked in chosen:
+        frame_rows_of_run = frame_rows(run, picked, level, gaps)
+        done = [r for r in frame_rows_of_run if r["dft_gap_ev"] is not None]
         check = compare_paired(
             np.array([r["model_gap_ev"] for r in done]),
             np.array([r["dft_gap_ev"] for r in done]),
@@ -811,7 +821,7 @@ def run_dft_checks(
         with store.write() as writer:
             for table_name in ("gap_dft_frames", "gap_dft_checks"):
                 writer.delete_rows(table_name, {"md_id": run.md_id, "ensemble_id": ensemble_id})
-            writer.add_rows("gap_dft_frames", frame_rows)
+            writer.add_rows("gap_dft_frames", frame_rows_of_run)
             writer.add_rows("gap_dft_checks", [summary])
         logger.info(
             "DFT check x = %.3f, %.0f K: model %.3f vs %s %.3f eV over %d frames: %s",
