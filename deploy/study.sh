@@ -18,7 +18,8 @@
 #   deploy/study.sh refit K           the gap model retrained with round K's frames, measured on every held-out set
 #                                     (recorded as round K), Eg(T) of every analysed run again with its DFT checks
 #   deploy/study.sh finish            what needs every composition: the band-gap stage once more, the mode stage
-#   deploy/study.sh checkpoint        the project (store, arrays, model files; no trajectories) to
+#   deploy/study.sh checkpoint        the project (store, arrays, model files, trajectories thinned to the band-gap
+#                                     series' frames) to
 #                                     data/checkpoints/ag3sbri-study, replacing the previous one (commit it)
 #   deploy/study.sh ship              the finished study's results to data/results/ag3sbri-study (no model files)
 #   deploy/study.sh status            MD runs per composition, DFT checks, CPU time so far
@@ -131,7 +132,7 @@ case "${1:-}" in
     "$CAPML" sql --project "$PROJECT" "SELECT level, count(*) AS labels, round(sum(wall_time_s) / 3600, 2) AS cpu_h FROM labels GROUP BY 1"
     ;;
   *)
-    sed -n '2,26p' "$0"
+    sed -n '2,27p' "$0"
     exit 2
     ;;
 esac

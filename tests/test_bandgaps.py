@@ -498,7 +498,46 @@ def test_dft_checks_recompute_the_averaged_frames_and_flag_a_disagreement(
     assert completed["verdict"] != "incomplete" and completed["n_frames"] == len(
         frames[frames["md_id"] == missing["md_id"].iloc[0]]
     )
+    _eg_t_again_from_thinned_trajectories(store, config, ensemble_id)
     _independent_estimates(store, config, ensemble_id)
+
+
+def _eg_t_again_from_thinned_trajectories(store: Store, config, ensemble_id: str) -> None:
+    """A checkpoint's thinned trajectories (the band-gap series' frames only) give the same Eg(T) and checks when
+    the averages are recomputed (a new gap model on another machine)."""
+    import shutil
+
+    from capml_core.physics.md import write_thinned_trajectory
+    from capml_core.stages.bandgaps import run_bandgap_stage
+
+    before = store.query("SELECT * FROM gap_thermal WHERE ensemble_id = ? ORDER BY md_id", [ensemble_id])
+    checks = store.query("SELECT * FROM gap_dft_checks WHERE ensemble_id = ? ORDER BY md_id", [ensemble_id])
+    frames = store.query(
+        """SELECT r.md_id, r.path, list(DISTINCT f.frame) AS frames FROM md_runs r JOIN (SELECT md_id, frame FROM
+           gap_snapshots UNION SELECT md_id, frame FROM gap_dft_frames) f USING (md_id) GROUP BY ALL"""
+    )
+    md_dir = store.project_dir / "md"
+    md_dir.rename(store.project_dir / "md-whole")
+    try:
+        for row in frames.itertuples(index=False):
+            write_thinned_trajectory(
+                store.project_dir / "md-whole" / Path(row.path).name,
+                store.project_dir / row.path,
+                np.asarray(row.frames),
+            )
+        with store.write() as writer:
+            for table in ("gap_thermal", "gap_snapshots"):
+                writer.con.execute(f"DELETE FROM {table} WHERE ensemble_id = ?", [ensemble_id])
+        run_bandgap_stage(store, config, ensemble_id=ensemble_id, scan_id=latest_scan_id(store))
+    finally:
+        shutil.rmtree(md_dir, ignore_errors=True)
+        (store.project_dir / "md-whole").rename(md_dir)
+    after = store.query("SELECT * FROM gap_thermal WHERE ensemble_id = ? ORDER BY md_id", [ensemble_id])
+    assert len(after) == len(before) >= 5
+    assert np.allclose(after["mean_gap_ev"], before["mean_gap_ev"], equal_nan=True)
+    assert np.allclose(after["error_ev"], before["error_ev"], equal_nan=True)
+    again = store.query("SELECT * FROM gap_dft_checks WHERE ensemble_id = ? ORDER BY md_id", [ensemble_id])
+    assert again["difference_ev"].tolist() == checks["difference_ev"].tolist()
 
 
 def _independent_estimates(store: Store, config, ensemble_id: str) -> None:

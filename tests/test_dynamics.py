@@ -99,6 +99,36 @@ def test_a_run_closer_than_any_training_structure_has_left_the_training_data() -
     assert contacts_outside_training(close, training, 1.8) is None  # only in the equilibration: not judged
 
 
+def test_a_thinned_trajectory_keeps_the_runs_frame_indices_and_times(tmp_path: Path) -> None:
+    """A checkpoint's trajectory: the positions of the band-gap series' frames only, read with the run's own frame
+    indices and times; a frame it dropped is a clear error, not a wrong structure."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from capml_core.errors import InvalidInputError
+    from capml_core.physics.md import frames_with_positions, trajectory_frame, write_thinned_trajectory
+
+    whole = tmp_path / "whole.h5"
+    settings = {"temperature_k": 300.0, "timestep_fs": 2.0, "friction_per_fs": 0.01, "seed": 1}
+    run_md(bulk("Cu", cubic=True) * (2, 2, 2), EMT(), n_steps=200, save_every_steps=2, path=whole, **settings)
+    full = read_trajectory(whole)
+    assert len(full["time_fs"]) == 101 and frames_with_positions(full).tolist() == list(range(101))
+    assert write_thinned_trajectory(whole, tmp_path / "thin.h5", np.array([40, 8, 12, 100, 8])) == 4
+    thin = read_trajectory(tmp_path / "thin.h5")
+    assert thin["thinned"] and "velocities_a_per_fs" not in thin and thin["complete"] == full["complete"]
+    assert np.array_equal(thin["time_fs"], full["time_fs"])  # the run's times and frame indices
+    assert np.array_equal(thin["potential_energy_ev"], full["potential_energy_ev"])
+    assert frames_with_positions(thin).tolist() == [8, 12, 40, 100]
+    assert np.array_equal(trajectory_frame(thin, 40).positions, trajectory_frame(full, 40).positions)
+    with pytest.raises(InvalidInputError, match="frame 41: not kept by this thinned trajectory"):
+        trajectory_frame(thin, 41)
+    assert (tmp_path / "thin.h5").stat().st_size < whole.stat().st_size / 4
+    # a thinned file thinned again keeps what it has of the frames asked for
+    assert write_thinned_trajectory(tmp_path / "thin.h5", tmp_path / "thinner.h5", np.array([8, 9, 100])) == 2
+    with pytest.raises(InvalidInputError, match="outside"):
+        write_thinned_trajectory(whole, tmp_path / "bad.h5", np.array([5, 101]))
+
+
 # ------------------------------------------------------------------------------------------- slow
 @pytest.mark.slow
 def test_md_file_resumes_after_a_kill_without_gaps(trained, tmp_path: Path) -> None:

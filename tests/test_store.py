@@ -284,12 +284,38 @@ def test_shipped_with_models_is_a_project_to_continue_and_replaces_only_a_shippe
         ship_results(store, target, with_models=True)
     with store.write() as w:
         w.add_structures(_records(4), run_id="r2")
+    # an MD run whose band gaps were averaged over frames 2, 4, 6, one DFT check of frame 3: those frames travel
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from capml_core.physics.md import frames_with_positions, read_trajectory, run_md
+
+    md = {"temperature_k": 300.0, "timestep_fs": 2.0, "friction_per_fs": 0.01, "seed": 1, "save_every_steps": 1}
+    run_md(bulk("Cu", cubic=True), EMT(), n_steps=10, path=tmp_path / "project" / "md" / "md-a.h5", **md)
+    run = {"model_id": "mace-a", "structure_hash": "s", "temperature_k": 300.0, "n_steps": 10, "n_frames": 11}
+    with store.write() as w:
+        w.add_rows("md_runs", [{"md_id": "md-a", "path": "md/md-a.h5", "complete": True, "status": "ok", **run}])
+        w.add_rows("md_runs", [{"md_id": "md-gone", "path": "md/gone.h5", "complete": True, "status": "ok", **run}])
+        w.add_rows(
+            "gap_snapshots",
+            [
+                {"md_id": m, "ensemble_id": "e", "frame": f, "time_fs": 2.0 * f, "gap_ev": 1.0}
+                for m in ("md-a", "md-gone")
+                for f in (2, 4, 6)
+            ],
+        )
+        w.add_rows(
+            "gap_dft_frames",
+            [{"md_id": "md-a", "ensemble_id": "e", "frame": 3, "structure_hash": "c", "level": "l", "model_gap_ev": 1}],
+        )
     manifest = ship_results(store, target, with_models=True, replace=True)
     assert manifest["model_files"] == 3 and manifest["model_bytes"] == 120  # the foundation file outside stays out
+    assert manifest["thinned_trajectories"] == 1 and not (target / "md" / "gone.h5").exists()  # a gone one stays gone
+    assert frames_with_positions(read_trajectory(target / "md" / "md-a.h5")).tolist() == [2, 3, 4, 6]
     assert (target / "models" / "mace-a.model").read_bytes() == b"m" * 100
     assert (target / "gnn" / "ens-a" / "member-0" / "cheap" / "weights.pt").is_file()
     assert Store(target).query("SELECT count(*) AS n FROM structures")["n"][0] == 4  # the new results
-    assert json.loads((target / MANIFEST).read_text())["not_shipped"] == "MD trajectories (their rows are kept)"
+    assert json.loads((target / MANIFEST).read_text())["not_shipped"].startswith("the MD trajectories' frames outside")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["project", "shipped"]  # no staging copy left
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")

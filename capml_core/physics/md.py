@@ -20,8 +20,16 @@ logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------- trajectory file
+#: Dataset of a thinned trajectory file: the indices of the frames whose positions it keeps.
+KEPT_FRAMES = "kept_frames"
+
+
 def read_trajectory(path: str | Path) -> dict[str, Any]:
-    """All frames and attributes of a trajectory file (arrays: positions_a, velocities_a_per_fs, ...)."""
+    """All frames and attributes of a trajectory file (arrays: positions_a, velocities_a_per_fs, ...).
+
+    A thinned file (:func:`write_thinned_trajectory`) reads with the frame indices of the run it came from: its
+    per-frame scalars are whole, positions of the frames it dropped are NaN and it has no velocities.
+    """
     import h5py
 
     path = Path(path)
@@ -30,7 +38,45 @@ def read_trajectory(path: str | Path) -> dict[str, Any]:
     with h5py.File(path, "r") as handle:
         out: dict[str, Any] = {key: handle[key][()] for key in handle}
         out.update({key: handle.attrs[key] for key in handle.attrs})
+    if KEPT_FRAMES in out:
+        kept = np.asarray(out.pop(KEPT_FRAMES), dtype=int)
+        positions = np.full((len(out["time_fs"]), *out["positions_a"].shape[1:]), np.nan)
+        positions[kept] = out["positions_a"]
+        out["positions_a"] = positions
+        out["thinned"] = True
     return out
+
+
+def frames_with_positions(trajectory: dict[str, Any]) -> np.ndarray:
+    """Indices of the frames whose positions a (possibly thinned) trajectory holds."""
+    return np.flatnonzero(np.isfinite(trajectory["positions_a"]).all(axis=(1, 2)))
+
+
+def write_thinned_trajectory(source: str | Path, target: str | Path, frames: np.ndarray) -> int:
+    """Copy trajectory file ``source`` to ``target`` keeping the positions of ``frames`` only (no velocities).
+
+    The per-frame scalars (time, energies, temperature) and the attributes are kept whole, so frame indices and
+    times mean what they meant in the run; a few hundred frames of a 40-atom cell take a few hundred kB. Returns the
+    number of frames kept.
+    """
+    import h5py
+
+    trajectory = read_trajectory(source)
+    kept = np.unique(np.asarray(frames, dtype=int))
+    if len(kept) and (kept[0] < 0 or kept[-1] >= len(trajectory["time_fs"])):
+        raise InvalidInputError(f"{source}: frames {kept[0]}..{kept[-1]} outside its {len(trajectory['time_fs'])}")
+    kept = np.intersect1d(kept, frames_with_positions(trajectory))  # a thinned source keeps what it has
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(target, "w") as handle:
+        for name in FRAME_DATASETS:
+            if name == "positions_a":
+                handle.create_dataset(name, data=trajectory[name][kept], compression="gzip")
+            elif name != "velocities_a_per_fs":
+                handle.create_dataset(name, data=trajectory[name])
+        handle.create_dataset(KEPT_FRAMES, data=kept)
+        handle.attrs.update({k: v for k, v in trajectory.items() if k not in FRAME_DATASETS and k not in ("thinned",)})
+    return len(kept)
 
 
 def _new_trajectory(atoms: Atoms, attributes: dict[str, Any]) -> dict[str, Any]:
@@ -269,10 +315,20 @@ def check_health(trajectory: dict[str, Any], equilibration_ps: float) -> MDHealt
 
 
 def trajectory_frame(trajectory: dict[str, Any], frame: int) -> Atoms:
-    """One frame of a trajectory as periodic Atoms (positions wrapped into the cell, Å)."""
-    atoms = Atoms(
-        numbers=trajectory["numbers"], positions=trajectory["positions_a"][frame], cell=trajectory["cell_a"], pbc=True
-    )
+    """One frame of a trajectory as periodic Atoms (positions wrapped into the cell, Å).
+
+    Raises
+    ------
+    InvalidInputError
+        A frame a thinned trajectory did not keep.
+    """
+    positions = trajectory["positions_a"][frame]
+    if np.isnan(positions).any():
+        raise InvalidInputError(
+            f"frame {frame}: not kept by this thinned trajectory (a checkpoint keeps the frames of the band-gap "
+            "series only): rerun the MD for it"
+        )
+    atoms = Atoms(numbers=trajectory["numbers"], positions=positions, cell=trajectory["cell_a"], pbc=True)
     atoms.wrap()
     return atoms
 

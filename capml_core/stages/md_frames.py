@@ -25,7 +25,7 @@ from ase import Atoms
 
 from capml_core.config.stage_sections import MDSection
 from capml_core.errors import DatasetError
-from capml_core.physics.md import production_frames, read_trajectory, trajectory_frame
+from capml_core.physics.md import frames_with_positions, production_frames, read_trajectory, trajectory_frame
 from capml_core.store.database import Store
 from capml_core.store.queries import complete_md_runs
 from capml_core.store.records import StructureRecord
@@ -278,7 +278,7 @@ def sample_random_frames(
         trajectory = read_trajectory(store.project_dir / run.path)
         rng = np.random.default_rng([seed, int(run.md_id.encode().hex()[:12], 16)])
         candidates = frames_apart(
-            production_frames(trajectory, md.equilibration_ps),
+            np.intersect1d(production_frames(trajectory, md.equilibration_ps), frames_with_positions(trajectory)),
             trajectory["time_fs"],
             avoid.get(run.md_id, []),
             separation_fs,

@@ -9,9 +9,11 @@ name them are kept (they say what was computed), the files are not needed to rea
 The steps of the project's DFT relaxations (``static-reference/*/relax.traj``, ASE trajectories of a few hundred
 kB) are results too and go with it: an unfinished relaxation continues from them in the shipped directory.
 
-``with_models=True`` also copies the MACE and gap-model files: the directory is then a project that later stages
-continue (a study split over machines: only the MD trajectories are left behind, so every stage that reads them
-must have run for the MD runs it holds).
+``with_models=True`` also copies the MACE and gap-model files and, thinned to the frames of their band-gap series
+(:func:`capml_core.physics.md.write_thinned_trajectory`: a few hundred kB per run), the MD trajectories: the
+directory is then a project that later stages continue (a study split over machines). A new gap model recomputes
+Eg(T) and its DFT checks from the thinned files; what needs whole trajectories (phonon verdicts, held-out draws,
+quenches) must have run for the MD runs it holds.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 import duckdb
+import numpy as np
 
 from capml_core.errors import InvalidInputError
 from capml_core.provenance import code_version
@@ -93,6 +96,7 @@ def ship_results(
             con.close()
     copied, left_out = [], []
     models = _copy_model_files(store, out) if with_models else []
+    thinned = _thin_trajectories(store, out) if with_models else []
     for row in artifacts.itertuples(index=False):
         source = store.project_dir / row.relpath
         if with_models and row.kind in UNSHIPPED_KINDS and source.is_file():
@@ -121,7 +125,9 @@ def ship_results(
         "relaxation_trajectories": len(relaxations),
         "model_files": len(models),
         "model_bytes": sum(p.stat().st_size for p in models),
-        "not_shipped": "MD trajectories (their rows are kept)"
+        "thinned_trajectories": len(thinned),
+        "thinned_trajectory_bytes": sum(p.stat().st_size for p in thinned),
+        "not_shipped": "the MD trajectories' frames outside the band-gap series, and velocities (their rows are kept)"
         if with_models
         else "MD trajectories, MACE and gap-model files (their rows are kept)",
     }
@@ -133,6 +139,26 @@ def _copy(source: Path, destination: Path) -> Path:
     destination.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, destination)
     return destination
+
+
+def _thin_trajectories(store: Store, out: Path) -> list[Path]:
+    """Each MD run's trajectory with the frames of its band-gap series (and DFT checks) only; the files written."""
+    from capml_core.physics.md import write_thinned_trajectory
+
+    frames = store.query(
+        """SELECT r.md_id, r.path, list(DISTINCT f.frame) AS frames
+           FROM md_runs r JOIN (SELECT md_id, frame FROM gap_snapshots
+                                UNION SELECT md_id, frame FROM gap_dft_frames) f USING (md_id)
+           WHERE r.complete GROUP BY ALL ORDER BY r.md_id"""
+    )
+    written = []
+    for row in frames.itertuples(index=False):
+        source = store.project_dir / row.path
+        if Path(row.path).is_absolute() or not source.is_file():  # gone (an earlier checkpoint's run): rows kept
+            continue
+        write_thinned_trajectory(source, out / row.path, np.asarray(row.frames, dtype=int))
+        written.append(out / row.path)
+    return written
 
 
 def _copy_model_files(store: Store, out: Path) -> list[Path]:
