@@ -285,7 +285,7 @@ def sample_random_frames(
         )
         if len(candidates) < per_run:
             logger.warning(
-                "%s: %d frames of run %s are %.0f fs from the frames to avoid (asked for %d)",
+                "%s: only %d frames of run %s lie %.0f fs or more from the frames to avoid (asked for %d)",
                 set_name,
                 len(candidates),
                 run.md_id,
