@@ -221,7 +221,8 @@ def _project_report(store: Store) -> dict[str, Any]:
     )
     dft_eg0 = {round(s["composition_x"], 6): s["cubic_dft_gap_ev"] for s in static_rows if s["cubic_dft_gap_ev"]}
     for s in static_rows:  # the model's own Eg(0) enters ΔEg/Eg: say when it is off the DFT value of the same cell
-        error = None if s["cubic_dft_gap_ev"] is None else s["cubic_gap_ev"] - s["cubic_dft_gap_ev"]
+        both = s["cubic_dft_gap_ev"] is not None and s["cubic_gap_ev"] is not None
+        error = s["cubic_gap_ev"] - s["cubic_dft_gap_ev"] if both else None
         s["cubic_model_minus_dft_ev"] = error
         if error is not None and abs(error) > tolerance_ev:
             flags.append(
