@@ -509,13 +509,11 @@ def _eg_t_again_from_thinned_trajectories(store: Store, config, ensemble_id: str
 
     from capml_core.physics.md import write_thinned_trajectory
     from capml_core.stages.bandgaps import run_bandgap_stage
+    from capml_core.stages.shipping import band_gap_series_frames
 
     before = store.query("SELECT * FROM gap_thermal WHERE ensemble_id = ? ORDER BY md_id", [ensemble_id])
     checks = store.query("SELECT * FROM gap_dft_checks WHERE ensemble_id = ? ORDER BY md_id", [ensemble_id])
-    frames = store.query(
-        """SELECT r.md_id, r.path, list(DISTINCT f.frame) AS frames FROM md_runs r JOIN (SELECT md_id, frame FROM
-           gap_snapshots UNION SELECT md_id, frame FROM gap_dft_frames) f USING (md_id) GROUP BY ALL"""
-    )
+    frames = band_gap_series_frames(store)  # what a checkpoint keeps
     md_dir = store.project_dir / "md"
     md_dir.rename(store.project_dir / "md-whole")
     try:

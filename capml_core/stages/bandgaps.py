@@ -45,7 +45,7 @@ from capml_core.physics.stability import phonon_settings_key
 from capml_core.physics.statistics import GapAverage, average_gaps, ensemble_spread
 from capml_core.provenance import content_key
 from capml_core.stages.estimates import ESTIMATE_METHODS
-from capml_core.stages.labelling import reference_gaps
+from capml_core.stages.labelling import gap_reference_level, reference_gaps
 from capml_core.store.database import Store
 from capml_core.store.queries import ensemble_level, ensemble_model_dirs, lowest_energy_structures
 from capml_core.store.records import StructureRecord
@@ -777,10 +777,9 @@ def run_dft_checks(
             for r in picked.itertuples(index=False)
         ]
 
-    level = config.gaps.reference_level or config.reference.high_level
-    with (
-        store.write() as writer
-    ):  # the chosen frames first: a check interrupted in its DFT resumes without trajectories
+    level = gap_reference_level(config)
+    # the chosen frames first: a check interrupted in its DFT resumes without the trajectories
+    with store.write() as writer:
         writer.add_structures(structures, run_id=run_id)
         for run, picked in chosen:
             writer.delete_rows("gap_dft_frames", {"md_id": run.md_id, "ensemble_id": ensemble_id})

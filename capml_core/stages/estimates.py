@@ -233,7 +233,9 @@ def run_estimates(
     if rows:
         with store.write() as writer:
             writer.add_rows("gap_estimates", rows)
-    level = config.gaps.reference_level or config.reference.high_level
+    from capml_core.stages.labelling import gap_reference_level
+
+    level = gap_reference_level(config)
     sampled = dft_phonon_sampled(store, level) if level else pd.DataFrame()
     if not sampled.empty:
         fresh = [

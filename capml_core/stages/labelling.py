@@ -236,6 +236,11 @@ def _store_label(store: Store, record: LabelRecord, run_id: str | None) -> None:
 
 
 # ------------------------------------------------------------------------------------------- reference DFT
+def gap_reference_level(config: RunConfig) -> str:
+    """The level DFT checks of gaps run at: ``gaps.reference_level``, else the high level."""
+    return config.gaps.reference_level or config.reference.high_level
+
+
 def reference_gaps(
     store: Store,
     config: RunConfig,
@@ -250,7 +255,7 @@ def reference_gaps(
     so an interrupted check resumes). Returns the level and, per hash, the gap (None when the calculation
     failed or the level cannot run here).
     """
-    level_name = config.gaps.reference_level or config.reference.high_level
+    level_name = gap_reference_level(config)
     if not structure_hashes:
         return level_name, {}
     level = get_level(level_name, config.reference)

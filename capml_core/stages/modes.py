@@ -45,7 +45,7 @@ from capml_core.physics.modes import (
 )
 from capml_core.physics.phonons import GammaModes, gamma_modes
 from capml_core.provenance import content_key
-from capml_core.stages.labelling import reference_gaps, store_check_structures
+from capml_core.stages.labelling import gap_reference_level, reference_gaps, store_check_structures
 from capml_core.store.database import Store
 from capml_core.store.queries import ensemble_level, ensemble_model_dirs, harmonic_phonon_rows, lowest_energy_structures
 from capml_core.system.structures import structure_hash
@@ -162,7 +162,7 @@ def mode_settings_key(config) -> str:  # RunConfig
             "displacement_a": config.phonons.displacement_a,
             "check_temperature_k": max(config.gaps.mode_temperatures_k),
             "reference_modes": config.gaps.reference_modes,
-            "reference_level": config.gaps.reference_level or config.reference.high_level,
+            "reference_level": gap_reference_level(config),
             "checked": config.gap_check_compositions(),
             "groups": "subspaces-bands-v1",
             "floor_thz": config.gaps.mode_floor_thz,

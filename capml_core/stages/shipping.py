@@ -141,18 +141,22 @@ def _copy(source: Path, destination: Path) -> Path:
     return destination
 
 
-def _thin_trajectories(store: Store, out: Path) -> list[Path]:
-    """Each MD run's trajectory with the frames of its band-gap series (and DFT checks) only; the files written."""
-    from capml_core.physics.md import write_thinned_trajectory
-
-    frames = store.query(
+def band_gap_series_frames(store: Store):  # pd.DataFrame
+    """Per complete MD run (``md_id``, ``path``): the ``frames`` its band-gap series and DFT checks read."""
+    return store.query(
         """SELECT r.md_id, r.path, list(DISTINCT f.frame) AS frames
            FROM md_runs r JOIN (SELECT md_id, frame FROM gap_snapshots
                                 UNION SELECT md_id, frame FROM gap_dft_frames) f USING (md_id)
            WHERE r.complete GROUP BY ALL ORDER BY r.md_id"""
     )
+
+
+def _thin_trajectories(store: Store, out: Path) -> list[Path]:
+    """Each MD run's trajectory with the frames of its band-gap series (and DFT checks) only; the files written."""
+    from capml_core.physics.md import write_thinned_trajectory
+
     written = []
-    for row in frames.itertuples(index=False):
+    for row in band_gap_series_frames(store).itertuples(index=False):
         source = store.project_dir / row.path
         if Path(row.path).is_absolute() or not source.is_file():  # gone (an earlier checkpoint's run): rows kept
             continue
