@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,44 @@ def test_the_high_level_as_a_correction_of_the_cheap_head(tmp_path: Path) -> Non
     (tmp_path / "head" / "cheap.npz").write_bytes(b"not an npz")
     with pytest.raises(InvalidInputError, match="not a readable capml gap head"):
         KernelGapHead.load(tmp_path / "head", prefix="cheap")
+
+
+def _focus_data(seed: int):
+    """200 'cubic-cell' structures on g(x), 40 'MD frames' on g(x) + 0.3 x0: the many disagree with the few."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1.0, 1.0, size=(240, 2))
+    gaps = 1.0 + 0.5 * np.sin(2.0 * x[:, 0]) + 0.2 * x[:, 1]
+    focus = np.arange(240) >= 200
+    return x, gaps + np.where(focus, 0.3 * x[:, 0], 0.0), focus
+
+
+def test_a_focus_fits_the_structures_the_head_is_used_on() -> None:
+    """Scored on the focus structures, the CV gives the others a weaker say: error on new 'MD frames' drops."""
+    x, gaps, focus = _focus_data(0)
+    plain = fit_kernel_head(x, gaps)
+    focused = fit_kernel_head(x, gaps, focus=focus)
+    x_new, _, _ = _focus_data(1)
+    truth = 1.0 + 0.5 * np.sin(2.0 * x_new[:, 0]) + 0.2 * x_new[:, 1] + 0.3 * x_new[:, 0]
+    plain_mae = np.abs(plain.predict(x_new) - truth).mean()
+    focused_mae = np.abs(focused.predict(x_new) - truth).mean()
+    assert plain.other_factor == 1.0 and focused.other_factor >= 10.0
+    assert focused_mae < 0.5 * plain_mae and plain_mae > 0.05  # the plain head follows the many (0.3 x0 ~ 0.15 eV)
+    too_few = focus & (np.arange(240) < 204)  # 4 flagged < 5 folds: no focus, the plain head exactly
+    assert np.allclose(fit_kernel_head(x, gaps, focus=too_few).predict(x_new), plain.predict(x_new))
+    with pytest.raises(InvalidInputError, match="one flag per structure"):
+        fit_kernel_head(x, gaps, focus=focus[:10])
+
+
+def test_a_head_written_before_the_focus_reads_as_unfocused(tmp_path: Path) -> None:
+    x, gaps, focus = _focus_data(0)
+    head = fit_kernel_head(x, gaps, focus=focus)
+    head.save(tmp_path)
+    assert KernelGapHead.load(tmp_path).other_factor == head.other_factor
+    meta = json.loads((tmp_path / "head.json").read_text())
+    del meta["other_factor"]
+    (tmp_path / "head.json").write_text(json.dumps(meta))
+    old = KernelGapHead.load(tmp_path)
+    assert old.other_factor == 1.0 and np.allclose(old.predict(x), head.predict(x))
 
 
 def test_a_kernel_gap_model_is_bound_to_its_mace_file_and_reads_no_pickle(tmp_path: Path) -> None:

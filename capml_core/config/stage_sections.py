@@ -84,6 +84,13 @@ class GNNSection(Section):
         default_factory=lambda: [0.25, 0.5, 0.75, 1.0],
         description="Fractions of the cheap level's training split for the learning curve (empty: none).",
     )
+    md_frame_focus: bool = Field(
+        default=True,
+        description="Where the model is used: with at least 5 MD frames (kind md-frame) in a level's validation "
+        "split the search ranks its trials by their error on those frames, and a mace-kernel head is tuned by its "
+        "cross-validated error on the MD frames of its training data, the other structures (cubic-cell "
+        "displacements) regularised up to 100x more; false: every structure scored and regularised alike.",
+    )
     baseline_architecture: GNNArchitectureName | None = Field(
         default=None,
         description="With a search: also train this architecture (e.g. 'paper') with the config's learning rate "

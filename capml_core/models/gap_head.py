@@ -9,7 +9,11 @@ a kernel ridge regression on them (standardised per feature) generalises much be
     gap(x) = ybar + sum_i w_i k(x, x_i),   k(a, b) = exp(-gamma |a - b|^2 / n_features),
     w = (K + lambda I)^-1 (y - ybar),
 
-with (gamma, lambda) chosen by k-fold cross-validation (MAE) on the training data alone. Two levels as for the
+with (gamma, lambda) chosen by k-fold cross-validation (MAE) on the training data alone. Where the model is used
+on some structures and trained on many others (MD frames among hundreds of harmonic displacements of the cubic
+cell), a ``focus`` mask makes the cross-validation score the error on the focus structures only and lets it give
+the others a regularisation f times larger (f chosen too, 1 among the choices): the head fits where it is used
+and takes the rest as weaker evidence. Two levels as for the
 GNN: a head on the cheap level, and the high level learnt as a correction to it (:class:`DeltaGapHead`: the
 high-level gap is the cheap head's plus a head fitted on the differences), since the high level has fewer labels.
 Files (:meth:`KernelGapHead.save`): ``head.json`` (settings) and ``head.npz`` (arrays, read without pickle).
@@ -36,6 +40,8 @@ from capml_core.errors import InvalidInputError
 #: Kernel widths and regularisations tried by default.
 DEFAULT_GAMMAS = (0.03, 0.1, 0.3, 1.0, 3.0)
 DEFAULT_LAMBDAS = (1e-3, 1e-2, 1e-1)
+#: Regularisation factors of the structures outside the focus tried by default (1: all alike).
+DEFAULT_OTHER_FACTORS = (1.0, 3.0, 10.0, 30.0, 100.0)
 HEAD_FORMAT_VERSION = 1
 #: Arrays of a head's ``.npz`` file.
 ARRAY_NAMES = ("mean", "scale", "points", "weights")
@@ -60,6 +66,8 @@ class KernelGapHead:
     gamma: float
     regularisation: float
     cv_mae_ev: float
+    #: regularisation of the structures outside the focus / of the focus ones (1: no focus)
+    other_factor: float = 1.0
 
     def predict(self, descriptors: np.ndarray) -> np.ndarray:
         """Gaps (eV) of structures given their descriptors (n, n_features)."""
@@ -82,6 +90,7 @@ class KernelGapHead:
             "gamma": self.gamma,
             "regularisation": self.regularisation,
             "cv_mae_ev": self.cv_mae_ev,
+            "other_factor": self.other_factor,
         }
         (directory / f"{prefix}.json").write_text(json.dumps(meta, indent=2))
         return directory
@@ -115,6 +124,7 @@ class KernelGapHead:
                 gamma=float(meta["gamma"]),
                 regularisation=float(meta["regularisation"]),
                 cv_mae_ev=float(meta["cv_mae_ev"]),
+                other_factor=float(meta.get("other_factor", 1.0)),
             )
         except InvalidInputError:
             raise
@@ -124,53 +134,81 @@ class KernelGapHead:
             ) from err
 
 
-def _solve(points: np.ndarray, targets: np.ndarray, gamma: float, regularisation: float) -> tuple[np.ndarray, float]:
+def _solve(
+    points: np.ndarray, targets: np.ndarray, gamma: float, regularisation: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """Weights and offset of kernel ridge regression with a per-structure regularisation (vector, eV^2 units of K)."""
     offset = float(targets.mean())
-    kernel = gaussian_kernel(points, points, gamma) + regularisation * np.eye(len(points))
+    kernel = gaussian_kernel(points, points, gamma) + np.diag(regularisation)
     from scipy.linalg import cho_factor, cho_solve
 
     return cho_solve(cho_factor(kernel), targets - offset), offset
+
+
+def _fold_assignment(n: int, focus: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold of each structure: focus and other structures dealt out separately, so every fold has focus ones."""
+    rng = np.random.default_rng(seed)
+    assignment = np.empty(n, dtype=int)
+    for group in (focus, ~focus):
+        rows = np.flatnonzero(group)
+        assignment[rows] = rng.permutation(len(rows)) % folds
+    return assignment
 
 
 def fit_kernel_head(
     descriptors: np.ndarray,
     gaps_ev: Sequence[float],
     *,
+    focus: Sequence[bool] | None = None,
     gammas: Sequence[float] = DEFAULT_GAMMAS,
     regularisations: Sequence[float] = DEFAULT_LAMBDAS,
+    other_factors: Sequence[float] = DEFAULT_OTHER_FACTORS,
     folds: int = 5,
     seed: int = 0,
 ) -> KernelGapHead:
     """Fit a head; (gamma, lambda) by ``folds``-fold cross-validation MAE on these data only.
 
+    ``focus``: structures the head is for (e.g. MD frames). With at least ``folds`` of them the score is their MAE
+    alone and the other structures' regularisation is lambda times a factor from ``other_factors``; without, every
+    structure counts and is regularised alike.
+
     Raises
     ------
     InvalidInputError
-        Fewer structures than folds, or descriptors and gaps of different lengths.
+        Fewer structures than folds, or descriptors, gaps and focus of different lengths.
     """
     x = np.asarray(descriptors, dtype=float)
     y = np.asarray(gaps_ev, dtype=float)
     if len(x) != len(y) or len(x) < max(folds, 2):
         raise InvalidInputError(f"{len(x)} descriptors and {len(y)} gaps: need as many, and at least {folds}")
+    mask = np.zeros(len(x), dtype=bool) if focus is None else np.asarray(focus, dtype=bool)
+    if mask.shape != (len(x),):
+        raise InvalidInputError(f"focus of shape {mask.shape} for {len(x)} structures: need one flag per structure")
+    focused = folds <= mask.sum() < len(x)
+    scored = mask if focused else np.ones(len(x), dtype=bool)
+    factors = tuple(other_factors) if focused else (1.0,)
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)
     z = (x - mean) / scale
-    assignment = np.random.default_rng(seed).permutation(len(z)) % folds
-    best: tuple[float, float, float] | None = None
+    assignment = _fold_assignment(len(z), scored, folds, seed)
+    best: tuple[float, float, float, float] | None = None
     for gamma in gammas:
         for regularisation in regularisations:
-            errors = []
-            for fold in range(folds):
-                train, test = assignment != fold, assignment == fold
-                weights, offset = _solve(z[train], y[train], gamma, regularisation)
-                predicted = gaussian_kernel(z[test], z[train], gamma) @ weights + offset
-                errors.append(np.abs(predicted - y[test]).mean())
-            score = float(np.mean(errors))
-            if best is None or score < best[0]:
-                best = (score, gamma, regularisation)
+            for factor in factors:
+                ridge = np.where(scored, regularisation, regularisation * factor)
+                errors = []
+                for fold in range(folds):
+                    train, test = assignment != fold, (assignment == fold) & scored
+                    weights, offset = _solve(z[train], y[train], gamma, ridge[train])
+                    predicted = gaussian_kernel(z[test], z[train], gamma) @ weights + offset
+                    errors.append(np.abs(predicted - y[test]).mean())
+                score = float(np.mean(errors))
+                if best is None or score < best[0]:
+                    best = (score, gamma, regularisation, factor)
     assert best is not None
-    weights, offset = _solve(z, y, best[1], best[2])
-    return KernelGapHead(mean, scale, z, weights, offset, float(best[1]), float(best[2]), best[0])
+    score, gamma, regularisation, factor = best
+    weights, offset = _solve(z, y, gamma, np.where(scored, regularisation, regularisation * factor))
+    return KernelGapHead(mean, scale, z, weights, offset, float(gamma), float(regularisation), score, float(factor))
 
 
 @dataclass(frozen=True)

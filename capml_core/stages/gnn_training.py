@@ -30,9 +30,10 @@ from capml_core.stages.gap_rows import split_rows
 from capml_core.stages.kernel_training import (
     Descriptors,
     kernel_learning_points,
-    kernel_validation_mae,
+    kernel_validation_predictions,
     train_kernel_member,
 )
+from capml_core.stages.md_frames import md_frame_mask
 from capml_core.store.database import Store
 
 logger = logging.getLogger(__name__)
@@ -89,13 +90,32 @@ class Trial:
     epochs_run: int
 
 
+#: MD frames a validation split needs before the search ranks by them (``gnn.md_frame_focus``).
+MIN_FOCUS_FRAMES = 5
+
+
+def search_scored_rows(store: Store, valid_hashes: list[str], gnn: GNNSection) -> np.ndarray:
+    """Rows of the validation split a search ranks by (booleans).
+
+    Its MD frames where ``gnn.md_frame_focus`` and there are at least :data:`MIN_FOCUS_FRAMES` of them (the model
+    is used on MD frames), else every row.
+    """
+    if gnn.md_frame_focus:
+        frames = md_frame_mask(store, valid_hashes)
+        if frames.sum() >= MIN_FOCUS_FRAMES:
+            logger.info("search ranked on the %d MD frames of the validation split", int(frames.sum()))
+            return frames
+    return np.ones(len(valid_hashes), dtype=bool)
+
+
 def search_hyperparameters(
     store: Store, gnn: GNNSection, *, level: str, seed: int = 0, search_id: str | None = None
 ) -> tuple[str, list[Trial]]:
     """Train every (architecture, learning rate, batch size) of the config's search on ``level``.
 
-    Selection uses the validation split only (the test split stays unseen); every trial is recorded in
-    ``gnn_trials`` with its rank. Returns the search id and the trials, best (lowest validation MAE) first.
+    Selection uses the validation split only (the test split stays unseen), its MD frames alone where
+    :func:`search_scored_rows` says so; every trial is recorded in ``gnn_trials`` with its rank. Returns the
+    search id and the trials, best (lowest validation MAE) first.
     A ``search_id`` already in the store (a content key, :func:`gnn_stage_key`) returns its stored trials.
     """
     import itertools
@@ -116,20 +136,25 @@ def search_hyperparameters(
                 for r in stored.itertuples()
             ]
     trials = []
+    split_hashes = level_split_hashes(store, level, gnn)
+    valid_hashes, valid_gaps = split_hashes["valid"]
+    scored = search_scored_rows(store, valid_hashes, gnn)
     if KERNEL_ARCHITECTURE in gnn.search_architectures:  # one trial: no learning rate or batch size to vary
-        valid, cv_mae = kernel_validation_mae(Descriptors(store), level_split_hashes(store, level, gnn), seed=seed)
+        descriptors = Descriptors(store, focus_md_frames=gnn.md_frame_focus)
+        predicted, cv_mae = kernel_validation_predictions(descriptors, split_hashes, seed=seed)
+        valid = compute_metrics(valid_gaps[scored], predicted[scored])
         trials.append(Trial(KERNEL_ARCHITECTURE, None, None, valid, 0))
         logger.info("search %s: validation MAE %.4f eV (CV %.4f eV)", KERNEL_ARCHITECTURE, valid.mae_ev, cv_mae)
     networks = [name for name in gnn.search_architectures if name != KERNEL_ARCHITECTURE]
     data = level_splits(store, level, gnn) if networks else {}
     _, train_graphs, train_gaps = data.get("train", (None, None, None))
-    _, valid_graphs, valid_gaps = data.get("valid", (None, None, None))
+    _, valid_graphs, _ = data.get("valid", (None, None, None))
     grid = itertools.product(networks, gnn.search_learning_rates, gnn.search_batch_sizes)
     for name, learning_rate, batch_size in grid:
         model = new_model(name, ARCHITECTURES[name], train_graphs, train_gaps, cutoff_a=gnn.cutoff_a, seed=seed)
         settings = TrainingSettings(gnn.epochs, batch_size, learning_rate, gnn.patience, seed)
         train(model, train_graphs, train_gaps, valid_graphs, valid_gaps, settings, stage="search")
-        valid = compute_metrics(valid_gaps, model.predict_graphs(valid_graphs))
+        valid = compute_metrics(valid_gaps[scored], np.asarray(model.predict_graphs(valid_graphs))[scored])
         trials.append(Trial(name, learning_rate, batch_size, valid, model.history["stages"][-1]["epochs_run"]))
         logger.info("search %s lr %g batch %d: validation MAE %.4f eV", name, learning_rate, batch_size, valid.mae_ev)
     trials.sort(key=lambda t: t.valid.mae_ev)
@@ -176,7 +201,12 @@ def learning_curve(
             ]
     if architecture == KERNEL_ARCHITECTURE:
         splits = level_split_hashes(store, level, gnn)
-        points = kernel_learning_points(Descriptors(store), splits, gnn.learning_curve_fractions, seed=seed)
+        points = kernel_learning_points(
+            Descriptors(store, focus_md_frames=gnn.md_frame_focus),
+            splits,
+            gnn.learning_curve_fractions,
+            seed=seed,
+        )
         return _record_curve(store, curve_id, level, architecture, points)
     data = level_splits(store, level, gnn)
     _, train_graphs, train_gaps = data["train"]
@@ -268,7 +298,7 @@ def train_two_stage(
     stages: list[tuple[str, str]] = [("cheap", cheap_level)] + ([("high", high_level)] if high_level else [])
     if kernel:
         data = {stage: level_split_hashes(store, level, gnn) for stage, level in stages}
-        descriptors = Descriptors(store)
+        descriptors = Descriptors(store, focus_md_frames=gnn.md_frame_focus)
         descriptors.set_species(list(data.values()))
     else:
         data = {stage: level_splits(store, level, gnn) for stage, level in stages}

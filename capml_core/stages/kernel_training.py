@@ -27,6 +27,7 @@ from capml_core.models.gap_head import (
 from capml_core.models.gnn import CHEAP_STAGE_DIRNAME, Metrics, compute_metrics
 from capml_core.provenance import file_sha256
 from capml_core.stages.gap_rows import split_rows
+from capml_core.stages.md_frames import md_frame_mask
 from capml_core.store.database import Store
 from capml_core.store.queries import latest_model
 
@@ -43,13 +44,22 @@ _COMPUTED: dict[tuple[str, tuple[str, ...], str], np.ndarray] = {}
 
 
 class Descriptors:
-    """Descriptors of the project's structures under one MACE model, each computed once per process (lazily)."""
+    """Descriptors of the project's structures under one MACE model, each computed once per process (lazily).
 
-    def __init__(self, store: Store) -> None:
+    ``focus_md_frames`` (``gnn.md_frame_focus``): heads fitted on these descriptors are tuned for the MD frames
+    among their structures (:meth:`focus`).
+    """
+
+    def __init__(self, store: Store, *, focus_md_frames: bool = False) -> None:
         self.store = store
         self.model_id, self.path = latest_model(store)
         self.sha256 = file_sha256(self.path)
         self.species: tuple[str, ...] = ()
+        self.focus_md_frames = focus_md_frames
+
+    def focus(self, hashes: list[str]) -> np.ndarray | None:
+        """Which of ``hashes`` are MD frames (the heads' focus), or None without a focus."""
+        return md_frame_mask(self.store, hashes) if self.focus_md_frames else None
 
     def of(self, hashes: list[str]) -> np.ndarray:
         """(len(hashes), n_features) descriptors; ``species`` must be set first."""
@@ -69,13 +79,14 @@ class Descriptors:
         self.species = tuple(sorted({s for a in atoms.values() for s in a.get_chemical_symbols()}))
 
 
-def kernel_validation_mae(descriptors: Descriptors, splits: SplitHashes, *, seed: int) -> tuple[Metrics, float]:
-    """A head fitted on the training split, measured on the validation split: (metrics, its CV MAE in eV)."""
+def kernel_validation_predictions(
+    descriptors: Descriptors, splits: SplitHashes, *, seed: int
+) -> tuple[np.ndarray, float]:
+    """A head fitted on the training split: its gaps (eV) of the validation split and its CV MAE (eV)."""
     descriptors.set_species([splits])
     train_hashes, train_gaps = splits["train"]
-    valid_hashes, valid_gaps = splits["valid"]
-    head = fit_kernel_head(descriptors.of(train_hashes), train_gaps, seed=seed)
-    return compute_metrics(valid_gaps, head.predict(descriptors.of(valid_hashes))), head.cv_mae_ev
+    head = fit_kernel_head(descriptors.of(train_hashes), train_gaps, focus=descriptors.focus(train_hashes), seed=seed)
+    return head.predict(descriptors.of(splits["valid"][0])), head.cv_mae_ev
 
 
 def _member_rows(n: int, members: int, seed: int) -> np.ndarray:
@@ -97,20 +108,27 @@ def fit_kernel_member(
     history: dict = {"seed": seed, "mace_model_id": descriptors.model_id, "stages": []}
     hashes, gaps = data["cheap"]["train"]
     rows = _member_rows(len(hashes), members, seed)
-    cheap = fit_kernel_head(descriptors.of([hashes[i] for i in rows]), gaps[rows], seed=seed)
+    chosen = [hashes[i] for i in rows]
+    cheap = fit_kernel_head(descriptors.of(chosen), gaps[rows], focus=descriptors.focus(chosen), seed=seed)
     history["stages"].append({"stage": "cheap", "n_fit": len(rows), **_head_settings(cheap)})
     delta = None
     if "high" in data:
         hashes, gaps = data["high"]["train"]
         rows = _member_rows(len(hashes), members, seed + 1)
-        delta = fit_delta_head(cheap, descriptors.of([hashes[i] for i in rows]), gaps[rows], seed=seed)
+        chosen = [hashes[i] for i in rows]
+        delta = fit_delta_head(cheap, descriptors.of(chosen), gaps[rows], focus=descriptors.focus(chosen), seed=seed)
         history["stages"].append({"stage": "high", "n_fit": len(rows), **_head_settings(delta.correction)})
     logger.info("kernel member %d: %s", member, history["stages"])
     return cheap, delta, history
 
 
 def _head_settings(head: KernelGapHead) -> dict:
-    return {"gamma": head.gamma, "regularisation": head.regularisation, "cv_mae_ev": head.cv_mae_ev}
+    return {
+        "gamma": head.gamma,
+        "regularisation": head.regularisation,
+        "other_factor": head.other_factor,
+        "cv_mae_ev": head.cv_mae_ev,
+    }
 
 
 def train_kernel_member(
@@ -161,6 +179,7 @@ def kernel_learning_points(
     points = []
     for fraction in sorted(set(fractions)):
         chosen = order[: max(5, int(round(fraction * len(order))))]
-        head = fit_kernel_head(descriptors.of([train_hashes[i] for i in chosen]), train_gaps[chosen], seed=seed)
+        hashes = [train_hashes[i] for i in chosen]
+        head = fit_kernel_head(descriptors.of(hashes), train_gaps[chosen], focus=descriptors.focus(hashes), seed=seed)
         points.append((len(chosen), compute_metrics(test_gaps, head.predict(descriptors.of(test_hashes)))))
     return points

@@ -131,6 +131,17 @@ def draw_random_frames(candidates: np.ndarray, n: int, rng: np.random.Generator)
     return np.array([rng.choice(chunk) for chunk in np.array_split(candidates, n)], dtype=int)
 
 
+def md_frame_mask(store: Store, structure_hashes: Sequence[str]) -> np.ndarray:
+    """Which of these structures are MD frames (kind ``md-frame``): booleans in their order."""
+    frames = set(
+        store.query(
+            "SELECT structure_hash FROM structures WHERE kind = ? AND structure_hash IN (SELECT unnest(?))",
+            [MD_FRAME_KIND, list(structure_hashes)],
+        )["structure_hash"]
+    )
+    return np.array([h in frames for h in structure_hashes], dtype=bool)
+
+
 @dataclass(frozen=True)
 class MDFrame:
     """One stored MD frame and where it came from (times in fs, temperature in K)."""
