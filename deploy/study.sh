@@ -10,11 +10,12 @@
 #                                     their DFT checks (GLLB-SC on the MD's own frames) and the estimates; before
 #                                     them one frame per run held out (set study-heldout-<MACE model id>),
 #                                     labelled at both levels, and both models measured on them
-#   deploy/study.sh round K           active-learning round K of the gap model on the study's own MD (MACE kept:
+#   deploy/study.sh round K [X ...]  active-learning round K of the gap model on the study's own MD (MACE kept:
 #                                     mlip.max_md_frame_round): 4 frames per run drawn at random (once) from the runs
-#                                     whose Eg(T) is not DFT-checked, 2 ps from their held-out frame, labelled at both
-#                                     levels, exported to data/datasets/capml-md-al-roundK-*.extxyz (commit them and
-#                                     add them to the recipe's imports), then: deploy/study.sh refit K
+#                                     whose Eg(T) is not DFT-checked (of compositions X only, when given), 2 ps from
+#                                     their held-out frame, labelled at both levels, exported to
+#                                     data/datasets/capml-md-al-roundK-*.extxyz (commit them and add them to the
+#                                     recipe's imports), then: deploy/study.sh refit K
 #   deploy/study.sh refit K           the gap model retrained with round K's frames, measured on every held-out set
 #                                     (recorded as round K), Eg(T) of every analysed run again with its DFT checks
 #   deploy/study.sh finish            what needs every composition: the band-gap stage once more, the mode stage
@@ -85,10 +86,13 @@ case "${1:-}" in
     run --stage bandgaps --set "reference.workers=$WORKERS"
     ;;
   round)
-    round="${2:?usage: $0 round K}"
+    round="${2:?usage: $0 round K [X ...]}"
+    shift 2
+    only=()
+    for x in "$@"; do only+=(--composition "$x"); done
     pool="data/datasets/capml-md-al-round$round-pool.extxyz"
     "$CAPML" data sample-frames "$pool" -c "$RECIPE" -p "$PROJECT" --set "al-round$round" --trainable \
-      --round "$round" --per-run 4 --seed 2026 --separation-ps 2
+      --round "$round" --per-run 4 --seed 2026 --separation-ps 2 "${only[@]}"
     for level in gpaw-pbesol gpaw-gllbsc; do  # one worker per level, both at once
       "$CAPML" label -c "$RECIPE" -p "$PROJECT" --level "$level" --set "al-round$round@$level" --workers 1 &
     done

@@ -212,7 +212,8 @@ def test_dynamics_stage_runs_every_composition_once(trained, tmp_path: Path) -> 
 
 def _trainable_frames_keep_away(store, config) -> None:
     """A trainable draw on runs with held-out frames: no frame within the separation, no DFT-checked run."""
-    from capml_core.stages.md_frames import sample_random_frames
+    from capml_core.errors import DatasetError
+    from capml_core.stages.md_frames import runs_of_other_compositions, sample_random_frames
 
     held = store.query("SELECT md_id, time_fs FROM md_frames WHERE held_out")
     skipped = str(held["md_id"].iloc[0])
@@ -234,6 +235,13 @@ def _trainable_frames_keep_away(store, config) -> None:
         assert not f.held_out and f.round == 9
         times = held.loc[held["md_id"] == f.md_id, "time_fs"].to_numpy()
         assert times.size == 2 and np.abs(times - f.time_fs).min() >= 20.0  # 4 frames of 5 fs or more away
+    # a draw limited to some compositions (--composition): the runs of the others are skipped, a missing one named
+    model_id = latest_model(store)[0]
+    others = runs_of_other_compositions(store, model_id, [0.5, 1.0])
+    kept = store.query("SELECT md_id FROM md_runs WHERE complete AND composition_x IN (0.5, 1.0)")["md_id"].tolist()
+    assert len(kept) == 2 and set(others).isdisjoint(kept) and len(others) == 3
+    with pytest.raises(DatasetError, match=r"x = 0.3 has no complete MD run .* its runs have x = 0.0, 0.25"):
+        runs_of_other_compositions(store, model_id, [0.3, 0.5])
 
 
 def _quenched_minima(store, config) -> None:

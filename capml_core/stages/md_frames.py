@@ -116,6 +116,30 @@ def dft_checked_runs(store: Store, config, model_id: str) -> list[str]:  # RunCo
     return sorted(set(named) | (set(stored) & set(runs["md_id"].astype(str))))
 
 
+def runs_of_other_compositions(store: Store, model_id: str, compositions: Sequence[float]) -> list[str]:
+    """MD runs of ``model_id`` whose composition is not one of ``compositions`` (a draw limited to those).
+
+    Raises
+    ------
+    DatasetError
+        A composition without any complete MD run of the model (names the value and the compositions it has).
+    """
+    runs = complete_md_runs(store, model_id)
+    present = sorted({round(float(x), 6) for x in runs["composition_x"].dropna()})
+    wanted = {round(float(x), 6) for x in compositions}
+    missing = sorted(wanted - set(present))
+    if missing:
+        raise DatasetError(
+            f"{store.path}: composition x = {', '.join(map(str, missing))} has no complete MD run of MACE model "
+            f"{model_id}; its runs have x = {', '.join(map(str, present))}"
+        )
+    return [
+        str(r.md_id)
+        for r in runs.itertuples(index=False)
+        if pd.isna(r.composition_x) or round(float(r.composition_x), 6) not in wanted
+    ]
+
+
 def draw_random_frames(candidates: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` distinct frame indices drawn at random from ``candidates`` (sorted; all of them if fewer).
 

@@ -239,6 +239,13 @@ def data_sample_frames(
             "when --trainable, or trained on when held out (use the gap's correlation time).",
         ),
     ] = 0.0,
+    compositions: Annotated[
+        list[float] | None,
+        typer.Option(
+            "--composition",
+            help="Draw only from the runs of this composition (Br fraction x; repeatable; default: every one).",
+        ),
+    ] = None,
 ) -> None:
     """Draw MD frames at random from every MD run's production part, store them as sets to label, write a pool file.
 
@@ -246,7 +253,12 @@ def data_sample_frames(
     --set is reused. A --trainable draw never takes frames of a run whose Eg(T) gaps.dft_check checks with DFT
     (the check stays independent of the training data).
     """
-    from capml_core.stages.md_frames import dft_checked_runs, sample_random_frames, write_frame_pool
+    from capml_core.stages.md_frames import (
+        dft_checked_runs,
+        runs_of_other_compositions,
+        sample_random_frames,
+        write_frame_pool,
+    )
     from capml_core.store.database import Store
 
     with capml_errors():
@@ -254,7 +266,9 @@ def data_sample_frames(
         chosen_levels = _frame_levels(loaded, levels)
         store = Store(loaded.project_dir)
         model_id = model_or_latest(store, model)
-        checked = dft_checked_runs(store, loaded.config, model_id) if trainable else []
+        skipped = dft_checked_runs(store, loaded.config, model_id) if trainable else []
+        if compositions:
+            skipped = sorted(set(skipped) | set(runs_of_other_compositions(store, model_id, compositions)))
         frames = sample_random_frames(
             store,
             loaded.config.md,
@@ -266,7 +280,7 @@ def data_sample_frames(
             held_out=not trainable,
             round_index=round_index,
             separation_fs=separation_ps * 1000.0,
-            skip_md_ids=checked,
+            skip_md_ids=skipped,
         )
         write_frame_pool(frames, output)
     sets = ", ".join(f"{set_name}@{level}" for level in chosen_levels)
