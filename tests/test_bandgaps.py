@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from capml_core.errors import InvalidInputError
@@ -377,6 +378,23 @@ def test_paired_comparison_decides_only_what_its_error_allows() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)  # the module's gap project (~270 s) and harmonic phonons of 5 structures
+def test_a_dft_check_prefers_frames_computed_for_an_earlier_gap_model() -> None:
+    """A new gap model's check reuses DFT frames within half the uncorrelated spacing, each once; none farther."""
+    from capml_core.stages.bandgaps import dft_check_choice
+
+    frames = np.arange(0, 200, 5)  # a series every 5 frames, uncorrelated every 20
+    snapshots = pd.DataFrame(
+        {"frame": frames, "time_fs": 10.0 * frames, "gap_ev": 1.0 + 0.001 * frames, "uncorrelated": frames % 20 == 0}
+    )
+    plain = dft_check_choice(snapshots, 4)
+    assert plain["frame"].tolist() == [0, 60, 120, 180]  # evenly over the 10 uncorrelated snapshots
+    reused = dft_check_choice(snapshots, 4, computed_frames=[55, 65, 130, 101, 400])
+    # 60 -> 55 (nearest within 10, the lower on a tie), 120 -> 130; 101 is no snapshot, 400 not in the run
+    assert reused["frame"].tolist() == [0, 55, 130, 180]
+    assert reused["gap_ev"].tolist() == pytest.approx([1.0, 1.055, 1.13, 1.18])  # the new model's gaps of them
+    assert dft_check_choice(snapshots, 4, computed_frames=[90])["frame"].tolist() == [0, 60, 120, 180]  # too far
+
+
 def test_dft_checks_recompute_the_averaged_frames_and_flag_a_disagreement(
     gap_project, tmp_path: Path, monkeypatch
 ) -> None:

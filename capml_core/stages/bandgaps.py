@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -694,12 +694,25 @@ def compare_paired(model_gaps_ev: np.ndarray, dft_gaps_ev: np.ndarray, *, tolera
     )
 
 
-def dft_check_choice(snapshots: pd.DataFrame, n: int) -> pd.DataFrame:
-    """``n`` of a run's uncorrelated snapshots, evenly spread over the run (all of them if there are fewer)."""
+def dft_check_choice(snapshots: pd.DataFrame, n: int, computed_frames: Sequence[int] = ()) -> pd.DataFrame:
+    """``n`` of a run's uncorrelated snapshots, evenly spread over the run (all of them if there are fewer).
+
+    ``computed_frames``: frames of the run whose DFT gap exists already (checks of an earlier gap model). A chosen
+    frame is replaced by the nearest of them within half the spacing of the uncorrelated snapshots (each used
+    once): as far from its neighbours as the choice asks, and no new DFT for it.
+    """
     pool = snapshots[snapshots["uncorrelated"].fillna(False).astype(bool)].sort_values("frame")
-    if len(pool) <= n:
-        return pool
-    return pool.iloc[np.unique(np.round(np.linspace(0, len(pool) - 1, n)).astype(int))]
+    picked = pool if len(pool) <= n else pool.iloc[np.unique(np.round(np.linspace(0, len(pool) - 1, n)).astype(int))]
+    available = sorted(set(int(f) for f in computed_frames) & set(snapshots["frame"].astype(int)))
+    if not available or len(pool) < 2:
+        return picked
+    reach = 0.5 * float(np.median(np.diff(pool["frame"].to_numpy(dtype=float))))
+    by_frame = snapshots.drop_duplicates("frame").set_index(snapshots.drop_duplicates("frame")["frame"].astype(int))
+    frames = []
+    for frame in picked["frame"].astype(int):
+        near = [c for c in available if abs(c - frame) <= reach and c not in frames]
+        frames.append(min(near, key=lambda c: (abs(c - frame), c)) if near else frame)
+    return by_frame.loc[sorted(set(frames))].reset_index(drop=True)
 
 
 def run_dft_checks(
@@ -733,7 +746,10 @@ def run_dft_checks(
             "SELECT frame, time_fs, gap_ev, uncorrelated FROM gap_snapshots WHERE md_id = ? AND ensemble_id = ?",
             [run.md_id, ensemble_id],
         )
-        picked = dft_check_choice(snapshots, n).copy()
+        computed = store.query(
+            "SELECT DISTINCT frame FROM gap_dft_frames WHERE md_id = ? AND dft_gap_ev IS NOT NULL", [run.md_id]
+        )["frame"]
+        picked = dft_check_choice(snapshots, n, computed).copy()
         stored = store.query(
             "SELECT frame, structure_hash FROM gap_dft_frames WHERE md_id = ? AND ensemble_id = ?",
             [run.md_id, ensemble_id],
