@@ -11,7 +11,7 @@
 #                                     them one frame per run held out (set study-heldout-<MACE model id>),
 #                                     labelled at both levels, and both models measured on them
 #   deploy/study.sh round K [X ...]  active-learning round K of the gap model on the study's own MD (MACE kept:
-#                                     mlip.max_md_frame_round): 4 frames per run drawn at random (once) from the runs
+#                                     mlip.max_md_frame_round): PER_RUN frames per run drawn at random (once) from the runs
 #                                     whose Eg(T) is not DFT-checked (of compositions X only, when given), 2 ps from
 #                                     their held-out frame, labelled at both levels, exported to
 #                                     data/datasets/capml-md-al-roundK-*.extxyz (commit them and add them to the
@@ -25,7 +25,8 @@
 #   deploy/study.sh ship              the finished study's results to data/results/ag3sbri-study (no model files)
 #   deploy/study.sh status            MD runs per composition, DFT checks, CPU time so far
 # The whole study in one go on a machine that keeps runs/: capml run data/configs/ag3sbri-study.toml.
-# Environment: PROJECT (default runs/ag3sbri-study), WORKERS (MD runs and labels in parallel, default 2).
+# Environment: PROJECT (default runs/ag3sbri-study), WORKERS (MD runs and labels in parallel, default 2),
+# PER_RUN (frames per run of an active-learning round, default 4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CAPML=${CAPML:-.venv/bin/capml}
@@ -34,6 +35,7 @@ PROJECT=${PROJECT:-runs/ag3sbri-study}
 CHECKPOINT=data/checkpoints/ag3sbri-study
 RESULTS=data/results/ag3sbri-study
 WORKERS=${WORKERS:-2}
+PER_RUN=${PER_RUN:-4}
 # one MD frame per run of the study, drawn at random, labelled at both levels, never trained on: one set per MACE
 # model (study-heldout-<model id>), since a restart with new models has new runs to measure them on
 heldout_set() {
@@ -92,7 +94,7 @@ case "${1:-}" in
     for x in "$@"; do only+=(--composition "$x"); done
     pool="data/datasets/capml-md-al-round$round-pool.extxyz"
     "$CAPML" data sample-frames "$pool" -c "$RECIPE" -p "$PROJECT" --set "al-round$round" --trainable \
-      --round "$round" --per-run 4 --seed 2026 --separation-ps 2 "${only[@]}"
+      --round "$round" --per-run "$PER_RUN" --seed 2026 --separation-ps 2 "${only[@]}"
     for level in gpaw-pbesol gpaw-gllbsc; do  # one worker per level, both at once
       "$CAPML" label -c "$RECIPE" -p "$PROJECT" --level "$level" --set "al-round$round@$level" --workers 1 &
     done
