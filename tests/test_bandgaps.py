@@ -115,6 +115,21 @@ def test_bad_published_gaps_are_refused(tmp_path: Path, body: str, message: str)
     assert "gaps.csv" in str(err.value)
 
 
+def test_a_composition_whose_eg_t_is_checked_gets_its_eg0_in_dft_too() -> None:
+    """The checked ΔEg/Eg needs a DFT Eg(0): gaps.dft_check's compositions join gaps.reference_compositions."""
+    from capml_core.config.loading import load_config
+    from capml_core.config.stage_sections import GapDFTCheck
+    from tests.conftest import DEMO_CONFIG
+
+    config = load_config(DEMO_CONFIG).config  # reference_compositions = [], no checks
+    assert not any(config.has_eg0_dft(x) for x in config.system.compositions)
+    checks = [GapDFTCheck(composition_x=0.5, temperatures_k=[300.0], frames=4)]
+    checked = config.model_copy(update={"gaps": config.gaps.model_copy(update={"dft_check": checks})})
+    assert [x for x in config.system.compositions if checked.has_eg0_dft(x)] == [0.5]
+    ends = config.model_copy(update={"gaps": config.gaps.model_copy(update={"reference_compositions": None})})
+    assert [x for x in config.system.compositions if ends.has_eg0_dft(x)] == [0.0, 1.0]
+
+
 def test_reference_compositions_must_be_studied(tmp_path: Path) -> None:
     from capml_core.config.loading import load_config
     from capml_core.errors import ConfigError

@@ -108,6 +108,16 @@ class RunConfig(Section):
                 return check.frames
         return 0
 
+    def has_eg0_dft(self, composition_x: float) -> bool:
+        """Whether the cubic structure's Eg(0) of this composition is computed with DFT too.
+
+        A composition of ``gaps.reference_compositions`` (or the end members), or one whose Eg(T) ``gaps.dft_check``
+        checks: its checked ΔEg/Eg needs a DFT Eg(0) (one calculation).
+        """
+        return self.is_gap_checked(composition_x) or any(
+            math.isclose(check.composition_x, composition_x, abs_tol=1e-9) for check in self.gaps.dft_check
+        )
+
     def studies(self, composition_x: float) -> bool:
         """Whether ``composition_x`` is one of ``system.compositions`` (to 1e-9)."""
         return any(math.isclose(composition_x, c, abs_tol=1e-9) for c in self.system.compositions)

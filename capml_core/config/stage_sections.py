@@ -374,7 +374,8 @@ class GapsSection(Section):
     reference_compositions: list[Annotated[float, Field(ge=0.0, le=1.0)]] | None = Field(
         default=None,
         description="Compositions whose Eg(0) and mode ΔEg are also computed with DFT (None: the end members "
-        "x = 0 and 1 among system.compositions; [] for none).",
+        "x = 0 and 1 among system.compositions; [] for none). A composition named by dft_check gets its cubic "
+        "Eg(0) in DFT as well (the reference of its checked ΔEg/Eg).",
     )
     mode_floor_thz: Annotated[float, Field(ge=0.0, le=5.0)] = Field(
         default=0.5,

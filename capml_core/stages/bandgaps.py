@@ -349,7 +349,7 @@ def _static_gaps(store, config, ensemble_id, level, models, structures, run_id, 
     todo = [x for x, h in hashes.items() if h not in set(stored["structure_hash"])]
     if todo:
         per_model = predict_gaps_per_model([structures[x] for x in todo], models, batch_size=config.gaps.batch_size)
-        checked = [hashes[x] for x in todo if config.is_gap_checked(x)]
+        checked = [hashes[x] for x in todo if config.has_eg0_dft(x)]
         ref_level, ref = reference_gaps(store, config, checked, run_id=run_id, progress=progress)
         rows = [
             {
