@@ -85,11 +85,12 @@ class GNNSection(Section):
         description="Fractions of the cheap level's training split for the learning curve (empty: none).",
     )
     md_frame_focus: bool = Field(
-        default=True,
-        description="Where the model is used: with at least 5 MD frames (kind md-frame) in a level's validation "
-        "split the search ranks its trials by their error on those frames, and a mace-kernel head is tuned by its "
-        "cross-validated error on the MD frames of its training data, the other structures (cubic-cell "
-        "displacements) regularised up to 100x more; false: every structure scored and regularised alike.",
+        default=False,
+        description="mace-kernel: with at least 5 MD frames (kind md-frame) among a level's training structures, "
+        "choose the head's settings by its cross-validated error on those frames (where the model is used) and "
+        "let the other structures (cubic-cell displacements) be regularised up to 100x more. It trades accuracy "
+        "on the cubic-cell displacements for accuracy on MD frames, so a search that ranks on the whole "
+        "validation split may then prefer a network: use it with architecture = 'mace-kernel' and no search.",
     )
     baseline_architecture: GNNArchitectureName | None = Field(
         default=None,

@@ -33,7 +33,6 @@ from capml_core.stages.kernel_training import (
     kernel_validation_predictions,
     train_kernel_member,
 )
-from capml_core.stages.md_frames import md_frame_mask
 from capml_core.store.database import Store
 
 logger = logging.getLogger(__name__)
@@ -90,32 +89,13 @@ class Trial:
     epochs_run: int
 
 
-#: MD frames a validation split needs before the search ranks by them (``gnn.md_frame_focus``).
-MIN_FOCUS_FRAMES = 5
-
-
-def search_scored_rows(store: Store, valid_hashes: list[str], gnn: GNNSection) -> np.ndarray:
-    """Rows of the validation split a search ranks by (booleans).
-
-    Its MD frames where ``gnn.md_frame_focus`` and there are at least :data:`MIN_FOCUS_FRAMES` of them (the model
-    is used on MD frames), else every row.
-    """
-    if gnn.md_frame_focus:
-        frames = md_frame_mask(store, valid_hashes)
-        if frames.sum() >= MIN_FOCUS_FRAMES:
-            logger.info("search ranked on the %d MD frames of the validation split", int(frames.sum()))
-            return frames
-    return np.ones(len(valid_hashes), dtype=bool)
-
-
 def search_hyperparameters(
     store: Store, gnn: GNNSection, *, level: str, seed: int = 0, search_id: str | None = None
 ) -> tuple[str, list[Trial]]:
     """Train every (architecture, learning rate, batch size) of the config's search on ``level``.
 
-    Selection uses the validation split only (the test split stays unseen), its MD frames alone where
-    :func:`search_scored_rows` says so; every trial is recorded in ``gnn_trials`` with its rank. Returns the
-    search id and the trials, best (lowest validation MAE) first.
+    Selection uses the validation split only (the test split stays unseen); every trial is recorded in
+    ``gnn_trials`` with its rank. Returns the search id and the trials, best (lowest validation MAE) first.
     A ``search_id`` already in the store (a content key, :func:`gnn_stage_key`) returns its stored trials.
     """
     import itertools
@@ -137,12 +117,11 @@ def search_hyperparameters(
             ]
     trials = []
     split_hashes = level_split_hashes(store, level, gnn)
-    valid_hashes, valid_gaps = split_hashes["valid"]
-    scored = search_scored_rows(store, valid_hashes, gnn)
+    valid_gaps = split_hashes["valid"][1]
     if KERNEL_ARCHITECTURE in gnn.search_architectures:  # one trial: no learning rate or batch size to vary
         descriptors = Descriptors(store, focus_md_frames=gnn.md_frame_focus)
         predicted, cv_mae = kernel_validation_predictions(descriptors, split_hashes, seed=seed)
-        valid = compute_metrics(valid_gaps[scored], predicted[scored])
+        valid = compute_metrics(valid_gaps, predicted)
         trials.append(Trial(KERNEL_ARCHITECTURE, None, None, valid, 0))
         logger.info("search %s: validation MAE %.4f eV (CV %.4f eV)", KERNEL_ARCHITECTURE, valid.mae_ev, cv_mae)
     networks = [name for name in gnn.search_architectures if name != KERNEL_ARCHITECTURE]
@@ -154,7 +133,7 @@ def search_hyperparameters(
         model = new_model(name, ARCHITECTURES[name], train_graphs, train_gaps, cutoff_a=gnn.cutoff_a, seed=seed)
         settings = TrainingSettings(gnn.epochs, batch_size, learning_rate, gnn.patience, seed)
         train(model, train_graphs, train_gaps, valid_graphs, valid_gaps, settings, stage="search")
-        valid = compute_metrics(valid_gaps[scored], np.asarray(model.predict_graphs(valid_graphs))[scored])
+        valid = compute_metrics(valid_gaps, model.predict_graphs(valid_graphs))
         trials.append(Trial(name, learning_rate, batch_size, valid, model.history["stages"][-1]["epochs_run"]))
         logger.info("search %s lr %g batch %d: validation MAE %.4f eV", name, learning_rate, batch_size, valid.mae_ev)
     trials.sort(key=lambda t: t.valid.mae_ev)
