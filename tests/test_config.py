@@ -225,4 +225,4 @@ def test_study_config_covers_what_the_study_promises() -> None:
         for part in ("heldout", "al-round1", "al-round2", "al-round3", "al-round4", "al-round5")
         for level in ("pbesol", "gllbsc")
     } <= names
-    assert cfg.gnn.architecture == "mace-kernel" and cfg.gnn.md_frame_focus and not cfg.gnn.search_architectures
+    assert cfg.gnn.architecture == "mace-kernel" and not cfg.gnn.search_architectures
