@@ -707,7 +707,8 @@ def dft_check_choice(snapshots: pd.DataFrame, n: int, computed_frames: Sequence[
     if not available or len(pool) < 2:
         return picked
     reach = 0.5 * float(np.median(np.diff(pool["frame"].to_numpy(dtype=float))))
-    by_frame = snapshots.drop_duplicates("frame").set_index(snapshots.drop_duplicates("frame")["frame"].astype(int))
+    by_frame = snapshots.drop_duplicates("frame")
+    by_frame.index = by_frame["frame"].astype(int)
     frames = []
     for frame in picked["frame"].astype(int):
         near = [c for c in available if abs(c - frame) <= reach and c not in frames]

@@ -70,7 +70,11 @@ def level_split_hashes(store: Store, level: str, gnn: GNNSection) -> dict[str, t
 
 def level_splits(store: Store, level: str, gnn: GNNSection) -> Splits:
     """:func:`level_split_hashes` with the structures as graphs: (hashes, graphs, gaps) per split."""
-    split_hashes = level_split_hashes(store, level, gnn)
+    return with_graphs(store, level_split_hashes(store, level, gnn), gnn)
+
+
+def with_graphs(store: Store, split_hashes: dict[str, tuple[list[str], np.ndarray]], gnn: GNNSection) -> Splits:
+    """Splits of :func:`level_split_hashes` with the structures as graphs: (hashes, graphs, gaps) per split."""
     atoms = store.load_structures([h for hashes, _ in split_hashes.values() for h in hashes])
     return {
         name: (hashes, [build_graph(atoms[h], cutoff_a=gnn.cutoff_a) for h in hashes], gaps)
@@ -125,7 +129,7 @@ def search_hyperparameters(
         trials.append(Trial(KERNEL_ARCHITECTURE, None, None, valid, 0))
         logger.info("search %s: validation MAE %.4f eV (CV %.4f eV)", KERNEL_ARCHITECTURE, valid.mae_ev, cv_mae)
     networks = [name for name in gnn.search_architectures if name != KERNEL_ARCHITECTURE]
-    data = level_splits(store, level, gnn) if networks else {}
+    data = with_graphs(store, split_hashes, gnn) if networks else {}
     _, train_graphs, train_gaps = data.get("train", (None, None, None))
     _, valid_graphs, _ = data.get("valid", (None, None, None))
     grid = itertools.product(networks, gnn.search_learning_rates, gnn.search_batch_sizes)
