@@ -1,11 +1,14 @@
-"""Dashboard speed in a real browser: seconds to each page's first chart, first visit and second (cached) visit.
+"""Dashboard speed in a real browser: seconds to each page's first chart, as a user moves through it and by URL.
 
 ``python benchmarks/dashboard.py [PROJECT]`` (default: the first shipped results under data/results/) serves the
-dashboard (`capml dashboard`), opens every page twice in headless chromium and prints one line per page. The
-target: every page's first chart within 2 s on the study results on this machine. The first visit of a page
-reads the store (cached per store state afterwards); the second re-reads nothing. The page's chart is "first"
+dashboard (`capml dashboard`) and, in headless chromium, side by side in one run:
+- opens it (the overview, by its URL: a browser page load, Streamlit's and Plotly's scripts evaluated afresh);
+- moves through every page from the sidebar as a user does (no page load): first visit (the page's queries run
+  and are cached per store state) and second visit (nothing re-read);
+- opens every page by its own URL (a bookmarked link: a page load each).
+The target: every page's first chart within 2 s on the study results on this machine. A page's chart is "first"
 when its first Plotly figure is drawn (SVG present); the SQL page has none. Load on the machine counts: run it
-on an idle one. Runs in about a minute.
+on an idle one. Runs in about two minutes.
 """
 
 from __future__ import annotations
@@ -21,33 +24,45 @@ from tests.browser import (  # noqa: E402 - the repository root first, so that `
     CHROMIUM_ARGS,
     PAGES,
     chromium_path,
+    navigate_in_app,
     served_dashboard,
     visit_page,
 )
+
+
+def seconds(value: float | None) -> str:
+    """A time for the table, or 'no chart'."""
+    return "no chart" if value is None else f"{value:.2f} s"
 
 
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
     project = Path(sys.argv[1]) if len(sys.argv) > 1 else shipped_result_dirs()[0]
-    print(f"dashboard of {project.name}: seconds to the first chart (first visit / second visit)")
-    slowest = 0.0
+    pages = [name for name in PAGES if name != "sql"]
+    sidebar_path = {"overview": ""}  # the overview is the default page: the sidebar links it at the root
     with served_dashboard(project) as url, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1800})
         visit_page(page, url, "sql")  # the server's own start-up (imports, first session) not counted below
-        for name in PAGES:
-            if name == "sql":
-                continue
-            first = visit_page(page, url, name).first_chart_s
-            second = visit_page(page, url, name).first_chart_s
-            if first is None or second is None:  # nothing of that stage in this project: text only
-                print(f"{name:24s} no chart")
-                continue
-            print(f"{name:24s} {first:6.2f} s / {second:6.2f} s")
-            slowest = max(slowest, first)
+        opened = visit_page(page, url, "").first_chart_s
+        visits: dict[str, list[float | None]] = {name: [] for name in pages}
+        for _ in range(2):  # first visits, then second visits
+            for name in pages:
+                navigate_in_app(page, "sql")  # from a page without charts, so that each visit draws afresh
+                visits[name].append(navigate_in_app(page, sidebar_path.get(name, name)))
+        by_url = {name: visit_page(page, url, name).first_chart_s for name in pages}
         browser.close()
-    print(f"headline: {slowest:.2f}s slowest first chart over the pages (first visit, {project.name})")
+    print(f"dashboard of {project.name}: seconds to the first chart")
+    print(f"opening the dashboard (overview by URL): {seconds(opened)}")
+    print(f"{'page':24s} {'sidebar, 1st':>12s} {'sidebar, 2nd':>12s} {'by URL':>10s}")
+    for name in pages:
+        first, second = visits[name]
+        print(f"{name:24s} {seconds(first):>12s} {seconds(second):>12s} {seconds(by_url[name]):>10s}")
+    drawn = [v[0] for v in visits.values() if v[0] is not None]
+    loads = [v for v in [opened, *by_url.values()] if v is not None]
+    print(f"slowest by URL (a page load each): {max(loads):.2f} s")
+    print(f"headline: {max(drawn):.2f}s slowest first chart over the pages (first visit from the sidebar, {project.name})")
 
 
 if __name__ == "__main__":

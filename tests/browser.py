@@ -1,7 +1,8 @@
 """Drive the dashboard in a real browser (Debian's chromium via Playwright): shared by tests and benchmarks.
 
-``served_dashboard`` runs ``capml dashboard`` on a free port and stops it afterwards; ``visit_page`` opens one page,
-waits for its first chart, and reports what a user sees (time to the first chart, errors, species colours).
+``served_dashboard`` runs ``capml dashboard`` on a free port and stops it afterwards; ``visit_page`` opens one page
+by its URL (a new browser page load), waits for its first chart, and reports what a user sees (time to the first
+chart, errors, species colours); ``navigate_in_app`` switches page as a user does, from the sidebar.
 """
 
 from __future__ import annotations
@@ -120,3 +121,43 @@ def visit_page(
         n_exceptions=browser_page.locator("[data-testid='stException']").count(),
         species_colours=browser_page.evaluate(SPECIES_COLOURS_JS),
     )
+
+
+#: Click a sidebar link and resolve with the milliseconds to the new page's first drawn chart, or null when the page
+#: has been shown for ``quietMs`` with none (the charts already on screen are marked first, so only new ones count).
+NAVIGATE_JS = """([path, quietMs, timeoutMs]) => new Promise(resolve => {
+  document.querySelectorAll('.js-plotly-plot').forEach(gd => { gd.__capmlSeen = true; });
+  const links = [...document.querySelectorAll('[data-testid="stSidebarNav"] a')];
+  const link = links.find(a => new URL(a.href).pathname.replace(/\\/$/, '').endsWith('/' + path)) ||
+               (path === '' ? links[0] : null);
+  if (!link) { resolve({error: 'no sidebar link to /' + path}); return; }
+  const start = performance.now();
+  let arrived = null;
+  link.click();
+  const tick = () => {
+    const now = performance.now();
+    const fresh = [...document.querySelectorAll('.js-plotly-plot')]
+      .some(gd => !gd.__capmlSeen && gd.querySelector('.main-svg'));
+    if (fresh) { resolve({ms: now - start}); return; }
+    const here = location.pathname.replace(/\\/$/, '').endsWith('/' + path) || path === '';
+    const running = document.querySelector('[data-testid="stStatusWidget"]');
+    if (here && !running && arrived === null) arrived = now;
+    if (arrived !== null && now - arrived > quietMs) { resolve({ms: null}); return; }
+    if (now - start > timeoutMs) { resolve({error: 'timed out'}); return; }
+    requestAnimationFrame(tick);
+  };
+  tick();
+})"""
+
+
+def navigate_in_app(browser_page, page: str, *, quiet_s: float = 3, timeout_s: float = 60) -> float | None:
+    """Switch to ``page`` (its url path; "" for the default page) by clicking its sidebar link, without reloading the
+    browser page, as a user moves through the dashboard; seconds from the click to its first chart (None: none drawn
+    within ``quiet_s`` of the page being shown)."""
+    result = browser_page.evaluate(NAVIGATE_JS, [page, quiet_s * 1000, timeout_s * 1000])
+    if "error" in result:
+        raise RuntimeError(f"navigating to /{page}: {result['error']}")
+    browser_page.wait_for_function(
+        "!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_s * 1000
+    )
+    return None if result["ms"] is None else result["ms"] / 1000

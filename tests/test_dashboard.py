@@ -18,6 +18,7 @@ from tests.browser import (
     CHROMIUM_ARGS,
     PAGES,
     chromium_path,
+    navigate_in_app,
     served_dashboard,
     visit_page,
 )
@@ -432,7 +433,9 @@ def test_every_page_of_the_shipped_results_in_a_real_browser(results: Path) -> N
         page = browser.new_page(viewport={"width": 1400, "height": 1800})
         for name in PAGES:
             visits[name] = visit_page(page, url, name, screenshot=shots / f"{name}.png")
+        moved = {name: navigate_in_app(page, name) for name in ("sql", "band-gaps")}  # from the sidebar, no reload
         browser.close()
+    assert moved["sql"] is None and moved["band-gaps"] is not None  # a page switch draws the new page's charts
     with pytest.raises(ConnectionRefusedError):  # Ctrl-C on `capml dashboard` leaves no server behind
         socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=5).close()
     for name, visit in visits.items():
