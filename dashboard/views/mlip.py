@@ -114,7 +114,8 @@ def render_mlip() -> None:
         show(figure, key=f"parity_{quantity}_{kind}", data=frame, container=column)
         if len(drawn) < len(frame):
             column.caption(f"{len(drawn):,} of {len(frame):,} components drawn (random, seed 0); R² from all.")
-        for split in [s for s in SPLIT_ORDER if s in set(frame["split"])]:
+        present = set(frame["split"].unique())
+        for split in [s for s in SPLIT_ORDER if s in present]:
             r2 = r_squared(frame[frame["split"] == split])
             if split in ("test", "md-heldout") and r2 < MIN_R2:
                 column.warning(
