@@ -82,7 +82,7 @@ def eg_vs_composition_figure(table: pd.DataFrame, published: pd.DataFrame, compo
                 hovertemplate="x = %{x:g}<br>Eg = %{y:.3f} eV<extra>%{fullData.name}</extra>",
             )
         )
-    figure.update_layout(xaxis_title=composition, yaxis_title="Eg (eV)", height=450)
+    figure.update_layout(xaxis_title=composition, yaxis_title="Eg (eV)", height=450, margin={"t": 30})
     figure.update_xaxes(tickvals=sorted(table["composition_x"].unique()))
     return figure
 
@@ -131,7 +131,7 @@ def eg_vs_temperature_figure(table: pd.DataFrame, published: pd.DataFrame) -> go
                     hovertemplate="T = %{x:g} K<br>Eg = %{y:.3f} eV<extra>%{fullData.name}</extra>",
                 )
             )
-    figure.update_layout(xaxis_title="T (K)", yaxis_title="Eg (eV)", height=450)
+    figure.update_layout(xaxis_title="T (K)", yaxis_title="Eg (eV)", height=450, margin={"t": 30})
     return figure
 
 
@@ -277,7 +277,7 @@ def render_bandgaps() -> None:
                         legendgroup=f"{x:g}",
                     )
                 )
-        figure.update_layout(xaxis_title="T (K)", yaxis_title="ΔEg/Eg(0) (%)", height=450)
+        figure.update_layout(xaxis_title="T (K)", yaxis_title="ΔEg/Eg(0) (%)", height=450, margin={"t": 30})
         show(figure, key="estimates", data=estimates)
         st.caption(
             "Harmonic sampling and special displacements from the MACE force constants of each composition's "
