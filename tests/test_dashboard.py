@@ -324,6 +324,9 @@ def test_active_learning_page_draws_errors_per_round_and_disagreement_along_a_ru
             "gnn_high_mae_ev": 0.45 - 0.3 * r,
             "gnn_high_mean_error_ev": -0.4 + 0.3 * r,
             "targets_met": False,
+            "targets_json": None  # a round recorded before the limits were stored with it
+            if r == 0
+            else json.dumps({"gnn_high_mae": False, "limits": LIMITS}),
         }
         for r in (0, 1)
     ]
@@ -353,7 +356,11 @@ def test_active_learning_page_draws_errors_per_round_and_disagreement_along_a_ru
     per_round, along = list(specs.values())
     energy = per_round["data"][0]
     assert _decoded(energy["y"]).tolist() == pytest.approx([9.8, 5.8]) and _decoded(energy["x"]).tolist() == [0, 1]
-    assert len(per_round["data"]) == 5  # four panels and the test-split force MAE
+    assert len(per_round["data"]) == 9  # four panels, the test-split force MAE, four stop targets
+    targets = [t for t in per_round["data"] if t["name"] == "stop target"]
+    assert np.concatenate([_decoded(t["y"]) for t in targets]).tolist() == pytest.approx(
+        [5.0, 5.0, 1.5 * 0.053, 1.5 * 0.053, 0.06, 0.06, 0.08, 0.08]
+    )  # energy, forces (1.5 x the test split, per round), gap cheap, gap high
     assert [t["yaxis"] if "yaxis" in t else "y" for t in along["data"]] == ["y", "y2", "y3"]
     assert _decoded(along["data"][1]["y"]).tolist() == pytest.approx([0.05, 0.1, 0.15, 0.2])  # run md-a first
     marks = sorted({(s["x0"], s["line"]["color"]) for s in along["layout"]["shapes"]})  # one per panel
@@ -405,6 +412,16 @@ def test_dashboard_reads_are_cached_until_the_store_changes(tmp_path: Path) -> N
 
     assert (with_key(path, "a"), with_key(path, "b"), with_key(path, "a")) == ("A", "B", "A")
     assert calls[-2:] == ["a", "b"]
+
+
+#: Stop targets as `capml al record` stores them with a round (targets_json's "limits").
+LIMITS = {
+    "mace_energy_mae_mev_per_atom": 5.0,
+    "mace_force_ratio": 1.5,
+    "gnn_high_mae_ev": 0.08,
+    "gnn_high_mean_error_ev": 0.03,
+    "gnn_cheap_mae_ev": 0.06,
+}
 
 
 def test_species_and_temperatures_have_one_colour_everywhere() -> None:

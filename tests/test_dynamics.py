@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -327,6 +328,9 @@ def _uncertainty_round(store, config) -> None:
     row = record_round(store, config, round_index=0, model_id=model_id, ensemble_id=None)
     assert row["mace_energy_mae_mev_per_atom"] == pytest.approx(10.0, abs=1e-6) and row["n_heldout_cheap"] == 10
     assert row["frames_added"] == 0 and row["targets_met"] is False and row["gnn_high_mae_ev"] is None
+    stored = json.loads(row["targets_json"])  # which targets, and the limits they were judged by (the dashboard's)
+    assert stored["mace_energy"] is False and stored["gnn_high_mae"] is None  # 10 meV/atom > 5; no GNN measured
+    assert stored["limits"]["mace_energy_mae_mev_per_atom"] == config.active_learning.target_energy_mae_mev_per_atom
     assert "10.0" in rounds_table(store, config).rows[0][5]
     from typer.testing import CliRunner
 

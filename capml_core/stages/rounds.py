@@ -82,6 +82,18 @@ def judge(summary: dict, test_force_mae: float | None, config: RunConfig) -> Rou
     )
 
 
+def target_limits(config: RunConfig) -> dict[str, float]:
+    """The stop targets' limits, stored with each round beside which of them it meets (a project may set its own)."""
+    t = config.active_learning
+    return {
+        "mace_energy_mae_mev_per_atom": t.target_energy_mae_mev_per_atom,
+        "mace_force_ratio": t.target_force_ratio,
+        "gnn_high_mae_ev": t.target_gap_high_mae_ev,
+        "gnn_high_mean_error_ev": t.target_gap_high_mean_error_ev,
+        "gnn_cheap_mae_ev": t.target_gap_cheap_mae_ev,
+    }
+
+
 def round_costs(store: Store, round_index: int, levels: list[str]) -> dict[str, float | int]:
     """Frames the round added (labelled ok at the first level), all frames added so far, its DFT calls and CPU hours."""
     if round_index == 0:
@@ -150,7 +162,7 @@ def record_round(
         **summary,
         "mace_test_force_mae_ev_per_a": test_force,
         "targets_met": targets.all_met,
-        "targets_json": json.dumps(targets.__dict__),
+        "targets_json": json.dumps({**targets.__dict__, "limits": target_limits(config)}),
         "run_id": run_id,
     }
     with store.write() as writer:

@@ -7,6 +7,8 @@ ensemble's gap spread, with the frames a round chose and the held-out frames mar
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
@@ -30,15 +32,58 @@ MEASURES = (
 )
 
 
+def target_limits(rounds: pd.DataFrame) -> dict[str, float]:
+    """The stop targets' limits stored with the latest round that has them ({} for rounds recorded without)."""
+    for text in rounds.sort_values("round", ascending=False)["targets_json"].dropna():
+        limits = json.loads(text).get("limits")
+        if limits:
+            return limits
+    return {}
+
+
 def rounds_figure(rounds: pd.DataFrame) -> go.Figure:
-    """Held-out errors vs round, one panel per quantity (the test-split force MAE beside the held-out one)."""
+    """Held-out errors vs round, one panel per quantity (the test-split force MAE beside the held-out one), each
+    with its stop target dashed where the rounds stored it."""
     figure = make_subplots(rows=1, cols=len(ROUND_PANELS), subplot_titles=[f"{t} ({u})" for _, t, u in ROUND_PANELS])
+    limits = target_limits(rounds) if "targets_json" in rounds else {}
+    target_style = {"dash": "dash", "color": "crimson", "width": 1}
     for column_index, (column, title, _) in enumerate(ROUND_PANELS, start=1):
         figure.add_trace(
             go.Scatter(x=rounds["round"], y=rounds[column], mode="lines+markers", name=title, showlegend=False),
             row=1,
             col=column_index,
         )
+        if column in limits:
+            figure.add_trace(
+                go.Scatter(
+                    x=[rounds["round"].min(), rounds["round"].max()],
+                    y=[limits[column]] * 2,
+                    mode="lines",
+                    line=target_style,
+                    name="stop target",
+                    legendgroup="target",
+                    showlegend=column_index == 1,
+                    hovertemplate=f"target {limits[column]:g}<extra></extra>",
+                ),
+                row=1,
+                col=column_index,
+            )
+        if column == "mace_force_mae_ev_per_a" and "mace_force_ratio" in limits:
+            ratio = limits["mace_force_ratio"]
+            figure.add_trace(
+                go.Scatter(
+                    x=rounds["round"],
+                    y=ratio * rounds["mace_test_force_mae_ev_per_a"],
+                    mode="lines",
+                    line=target_style,
+                    name="stop target",
+                    legendgroup="target",
+                    showlegend=False,
+                    hovertemplate=f"target {ratio:g} x test split: %{{y:.4f}}<extra></extra>",
+                ),
+                row=1,
+                col=column_index,
+            )
         if column == "mace_force_mae_ev_per_a":
             figure.add_trace(
                 go.Scatter(
