@@ -62,7 +62,8 @@ def main() -> None:
     drawn = [v[0] for v in visits.values() if v[0] is not None]
     loads = [v for v in [opened, *by_url.values()] if v is not None]
     print(f"slowest by URL (a page load each): {max(loads):.2f} s")
-    print(f"headline: {max(drawn):.2f}s slowest first chart over the pages (first visit from the sidebar, {project.name})")
+    where = f"first visit from the sidebar, {project.name}"
+    print(f"headline: {max(drawn):.2f}s slowest first chart over the pages ({where})")
 
 
 if __name__ == "__main__":

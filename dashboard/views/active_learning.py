@@ -42,8 +42,10 @@ def target_limits(rounds: pd.DataFrame) -> dict[str, float]:
 
 
 def rounds_figure(rounds: pd.DataFrame) -> go.Figure:
-    """Held-out errors vs round, one panel per quantity (the test-split force MAE beside the held-out one), each
-    with its stop target dashed where the rounds stored it."""
+    """Held-out errors vs round, one panel per quantity, each with its stop target dashed where stored.
+
+    The force panel has the test-split MAE beside the held-out one; its target is a ratio of the test-split MAE.
+    """
     figure = make_subplots(rows=1, cols=len(ROUND_PANELS), subplot_titles=[f"{t} ({u})" for _, t, u in ROUND_PANELS])
     limits = target_limits(rounds) if "targets_json" in rounds else {}
     target_style = {"dash": "dash", "color": "crimson", "width": 1}
