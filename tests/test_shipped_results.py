@@ -60,6 +60,26 @@ def test_report_keeps_the_yardstick_and_lists_every_held_out_set(tmp_path: Path)
     assert [e for e in after["heldout_sets"] if e["set_name"] == "study-heldout"] == [shown]
     titles = [t.title for t in report_tables(project_report(store))]
     assert titles[1] == "models on other held-out MD frames (model - DFT)"
+    assert titles[2].startswith("gap model on every held-out MD frame, by composition")
+
+
+def test_gap_errors_by_composition_add_up_to_the_held_out_mae() -> None:
+    """Per composition, the same frames as the md-heldout MAE: their frame-weighted mean is that MAE, per level."""
+    from capml_core.stages.report import project_report
+    from capml_core.store.database import Store
+
+    models = project_report(Store(next(p for p in shipped_result_dirs() if p.name == "ag3sbri-active-learning")))[
+        "models"
+    ]
+    by_composition = models["gnn_by_composition"]
+    assert {e["composition_x"] for e in by_composition} == {i / 8 for i in range(9)}  # every composition measured
+    for level, numbers in models["gnn"].items():
+        rows = [e for e in by_composition if e["level"] == level]
+        n = sum(e["n"] for e in rows)
+        assert n == numbers["n_md_frames"]
+        assert sum(e["n"] * e["mae_ev"] for e in rows) / n == pytest.approx(numbers["md_frames_mae_ev"], rel=1e-9)
+        mean = sum(e["n"] * e["mean_error_ev"] for e in rows) / n
+        assert mean == pytest.approx(numbers["md_frames_mean_error_ev"], rel=1e-9, abs=1e-12)
 
 
 def test_report_says_whether_the_phonon_gate_was_on_and_counts_the_verdicts() -> None:
