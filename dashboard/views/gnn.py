@@ -105,6 +105,8 @@ def render_gnn() -> None:
         )
         show(histogram, key=f"errors_{stage}", data=errors, container=right)
 
+    render_errors_by_composition(path)
+
     trials, curve = data.gnn_search_and_curve(path)
     st.subheader("Hyperparameter search (validation split)")
     if len(trials):
@@ -124,3 +126,33 @@ def render_gnn() -> None:
         show(figure, key="learning_curve", data=curve)
     else:
         st.write("no learning curve recorded")
+
+
+def render_errors_by_composition(path: str) -> None:
+    """The gap model's MAE and mean error on the held-out MD frames per composition (``capml report``'s table)."""
+    report = data.report(path)
+    rows = pd.DataFrame(report["models"].get("gnn_by_composition", [])) if report else pd.DataFrame()
+    if rows.empty:
+        return
+    st.subheader("Held-out MD frames by composition")
+    rows = rows.assign(composition=rows["composition_x"].map(lambda x: f"{x:g}"))
+    figure = px.bar(
+        rows,
+        x="composition",
+        y="mae_ev",
+        color="level",
+        barmode="group",
+        custom_data=["n", "mean_error_ev"],
+        labels={"composition": data.composition_title(path), "mae_ev": "MAE vs DFT (eV)"},
+        title="gap model − DFT on every held-out MD frame (each frame once)",
+    )
+    figure.update_traces(
+        hovertemplate="x = %{x}<br>MAE %{y:.3f} eV<br>mean error %{customdata[1]:+.3f} eV<br>%{customdata[0]} frames"
+        "<extra>%{fullData.name}</extra>"
+    )
+    figure.update_xaxes(type="category")
+    show(figure, key="heldout_by_composition", data=rows.drop(columns="composition"))
+    st.caption(
+        "Where in composition the model is weak: the frames of every held-out set (`capml evaluate`), drawn at "
+        "random from the MD and never trained on; few frames per composition make each bar rough (hover: n)."
+    )
