@@ -60,28 +60,6 @@ def heldout_summary(errors: list[FrameErrors], *, cheap_level: str, high_level: 
     }
 
 
-def judge(summary: dict, test_force_mae: float | None, config: RunConfig) -> RoundTargets:
-    """The stop targets of ``active_learning`` against a round's held-out numbers."""
-    t = config.active_learning
-
-    def below(value, limit):
-        return None if value is None else bool(value <= limit)
-
-    force = summary["mace_force_mae_ev_per_a"]
-    return RoundTargets(
-        mace_energy=below(summary["mace_energy_mae_mev_per_atom"], t.target_energy_mae_mev_per_atom),
-        mace_forces=None
-        if force is None or not test_force_mae
-        else bool(force <= t.target_force_ratio * test_force_mae),
-        gnn_high_mae=below(summary["gnn_high_mae_ev"], t.target_gap_high_mae_ev),
-        gnn_high_mean=below(
-            None if summary["gnn_high_mean_error_ev"] is None else abs(summary["gnn_high_mean_error_ev"]),
-            t.target_gap_high_mean_error_ev,
-        ),
-        gnn_cheap_mae=below(summary["gnn_cheap_mae_ev"], t.target_gap_cheap_mae_ev),
-    )
-
-
 def target_limits(config: RunConfig) -> dict[str, float]:
     """The stop targets' limits, stored with each round beside which of them it meets (a project may set its own)."""
     t = config.active_learning
@@ -92,6 +70,26 @@ def target_limits(config: RunConfig) -> dict[str, float]:
         "gnn_high_mean_error_ev": t.target_gap_high_mean_error_ev,
         "gnn_cheap_mae_ev": t.target_gap_cheap_mae_ev,
     }
+
+
+def judge(summary: dict, test_force_mae: float | None, config: RunConfig) -> RoundTargets:
+    """The stop targets of ``active_learning`` (:func:`target_limits`) against a round's held-out numbers."""
+    limits = target_limits(config)
+
+    def below(value, limit):
+        return None if value is None else bool(value <= limit)
+
+    force = summary["mace_force_mae_ev_per_a"]
+    mean_error = summary["gnn_high_mean_error_ev"]
+    return RoundTargets(
+        mace_energy=below(summary["mace_energy_mae_mev_per_atom"], limits["mace_energy_mae_mev_per_atom"]),
+        mace_forces=None
+        if force is None or not test_force_mae
+        else below(force, limits["mace_force_ratio"] * test_force_mae),
+        gnn_high_mae=below(summary["gnn_high_mae_ev"], limits["gnn_high_mae_ev"]),
+        gnn_high_mean=below(None if mean_error is None else abs(mean_error), limits["gnn_high_mean_error_ev"]),
+        gnn_cheap_mae=below(summary["gnn_cheap_mae_ev"], limits["gnn_cheap_mae_ev"]),
+    )
 
 
 def round_costs(store: Store, round_index: int, levels: list[str]) -> dict[str, float | int]:
