@@ -139,3 +139,40 @@ def test_report_gives_relative_changes_against_the_dft_eg0_and_flags_a_model_eg0
     x0 = {g["temperature_k"]: g for g in report["gaps"] if g["composition_x"] == 0.0}
     assert x0[300.0]["relative_change"] == pytest.approx(-0.335, abs=1e-3)  # against the model's 1.585 eV
     assert x0[300.0]["relative_change_dft_eg0"] == pytest.approx(-0.374, abs=1e-3)  # against DFT's 1.683 eV
+
+
+def test_report_shows_estimates_published_gaps_and_the_compute_on_one_page() -> None:
+    """The text report carries what the JSON carries: the estimates beside the MD, Table I beside capml, and the
+    CPU hours, each adding up to the store's own rows."""
+    from capml_core.stages.report import project_report, report_tables
+    from capml_core.store.database import Store
+
+    store = Store(next(p for p in shipped_result_dirs() if p.name == "ag3sbri-active-learning"))
+    report = project_report(store)
+    tables = {t.title.split(":")[0]: t for t in report_tables(report)}
+    estimates = tables["independent estimates"]
+    assert len(estimates.rows) == len({(e["composition_x"], e["temperature_k"]) for e in report["estimates"]})
+    row = next(r for r in estimates.rows if r[:2] == ("0", "300"))
+    md = next(g for g in report["gaps"] if g["composition_x"] == 0.0 and g["temperature_k"] == 300.0)
+    assert row[2] == f"{100 * md['relative_change']:+.1f} %"
+    classical = {
+        e["imaginary_treatment"]: e["relative_change"]
+        for e in report["estimates"]
+        if (e["composition_x"], e["temperature_k"], e["method"]) == (0.0, 300.0, "harmonic-classical")
+    }
+    column = estimates.columns.index("harmonic-classical")
+    assert row[column] == f"{100 * classical['abs']:+.1f} % / {100 * classical['exclude']:+.1f} %"
+    published = tables["published gaps beside capml's (capml at the same x and T, interpolated in x; Eg(0)"]
+    assert len(published.rows) == len(report["published"]) and "Table I" in published.rows[0][0]
+    assert published.warnings == {i for i, p in enumerate(report["published"]) if p["outside"]}
+    compute = report["compute"]
+    labels = store.query("SELECT count(*) AS n, sum(wall_time_s) / 3600 AS h FROM labels")
+    assert sum(d["n"] for d in compute["dft"]) == labels["n"].iloc[0]
+    assert sum(d["cpu_h"] for d in compute["dft"]) == pytest.approx(labels["h"].iloc[0])
+    imported = sum(d["n"] for d in compute["dft"] if d["origin"] == "imported")
+    assert imported == store.query("SELECT count(*) AS n FROM labels WHERE source LIKE '%.extxyz'")["n"].iloc[0]
+    here = sum(d["cpu_h"] for d in compute["dft"] if d["origin"] == "computed here")
+    parts = compute["md_cpu_h"] + compute["mace_training_h"] + compute["gap_model_training_h"]
+    assert compute["total_cpu_h"] == pytest.approx(here + parts + compute["disorder_scan_h"])
+    assert compute["md_runs"] == len(report["gaps"]) and compute["md_cpu_h"] > 0.5  # 54 runs of 2 ps
+    assert tables["compute"].rows[-1] == ("total computed in this project", "", f"{compute['total_cpu_h']:.2f}")

@@ -4,7 +4,8 @@ Reads, never computes: the newest gap ensemble used by the bandgaps stage and th
 their errors on the test splits and on the held-out MD frames (``heldout_errors``, written by ``capml evaluate``
 and ``capml al record``); Eg(0) of the cubic and of the lowest structure; Eg(T, x) with uncertainty, ΔEg/Eg and
 the DFT checks of the same frames and their verdicts; the independent estimates; the stabilisation temperature of
-each composition from the phonon verdicts; the comparison with the published gaps; the active-learning rounds.
+each composition from the phonon verdicts; the comparison with the published gaps; the active-learning rounds; the
+compute it took (CPU hours of DFT, MD and training stored with the results).
 :func:`project_report` returns one JSON-ready dict (keys listed in docs/report.md); :func:`report_tables` the
 same as tables. ``flags`` lists every result a user must not take at face value.
 """
@@ -200,6 +201,48 @@ def _models(store: Store, ensemble_id: str, mace_model_id: str | None) -> dict[s
             for r in every_set.sort_values(["set_name", "model", "quantity"]).itertuples(index=False)
         ],
     }
+
+
+def _compute(store: Store) -> dict[str, Any]:
+    """CPU hours the stored results took: each DFT label and MD run ran on one core, training from its own clock.
+
+    DFT labels imported from shipped files (``source`` a file name) were computed elsewhere: counted apart, with
+    the time their files record.
+    """
+    dft = store.query(
+        """SELECT level, CASE WHEN source LIKE '%.extxyz' THEN 'imported' ELSE 'computed here' END AS origin,
+                  count(*) AS n, count(*) FILTER (WHERE status <> 'ok') AS failed,
+                  coalesce(sum(wall_time_s), 0) / 3600 AS cpu_h
+           FROM labels GROUP BY ALL ORDER BY origin, level"""
+    )
+    md = store.query("SELECT count(*) AS n, coalesce(sum(wall_time_s), 0) / 3600 AS h FROM md_runs")
+    mace = store.query(
+        "SELECT coalesce(sum(train_seconds), 0) / 3600 AS h FROM mlip_models WHERE kind <> 'foundation'"
+    )
+    stages = store.query(
+        """SELECT stage, coalesce(sum(epoch(finished_at - started_at)), 0) / 3600 AS h FROM stages
+           WHERE stage IN ('gnn', 'disorder') GROUP BY stage"""
+    ).set_index("stage")["h"]
+    rows = [
+        {"level": r.level, "origin": r.origin, "n": int(r.n), "failed": int(r.failed), "cpu_h": float(r.cpu_h)}
+        for r in dft.itertuples(index=False)
+    ]
+    numbers = {
+        "dft": rows,
+        "md_runs": int(md["n"].iloc[0]),
+        "md_cpu_h": float(md["h"].iloc[0]),
+        "mace_training_h": float(mace["h"].iloc[0]),
+        "gap_model_training_h": float(stages.get("gnn", 0.0)),
+        "disorder_scan_h": float(stages.get("disorder", 0.0)),
+    }
+    numbers["total_cpu_h"] = (
+        sum(r["cpu_h"] for r in rows if r["origin"] == "computed here")
+        + numbers["md_cpu_h"]
+        + numbers["mace_training_h"]
+        + numbers["gap_model_training_h"]
+        + numbers["disorder_scan_h"]
+    )
+    return numbers
 
 
 def project_report(store: Store) -> dict[str, Any]:
@@ -401,6 +444,7 @@ def _project_report(store: Store) -> dict[str, Any]:
             {k: (_number(v) if isinstance(v, (float, np.floating)) else v) for k, v in row.items()}
             for row in rounds.to_dict("records")
         ],
+        "compute": _compute(store),
         "flags": flags,
     }
 
@@ -543,6 +587,10 @@ def report_tables(report: dict[str, Any]) -> list[ResultTable]:
             warnings=flagged,
         )
     )
+    if report["estimates"]:
+        tables.append(_estimates_table(report))
+    if report["published"]:
+        tables.append(_published_table(report["published"]))
     if report["stabilisation_k"]:
         tables.append(
             table(
@@ -556,6 +604,8 @@ def report_tables(report: dict[str, Any]) -> list[ResultTable]:
                 ],
             )
         )
+    if report.get("compute"):
+        tables.append(_compute_table(report["compute"]))
     tables.append(
         table(
             "flags: results not to take at face value",
@@ -565,3 +615,89 @@ def report_tables(report: dict[str, Any]) -> list[ResultTable]:
         )
     )
     return tables
+
+
+def _estimates_table(report: dict[str, Any]) -> ResultTable:
+    """ΔEg/Eg per (x, T): the MD beside each independent estimate (imaginary modes at |ω| / left out)."""
+    from capml_core.stages.estimates import ESTIMATE_METHODS
+
+    methods = [m for m in ESTIMATE_METHODS if any(e["method"] == m for e in report["estimates"])]
+    with_dft = any(e["dft_gap_ev"] is not None for e in report["estimates"])
+    dft_eg0 = {round(s["composition_x"], 6): s["cubic_dft_gap_ev"] for s in report["static"]}
+    md = {(round(g["composition_x"], 6), g["temperature_k"]): g["relative_change"] for g in report["gaps"]}
+    cells: dict[tuple[float, float], dict[str, dict[str, float | None]]] = {}
+    dft: dict[tuple[float, float], dict[str, float | None]] = {}
+    for e in report["estimates"]:
+        key = (round(e["composition_x"], 6), e["temperature_k"])
+        cells.setdefault(key, {}).setdefault(e["method"], {})[e["imaginary_treatment"]] = e["relative_change"]
+        eg0 = dft_eg0.get(key[0])
+        if e["dft_gap_ev"] is not None and eg0:
+            dft.setdefault(key, {})[e["imaginary_treatment"]] = e["dft_gap_ev"] / eg0 - 1.0
+
+    def pair(values: dict[str, float | None]) -> str:
+        shown = [_fmt(values.get(t), 1, percent=True, signed=True) for t in ("abs", "exclude") if t in values]
+        shown += [_fmt(v, 1, percent=True, signed=True) for t, v in values.items() if t not in ("abs", "exclude")]
+        return " / ".join(shown) if shown else "-"
+
+    rows = []
+    for key in sorted(cells):
+        row = [f"{key[0]:g}", f"{key[1]:g}", _fmt(md.get(key), 1, percent=True, signed=True)]
+        row += [pair(cells[key].get(m, {})) for m in methods]
+        if with_dft:
+            row.append(pair(dft.get(key, {})))
+        rows.append(tuple(row))
+    columns = ["x", "T (K)", "MD"] + methods + (["special-displacement, DFT"] if with_dft else [])
+    return table(
+        "independent estimates: ΔEg/Eg beside the MD's (model's cubic Eg(0); DFT column: DFT's; "
+        "imaginary modes at |ω| / left out)",
+        columns,
+        rows,
+    )
+
+
+def _published_table(published: list[dict[str, Any]]) -> ResultTable:
+    """The published gaps beside capml's at the same (x, T) (interpolated in x), outside 2σ marked."""
+    rows, outside = [], []
+    for i, p in enumerate(published):
+        rows.append(
+            (
+                f"{p['source']} ({p['kind']})",
+                f"{p['composition_x']:g}",
+                f"{p['temperature_k']:g}",
+                f"{_fmt(p['gap_ev'], 2)} ± {_fmt(p['uncertainty_ev'], 2)}",
+                _fmt(p["capml_gap_ev"]),
+                "-"
+                if p["difference_ev"] is None
+                else f"{p['difference_ev']:+.3f} ± {_fmt(p['difference_error_ev'])}",
+                "outside 2σ" if p["outside"] else "",
+            )
+        )
+        if p["outside"]:
+            outside.append(i)
+    return table(
+        "published gaps beside capml's (capml at the same x and T, interpolated in x; Eg(0): the cubic cell)",
+        ("source", "x", "T (K)", "published (eV)", "capml (eV)", "capml − published (eV)", ""),
+        rows,
+        warnings=outside,
+    )
+
+
+def _compute_table(compute: dict[str, Any]) -> ResultTable:
+    """CPU hours per kind of work stored in the project."""
+    rows = [
+        (f"DFT {d['level']} ({d['origin']})", f"{d['n']} labels, {d['failed']} failed", f"{d['cpu_h']:.2f}")
+        for d in compute["dft"]
+    ]
+    rows += [
+        ("MACE MD", f"{compute['md_runs']} runs", f"{compute['md_cpu_h']:.2f}"),
+        ("MACE training", "", f"{compute['mace_training_h']:.2f}"),
+        ("gap model training (gnn stage)", "", f"{compute['gap_model_training_h']:.2f}"),
+        ("disorder scan", "", f"{compute['disorder_scan_h']:.2f}"),
+        ("total computed in this project", "", f"{compute['total_cpu_h']:.2f}"),
+    ]
+    return table(
+        "compute: CPU hours of the stored results (one core per DFT label and MD run; imported labels were "
+        "computed elsewhere)",
+        ("work", "count", "CPU h"),
+        rows,
+    )
