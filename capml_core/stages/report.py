@@ -216,9 +216,7 @@ def _compute(store: Store) -> dict[str, Any]:
            FROM labels GROUP BY ALL ORDER BY origin, level"""
     )
     md = store.query("SELECT count(*) AS n, coalesce(sum(wall_time_s), 0) / 3600 AS h FROM md_runs")
-    mace = store.query(
-        "SELECT coalesce(sum(train_seconds), 0) / 3600 AS h FROM mlip_models WHERE kind <> 'foundation'"
-    )
+    mace = store.query("SELECT coalesce(sum(train_seconds), 0) / 3600 AS h FROM mlip_models WHERE kind <> 'foundation'")
     stages = store.query(
         """SELECT stage, coalesce(sum(epoch(finished_at - started_at)), 0) / 3600 AS h FROM stages
            WHERE stage IN ('gnn', 'disorder') GROUP BY stage"""
@@ -666,9 +664,7 @@ def _published_table(published: list[dict[str, Any]]) -> ResultTable:
                 f"{p['temperature_k']:g}",
                 f"{_fmt(p['gap_ev'], 2)} ± {_fmt(p['uncertainty_ev'], 2)}",
                 _fmt(p["capml_gap_ev"]),
-                "-"
-                if p["difference_ev"] is None
-                else f"{p['difference_ev']:+.3f} ± {_fmt(p['difference_error_ev'])}",
+                "-" if p["difference_ev"] is None else f"{p['difference_ev']:+.3f} ± {_fmt(p['difference_error_ev'])}",
                 "outside 2σ" if p["outside"] else "",
             )
         )
