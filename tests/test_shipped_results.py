@@ -176,3 +176,40 @@ def test_report_shows_estimates_published_gaps_and_the_compute_on_one_page() -> 
     assert compute["total_cpu_h"] == pytest.approx(here + parts + compute["disorder_scan_h"])
     assert compute["md_runs"] == len(report["gaps"]) and compute["md_cpu_h"] > 0.5  # 54 runs of 2 ps
     assert tables["compute"].rows[-1] == ("total computed in this project", "", f"{compute['total_cpu_h']:.2f}")
+
+
+def test_estimates_table_keeps_each_method_in_its_column() -> None:
+    """The DFT column is the special displacement's alone; a DFT-only method stays in its own column."""
+    from capml_core.stages.report import _estimates_table
+
+    def estimate(method, treatment, relative, dft=None):
+        return {
+            "composition_x": 1.0,
+            "temperature_k": 300.0,
+            "method": method,
+            "imaginary_treatment": treatment,
+            "gap_ev": 1.0,
+            "error_ev": 0.01,
+            "relative_change": relative,
+            "dft_gap_ev": dft,
+        }
+
+    report = {
+        "static": [{"composition_x": 1.0, "cubic_gap_ev": 2.0, "cubic_dft_gap_ev": 2.0, "lowest_gap_ev": None}],
+        "gaps": [{"composition_x": 1.0, "temperature_k": 300.0, "relative_change": -0.344}],
+        "estimates": [
+            estimate("special-displacement", "abs", -0.30, dft=1.4),
+            estimate("special-displacement", "exclude", -0.09, dft=1.6),
+            estimate("dft-phonon-sampled", "dataset", -0.345, dft=1.3),
+        ],
+    }
+    estimates = _estimates_table(report)
+    assert estimates.columns == (
+        "x",
+        "T (K)",
+        "MD",
+        "special-displacement",
+        "dft-phonon-sampled",
+        "special-displacement, DFT",
+    )
+    assert estimates.rows == (("1", "300", "-34.4 %", "-30.0 % / -9.0 %", "-34.5 %", "-30.0 % / -20.0 %"),)

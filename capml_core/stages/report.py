@@ -620,7 +620,7 @@ def _estimates_table(report: dict[str, Any]) -> ResultTable:
     from capml_core.stages.estimates import ESTIMATE_METHODS
 
     methods = [m for m in ESTIMATE_METHODS if any(e["method"] == m for e in report["estimates"])]
-    with_dft = any(e["dft_gap_ev"] is not None for e in report["estimates"])
+    with_dft = any(e["method"] == "special-displacement" and e["dft_gap_ev"] for e in report["estimates"])
     dft_eg0 = {round(s["composition_x"], 6): s["cubic_dft_gap_ev"] for s in report["static"]}
     md = {(round(g["composition_x"], 6), g["temperature_k"]): g["relative_change"] for g in report["gaps"]}
     cells: dict[tuple[float, float], dict[str, dict[str, float | None]]] = {}
@@ -629,7 +629,7 @@ def _estimates_table(report: dict[str, Any]) -> ResultTable:
         key = (round(e["composition_x"], 6), e["temperature_k"])
         cells.setdefault(key, {}).setdefault(e["method"], {})[e["imaginary_treatment"]] = e["relative_change"]
         eg0 = dft_eg0.get(key[0])
-        if e["dft_gap_ev"] is not None and eg0:
+        if e["method"] == "special-displacement" and e["dft_gap_ev"] is not None and eg0:
             dft.setdefault(key, {})[e["imaginary_treatment"]] = e["dft_gap_ev"] / eg0 - 1.0
 
     def pair(values: dict[str, float | None]) -> str:
@@ -646,8 +646,8 @@ def _estimates_table(report: dict[str, Any]) -> ResultTable:
         rows.append(tuple(row))
     columns = ["x", "T (K)", "MD"] + methods + (["special-displacement, DFT"] if with_dft else [])
     return table(
-        "independent estimates: ΔEg/Eg beside the MD's (model's cubic Eg(0); DFT column: DFT's; "
-        "imaginary modes at |ω| / left out)",
+        "independent estimates: ΔEg/Eg beside the MD's (model's cubic Eg(0); the special displacement in DFT and "
+        "dft-phonon-sampled: DFT's; imaginary modes at |ω| / left out)",
         columns,
         rows,
     )
