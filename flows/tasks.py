@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -255,8 +255,19 @@ def phonon_stability(loaded: LoadedConfig, store: Store, run_id: str) -> tuple[l
 def band_gaps(loaded: LoadedConfig, store: Store, run_id: str) -> BandGapResult:
     """Eg(0) of the relaxed structures and Eg(T), ΔEg(T) over uncorrelated MD snapshots (GNN ensemble)."""
     logger = get_run_logger()
+
+    def counter(what: str) -> Callable[[int, int], None]:
+        return lambda done, total: logger.info("band gaps: %d/%d %s", done, total, what)
+
     result = run_bandgap_stage(
-        store, loaded.config, ensemble_id=latest_ensemble(store)[0], scan_id=latest_scan_id(store), run_id=run_id
+        store,
+        loaded.config,
+        ensemble_id=latest_ensemble(store)[0],
+        scan_id=latest_scan_id(store),
+        run_id=run_id,
+        progress=counter("MD runs"),
+        reference_progress=counter("DFT calculations"),
+        estimate_progress=counter("compositions of the independent estimates"),
     )
     log_tables(logger, result.tables())
     return result

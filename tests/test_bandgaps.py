@@ -583,7 +583,32 @@ def _independent_estimates(store: Store, config, ensemble_id: str) -> None:
     config = config.model_copy(
         update={"gaps": config.gaps.model_copy(update={"estimate_samples": 4, "estimate_temperatures_k": [100.0]})}
     )
-    result = run_bandgap_stage(store, config, ensemble_id=ensemble_id, scan_id=latest_scan_id(store))
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt_after_two(done: int, total: int) -> None:
+        if done == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):  # a kill in the middle of the estimates keeps the finished compositions
+        run_bandgap_stage(
+            store, config, ensemble_id=ensemble_id, scan_id=latest_scan_id(store), estimate_progress=interrupt_after_two
+        )
+    kept = store.query(
+        "SELECT DISTINCT composition_x FROM gap_estimates WHERE ensemble_id = ? AND method LIKE 'harmonic-%'",
+        [ensemble_id],
+    )
+    assert len(kept) == 2
+    counted: list[tuple[int, int]] = []
+    result = run_bandgap_stage(
+        store,
+        config,
+        ensemble_id=ensemble_id,
+        scan_id=latest_scan_id(store),
+        estimate_progress=lambda done, total: counted.append((done, total)),
+    )
+    assert counted == [(i, 5) for i in range(1, 6)]
     renormalised = result.estimates[result.estimates["method"] == "special-displacement-renormalised"]
     assert len(renormalised) == 1 and renormalised["composition_x"].iloc[0] == 0.0  # only where the MD gave them
     (r,) = renormalised.itertuples(index=False)

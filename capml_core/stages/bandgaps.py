@@ -475,13 +475,15 @@ def run_bandgap_stage(
     run_id: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     reference_progress: Callable[[int, int], None] | None = None,
+    estimate_progress: Callable[[int, int], None] | None = None,
 ) -> BandGapResult:
     """Eg(0) and Eg(T) from GNN ensemble ``ensemble_id`` (see module doc).
 
     Eg(0) of the lowest-energy structures of disorder scan ``scan_id``, Eg(T) of every complete MD run of them with
     the scan's MACE model.
 
-    ``progress(done, total)`` counts MD runs, ``reference_progress`` DFT calculations of the static check.
+    ``progress(done, total)`` counts MD runs, ``reference_progress`` DFT calculations (the static check, then the
+    checks of Eg(T)), ``estimate_progress`` the compositions of the independent estimates.
 
     Raises
     ------
@@ -604,7 +606,7 @@ def run_bandgap_stage(
             progress(i + 1, len(runs))
     # the DFT checks of the averages first (the yardstick of Eg(T)), then the independent estimates (their DFT last)
     checks = run_dft_checks(store, config, ensemble_id=ensemble_id, run_id=run_id, progress=reference_progress)
-    estimates = _estimates(store, config, ensemble_id, scan_id, models, static_frame, run_id)
+    estimates = _estimates(store, config, ensemble_id, scan_id, models, static_frame, run_id, estimate_progress)
     return BandGapResult(
         ensemble_id,
         level,
@@ -617,7 +619,7 @@ def run_bandgap_stage(
     )
 
 
-def _estimates(store, config, ensemble_id, scan_id, models, static_frame, run_id) -> pd.DataFrame:
+def _estimates(store, config, ensemble_id, scan_id, models, static_frame, run_id, progress=None) -> pd.DataFrame:
     """The independent estimates (:mod:`capml_core.stages.estimates`) with the MACE model of the MD runs."""
     from capml_core.stages.estimates import run_estimates
     from capml_core.store.queries import latest_model
@@ -638,6 +640,7 @@ def _estimates(store, config, ensemble_id, scan_id, models, static_frame, run_id
         models=models,
         static_gaps=static_gaps,
         run_id=run_id,
+        progress=progress,
     )
 
 

@@ -22,6 +22,7 @@ Units: eV, K, THz, Å.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -158,11 +159,13 @@ def run_estimates(
     models: list,
     static_gaps: dict[str, float],
     run_id: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Compute and store the estimates of the module doc for one gap ensemble; returns its ``gap_estimates`` rows.
 
-    ``static_gaps``: Eg(0) (eV) of the ensemble per structure hash (the bandgaps stage's). Resumable: a
-    (structure, T, method, treatment) already stored for the ensemble is kept.
+    ``static_gaps``: Eg(0) (eV) of the ensemble per structure hash (the bandgaps stage's). Resumable: each
+    composition's estimates are stored when it is done, and a (structure, T, method, treatment) already stored for
+    the ensemble is kept. ``progress(done, total)`` counts compositions.
     """
     gaps = config.gaps
     if gaps.estimate_samples == 0:
@@ -185,54 +188,28 @@ def run_estimates(
            WHERE m.model_id = ? AND p.artifact_id IS NOT NULL""",
         [mace_model_id],
     )
-    rows: list[dict[str, Any]] = []
-    dft_jobs: list[tuple[dict[str, Any], list]] = []
-    for x, atoms in structures.items():
-        digest = structure_hash(atoms)
-        if digest not in harmonic.index or digest not in static_gaps:
-            logger.info("estimates x = %.3f: no harmonic force constants of %s (capml phonons)", x, digest[:12])
-            continue
-        fc = store.load_arrays(harmonic.loc[digest, "artifact_id"])["force_constants"]
-        modes = normal_modes(fc, atoms.get_masses())
-        eg0 = static_gaps[digest]
-        for t in temperatures:
-            base = {
-                "ensemble_id": ensemble_id,
-                "structure_hash": digest,
-                "composition_x": x,
-                "temperature_k": t,
-                "run_id": run_id,
-            }
-            seed = 1000 * config.run.seed + int(round(1000 * x)) + int(round(t))
-            for treatment in ("abs", "exclude"):
-                for method in HARMONIC_METHODS:
-                    if (digest, t, method, treatment) in done:
-                        continue
-                    row, configurations = _harmonic_row(
-                        atoms, fc, modes, config, method, treatment, t, models, seed=seed
-                    )
-                    rows.append({**base, **row, "static_gap_ev": eg0, "relative_change": (row["gap_ev"] - eg0) / eg0})
-                    if method == "special-displacement" and _estimated_with_dft(config, x, t):
-                        dft_jobs.append((rows[-1], configurations))
-            # the anharmonic variant: DynaPhoPy's renormalised force constants of the MD run at (x, T)
-            of_run = renormalised[
-                (renormalised["structure_hash"] == digest) & np.isclose(renormalised["temperature_k"], t)
-            ]
-            if len(of_run) and (digest, t, RENORMALISED, "renormalised") not in done:
-                arrays = store.load_arrays(of_run["artifact_id"].iloc[0])
-                if "renormalised_force_constants" in arrays:
-                    r_fc = arrays["renormalised_force_constants"]
-                    r_modes = normal_modes(r_fc, atoms.get_masses())
-                    row, _ = _harmonic_row(
-                        atoms, r_fc, r_modes, config, RENORMALISED, "renormalised", t, models, seed=seed
-                    )
-                    row["note"] = "DynaPhoPy renormalised force constants of the MD run; " + row["note"]
-                    rows.append({**base, **row, "static_gap_ev": eg0, "relative_change": (row["gap_ev"] - eg0) / eg0})
-    if dft_jobs:
-        _special_displacement_dft(store, config, dft_jobs, run_id)
-    if rows:
-        with store.write() as writer:
-            writer.add_rows("gap_estimates", rows)
+    for i, (x, atoms) in enumerate(structures.items()):
+        rows, dft_jobs = _composition_estimates(
+            store,
+            config,
+            x,
+            atoms,
+            models,
+            ensemble_id=ensemble_id,
+            eg0_ev=static_gaps.get(structure_hash(atoms)),
+            temperatures=temperatures,
+            harmonic=harmonic,
+            renormalised=renormalised,
+            done=done,
+            run_id=run_id,
+        )
+        if dft_jobs:
+            _special_displacement_dft(store, config, dft_jobs, run_id)
+        if rows:  # stored per composition: an interruption keeps every finished one
+            with store.write() as writer:
+                writer.add_rows("gap_estimates", rows)
+        if progress is not None:
+            progress(i + 1, len(structures))
     from capml_core.stages.labelling import gap_reference_level
 
     level = gap_reference_level(config)
@@ -262,6 +239,65 @@ def run_estimates(
             with store.write() as writer:
                 writer.add_rows("gap_estimates", fresh)
     return estimates_table(store, ensemble_id)
+
+
+def _composition_estimates(
+    store: Store,
+    config: RunConfig,
+    x: float,
+    atoms,
+    models: list,
+    *,
+    ensemble_id: str,
+    eg0_ev: float | None,
+    temperatures: list[float],
+    harmonic: pd.DataFrame,
+    renormalised: pd.DataFrame,
+    done: set,
+    run_id: str | None,
+) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], list]]]:
+    """The estimate rows of one composition not stored yet, and its special displacements to compute in DFT.
+
+    ``eg0_ev``: the ensemble's Eg(0) of the structure; ``harmonic`` its force-constant artifacts by structure hash,
+    ``renormalised`` DynaPhoPy's of the MD runs; ``done``: the (structure, T, method, treatment) already stored.
+    """
+    rows: list[dict[str, Any]] = []
+    dft_jobs: list[tuple[dict[str, Any], list]] = []
+    digest = structure_hash(atoms)
+    if digest not in harmonic.index or eg0_ev is None:
+        logger.info("estimates x = %.3f: no harmonic force constants of %s (capml phonons)", x, digest[:12])
+        return rows, dft_jobs
+    fc = store.load_arrays(harmonic.loc[digest, "artifact_id"])["force_constants"]
+    modes = normal_modes(fc, atoms.get_masses())
+    eg0 = eg0_ev
+    for t in temperatures:
+        base = {
+            "ensemble_id": ensemble_id,
+            "structure_hash": digest,
+            "composition_x": x,
+            "temperature_k": t,
+            "run_id": run_id,
+        }
+        seed = 1000 * config.run.seed + int(round(1000 * x)) + int(round(t))
+        for treatment in ("abs", "exclude"):
+            for method in HARMONIC_METHODS:
+                if (digest, t, method, treatment) in done:
+                    continue
+                row, configurations = _harmonic_row(atoms, fc, modes, config, method, treatment, t, models, seed=seed)
+                rows.append({**base, **row, "static_gap_ev": eg0, "relative_change": (row["gap_ev"] - eg0) / eg0})
+                if method == "special-displacement" and _estimated_with_dft(config, x, t):
+                    dft_jobs.append((rows[-1], configurations))
+        # the anharmonic variant: DynaPhoPy's renormalised force constants of the MD run at (x, T)
+        of_run = renormalised[(renormalised["structure_hash"] == digest) & np.isclose(renormalised["temperature_k"], t)]
+        if len(of_run) and (digest, t, RENORMALISED, "renormalised") not in done:
+            arrays = store.load_arrays(of_run["artifact_id"].iloc[0])
+            if "renormalised_force_constants" in arrays:
+                r_fc = arrays["renormalised_force_constants"]
+                r_modes = normal_modes(r_fc, atoms.get_masses())
+                row, _ = _harmonic_row(atoms, r_fc, r_modes, config, RENORMALISED, "renormalised", t, models, seed=seed)
+                row["note"] = "DynaPhoPy renormalised force constants of the MD run; " + row["note"]
+                rows.append({**base, **row, "static_gap_ev": eg0, "relative_change": (row["gap_ev"] - eg0) / eg0})
+    return rows, dft_jobs
 
 
 def _estimated_with_dft(config: RunConfig, composition_x: float, temperature_k: float) -> bool:
