@@ -30,10 +30,9 @@ def test_shipped_results_answer_report_and_sql_and_stay_small(results: Path, tmp
     assert {"models", "gaps", "static", "estimates", "stabilisation_k"} <= set(found)
     assert found["gaps"] and all(g["gap_ev"] is None or 0.0 < g["gap_ev"] < 4.0 for g in found["gaps"])
     assert found["models"]["mace"]["md_frames_force_mae_ev_per_a"] is not None  # checked where it is used
-    sql = runner.invoke(
-        app,
-        ["sql", "--project", str(results), "--output", "json", "SELECT count(*) AS n FROM gap_thermal"],
-    )
+    ensemble = found["models"]["gap_ensemble_id"]  # a study keeps the Eg(T) of its earlier gap models too
+    query = f"SELECT count(*) AS n FROM gap_thermal WHERE ensemble_id = '{ensemble}'"
+    sql = runner.invoke(app, ["sql", "--project", str(results), "--output", "json", query])
     assert sql.exit_code == 0, sql.output
     assert json.loads(sql.stdout)[0]["n"] == len(found["gaps"])
     assert {p: p.stat().st_mtime_ns for p in files} == before  # reading wrote nothing
@@ -213,3 +212,29 @@ def test_estimates_table_keeps_each_method_in_its_column() -> None:
         "special-displacement, DFT",
     )
     assert estimates.rows == (("1", "300", "-34.4 %", "-30.0 % / -9.0 %", "-34.5 %", "-30.0 % / -20.0 %"),)
+
+
+def test_a_disagreeing_check_flags_the_unchecked_temperatures_of_its_composition() -> None:
+    """No hidden flag: where DFT disagrees with the model at one temperature of a composition, the composition's
+    unchecked temperatures are flagged too (the checked ones keep their own verdicts)."""
+    from capml_core.stages.report import project_report
+    from capml_core.store.database import Store
+
+    report = project_report(Store(next(p for p in shipped_result_dirs() if p.name == "ag3sbri-active-learning")))
+    disagreeing = {g["composition_x"] for g in report["gaps"] if g["dft_verdict"] == "disagrees"}
+    assert disagreeing == {0.5}  # x = 0.5 at 100 K: +0.061 ± 0.016 eV
+    for g in report["gaps"]:
+        if g["composition_x"] == 0.5 and g["dft_verdict"] is None:
+            assert g["flagged"], g["temperature_k"]
+    (sentence,) = [f for f in report["flags"] if "unchecked Eg(T)" in f]
+    assert sentence == (
+        "x = 0.5: the model disagrees with DFT on this composition's checked frames (100 K +0.061 ± 0.016 eV), "
+        "so its unchecked Eg(T) at 200, 400, 500 K is flagged too"
+    )
+    for g in report["gaps"]:  # elsewhere an unchecked Eg(T) is flagged only for its own run's reasons
+        if g["composition_x"] != 0.5 and g["dft_verdict"] is None:
+            where = f"x = {g['composition_x']:g}, {g['temperature_k']:g} K: MD health"
+            own = (
+                g["equilibrated"] is False or not g["passes_gate"] or any(f.startswith(where) for f in report["flags"])
+            )
+            assert g["flagged"] == own, where

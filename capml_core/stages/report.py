@@ -136,6 +136,34 @@ def _gap_errors_by_composition(store: Store, ensemble_id: str) -> list[dict[str,
     ]
 
 
+def _flag_unchecked_beside_disagreeing(gap_rows: list[dict[str, Any]]) -> list[str]:
+    """Flag the unchecked Eg(T) of a composition whose DFT check disagrees; one sentence per such composition.
+
+    The same model on the same composition: nothing says its other temperatures are better than the checked one.
+    """
+    by_x: dict[float, list[dict[str, Any]]] = {}
+    for row in gap_rows:
+        by_x.setdefault(round(row["composition_x"], 6), []).append(row)
+    flags = []
+    for x, rows in sorted(by_x.items()):
+        against = [r for r in rows if r["dft_verdict"] == "disagrees"]
+        unchecked = [r for r in rows if r["dft_verdict"] is None]
+        if not against or not unchecked:
+            continue
+        for r in unchecked:
+            r["flagged"] = True
+        checks = ", ".join(
+            f"{r['temperature_k']:g} K {r['dft_difference_ev']:+.3f} ± {r['dft_difference_error_ev']:.3f} eV"
+            for r in against
+        )
+        temperatures = ", ".join(f"{r['temperature_k']:g}" for r in unchecked)
+        flags.append(
+            f"x = {x:g}: the model disagrees with DFT on this composition's checked frames ({checks}), so its "
+            f"unchecked Eg(T) at {temperatures} K is flagged too"
+        )
+    return flags
+
+
 def _models(store: Store, ensemble_id: str, mace_model_id: str | None) -> dict[str, Any]:
     levels = store.query(
         """SELECT DISTINCT m.architecture, m.cheap_level, m.high_level FROM gnn_models m WHERE m.ensemble_id = ?""",
@@ -355,6 +383,7 @@ def _project_report(store: Store) -> dict[str, Any]:
             flags.append(f"{where}: dropped by the phonon gate ({r.reason})")
         if unhealthy:
             flags.append(f"{where}: MD health: {unhealthy}")
+    flags += _flag_unchecked_beside_disagreeing(gap_rows)
     if not len(checks):
         flags.append("no Eg(T) was checked with DFT on the MD's frames (gaps.dft_check)")
     estimates = [
