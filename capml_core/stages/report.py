@@ -23,6 +23,7 @@ from capml_core.config.stage_sections import GapsSection
 from capml_core.errors import NotComputedError
 from capml_core.physics.stability import stabilisation_temperatures
 from capml_core.stages.bandgaps import compare_with_published
+from capml_core.stages.estimates import ESTIMATE_METHODS
 from capml_core.stages.heldout import stored_errors
 from capml_core.stages.md_frames import HELD_OUT_SET
 from capml_core.store.database import Store
@@ -646,8 +647,6 @@ def report_tables(report: dict[str, Any]) -> list[ResultTable]:
 
 def _estimates_table(report: dict[str, Any]) -> ResultTable:
     """ΔEg/Eg per (x, T): the MD beside each independent estimate (imaginary modes at |ω| / left out)."""
-    from capml_core.stages.estimates import ESTIMATE_METHODS
-
     methods = [m for m in ESTIMATE_METHODS if any(e["method"] == m for e in report["estimates"])]
     with_dft = any(e["method"] == "special-displacement" and e["dft_gap_ev"] for e in report["estimates"])
     dft_eg0 = {round(s["composition_x"], 6): s["cubic_dft_gap_ev"] for s in report["static"]}
