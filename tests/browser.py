@@ -94,6 +94,26 @@ class PageVisit:
     species_colours: dict[str, str] = field(default_factory=dict)
 
 
+#: Height (px) of the content of Streamlit's scrolling container, which the window itself does not scroll.
+CONTENT_HEIGHT_JS = """() => Math.max(
+  ...['[data-testid="stMain"]', 'section.main', '[data-testid="stAppViewContainer"]']
+    .map(s => document.querySelector(s)).filter(Boolean).map(e => e.scrollHeight),
+  document.body.scrollHeight)"""
+
+
+def save_whole_page(browser_page, path: Path, *, max_height_px: int = 12000) -> None:
+    """A screenshot of the whole page: the viewport stretched to the content's height (Streamlit scrolls inside
+    its own container, so a plain full-page screenshot stops at the window), then restored."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    viewport = browser_page.viewport_size
+    height = min(int(browser_page.evaluate(CONTENT_HEIGHT_JS)), max_height_px)
+    if height > viewport["height"]:
+        browser_page.set_viewport_size({"width": viewport["width"], "height": height})
+        browser_page.wait_for_timeout(500)  # charts re-laid out for the new size
+    browser_page.screenshot(path=str(path), full_page=True)
+    browser_page.set_viewport_size(viewport)
+
+
 def visit_page(
     browser_page, url: str, page: str, *, screenshot: Path | None = None, timeout_s: float = 60
 ) -> PageVisit:
@@ -111,8 +131,7 @@ def visit_page(
     )
     browser_page.wait_for_timeout(500)
     if screenshot is not None:
-        screenshot.parent.mkdir(parents=True, exist_ok=True)
-        browser_page.screenshot(path=str(screenshot), full_page=True)
+        save_whole_page(browser_page, screenshot)
     return PageVisit(
         page=page,
         first_chart_s=first_chart,
