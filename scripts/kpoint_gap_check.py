@@ -46,7 +46,7 @@ def main() -> None:
             start = time.process_time()
             if level == "gpaw-pbesol":
                 work = atoms.copy()
-                work.calc = GpawPbesol(kpts=(n, n, n))._calculator(None)
+                work.calc = GpawPbesol(kpts=(n, n, n)).ase_calculator()
                 work.get_potential_energy()
                 homo, lumo = work.calc.get_homo_lumo()
                 gap, (vbm, cbm) = float(lumo - homo), _band_edges(work.calc)

@@ -269,7 +269,6 @@ def _composition_estimates(
         return rows, dft_jobs
     fc = store.load_arrays(harmonic.loc[digest, "artifact_id"])["force_constants"]
     modes = normal_modes(fc, atoms.get_masses())
-    eg0 = eg0_ev
     for t in temperatures:
         base = {
             "ensemble_id": ensemble_id,
@@ -277,6 +276,7 @@ def _composition_estimates(
             "composition_x": x,
             "temperature_k": t,
             "run_id": run_id,
+            "static_gap_ev": eg0_ev,
         }
         seed = 1000 * config.run.seed + int(round(1000 * x)) + int(round(t))
         for treatment in ("abs", "exclude"):
@@ -284,7 +284,7 @@ def _composition_estimates(
                 if (digest, t, method, treatment) in done:
                     continue
                 row, configurations = _harmonic_row(atoms, fc, modes, config, method, treatment, t, models, seed=seed)
-                rows.append({**base, **row, "static_gap_ev": eg0, "relative_change": (row["gap_ev"] - eg0) / eg0})
+                rows.append({**base, **row, "relative_change": (row["gap_ev"] - eg0_ev) / eg0_ev})
                 if method == "special-displacement" and _estimated_with_dft(config, x, t):
                     dft_jobs.append((rows[-1], configurations))
         # the anharmonic variant: DynaPhoPy's renormalised force constants of the MD run at (x, T)
@@ -296,7 +296,7 @@ def _composition_estimates(
                 r_modes = normal_modes(r_fc, atoms.get_masses())
                 row, _ = _harmonic_row(atoms, r_fc, r_modes, config, RENORMALISED, "renormalised", t, models, seed=seed)
                 row["note"] = "DynaPhoPy renormalised force constants of the MD run; " + row["note"]
-                rows.append({**base, **row, "static_gap_ev": eg0, "relative_change": (row["gap_ev"] - eg0) / eg0})
+                rows.append({**base, **row, "relative_change": (row["gap_ev"] - eg0_ev) / eg0_ev})
     return rows, dft_jobs
 
 
