@@ -7,7 +7,10 @@ dashboard (`capml dashboard`) and, in headless chromium, side by side in one run
   and are cached per store state) and second visit (nothing re-read);
 - opens every page by its own URL (a bookmarked link: a page load each).
 The target: every page's first chart within 2 s on the study results on this machine. A page's chart is "first"
-when its first Plotly figure is drawn (SVG present); the SQL page has none. Load on the machine counts: run it
+when its first Plotly figure is drawn (SVG present), timed on the browser page's own clock: from the click, or from
+the start of the page load, to the animation frame that first shows it (``tests.browser.FIRST_CHART_INIT_JS``; the
+test driver's clock would add the time the browser, still drawing the page's other charts, takes to answer it: up to
+2 s on a busy machine). The SQL page has none. Load on the machine counts: run it
 on an idle one. Runs in about two minutes.
 """
 
@@ -24,6 +27,7 @@ from tests.browser import (  # noqa: E402 - the repository root first, so that `
     CHROMIUM_ARGS,
     PAGES,
     chromium_path,
+    dashboard_page,
     navigate_in_app,
     served_dashboard,
     visit_page,
@@ -45,7 +49,7 @@ def main() -> None:
     sidebar_path = {"overview": ""}  # the overview is the default page: the sidebar links it at the root
     with served_dashboard(project) as url, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page = dashboard_page(browser)
         visit_page(page, url, "sql")  # the server's own start-up (imports, first session) not counted below
         opened = visit_page(page, url, "").first_chart_s
         visits: dict[str, list[float | None]] = {name: [] for name in pages}
@@ -61,12 +65,11 @@ def main() -> None:
     for name in pages:
         first, second = visits[name]
         print(f"{name:24s} {seconds(first):>12s} {seconds(second):>12s} {seconds(by_url[name]):>10s}")
-    drawn = [v[0] for v in visits.values() if v[0] is not None]
+    drawn = [v for name in pages for v in (*visits[name], by_url[name]) if v is not None]
     loads = [v for v in [opened, *by_url.values()] if v is not None]
     print(f"slowest by URL (a page load each): {max(loads):.2f} s")
-    where = f"first visit from the sidebar, {project.name}"
+    where = f"sidebar or URL, the browser's very first page load aside, {project.name}"
     print(f"headline: {max(drawn):.2f}s slowest first chart over the pages ({where})")
-
 
 if __name__ == "__main__":
     main()

@@ -18,6 +18,7 @@ from tests.browser import (
     CHROMIUM_ARGS,
     PAGES,
     chromium_path,
+    dashboard_page,
     navigate_in_app,
     served_dashboard,
     visit_page,
@@ -447,7 +448,7 @@ def test_every_page_of_the_shipped_results_in_a_real_browser(results: Path) -> N
     visits = {}
     with served_dashboard(results, stop_signal=signal.SIGINT) as url, sync_playwright() as pw:  # Ctrl-C ends it
         browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page = dashboard_page(browser)
         for name in PAGES:
             visits[name] = visit_page(page, url, name, screenshot=shots / f"{name}.png")
         moved = {name: navigate_in_app(page, name) for name in ("sql", "band-gaps")}  # from the sidebar, no reload
