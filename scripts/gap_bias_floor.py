@@ -85,7 +85,9 @@ def refit(descriptors, base: dict, extra: pd.DataFrame, seed: int) -> Callable[[
             )
         },
     }
-    members = [fit_kernel_member(descriptors, data, member=m, members=MEMBERS, seed=seed + m) for m in range(MEMBERS)]
+    members = [  # member seeds as the pipeline's (capml_core.stages.gnn_training)
+        fit_kernel_member(descriptors, data, member=m, members=MEMBERS, seed=seed * 1000 + m) for m in range(MEMBERS)
+    ]
 
     def predict(hashes: Sequence[str]) -> np.ndarray:
         x = descriptors.of(hashes)
