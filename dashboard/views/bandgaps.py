@@ -224,9 +224,16 @@ def render_bandgaps() -> None:
     st.dataframe(thermal[columns] if not thermal.empty else thermal, hide_index=True, width="stretch")
     if not results["snapshots"].empty:
         snapshots = results["snapshots"]
-        label = snapshots.apply(lambda r: f"x = {r.composition_x:g}, {r.temperature_k:g} K", axis=1)
-        choice = st.selectbox("Snapshot gaps of", sorted(label.unique()))
-        chosen = snapshots[label == choice]
+        runs = (
+            snapshots[["composition_x", "temperature_k"]]
+            .drop_duplicates()
+            .sort_values(["composition_x", "temperature_k"])
+        )
+        options = {
+            f"x = {x:g}, {t:g} K": (x, t) for x, t in runs.itertuples(index=False)
+        }  # one label per run, not per row
+        x, t = options[st.selectbox("Snapshot gaps of", list(options))]
+        chosen = snapshots[(snapshots["composition_x"] == x) & (snapshots["temperature_k"] == t)]
         figure = px.scatter(
             chosen,
             x="time_fs",
