@@ -71,5 +71,6 @@ def main() -> None:
     where = f"sidebar or URL, the browser's very first page load aside, {project.name}"
     print(f"headline: {max(drawn):.2f}s slowest first chart over the pages ({where})")
 
+
 if __name__ == "__main__":
     main()
