@@ -238,3 +238,27 @@ def test_a_disagreeing_check_flags_the_unchecked_temperatures_of_its_composition
                 g["equilibrated"] is False or not g["passes_gate"] or any(f.startswith(where) for f in report["flags"])
             )
             assert g["flagged"] == own, where
+
+
+def test_the_checks_together_say_how_far_an_unchecked_eg_may_be_off() -> None:
+    """The DFT checks summarised: verdicts counted from the rows, model − DFT rms over the checked runs, and a flag
+    when that rms is beyond the tolerance (an unchecked Eg(T)'s ± holds statistics and ensemble spread only)."""
+    import numpy as np
+
+    from capml_core.stages.report import project_report, report_tables
+    from capml_core.store.database import Store
+
+    report = project_report(Store(next(p for p in shipped_result_dirs() if p.name == "ag3sbri-study")))
+    checked = [g for g in report["gaps"] if g["dft_verdict"]]
+    summary = report["dft_checks"]
+    assert summary["n"] == len(checked) == 15
+    assert summary["agrees"] + summary["disagrees"] + summary["too_noisy"] == 15
+    assert summary["disagrees"] == sum(g["dft_verdict"] == "disagrees" for g in checked)
+    differences = np.array([g["dft_difference_ev"] for g in checked])
+    assert summary["rms_difference_ev"] == pytest.approx(np.sqrt(np.mean(differences**2)))
+    assert 0.05 < summary["rms_difference_ev"] < 0.1  # round 7's model: 0.075 eV, the floor of docs/active-learning.md
+    assert summary["within_tolerance"] == int(np.sum(np.abs(differences) <= 0.05))
+    (flag,) = [f for f in report["flags"] if "DFT-checked Eg(T)" in f]
+    assert f"{summary['rms_difference_ev']:.3f} eV rms" in flag
+    titles = [t.title for t in report_tables(report)]
+    assert any(t.startswith("DFT checks of Eg(T) together") for t in titles)

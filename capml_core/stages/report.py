@@ -165,6 +165,30 @@ def _flag_unchecked_beside_disagreeing(gap_rows: list[dict[str, Any]]) -> list[s
     return flags
 
 
+def dft_check_summary(gap_rows: list[dict[str, Any]], tolerance_ev: float) -> dict[str, Any] | None:
+    """The DFT checks of Eg(T) together: verdict counts and model − DFT over the checked runs (eV), or None.
+
+    ``rms_difference_ev`` is what an unchecked Eg(T) of the same model may be off by beyond its ± (statistical error
+    and ensemble spread only): the model's systematic error where it is used, measured by DFT.
+    """
+    checked = [g for g in gap_rows if g["dft_verdict"] and g["dft_difference_ev"] is not None]
+    if not checked:
+        return None
+    differences = np.array([g["dft_difference_ev"] for g in checked])
+    verdicts = [g["dft_verdict"] for g in checked]
+    return {
+        "n": len(checked),
+        "agrees": verdicts.count("agrees"),
+        "disagrees": verdicts.count("disagrees"),
+        "too_noisy": verdicts.count("too noisy"),
+        "tolerance_ev": tolerance_ev,
+        "within_tolerance": int((np.abs(differences) <= tolerance_ev).sum()),
+        "mean_difference_ev": float(differences.mean()),
+        "rms_difference_ev": float(np.sqrt((differences**2).mean())),
+        "max_abs_difference_ev": float(np.abs(differences).max()),
+    }
+
+
 def _models(store: Store, ensemble_id: str, mace_model_id: str | None) -> dict[str, Any]:
     levels = store.query(
         """SELECT DISTINCT m.architecture, m.cheap_level, m.high_level FROM gnn_models m WHERE m.ensemble_id = ?""",
@@ -387,6 +411,13 @@ def _project_report(store: Store) -> dict[str, Any]:
     flags += _flag_unchecked_beside_disagreeing(gap_rows)
     if not len(checks):
         flags.append("no Eg(T) was checked with DFT on the MD's frames (gaps.dft_check)")
+    check_summary = dft_check_summary(gap_rows, tolerance_ev)
+    if check_summary and check_summary["n"] >= 2 and check_summary["rms_difference_ev"] > tolerance_ev:
+        flags.append(
+            f"over the {check_summary['n']} DFT-checked Eg(T), model − DFT is "
+            f"{check_summary['rms_difference_ev']:.3f} eV rms (tolerance {tolerance_ev:g} eV): the Eg(T) of a run "
+            "without a check may be off by about as much beyond its ± (statistical error and ensemble spread only)"
+        )
     estimates = [
         {
             "composition_x": float(e.composition_x),
@@ -463,6 +494,7 @@ def _project_report(store: Store) -> dict[str, Any]:
         "models": models,
         "static": static_rows,
         "gaps": gap_rows,
+        "dft_checks": check_summary,
         "estimates": estimates,
         "stabilisation_k": {x: v["temperature_k"] for x, v in stabilised.items()},
         "stabilisation_reasons": {x: v["reason"] for x, v in stabilised.items() if v["reason"]},
@@ -615,6 +647,27 @@ def report_tables(report: dict[str, Any]) -> list[ResultTable]:
             warnings=flagged,
         )
     )
+    summary = report.get("dft_checks")  # absent from reports of older capml versions
+    if summary:
+        tables.append(
+            table(
+                "DFT checks of Eg(T) together (model − DFT over the checked runs, eV)",
+                ("checked", "agree", "disagree", "too noisy", "within tolerance", "mean", "rms", "largest"),
+                [
+                    (
+                        str(summary["n"]),
+                        str(summary["agrees"]),
+                        str(summary["disagrees"]),
+                        str(summary["too_noisy"]),
+                        f"{summary['within_tolerance']} (± {summary['tolerance_ev']:g})",
+                        _fmt(summary["mean_difference_ev"], signed=True),
+                        _fmt(summary["rms_difference_ev"]),
+                        _fmt(summary["max_abs_difference_ev"]),
+                    )
+                ],
+                warnings=[0] if summary["rms_difference_ev"] > summary["tolerance_ev"] else [],
+            )
+        )
     if report["estimates"]:
         tables.append(_estimates_table(report))
     if report["published"]:

@@ -95,9 +95,18 @@ def render_results(report: dict, path: str) -> None:
     )
     checked = [g for g in report["gaps"] if g["dft_verdict"]]
     verdicts = pd.Series([g["dft_verdict"] for g in checked]).value_counts().to_dict() if checked else {}
+    summary = report.get("dft_checks")  # absent from reports of older capml versions
     st.markdown(
         f"[DFT checks of Eg(T)](./band-gaps) on the MD's own frames: {len(checked)} of {len(report['gaps'])} "
-        "averages checked" + (": " + ", ".join(f"{n} {v}" for v, n in verdicts.items()) if verdicts else "")
+        "averages checked"
+        + (": " + ", ".join(f"{n} {v}" for v, n in verdicts.items()) if verdicts else "")
+        + (
+            f"; model − DFT {summary['rms_difference_ev']:.3f} eV rms over them (largest "
+            f"{summary['max_abs_difference_ev']:.3f} eV), {summary['within_tolerance']} within "
+            f"{summary['tolerance_ev']:g} eV"
+            if summary
+            else ""
+        )
     )
     stabilised = report["stabilisation_k"]
     gate = report.get("phonon_gate")  # absent from reports of older capml versions
