@@ -10,7 +10,8 @@ a run's frames: the difference a DFT check judges against 0.05 eV):
 2. more MD frames: leave one run out (the check frames of every other run added to the high-level training data);
 3. frames of the run itself: half of every run's check frames trained on, the other half predicted (two folds).
 
-Prints, per variant: the MAE over the check frames, the rms of the per-run biases and how many runs are within
+Prints how closely the stored ensemble follows DFT frame by frame (slope and correlation, over all frames and within
+runs); then, per variant, the MAE over the check frames, the rms of the per-run biases and how many runs are within
 0.05 eV; then the per-run biases. Reproduces the numbers of docs/active-learning.md ("The per-run bias floor").
 
     OMP_NUM_THREADS=1 python scripts/gap_bias_floor.py [--project DIR] [--config FILE] [--ensemble ID]
@@ -145,6 +146,14 @@ def main() -> None:
     print(
         f"{len(frames)} check frames of {frames['md_id'].nunique()} runs (ensemble {ensemble}); MACE {model_id} "
         f"descriptors of {len(hashes)} structures in {time.perf_counter() - start:.0f} s"
+    )
+    model, dft = frames["model_gap_ev"].to_numpy(), frames["dft_gap_ev"].to_numpy()
+    within_model = model - frames.groupby("md_id")["model_gap_ev"].transform("mean").to_numpy()
+    within_dft = dft - frames.groupby("md_id")["dft_gap_ev"].transform("mean").to_numpy()
+    slope, within_slope = np.polyfit(dft, model, 1)[0], np.polyfit(within_dft, within_model, 1)[0]
+    print(
+        f"the stored ensemble follows DFT frame by frame with slope {slope:.2f} (r {np.corrcoef(dft, model)[0, 1]:.2f}), "
+        f"within a run with slope {within_slope:.2f} (r {np.corrcoef(within_dft, within_model)[0, 1]:.2f})"
     )
     seed = config.run.seed
     none = frames.iloc[:0]
