@@ -151,9 +151,10 @@ def main() -> None:
     within_model = model - frames.groupby("md_id")["model_gap_ev"].transform("mean").to_numpy()
     within_dft = dft - frames.groupby("md_id")["dft_gap_ev"].transform("mean").to_numpy()
     slope, within_slope = np.polyfit(dft, model, 1)[0], np.polyfit(within_dft, within_model, 1)[0]
+    r, within_r = np.corrcoef(dft, model)[0, 1], np.corrcoef(within_dft, within_model)[0, 1]
     print(
-        f"the stored ensemble follows DFT frame by frame with slope {slope:.2f} (r {np.corrcoef(dft, model)[0, 1]:.2f}), "
-        f"within a run with slope {within_slope:.2f} (r {np.corrcoef(within_dft, within_model)[0, 1]:.2f})"
+        f"the stored ensemble follows DFT frame by frame with slope {slope:.2f} (r {r:.2f}), "
+        f"within a run with slope {within_slope:.2f} (r {within_r:.2f})"
     )
     seed = config.run.seed
     none = frames.iloc[:0]
