@@ -6,7 +6,7 @@ head, then the high level as a correction) and measured on the check frames, run
 a run's frames: the difference a DFT check judges against 0.05 eV):
 
 1. the descriptors: MACE node features per species averaged (the pipeline's), averaged and their spread, averaged
-   and their maximum (does the pooling lose what sets the gap?);
+   and their maximum (does the pooling lose what sets the gap?); the heads tuned on the MD frames (``md_frame_focus``);
 2. more MD frames: leave one run out (the check frames of every other run added to the high-level training data);
 3. frames of the run itself: half of every run's check frames trained on, the other half predicted (two folds).
 
@@ -31,6 +31,7 @@ from capml_core.config.loading import load_config
 from capml_core.models.mace import load_mace_calculator
 from capml_core.stages.gnn_training import level_split_hashes
 from capml_core.stages.kernel_training import fit_kernel_member
+from capml_core.stages.md_frames import md_frame_mask
 from capml_core.store.database import Store
 from capml_core.store.queries import latest_model
 
@@ -50,8 +51,11 @@ POOLINGS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 class PooledDescriptors:
     """Descriptors for ``fit_kernel_member``: MACE invariant node features pooled per species (no focus)."""
 
-    def __init__(self, node_features: dict[str, tuple[np.ndarray, np.ndarray]], species, pooling, model_id) -> None:
+    def __init__(
+        self, node_features: dict[str, tuple[np.ndarray, np.ndarray]], species, pooling, model_id, md_frames=None
+    ) -> None:
         self.node_features, self.species, self.pooling, self.model_id = node_features, species, pooling, model_id
+        self.md_frames = md_frames  # hashes of MD frames: the heads' focus (gnn.md_frame_focus), or None
 
     def of(self, hashes: Sequence[str]) -> np.ndarray:
         """(len(hashes), n_features) pooled descriptors."""
@@ -69,9 +73,9 @@ class PooledDescriptors:
             )
         return np.array(rows)
 
-    def focus(self, hashes: Sequence[str]) -> None:
-        """No focus (the study's ``gnn.md_frame_focus`` is off)."""
-        return None
+    def focus(self, hashes: Sequence[str]) -> np.ndarray | None:
+        """Which of ``hashes`` are MD frames when focused (``gnn.md_frame_focus``), else None (the study's)."""
+        return None if self.md_frames is None else np.array([h in self.md_frames for h in hashes])
 
 
 def refit(descriptors, base: dict, extra: pd.DataFrame, seed: int) -> Callable[[Sequence[str]], np.ndarray]:
@@ -163,7 +167,17 @@ def main() -> None:
         descriptors = PooledDescriptors(node_features, species, pooling, model_id)
         predict = refit(descriptors, base, none, seed)
         biases[name] = summary(f"refitted, {name}", frames, predict(frames["structure_hash"].tolist()))
-    descriptors = PooledDescriptors(node_features, species, POOLINGS["mean (the pipeline's)"], model_id)
+    mean_pooling = POOLINGS["mean (the pipeline's)"]
+    md_frames = set(frames["structure_hash"]) | {
+        h for h, m in zip(hashes, md_frame_mask(store, hashes), strict=True) if m
+    }
+    focused = PooledDescriptors(node_features, species, mean_pooling, model_id, md_frames=md_frames)
+    biases["focused on MD frames"] = summary(
+        "refitted, mean, tuned on the MD frames (md_frame_focus)",
+        frames,
+        refit(focused, base, none, seed)(frames["structure_hash"].tolist()),
+    )
+    descriptors = PooledDescriptors(node_features, species, mean_pooling, model_id)
     left_out = np.zeros(len(frames))
     for run in frames["md_id"].unique():
         mine = (frames["md_id"] == run).to_numpy()
