@@ -245,7 +245,7 @@ def test_the_checks_together_say_how_far_an_unchecked_eg_may_be_off() -> None:
     when that rms is beyond the tolerance (an unchecked Eg(T)'s ± holds statistics and ensemble spread only)."""
     import numpy as np
 
-    from capml_core.stages.report import project_report, report_tables
+    from capml_core.stages.report import dft_checks_sentence, project_report, report_tables
     from capml_core.store.database import Store
 
     report = project_report(Store(next(p for p in shipped_result_dirs() if p.name == "ag3sbri-study")))
@@ -262,3 +262,7 @@ def test_the_checks_together_say_how_far_an_unchecked_eg_may_be_off() -> None:
     assert f"{summary['rms_difference_ev']:.3f} eV rms" in flag
     titles = [t.title for t in report_tables(report)]
     assert any(t.startswith("DFT checks of Eg(T) together") for t in titles)
+    sentence = dft_checks_sentence(summary, len(report["gaps"]))  # the overview's trust panel says the same
+    assert sentence.startswith(f"15 of {len(report['gaps'])} averages checked: {summary['agrees']} agree")
+    assert f"{summary['rms_difference_ev']:.3f} eV rms" in sentence
+    assert dft_checks_sentence(None, 9) == "none of 9 averages checked"

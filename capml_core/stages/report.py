@@ -528,6 +528,22 @@ def gate_summary(gate: dict[str, Any] | None) -> str:
     return text
 
 
+def dft_checks_sentence(summary: dict[str, Any] | None, n_gaps: int) -> str:
+    """'5 of 54 averages checked: 3 agree, 1 disagree, 1 too noisy; model − DFT 0.075 eV rms ...' (or none)."""
+    if not summary:
+        return f"none of {n_gaps} averages checked"
+    counts = ", ".join(
+        f"{summary[key]} {word}"
+        for key, word in (("agrees", "agree"), ("disagrees", "disagree"), ("too_noisy", "too noisy"))
+        if summary[key]
+    )
+    return (
+        f"{summary['n']} of {n_gaps} averages checked: {counts}; model − DFT {summary['rms_difference_ev']:.3f} eV "
+        f"rms over them (largest {summary['max_abs_difference_ev']:.3f} eV), {summary['within_tolerance']} within "
+        f"{summary['tolerance_ev']:g} eV"
+    )
+
+
 def report_tables(report: dict[str, Any]) -> list[ResultTable]:
     """The report as tables: models, Eg(0), Eg(T) with its DFT checks, estimates, stabilisation, flags."""
     models = report["models"]

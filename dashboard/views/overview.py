@@ -12,7 +12,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from capml_core.stages.report import gate_summary
+from capml_core.stages.report import dft_checks_sentence, gate_summary
 from dashboard import data
 from dashboard.charts import cell_heatmap, show
 from dashboard.views.bandgaps import eg_vs_composition_figure
@@ -93,20 +93,9 @@ def render_results(report: dict, path: str) -> None:
         "Held-out errors by round: [Active learning](./active-learning); test splits: "
         "[Band-gap model](./band-gap-model), [Interatomic potential](./interatomic-potential)."
     )
-    checked = [g for g in report["gaps"] if g["dft_verdict"]]
-    verdicts = pd.Series([g["dft_verdict"] for g in checked]).value_counts().to_dict() if checked else {}
-    summary = report.get("dft_checks")  # absent from reports of older capml versions
     st.markdown(
-        f"[DFT checks of Eg(T)](./band-gaps) on the MD's own frames: {len(checked)} of {len(report['gaps'])} "
-        "averages checked"
-        + (": " + ", ".join(f"{n} {v}" for v, n in verdicts.items()) if verdicts else "")
-        + (
-            f"; model − DFT {summary['rms_difference_ev']:.3f} eV rms over them (largest "
-            f"{summary['max_abs_difference_ev']:.3f} eV), {summary['within_tolerance']} within "
-            f"{summary['tolerance_ev']:g} eV"
-            if summary
-            else ""
-        )
+        "[DFT checks of Eg(T)](./band-gaps) on the MD's own frames: "
+        + dft_checks_sentence(report.get("dft_checks"), len(report["gaps"]))
     )
     stabilised = report["stabilisation_k"]
     gate = report.get("phonon_gate")  # absent from reports of older capml versions
