@@ -78,6 +78,30 @@ class PooledDescriptors:
         return None if self.md_frames is None else np.array([h in self.md_frames for h in hashes])
 
 
+def check_frames(store: Store, ensemble: str | None = None) -> tuple[str, pd.DataFrame]:
+    """The DFT-check frames of ``ensemble`` (default: the newest checked) with model and DFT gaps (eV), run order."""
+    ensemble = ensemble or str(
+        store.query("SELECT ensemble_id FROM gap_dft_checks ORDER BY created_at DESC LIMIT 1")["ensemble_id"][0]
+    )
+    frames = store.query(
+        """SELECT d.md_id, d.structure_hash, d.model_gap_ev, d.dft_gap_ev, c.composition_x, c.temperature_k
+           FROM gap_dft_frames d JOIN gap_dft_checks c USING (md_id, ensemble_id)
+           WHERE d.ensemble_id = ? AND d.dft_gap_ev IS NOT NULL ORDER BY d.md_id, d.frame""",
+        [ensemble],
+    )
+    return ensemble, frames
+
+
+def follows(frames: pd.DataFrame, predicted: np.ndarray) -> str:
+    """How closely ``predicted`` follows DFT frame by frame: slope and correlation, overall and within runs."""
+    dft = frames["dft_gap_ev"].to_numpy()
+    within_model = predicted - pd.Series(predicted, index=frames.index).groupby(frames["md_id"]).transform("mean")
+    within_dft = dft - frames.groupby("md_id")["dft_gap_ev"].transform("mean").to_numpy()
+    slope, within_slope = np.polyfit(dft, predicted, 1)[0], np.polyfit(within_dft, within_model, 1)[0]
+    r, within_r = np.corrcoef(dft, predicted)[0, 1], np.corrcoef(within_dft, within_model)[0, 1]
+    return f"slope {slope:.2f} (r {r:.2f}), within a run slope {within_slope:.2f} (r {within_r:.2f})"
+
+
 def refit(descriptors, base: dict, extra: pd.DataFrame, seed: int) -> Callable[[Sequence[str]], np.ndarray]:
     """An ensemble fitted on ``base`` plus ``extra`` frames (high level); returns its predictor (eV)."""
     high_hashes, high_gaps = base["high"]["train"]
@@ -123,15 +147,7 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(args.config, project_dir=args.project).config
     store = Store(args.project)
-    ensemble = args.ensemble or str(
-        store.query("SELECT ensemble_id FROM gap_dft_checks ORDER BY created_at DESC LIMIT 1")["ensemble_id"][0]
-    )
-    frames = store.query(
-        """SELECT d.md_id, d.structure_hash, d.model_gap_ev, d.dft_gap_ev, c.composition_x, c.temperature_k
-           FROM gap_dft_frames d JOIN gap_dft_checks c USING (md_id, ensemble_id)
-           WHERE d.ensemble_id = ? AND d.dft_gap_ev IS NOT NULL ORDER BY d.md_id, d.frame""",
-        [ensemble],
-    )
+    ensemble, frames = check_frames(store, args.ensemble)
     base = {
         stage: {"train": level_split_hashes(store, level, config.gnn)["train"]}
         for stage, level in (("cheap", config.reference.cheap_level), ("high", config.reference.high_level))
@@ -151,15 +167,7 @@ def main() -> None:
         f"{len(frames)} check frames of {frames['md_id'].nunique()} runs (ensemble {ensemble}); MACE {model_id} "
         f"descriptors of {len(hashes)} structures in {time.perf_counter() - start:.0f} s"
     )
-    model, dft = frames["model_gap_ev"].to_numpy(), frames["dft_gap_ev"].to_numpy()
-    within_model = model - frames.groupby("md_id")["model_gap_ev"].transform("mean").to_numpy()
-    within_dft = dft - frames.groupby("md_id")["dft_gap_ev"].transform("mean").to_numpy()
-    slope, within_slope = np.polyfit(dft, model, 1)[0], np.polyfit(within_dft, within_model, 1)[0]
-    r, within_r = np.corrcoef(dft, model)[0, 1], np.corrcoef(within_dft, within_model)[0, 1]
-    print(
-        f"the stored ensemble follows DFT frame by frame with slope {slope:.2f} (r {r:.2f}), "
-        f"within a run with slope {within_slope:.2f} (r {within_r:.2f})"
-    )
+    print(f"the stored ensemble follows DFT frame by frame with {follows(frames, frames['model_gap_ev'].to_numpy())}")
     seed = config.run.seed
     none = frames.iloc[:0]
     biases = {"stored ensemble": summary("the stored ensemble", frames, frames["model_gap_ev"].to_numpy())}
