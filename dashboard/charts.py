@@ -143,6 +143,15 @@ def thinned(frame: pd.DataFrame, limit: int = MAX_PLOTTED_POINTS) -> pd.DataFram
     return frame if len(frame) <= limit else frame.sample(n=limit, random_state=0).sort_index()
 
 
+def three_d_on_request(what: str, *, key: str) -> bool:
+    """Whether the user asked to see ``what`` in 3D (a toggle, off at first).
+
+    A WebGL chart takes the browser 0.5-1.3 s to draw (the modes page, headless Chromium), in the same task as the
+    page's other charts: drawn on request, it no longer holds back the page's first chart.
+    """
+    return st.toggle(f"show {what} in 3D", key=key)
+
+
 def show(figure: go.Figure, *, key: str, data: pd.DataFrame | None = None, container=None) -> None:
     """Draw ``figure`` (download as PNG or SVG from its toolbar, the sidebar's format) and offer ``data`` as CSV."""
     where = container if container is not None else st

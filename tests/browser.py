@@ -8,6 +8,7 @@ chart, errors, species colours); ``navigate_in_app`` switches page as a user doe
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -192,6 +193,23 @@ NAVIGATE_JS = """([path, quietMs, timeoutMs]) => new Promise(resolve => {
   };
   tick();
 })"""
+
+
+def show_three_d(browser_page, *, timeout_s: float = 60) -> dict[str, str]:
+    """Switch on the page's 3D views (toggles 'show ... in 3D', off at first) and wait until one is drawn; the
+    species colours of the page's charts then."""
+    toggles = browser_page.get_by_text(re.compile(r"^show .* in 3D$"))
+    for i in range(toggles.count()):
+        toggles.nth(i).click()
+    browser_page.wait_for_function(  # a chart with 3D traces drawn (its scene's canvas present)
+        """[...document.querySelectorAll('.js-plotly-plot')].some(gd => (gd.data || []).some(
+            t => t.type === 'scatter3d') && gd.querySelector('canvas'))""",
+        timeout=timeout_s * 1000,
+    )
+    browser_page.wait_for_function(
+        "!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_s * 1000
+    )
+    return browser_page.evaluate(SPECIES_COLOURS_JS)
 
 
 def navigate_in_app(browser_page, page: str, *, quiet_s: float = 3, timeout_s: float = 60) -> float | None:

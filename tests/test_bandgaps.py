@@ -927,6 +927,9 @@ def test_mode_stage_freezes_every_optical_mode_and_checks_one_with_dft(gap_proje
         groups = {t["name"] for t in specs[0]["data"] if t.get("mode") == "markers"}  # "<species>, <regime>"
         assert groups and {g.split(", ")[0] for g in groups} <= {"Ag", "S", "Br/I"}
         assert all(g.split(", ")[1] == "harmonic" or g.split(", ")[1].startswith("beyond harmonic") for g in groups)
+        assert all(t["type"] != "cone" for spec in specs for t in spec["data"])  # the 3D pattern on request
+        at.toggle(key="mode_pattern_shown").set_value(True).run()
+        specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
         assert specs[-1]["data"][-1]["type"] == "cone"  # the displacement pattern of the first frozen mode
         at = AppTest.from_function(_overview_page, default_timeout=60).run()  # results first, trust visible
         assert not at.exception

@@ -275,6 +275,8 @@ def test_dashboard_page_ranks_shows_the_structure_and_mixing(trained, tmp_path: 
         28,
         1,
     ]
+    assert len(at.get("plotly_chart")) == 2  # ranking, mixing energy; the 3D structure on request
+    at.toggle(key="disorder_structure_shown").set_value(True).run()
     specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     assert len(specs) == 3  # ranking, mixing energy, 3D structure
     from tests.test_dashboard import _decoded

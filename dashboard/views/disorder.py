@@ -14,7 +14,7 @@ import streamlit as st
 
 from capml_core.system.arrangements import mixing_energies
 from dashboard import data
-from dashboard.charts import show
+from dashboard.charts import show, three_d_on_request
 from dashboard.style import species_colour
 
 
@@ -95,7 +95,8 @@ def render_disorder() -> None:
     atoms = data.structure(path, best["structure_hash"])
     st.subheader(f"Lowest-energy structure at x = {x:g}: {atoms.get_chemical_formula()}")
     st.caption(f"sublattice occupation (1 = first species, sites in supercell order): `{best['arrangement']}`")
-    show(structure_figure(atoms), key="disorder_structure")
+    if three_d_on_request("the structure", key="disorder_structure_shown"):
+        show(structure_figure(atoms), key="disorder_structure")
 
 
 def structure_figure(atoms) -> go.Figure:  # ase.Atoms

@@ -13,7 +13,7 @@ import streamlit as st
 
 from capml_core.physics.modes import thermal_displacement
 from dashboard import data
-from dashboard.charts import parity_figure, show
+from dashboard.charts import parity_figure, show, three_d_on_request
 from dashboard.style import species_colour, species_colour_map
 
 
@@ -103,6 +103,8 @@ def render_modes() -> None:
     if frozen.empty or frozen["artifact_id"].isna().all():
         return
     st.subheader("Displacement pattern")
+    if not three_d_on_request("a mode's displacement pattern", key="mode_pattern_shown"):
+        return
     mode = st.selectbox(
         "Mode",
         frozen["mode"].tolist(),
