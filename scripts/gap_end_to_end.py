@@ -53,13 +53,13 @@ EDGE_WIDTH_EV = 0.2
 LEVELS = ("cheap", "high")
 
 
-def training_labels(store: Store, config, split: str) -> dict[str, list[float]]:
-    """{structure hash: [cheap gap, high gap] (eV, NaN where unlabelled)} of a split of the pipeline's gap data."""
-    labels: dict[str, list[float]] = {}
+def training_labels(store: Store, config) -> dict[str, dict[str, list[float]]]:
+    """{split: {structure hash: [cheap gap, high gap] (eV, NaN where unlabelled)}} of the pipeline's gap data."""
+    labels: dict[str, dict[str, list[float]]] = {}
     for column, level in enumerate((config.reference.cheap_level, config.reference.high_level)):
-        hashes, gaps = level_split_hashes(store, level, config.gnn)[split]
-        for h, gap in zip(hashes, gaps, strict=True):
-            labels.setdefault(h, [np.nan, np.nan])[column] = float(gap)
+        for split, (hashes, gaps) in level_split_hashes(store, level, config.gnn).items():
+            for h, gap in zip(hashes, gaps, strict=True):
+                labels.setdefault(split, {}).setdefault(h, [np.nan, np.nan])[column] = float(gap)
     return labels
 
 
@@ -117,7 +117,8 @@ def train_and_predict(
     from mace.tools.utils import AtomicNumberTable
 
     torch.manual_seed(args.seed)
-    train, valid = training_labels(store, config, "train"), training_labels(store, config, "valid")
+    labels = training_labels(store, config)
+    train, valid = labels["train"], labels["valid"]
     for h, gap in extra.items():
         train.setdefault(h, [np.nan, np.nan])[1] = gap
     body = load_safe_model(model_path).float()

@@ -135,6 +135,13 @@ def dashboard_page(browser, *, width: int = 1400, height: int = 1800):
     return page
 
 
+def wait_for_script_run(browser_page, timeout_s: float) -> None:
+    """Wait until the page's script run is over (Streamlit's status widget gone)."""
+    browser_page.wait_for_function(
+        "!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_s * 1000
+    )
+
+
 def visit_page(
     browser_page, url: str, page: str, *, screenshot: Path | None = None, timeout_s: float = 60
 ) -> PageVisit:
@@ -152,9 +159,7 @@ def visit_page(
             first_chart = browser_page.evaluate("window.__capmlFirstChartMs") / 1000
     except Exception:  # noqa: BLE001 - a page without charts (SQL) or one that failed: the checks below say which
         pass
-    browser_page.wait_for_function(  # the script run is over: Streamlit's status widget gone
-        "!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_s * 1000
-    )
+    wait_for_script_run(browser_page, timeout_s)
     browser_page.wait_for_timeout(500)
     if screenshot is not None:
         save_whole_page(browser_page, screenshot)
@@ -206,9 +211,7 @@ def show_three_d(browser_page, *, timeout_s: float = 60) -> dict[str, str]:
             t => t.type === 'scatter3d') && gd.querySelector('canvas'))""",
         timeout=timeout_s * 1000,
     )
-    browser_page.wait_for_function(
-        "!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_s * 1000
-    )
+    wait_for_script_run(browser_page, timeout_s)
     return browser_page.evaluate(SPECIES_COLOURS_JS)
 
 
@@ -219,7 +222,5 @@ def navigate_in_app(browser_page, page: str, *, quiet_s: float = 3, timeout_s: f
     result = browser_page.evaluate(NAVIGATE_JS, [page, quiet_s * 1000, timeout_s * 1000])
     if "error" in result:
         raise RuntimeError(f"navigating to /{page}: {result['error']}")
-    browser_page.wait_for_function(
-        "!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_s * 1000
-    )
+    wait_for_script_run(browser_page, timeout_s)
     return None if result["ms"] is None else result["ms"] / 1000
